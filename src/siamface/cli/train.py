@@ -1,0 +1,88 @@
+"""``siamface train``: identity folders in, a validated, self-describing checkpoint out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from siamface.train.config import config_help
+
+EPILOG = """\
+configuration keys (set in --config YAML or as key=value after the options):
+{keys}
+
+examples:
+  siamface train --data ../shared/data/pins90 --out runs/pins
+  siamface train --data A --data B --out runs/ab loss=arcface miner=none lr=3e-4
+  siamface train --data faces --out runs/v2 backbone=tf_efficientnetv2_b0 image_size=224 \\
+      pretrained=/models/effv2_b0.safetensors
+  siamface train --resume runs/pins time_budget_min=60     # continue after Ctrl-C / a kill
+  siamface train --print-config > my.yaml                   # commented default config
+
+Outputs in RUN_DIR: best.safetensors (chosen on validation identities, with its decision
+threshold), last.safetensors, dataset_report.json, history.json, summary.json, tensorboard/.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a face-embedding model on identity folders",
+        description=(
+            "Train a Siamese / metric-learning embedding model on folders of identities "
+            "(DIR/<person>/<images>). Validation uses held-out identities (people never seen "
+            "in training); the best checkpoint is chosen on them."
+        ),
+        epilog=EPILOG.format(keys=config_help()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", action="append", metavar="DIR", help="identity-folder root (repeatable)")
+    p.add_argument("--config", metavar="YAML", help="configuration file (keys listed below)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory to create")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--seed", type=int, help="random seed (same as seed=N)")
+    p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--print-config", action="store_true", help="print a default config file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from siamface.errors import SiamfaceError
+    from siamface.train.config import make_config, write_default_yaml
+
+    if args.print_config:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "default.yaml"
+            write_default_yaml(path)
+            print(path.read_text(), end="")
+        return 0
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    from siamface.train.loop import Trainer
+
+    if args.resume:
+        if args.data or args.config:
+            raise SiamfaceError("--resume continues a run with its own data and config")
+        trainer = Trainer.resume(args.resume, overrides, progress=not args.no_progress)
+    else:
+        if not args.data:
+            raise SiamfaceError("--data DIR is required (identity folders: DIR/<person>/<img>)")
+        if not args.out:
+            raise SiamfaceError("--out RUN_DIR is required")
+        out = Path(args.out)
+        if (out / "run.json").exists():
+            raise SiamfaceError(
+                f"{out} already holds a run; use --resume {out} to continue it or pick a new --out"
+            )
+        cfg = make_config(args.config, overrides)  # validated before anything else happens
+        trainer = Trainer(cfg, args.data, out, progress=not args.no_progress)
+    summary = trainer.run()
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    return 0

@@ -1,0 +1,1 @@
+"""Data layer: identity folders on disk, robust image decoding, splits, reports, transforms."""

@@ -1,0 +1,90 @@
+"""Images -> tensors: the preprocessing contract stored in every checkpoint, and augmentation.
+
+Training and inference must resize and normalise identically, so the parameters live in one
+:class:`Preprocessing` record that is saved with the weights and read back by every command.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an RGB face image becomes the network's input tensor.
+
+    ``aligned`` records whether the model was trained on 5-point-aligned face crops; commands
+    that take raw photos use it to decide whether to detect and align first.
+    """
+
+    image_size: int = 112
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    aligned: bool = False
+    align: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        return cls(
+            image_size=int(d["image_size"]),
+            mean=tuple(d.get("mean", IMAGENET_MEAN)),
+            std=tuple(d.get("std", IMAGENET_STD)),
+            aligned=bool(d.get("aligned", False)),
+            align=dict(d.get("align", {})),
+        )
+
+
+def resize_uint8(img: Image.Image, size: int) -> np.ndarray:
+    """Squash-resize a face crop to ``size``x``size`` and return HWC uint8.
+
+    Face crops are close to square; squashing (as the article does) keeps the whole face,
+    where a centre crop could cut the chin or forehead off.
+    """
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def hwc_to_chw(arr: np.ndarray) -> torch.Tensor:
+    """HWC uint8 numpy array -> CHW uint8 tensor without copying twice."""
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def normalize_batch(batch_uint8: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
+    """Batched uint8 NCHW -> normalised float NCHW (done once per batch, not per image)."""
+    mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    return (batch_uint8.float() - mean) / std
+
+
+def train_augmentation(size: int, strength: str = "default") -> v2.Transform:
+    """Per-image augmentation on uint8 CHW tensors (output stays uint8, same size).
+
+    The article's set (flip, +-15 deg rotation, resized crop 0.8-1.0, colour jitter) is kept
+    as ``"article"``; ``"default"`` is milder on rotation and hue, which hurt on tight face
+    crops where the rotation corners eat into the face. ``"none"`` disables augmentation.
+    """
+    if strength == "none":
+        return v2.Identity()
+    rot, hue = (15, 0.1) if strength == "article" else (10, 0.05)
+    return v2.Compose(
+        [
+            v2.RandomHorizontalFlip(p=0.5),
+            v2.RandomRotation(degrees=rot),
+            v2.RandomResizedCrop(size=(size, size), scale=(0.8, 1.0), ratio=(0.75, 1.33)),
+            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=hue),
+        ]
+    )

@@ -1,0 +1,1 @@
+"""Scores -> metrics: verification error rates, thresholds, plots and protocols."""

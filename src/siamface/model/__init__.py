@@ -1,0 +1,1 @@
+"""Model layer: the embedding network, pretrained weights, and self-describing checkpoints."""

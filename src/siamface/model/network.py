@@ -1,0 +1,110 @@
+"""The Siamese embedding network: one shared timm backbone + linear head + L2 normalisation.
+
+"Siamese" means both images of a pair go through the same weights; in practice that is one
+network applied to a batch, with the pair/triplet structure living in the loss. The output is
+L2-normalised so cosine similarity is a plain dot product everywhere downstream (pair scoring,
+thresholds, the gallery index, ONNX).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from siamface.errors import SiamfaceError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the architecture without the user re-typing it."""
+
+    backbone: str = "tf_efficientnet_lite0"
+    embedding_size: int = 512
+    drop_rate: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        return cls(
+            backbone=str(d["backbone"]),
+            embedding_size=int(d["embedding_size"]),
+            drop_rate=float(d.get("drop_rate", 0.0)),
+        )
+
+
+def check_backbone_name(name: str) -> None:
+    """Refuse unknown timm model names early, with close matches as hints."""
+    if name in timm.list_models() or timm.is_model(name):
+        return
+    base = name.split(".")[0]
+    if timm.is_model(base):
+        return
+    hints = timm.list_models(f"*{base.split('_')[0]}*")[:8]
+    hint = f" Similar names: {', '.join(hints)}" if hints else ""
+    raise SiamfaceError(f"unknown timm backbone {name!r}.{hint}")
+
+
+class EmbeddingNet(nn.Module):
+    """Backbone features -> ``embedding_size``-d unit vectors."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        check_backbone_name(cfg.backbone)
+        self.cfg = cfg
+        # pretrained weights are loaded separately (see model.pretrained) so that hub access,
+        # local files and offline packages all go through one checked path.
+        self.backbone = timm.create_model(
+            cfg.backbone, pretrained=False, num_classes=0, drop_rate=cfg.drop_rate
+        )
+        self.head = nn.Linear(self.backbone.num_features, cfg.embedding_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.backbone(x)), dim=1)
+
+
+class PairHead(nn.Module):
+    """Same-person probability from the cosine similarity of two embeddings.
+
+    ``p = sigmoid(scale * (cos - bias))``: a learned, monotone calibration of the cosine.
+    Because it is monotone, a threshold on ``p`` is a threshold on the cosine, so every
+    scoring path (evaluation, gallery, ONNX) can keep using cosine similarity while BCE
+    training and ``verify`` still get a probability, as the article describes.
+    """
+
+    def __init__(self, scale: float = 10.0, bias: float = 0.5) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(scale)))
+        self.bias = nn.Parameter(torch.tensor(float(bias)))
+
+    def logits(self, cos: torch.Tensor) -> torch.Tensor:
+        return self.scale * (cos - self.bias)
+
+    def forward(self, cos: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(cos))
+
+
+def build_model(cfg: ModelConfig) -> EmbeddingNet:
+    """Create the network (random init); load weights with :mod:`siamface.model.pretrained`."""
+    try:
+        return EmbeddingNet(cfg)
+    except SiamfaceError:
+        raise
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise SiamfaceError(f"cannot build backbone {cfg.backbone!r}: {err}") from err
+
+
+def backbone_default_norm(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std the backbone's pretrained weights expect (timm's pretrained config)."""
+    try:
+        cfg = timm.get_pretrained_cfg(name.split(".")[0] if "." not in name else name)
+    except Exception:  # noqa: BLE001 - unknown tags just fall back to ImageNet stats
+        cfg = None
+    if cfg is None:
+        return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    return tuple(cfg.mean), tuple(cfg.std)

@@ -1,0 +1,1 @@
+"""Training: configuration, losses, miners, optimizer presets and the training loop."""

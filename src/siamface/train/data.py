@@ -1,0 +1,97 @@
+"""Identity folders -> the training and validation sets of one run, with their report."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from siamface.data.dataset import DecodedImages, FaceImageDataset, decode_images
+from siamface.data.folders import Sample, scan_identity_folders
+from siamface.data.report import DatasetReport, build_report
+from siamface.data.split import split_identities
+from siamface.data.transforms import train_augmentation
+from siamface.errors import SiamfaceError
+from siamface.train.config import TrainConfig
+
+
+@dataclass
+class RunData:
+    """Everything the loop needs about the data, decided once before training."""
+
+    train: FaceImageDataset
+    train_identities: list[str]
+    val_pixels: torch.Tensor | None
+    val_paths: list[Path]
+    val_labels: np.ndarray
+    val_identities: list[str]
+    report: DatasetReport
+    excluded_cross_duplicates: int
+
+
+def _rows(decoded: DecodedImages, picks: list[int]) -> torch.Tensor | None:
+    if decoded.pixels is None:
+        return None
+    pos = {idx: row for row, idx in enumerate(decoded.ok)}
+    return decoded.pixels[[pos[i] for i in picks]]
+
+
+def prepare_run_data(
+    cfg: TrainConfig, data_dirs: list[str], progress: bool = True, workers: int | None = None
+) -> RunData:
+    """Scan, decode (listing unreadable files), report, split by identity, build datasets."""
+    scan = scan_identity_folders(data_dirs)
+    decoded = decode_images(
+        [s.path for s in scan.samples],
+        cfg.image_size,
+        workers=workers or os.cpu_count(),
+        progress=progress,
+    )
+    good: list[int] = decoded.ok
+    unreadable = {scan.samples[i].path: r for i, r in decoded.errors.items()}
+    report = build_report(
+        [scan.samples[i] for i in good], unreadable, scan.ignored, cfg.min_images_per_identity
+    )
+    # Files that appear under two identities are label errors: keep them out of both sets.
+    cross = {Path(f) for d in report.duplicates_across_identities for f in d["files"]}
+    good = [i for i in good if scan.samples[i].path not in cross]
+    counts = Counter(scan.samples[i].identity for i in good)
+    kept_ids = sorted(i for i, n in counts.items() if n >= cfg.min_images_per_identity)
+    if len(kept_ids) < 2:
+        raise SiamfaceError(
+            f"need at least 2 identities with >= {cfg.min_images_per_identity} readable images; "
+            f"found {len(kept_ids)}"
+        )
+    train_ids, val_ids = split_identities(kept_ids, cfg.val_identities, cfg.seed)
+    if len(train_ids) * cfg.m_per_class < cfg.batch_size:
+        raise SiamfaceError(
+            f"m_per_class ({cfg.m_per_class}) x training identities ({len(train_ids)}) must be "
+            f">= batch_size ({cfg.batch_size}); lower batch_size or add identities"
+        )
+    tr_set, va_set = set(train_ids), set(val_ids)
+    tr_idx = [i for i in good if scan.samples[i].identity in tr_set]
+    va_idx = [i for i in good if scan.samples[i].identity in va_set]
+    label_of = {ident: k for k, ident in enumerate(train_ids)}
+    samples: list[Sample] = scan.samples
+    train = FaceImageDataset(
+        labels=[label_of[samples[i].identity] for i in tr_idx],
+        size=cfg.image_size,
+        pixels=_rows(decoded, tr_idx),
+        paths=[samples[i].path for i in tr_idx],
+        transform=train_augmentation(cfg.image_size, cfg.augment),
+    )
+    val_label_of = {ident: k for k, ident in enumerate(val_ids)}
+    return RunData(
+        train=train,
+        train_identities=train_ids,
+        val_pixels=_rows(decoded, va_idx),
+        val_paths=[samples[i].path for i in va_idx],
+        val_labels=np.array([val_label_of[samples[i].identity] for i in va_idx], dtype=np.int64),
+        val_identities=val_ids,
+        report=report,
+        excluded_cross_duplicates=len(cross),
+    )
