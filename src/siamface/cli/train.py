@@ -37,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG.format(keys=config_help()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", action="append", metavar="DIR", help="identity-folder root (repeatable)")
+    p.add_argument(
+        "--data", action="append", metavar="DIR", help="identity-folder root (repeatable)"
+    )
     p.add_argument("--config", metavar="YAML", help="configuration file (keys listed below)")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")

@@ -83,9 +83,7 @@ def verification_metrics(
         key = far_key(far)
         if far < 1.0 / n_imp:
             tars[key] = thrs[key] = None
-            notes.append(
-                f"FAR {key} is below 1/{n_imp} impostor pairs and cannot be measured here"
-            )
+            notes.append(f"FAR {key} is below 1/{n_imp} impostor pairs and cannot be measured here")
             continue
         tars[key], thrs[key] = tar_at_far(fpr, tpr, thr, far)
     return VerificationMetrics(

@@ -78,7 +78,9 @@ class TrainConfig:
     epochs: int = 20  # maximum epochs (article: 100); an epoch sees each training image once
     time_budget_min: float | None = None  # wall-clock budget in minutes; null = unlimited
     # --- validation / checkpoints ---
-    select_metric: str = "auc"  # metric that picks best.safetensors: auc|eer|tar_at_far_1e-3|accuracy
+    select_metric: str = (
+        "auc"  # metric that picks best.safetensors: auc|eer|tar_at_far_1e-3|accuracy
+    )
     calib_far: float = 1e-3  # target false-accept rate for the stored decision threshold
     save_every_min: float = 10.0  # also save resumable state this often within an epoch
     # --- machine ---
@@ -257,7 +259,12 @@ def write_default_yaml(path: Path) -> None:
         else:
             name, rest = line.strip().split(" = ", 1)
             default, _, comment = rest.partition("  ")
-            val = "null" if default == "None" else default.strip('"').lower() if default in (
-                "True", "False") else default.strip('"')
+            val = (
+                "null"
+                if default == "None"
+                else default.strip('"').lower()
+                if default in ("True", "False")
+                else default.strip('"')
+            )
             out.append(f"{name}: {val}" + (f"  # {comment.strip()}" if comment.strip() else ""))
     path.write_text("\n".join(out) + "\n")

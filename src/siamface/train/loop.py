@@ -324,8 +324,13 @@ class Trainer:
             from siamface.embed import embed_paths
 
             emb, _ = embed_paths(
-                self.model, d.val_paths, self.pre, 128, device=self.device,
-                loader=plain_loader(self.pre), progress=False,
+                self.model,
+                d.val_paths,
+                self.pre,
+                128,
+                device=self.device,
+                loader=plain_loader(self.pre),
+                progress=False,
             )
         scores, same = all_pair_scores(emb, d.val_labels, max_impostors=VAL_MAX_IMPOSTORS)
         fars = tuple(sorted(set(DEFAULT_FARS) | {self.cfg.calib_far}, reverse=True))
@@ -349,7 +354,9 @@ class Trainer:
         thr = threshold_record(m, self.cfg.calib_far, "validation identities") if m else None
         pair_head = None
         if hasattr(self.loss_fn, "pair_head"):
-            pair_head = {k: v.detach().cpu() for k, v in self.loss_fn.pair_head.state_dict().items()}
+            pair_head = {
+                k: v.detach().cpu() for k, v in self.loss_fn.pair_head.state_dict().items()
+            }
         return Checkpoint(
             model_cfg=self.model_cfg,
             preprocessing=self.pre,
@@ -432,7 +439,9 @@ class Trainer:
                     run_loss = 0.9 * run_loss + 0.1 * loss if len(losses) > 1 else loss
                     ips = seen / max(time.perf_counter() - t_epoch, 1e-9)
                     bar.update()
-                    bar.set_postfix(loss=f"{run_loss:.4f}", img_s=f"{ips:.1f}", lr=f"{self.opt.lr():.2e}")
+                    bar.set_postfix(
+                        loss=f"{run_loss:.4f}", img_s=f"{ips:.1f}", lr=f"{self.opt.lr():.2e}"
+                    )
                     if s.global_step % 10 == 0:
                         self.tb.add_scalar("train/loss", run_loss, s.global_step)
                         self.tb.add_scalar("train/lr", self.opt.lr(), s.global_step)
@@ -502,7 +511,9 @@ class Trainer:
                     self.tb.add_scalar(k.replace("val_", "val/"), record[k], s.global_step)
             value = self._metric_value(m, cfg.select_metric)
             hib = HIGHER_IS_BETTER[cfg.select_metric]
-            improved = s.best_value is None or (value > s.best_value if hib else value < s.best_value)
+            improved = s.best_value is None or (
+                value > s.best_value if hib else value < s.best_value
+            )
             if improved:
                 s.best_value, s.best_epoch = value, record["epoch"]
                 save_checkpoint(ckpt, self.run_dir / "best.safetensors")
@@ -559,4 +570,3 @@ class Trainer:
         self.log(f"checkpoint: {self.run_dir / 'best.safetensors'}")
         self.log(f"curves: {summary['tensorboard']}")
         return summary
-

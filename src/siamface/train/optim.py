@@ -65,9 +65,7 @@ class OptimizerBundle:
             self.scheduler.load_state_dict(state["scheduler"])
 
 
-def param_groups(
-    model: nn.Module, loss: nn.Module, cfg: TrainConfig
-) -> list[dict[str, object]]:
+def param_groups(model: nn.Module, loss: nn.Module, cfg: TrainConfig) -> list[dict[str, object]]:
     """Model parameters at ``lr``; loss parameters (class centres, pair head) faster."""
     groups: list[dict[str, object]] = [{"params": list(model.parameters()), "lr": cfg.lr}]
     extra = [p for p in loss.parameters() if p.requires_grad]

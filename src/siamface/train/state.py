@@ -26,9 +26,8 @@ def capture_rng() -> dict:
     return {
         "torch": torch.get_rng_state(),
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-        "pml": [pml_state[0], torch.from_numpy(pml_state[1].astype(np.int64))] + list(
-            pml_state[2:]
-        ),
+        "pml": [pml_state[0], torch.from_numpy(pml_state[1].astype(np.int64))]
+        + list(pml_state[2:]),
         "python": random.getstate(),
     }
 

@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny models and small copies of the sample data, made per test session.
+
+The sample faces live in ../shared/data (never copied into the repo). Tests that need them
+skip with a clear reason when that folder is absent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SIAMFACE_SHARED_DATA", REPO.parent / "shared" / "data"))
+TINY_BACKBONE = "test_efficientnet"  # timm's ~0.1M-parameter test model: fast on 2 cores
+
+needs_data = pytest.mark.skipif(
+    not (SHARED_DATA / "pins90").is_dir(), reason=f"sample data not found at {SHARED_DATA}"
+)
+
+
+def copy_identities(src: Path, dst: Path, n_ids: int, n_imgs: int) -> Path:
+    """Copy the first ``n_ids`` identity folders (``n_imgs`` images each) into ``dst``."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for ident in sorted(p for p in src.iterdir() if p.is_dir())[:n_ids]:
+        out = dst / ident.name
+        out.mkdir(exist_ok=True)
+        for f in sorted(ident.iterdir())[:n_imgs]:
+            shutil.copy2(f, out / f.name)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def pins_small(tmp_path_factory) -> Path:
+    """12 identities x 8 tight face crops from pins90 (a private copy tests may modify)."""
+    if not (SHARED_DATA / "pins90").is_dir():
+        pytest.skip(f"sample data not found at {SHARED_DATA}")
+    return copy_identities(SHARED_DATA / "pins90", tmp_path_factory.mktemp("pins") / "pins", 12, 8)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised tiny-backbone checkpoint (64 px, 32-d) with a threshold."""
+    import torch
+
+    from siamface.data.transforms import Preprocessing
+    from siamface.model.checkpoint import Checkpoint, save_checkpoint
+    from siamface.model.network import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone=TINY_BACKBONE, embedding_size=32)
+    model = build_model(cfg)
+    ckpt = Checkpoint(
+        model_cfg=cfg,
+        preprocessing=Preprocessing(image_size=64),
+        state_dict=model.state_dict(),
+        threshold={"value": 0.5, "target_far": 1e-3, "method": "test", "source": "fixture"},
+    )
+    return save_checkpoint(ckpt, tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
