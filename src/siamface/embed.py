@@ -85,6 +85,47 @@ def embed_uint8(
     return torch.cat(out).numpy()
 
 
+def embed_files(
+    embed_batch: Callable[[np.ndarray], np.ndarray],
+    paths: Sequence[Path],
+    pre: Preprocessing,
+    batch_size: int = 64,
+    workers: int | None = None,
+    loader: FaceLoader | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Decode files in loader workers and embed them in batches with ``embed_batch``
+    (uint8 NCHW numpy -> (N, D) float32). Backend-neutral: PyTorch or onnxruntime.
+
+    Unreadable files (and, for aligned models, images without a face) are skipped and
+    reported: rows of the result correspond to ``[i for i in range(len(paths)) if i not in
+    errors]``.
+    """
+    loader = loader or default_loader(pre)
+    if workers is None:
+        workers = max(1, min(4, (os.cpu_count() or 2) - 1))
+    ds = _PathDataset(paths, loader, pre.image_size)
+    dl = DataLoader(
+        ds,
+        batch_size=batch_size,
+        num_workers=workers if len(ds) > batch_size else 0,
+        worker_init_fn=_one_thread,
+    )
+    errors: dict[int, str] = {}
+    out = []
+    with tqdm(total=len(ds), desc="embedding", unit="img", disable=not progress) as bar:
+        for x, idx, err in dl:
+            for k, e in enumerate(err):
+                if e:
+                    errors[int(idx[k])] = e
+            good = [k for k in range(len(err)) if not err[k]]
+            if good:
+                out.append(embed_batch(x[good].numpy()))
+            bar.update(len(idx))
+    emb = np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+    return emb, errors
+
+
 @torch.inference_mode()
 def embed_paths(
     model: nn.Module,
@@ -103,30 +144,13 @@ def embed_paths(
     ``[i for i in range(len(paths)) if i not in errors]``.
     """
     model.eval()
-    loader = loader or default_loader(pre)
-    if workers is None:
-        workers = max(1, min(4, (os.cpu_count() or 2) - 1))
-    ds = _PathDataset(paths, loader, pre.image_size)
-    dl = DataLoader(
-        ds,
-        batch_size=batch_size,
-        num_workers=workers if len(ds) > batch_size else 0,
-        worker_init_fn=_one_thread,
-    )
-    errors: dict[int, str] = {}
-    out = []
-    with tqdm(total=len(ds), desc="embedding", unit="img", disable=not progress) as bar:
-        for x, idx, err in dl:
-            bad = [k for k, e in enumerate(err) if e]
-            for k in bad:
-                errors[int(idx[k])] = err[k]
-            good = torch.tensor([k for k in range(len(err)) if not err[k]], dtype=torch.long)
-            if len(good):
-                xb = normalize_batch(x[good], pre).to(device)
-                out.append(_infer(model, xb, channels_last).cpu())
-            bar.update(len(idx))
-    emb = torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
-    return emb, errors
+
+    def batch_fn(pixels: np.ndarray) -> np.ndarray:
+        x = normalize_batch(torch.from_numpy(pixels), pre).to(device)
+        return _infer(model, x, channels_last).cpu().numpy()
+
+    with torch.inference_mode():
+        return embed_files(batch_fn, paths, pre, batch_size, workers, loader, progress)
 
 
 def _one_thread(_: int) -> None:

@@ -8,6 +8,7 @@ never needs the user to re-type the architecture (the article's checkpoints did 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -50,8 +51,13 @@ class Checkpoint:
         head.load_state_dict(self.pair_head)
         return head.eval()
 
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.state_dict)
+
     def metadata(self) -> dict:
         return {
+            "fingerprint": self.fingerprint,
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "model": self.model_cfg.to_dict(),
@@ -60,6 +66,18 @@ class Checkpoint:
             "has_pair_head": bool(self.pair_head),
             "info": self.info,
         }
+
+
+def fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
+    """Short hash of the weights: galleries and exported models record it so that embeddings
+    from different models are never compared by mistake."""
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        t = state_dict[k].detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
 
 
 def atomic_write(path: Path, write) -> None:
