@@ -7,11 +7,14 @@ Training and inference must resize and normalise identically, so the parameters 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
-from torchvision.transforms import v2
+
+if TYPE_CHECKING:  # torch is imported lazily so ONNX-only (torch-free) inference can use this
+    import torch
+    from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,11 +63,15 @@ def resize_uint8(img: Image.Image, size: int) -> np.ndarray:
 
 def hwc_to_chw(arr: np.ndarray) -> torch.Tensor:
     """HWC uint8 numpy array -> CHW uint8 tensor without copying twice."""
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
 def normalize_batch(batch_uint8: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
     """Batched uint8 NCHW -> normalised float NCHW (done once per batch, not per image)."""
+    import torch
+
     mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
     return (batch_uint8.float() - mean) / std
@@ -77,6 +84,8 @@ def train_augmentation(size: int, strength: str = "default") -> v2.Transform:
     as ``"article"``; ``"default"`` is milder on rotation and hue, which hurt on tight face
     crops where the rotation corners eat into the face. ``"none"`` disables augmentation.
     """
+    from torchvision.transforms import v2
+
     if strength == "none":
         return v2.Identity()
     rot, hue = (15, 0.1) if strength == "article" else (10, 0.05)
