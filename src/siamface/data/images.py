@@ -8,6 +8,7 @@ stray ``.txt``. Training must skip those and list them, not crash an hour in.
 from __future__ import annotations
 
 import hashlib
+import io
 import warnings
 from pathlib import Path
 
@@ -62,10 +63,29 @@ def load_rgb(path: str | Path) -> Image.Image:
             raise ImageLoadError("empty file")
     except FileNotFoundError as err:
         raise ImageLoadError("file not found") from err
+    return _decode(p)
+
+
+def decode_rgb(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """:func:`load_rgb` for bytes already in memory (HTTP uploads): same checks, same errors.
+
+    ``max_pixels`` lets a server refuse a huge image before decoding it: a small compressed
+    upload can expand to gigabytes of pixels.
+    """
+    if not data:
+        raise ImageLoadError("empty file")
+    return _decode(io.BytesIO(data), max_pixels)
+
+
+def _decode(source: Path | io.BytesIO, max_pixels: int | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(p) as img:
+            with Image.open(source) as img:
+                if max_pixels and img.width * img.height > max_pixels:
+                    raise ImageLoadError(
+                        f"image too large ({img.width}x{img.height} pixels, limit {max_pixels})"
+                    )
                 img.load()
                 img = ImageOps.exif_transpose(img) or img
                 if img.width < 1 or img.height < 1:
