@@ -15,7 +15,7 @@ from siamface import __version__
 from siamface.errors import SiamfaceError
 
 #: Command modules under siamface.cli, in --help order.
-COMMANDS = ["train"]
+COMMANDS = ["train", "prepare"]
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

@@ -1,0 +1,21 @@
+"""Failures of the face layer, typed so that batch code can decide what is fatal.
+
+A photo without a detectable face is a property of that one file, like a truncated JPEG, so
+:class:`NoFaceError` is an :class:`~siamface.data.images.ImageLoadError`: embedding, training
+and ``prepare`` skip and report it. A missing detector package is an environment problem that
+affects every image, so :class:`DetectorUnavailable` is a user-facing
+:class:`~siamface.errors.SiamfaceError` that stops the command with an install hint.
+"""
+
+from __future__ import annotations
+
+from siamface.data.images import ImageLoadError
+from siamface.errors import SiamfaceError
+
+
+class NoFaceError(ImageLoadError):
+    """No face (above the detector's score threshold) was found in an image."""
+
+
+class DetectorUnavailable(SiamfaceError):
+    """The requested face detector is unknown or its package is not installed."""
