@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from siamface.data.transforms import Preprocessing
 from siamface.errors import SiamfaceError
+from siamface.fileio import atomic_write  # noqa: F401 - re-exported (moved there, torch-free)
 from siamface.model.network import EmbeddingNet, ModelConfig, PairHead, build_model
 
 FORMAT = "siamface.checkpoint"
@@ -78,25 +77,6 @@ def fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
         h.update(str(t.dtype).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers see old or new, never half.
-
-    The temporary file lives in the destination folder so the rename stays on one filesystem.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
