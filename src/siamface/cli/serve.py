@@ -1,0 +1,106 @@
+"""``siamface serve``: the REST service (FastAPI + uvicorn) for a model and a gallery."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from siamface.cli._model_args import positive_int
+
+EPILOG = """\
+endpoints (interactive docs at http://HOST:PORT/docs):
+  POST /verify             image1, image2           -> similarity, same, threshold
+  POST /embed              image                    -> embedding
+  POST /identify           image [?top_k=5]         -> identity or "unknown", matches
+  GET  /gallery/people                              -> enrolled people
+  POST /gallery/people     name, images[, append, metadata]   (needs X-API-Key)
+  DELETE /gallery/people/NAME                                  (needs X-API-Key)
+  GET  /health                                      -> model, gallery, batching counters
+
+Gallery writes need an API key: set SIAMFACE_API_KEY (preferred: command lines are visible
+to other users) or --api-key; without one, writes answer 403. The server listens on
+127.0.0.1 unless --host says otherwise; put a TLS proxy in front before exposing it.
+
+examples:
+  siamface serve --model model.onnx
+  SIAMFACE_API_KEY=s3cret siamface serve --model runs/pins --gallery staff --port 8080
+  curl -F image1=@a.jpg -F image2=@b.jpg http://127.0.0.1:8000/verify
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the REST service (verify, embed, identify, gallery)",
+        description="Serve a model (checkpoint or .onnx) and optionally a gallery over HTTP.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="checkpoint, run folder or exported .onnx")
+    p.add_argument("--gallery", help="gallery folder (created empty for this model if missing)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free)")
+    p.add_argument("--api-key", help="key for gallery writes (default: $SIAMFACE_API_KEY)")
+    p.add_argument(
+        "--max-upload-mb", type=float, default=10.0, help="largest request body (default 10)"
+    )
+    p.add_argument("--threshold", type=float, help="override the model's decision threshold")
+    p.add_argument(
+        "--max-batch", type=positive_int, default=32, help="most images per model call (32)"
+    )
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=2.0,
+        help="how long a lone request waits for others to share its batch (default 2)",
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda ... for checkpoints (auto)")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn log level",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import socket
+
+    import uvicorn
+
+    from siamface.errors import SiamfaceError
+    from siamface.serve import create_app
+
+    if not 0 <= args.port <= 65535:
+        raise SiamfaceError(f"--port must be between 0 and 65535, got {args.port}")
+    api_key = args.api_key or os.environ.get("SIAMFACE_API_KEY") or None
+    app = create_app(
+        args.model,
+        args.gallery,
+        api_key=api_key,
+        max_upload_mb=args.max_upload_mb,
+        threshold=args.threshold,
+        max_batch=args.max_batch,
+        max_wait_ms=args.batch_wait_ms,
+        device=args.device,
+    )
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as err:
+        sock.close()
+        raise SiamfaceError(f"cannot listen on {args.host}:{args.port}: {err.strerror}") from err
+    host, port = sock.getsockname()[:2]
+    info = app.state.service.model_info()
+    writes = "enabled" if api_key and args.gallery else "disabled (no API key or no gallery)"
+    print(
+        f"siamface serve: {info['source']} ({info['backend']}, model {info['fingerprint']}) "
+        f"on http://{host}:{port}  docs: http://{host}:{port}/docs  gallery writes {writes}",
+        flush=True,
+    )
+    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=10)
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
