@@ -35,10 +35,17 @@ class DecodedImages:
     pixels: torch.Tensor | None  # (len(ok), 3, S, S) uint8 in ``ok`` order, or None
 
 
-def _decode_one(args: tuple[str, int, bool]) -> tuple[np.ndarray | None, str | None]:
-    path, size, keep = args
+#: Optional custom decoder: path -> HWC uint8 of the target size (e.g. detect + align).
+#: Must be picklable (a module-level function or functools.partial of one).
+PathDecoder = Callable[[str], np.ndarray]
+
+
+def _decode_one(
+    args: tuple[str, int, bool, PathDecoder | None],
+) -> tuple[np.ndarray | None, str | None]:
+    path, size, keep, decoder = args
     try:
-        arr = resize_uint8(load_rgb(path), size)
+        arr = decoder(path) if decoder else resize_uint8(load_rgb(path), size)
     except ImageLoadError as err:
         return None, str(err)
     return (arr if keep else None), None
@@ -51,11 +58,12 @@ def decode_images(
     cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES,
     desc: str = "decoding images",
     progress: bool = True,
+    decoder: PathDecoder | None = None,
 ) -> DecodedImages:
     """Decode and resize every path (in parallel), keeping pixels when they fit in memory."""
     keep = len(paths) * 3 * size * size <= cache_limit_bytes
     workers = workers or os.cpu_count() or 1
-    jobs = [(str(p), size, keep) for p in paths]
+    jobs = [(str(p), size, keep, decoder) for p in paths]
     ok: list[int] = []
     errors: dict[int, str] = {}
     arrays: list[np.ndarray] = []
@@ -105,6 +113,7 @@ class FaceImageDataset(Dataset):
         pixels: torch.Tensor | None = None,
         paths: Sequence[Path] | None = None,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        decoder: PathDecoder | None = None,
     ) -> None:
         if pixels is None and paths is None:
             raise ValueError("need pixels or paths")
@@ -113,6 +122,7 @@ class FaceImageDataset(Dataset):
         self.pixels = pixels
         self.paths = list(paths) if paths is not None else None
         self.transform = transform
+        self.decoder = decoder
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -121,7 +131,9 @@ class FaceImageDataset(Dataset):
         """The un-augmented uint8 CHW image ``i``."""
         if self.pixels is not None:
             return self.pixels[i]
-        return hwc_to_chw(resize_uint8(load_rgb(self.paths[i]), self.size))
+        path = str(self.paths[i])
+        arr = self.decoder(path) if self.decoder else resize_uint8(load_rgb(path), self.size)
+        return hwc_to_chw(arr)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         img = self.raw(i)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,59 +36,71 @@ SELECT_METRICS = ("auc", "eer", "tar_at_far_1e-3", "accuracy")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+def _opt(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
-    """All training settings. Field comments are the documentation shown by ``--help``."""
+    """All training settings; each field's ``help`` is what ``siamface train --help`` shows."""
 
     # --- model ---
-    backbone: str = "tf_efficientnet_lite0"  # any timm model name, e.g. tf_efficientnetv2_b0
-    pretrained: str = "auto"  # auto | hub | none | /path/to/weights.(pth|safetensors)
-    embedding_size: int = 512  # output embedding dimension (article: 512)
-    image_size: int = 112  # square input size in pixels (article: 224)
+    backbone: str = _opt("tf_efficientnet_lite0", "any timm model name, e.g. tf_efficientnetv2_b0")
+    pretrained: str = _opt("auto", "auto | hub | none | /path/to/weights.(pth|safetensors)")
+    embedding_size: int = _opt(512, "output embedding dimension (article: 512)")
+    image_size: int = _opt(112, "square input size in pixels (article: 224)")
     # --- data ---
-    val_identities: float = 0.2  # held-out identities: fraction (<1) or count (>=1); 0 = none
-    min_images_per_identity: int = 2  # identities with fewer images are excluded
-    augment: str = "default"  # default | article | none
-    # --- sampling ---
-    batch_size: int = 32  # images per batch (article: 32)
-    m_per_class: int = 4  # images per identity in a batch (article: sampler_m = 4)
-    # --- loss ---
-    loss: str = "triplet"  # triplet | contrastive | bce | multi_similarity | arcface | cosface
-    margin: float = 0.1  # triplet margin on cosine similarity (article: 0.1)
-    miner: str = "batch_hard"  # none | batch_hard | semi_hard | multi_similarity
-    arc_margin: float = 28.6  # ArcFace angular margin in degrees (pml default 28.6 = 0.5 rad)
-    cos_margin: float = 0.35  # CosFace additive cosine margin
-    softmax_scale: float = 30.0  # logit scale for ArcFace / CosFace
-    head_lr_mult: float = 10.0  # lr multiplier for loss parameters (class centres, pair head)
-    # --- optimisation ---
-    optimizer: str = "adamw_cosine"  # adam_cosine | adamw_cosine | adamw_plateau | sgd_step
-    #                                  | ranger_exponential | schedule_free
-    lr: float = 1e-4  # learning rate (article: 1e-4)
-    weight_decay: float = 1e-5  # (article: 1e-5)
-    eps: float = 1e-8  # Adam-family epsilon (article: 1e-8)
-    momentum: float = 0.9  # SGD momentum
-    t_max: float | None = None  # cosine period in epochs (article: 50); null = whole run
-    eta_min: float = 1e-6  # cosine floor (article: 1e-6)
-    warmup_steps: int = 0  # linear warm-up steps at the start (cosine presets, schedule-free)
-    step_size: int = 10  # StepLR period in epochs (sgd_step)
-    gamma: float = 0.1  # StepLR factor (sgd_step); ExponentialLR uses exp_gamma
-    exp_gamma: float = 0.95  # ExponentialLR per-epoch factor (ranger_exponential)
-    plateau_patience: int = 2  # ReduceLROnPlateau patience in epochs (adamw_plateau)
-    plateau_factor: float = 0.5  # ReduceLROnPlateau factor
-    epochs: int = 20  # maximum epochs (article: 100); an epoch sees each training image once
-    time_budget_min: float | None = None  # wall-clock budget in minutes; null = unlimited
-    # --- validation / checkpoints ---
-    select_metric: str = (
-        "auc"  # metric that picks best.safetensors: auc|eer|tar_at_far_1e-3|accuracy
+    val_identities: float = _opt(
+        0.2, "held-out identities: fraction (<1) or count (>=1); 0 = no validation"
     )
-    calib_far: float = 1e-3  # target false-accept rate for the stored decision threshold
-    save_every_min: float = 10.0  # also save resumable state this often within an epoch
+    min_images_per_identity: int = _opt(2, "identities with fewer images are excluded")
+    augment: str = _opt("default", "default | article | none")
+    align: str = _opt(
+        "auto",
+        "auto | true | false: detect + align faces on the fly (auto = only when the data "
+        "folder was written by 'siamface prepare', whose crops are already aligned)",
+    )
+    # --- sampling ---
+    batch_size: int = _opt(32, "images per batch (article: 32)")
+    m_per_class: int = _opt(4, "images per identity in a batch (article: sampler_m = 4)")
+    # --- loss ---
+    loss: str = _opt("triplet", " | ".join(LOSSES))
+    margin: float = _opt(
+        0.1, "triplet margin on cosine similarity (article: 0.1); contrastive negative margin"
+    )
+    miner: str = _opt("batch_hard", " | ".join(MINERS))
+    arc_margin: float = _opt(28.6, "ArcFace angular margin in degrees (28.6 = 0.5 rad)")
+    cos_margin: float = _opt(0.35, "CosFace additive cosine margin")
+    softmax_scale: float = _opt(30.0, "logit scale for ArcFace / CosFace")
+    head_lr_mult: float = _opt(10.0, "lr multiplier for loss parameters (class centres, pair head)")
+    # --- optimisation ---
+    optimizer: str = _opt("adamw_cosine", " | ".join(OPTIMIZERS))
+    lr: float = _opt(1e-4, "learning rate (article: 1e-4)")
+    weight_decay: float = _opt(1e-5, "weight decay (article: 1e-5)")
+    eps: float = _opt(1e-8, "Adam-family epsilon (article: 1e-8)")
+    momentum: float = _opt(0.9, "SGD momentum (sgd_step)")
+    t_max: float | None = _opt(None, "cosine period in epochs (article: 50); null = whole run")
+    eta_min: float = _opt(1e-6, "cosine floor (article: 1e-6)")
+    warmup_steps: int = _opt(0, "linear warm-up steps (cosine presets, schedule_free)")
+    step_size: int = _opt(10, "StepLR period in epochs (sgd_step)")
+    gamma: float = _opt(0.1, "StepLR factor (sgd_step)")
+    exp_gamma: float = _opt(0.95, "ExponentialLR per-epoch factor (ranger_exponential)")
+    plateau_patience: int = _opt(2, "ReduceLROnPlateau patience in epochs (adamw_plateau)")
+    plateau_factor: float = _opt(0.5, "ReduceLROnPlateau factor (adamw_plateau)")
+    epochs: int = _opt(20, "maximum epochs (article: 100); an epoch sees each image once")
+    time_budget_min: float | None = _opt(None, "wall-clock budget in minutes; null = none")
+    # --- validation / checkpoints ---
+    select_metric: str = _opt("auc", "picks best.safetensors: " + " | ".join(SELECT_METRICS))
+    calib_far: float = _opt(1e-3, "target false-accept rate of the stored decision threshold")
+    save_every_min: float = _opt(10.0, "also save resumable state this often within an epoch")
     # --- machine ---
-    seed: int = 0
-    num_workers: int = -1  # data loader workers; -1 = auto
-    precision: str = "auto"  # auto | fp32 | bf16 (autocast; auto = bf16 on CUDA/AVX512-BF16 CPUs)
-    channels_last: bool = True  # NHWC memory layout, faster convolutions on CPU and GPU
-    device: str = "auto"  # auto | cpu | cuda
+    seed: int = _opt(0, "random seed (split, sampling, initialisation)")
+    num_workers: int = _opt(-1, "data loader workers; -1 = auto")
+    precision: str = _opt(
+        "auto", "auto | fp32 | bf16 autocast (auto: bf16 where the hardware has it)"
+    )
+    channels_last: bool = _opt(True, "NHWC memory layout: faster convolutions on CPU and GPU")
+    device: str = _opt("auto", "auto | cpu | cuda")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -101,7 +113,8 @@ def _field_types() -> dict[str, Any]:
 def _coerce(key: str, value: Any, type_str: str) -> Any:
     """Convert a YAML/CLI value to the field's type, or raise a readable ConfigError."""
     optional = "None" in type_str
-    if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+    empty = ("null", "~") if type_str == "str" else ("null", "none", "~")
+    if value is None or (isinstance(value, str) and value.lower() in empty):
         if optional:
             return None
         if key == "pretrained":
@@ -127,6 +140,8 @@ def _coerce(key: str, value: Any, type_str: str) -> Any:
             return float(value)
         if key == "pretrained" and isinstance(value, bool):
             return "auto" if value else "none"
+        if isinstance(value, bool):  # YAML reads `align: true` as a bool
+            return "true" if value else "false"
         return str(value)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{key} must be {base}, got {value!r}") from err
@@ -146,6 +161,7 @@ def _check(cfg: TrainConfig) -> None:
         ("select_metric", SELECT_METRICS),
         ("precision", PRECISIONS),
         ("device", ("auto", "cpu", "cuda")),
+        ("align", ("auto", "true", "false")),
     ):
         if getattr(cfg, name) not in choices:
             raise ConfigError(
@@ -227,30 +243,35 @@ def make_config(
     return cfg
 
 
-def config_help() -> str:
-    """Every key with its default and comment, extracted from this file's source."""
-    import inspect
+#: Section headings in --help and the default YAML, keyed by each section's first field.
+SECTIONS = {
+    "backbone": "MODEL",
+    "val_identities": "DATA",
+    "batch_size": "SAMPLING",
+    "loss": "LOSS",
+    "optimizer": "OPTIMISATION",
+    "select_metric": "VALIDATION / CHECKPOINTS",
+    "seed": "MACHINE",
+}
 
-    src = inspect.getsource(TrainConfig).splitlines()
-    lines = []
-    for line in src:
-        s = line.strip()
-        if s.startswith("# ---"):
-            lines.append("")
-            lines.append(s.strip("# -").upper())
-        elif ":" in s and "=" in s and not s.startswith(("def", '"""', "#")):
-            name = s.split(":")[0]
-            default = s.split("=", 1)[1].split("#")[0].strip()
-            comment = s.split("#", 1)[1].strip() if "#" in s else ""
-            lines.append(f"  {name} = {default}  {comment}")
-        elif s.startswith("#") and lines:
-            lines[-1] += " " + s.lstrip("# ").strip()
+
+def config_help() -> str:
+    """Every key with its default and help text, grouped by section, for ``--help``."""
+    lines: list[str] = []
+    for f in fields(TrainConfig):
+        if f.name in SECTIONS:
+            lines += ["", SECTIONS[f.name]]
+        lines.append(f"  {f.name} = {_yaml_value(f.default)}  {f.metadata.get('help', '')}")
     return "\n".join(lines)
+
+
+def _yaml_value(v: Any) -> str:
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def write_default_yaml(path: Path) -> None:
     """Write a commented YAML file with every key at its default."""
-    out = ["# siamface train configuration (all keys, defaults). See `siamface train --help`."]
+    out = ["# siamface train configuration: every key at its default (siamface train --help)."]
     for line in config_help().splitlines():
         if not line.strip():
             out.append("")
@@ -258,13 +279,6 @@ def write_default_yaml(path: Path) -> None:
             out.append(f"# {line}")
         else:
             name, rest = line.strip().split(" = ", 1)
-            default, _, comment = rest.partition("  ")
-            val = (
-                "null"
-                if default == "None"
-                else default.strip('"').lower()
-                if default in ("True", "False")
-                else default.strip('"')
-            )
-            out.append(f"{name}: {val}" + (f"  # {comment.strip()}" if comment.strip() else ""))
+            value, _, comment = rest.partition("  ")
+            out.append(f"{name}: {value}  # {comment.strip()}")
     path.write_text("\n".join(out) + "\n")

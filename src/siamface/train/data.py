@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -14,9 +16,47 @@ from siamface.data.dataset import DecodedImages, FaceImageDataset, decode_images
 from siamface.data.folders import Sample, scan_identity_folders
 from siamface.data.report import DatasetReport, build_report
 from siamface.data.split import split_identities
-from siamface.data.transforms import train_augmentation
+from siamface.data.transforms import Preprocessing, train_augmentation
 from siamface.errors import SiamfaceError
+from siamface.model.network import backbone_default_norm
 from siamface.train.config import TrainConfig
+
+PREPARE_MARKER = "siamface_prepare.json"
+
+
+def _aligned_decode(pre: Preprocessing, path: str) -> np.ndarray:
+    # Module-level so that functools.partial of it pickles into decode worker processes.
+    from siamface.faces.align import aligned_loader
+
+    return aligned_loader(pre)(Path(path))
+
+
+def alignment_for(cfg: TrainConfig, data_dirs: list[str]) -> tuple[bool, dict, bool]:
+    """Decide (aligned, align params, align on the fly) for a run.
+
+    Folders written by ``siamface prepare`` carry a marker with the alignment they used; the
+    checkpoint then records it, so verify/embed align raw photos the same way. ``align=true``
+    aligns raw folders during the decode pass instead.
+    """
+    markers = [Path(d) / PREPARE_MARKER for d in data_dirs]
+    found = [m for m in markers if m.is_file()]
+    if cfg.align == "false":
+        return False, {}, False
+    if found and len(found) != len(markers):
+        raise SiamfaceError(
+            "some data folders were prepared (aligned) by 'siamface prepare' and some were not: "
+            f"{', '.join(str(m.parent) for m in markers if not m.is_file())} lack "
+            f"{PREPARE_MARKER}. Prepare them too, or set align=false to treat all as plain crops"
+        )
+    if found:
+        try:
+            params = json.loads(found[0].read_text()).get("align", {})
+        except (OSError, ValueError) as err:
+            raise SiamfaceError(f"cannot read {found[0]}: {err}") from err
+        return True, params, False
+    if cfg.align == "true":
+        return True, {}, True
+    return False, {}, False
 
 
 @dataclass
@@ -31,6 +71,7 @@ class RunData:
     val_identities: list[str]
     report: DatasetReport
     excluded_cross_duplicates: int
+    preprocessing: Preprocessing
 
 
 def _rows(decoded: DecodedImages, picks: list[int]) -> torch.Tensor | None:
@@ -45,11 +86,17 @@ def prepare_run_data(
 ) -> RunData:
     """Scan, decode (listing unreadable files), report, split by identity, build datasets."""
     scan = scan_identity_folders(data_dirs)
+    aligned, align_params, on_the_fly = alignment_for(cfg, data_dirs)
+    mean, std = backbone_default_norm(cfg.backbone)
+    pre = Preprocessing(cfg.image_size, mean, std, aligned=aligned, align=align_params)
+    decoder = functools.partial(_aligned_decode, pre) if on_the_fly else None
     decoded = decode_images(
         [s.path for s in scan.samples],
         cfg.image_size,
         workers=workers or os.cpu_count(),
         progress=progress,
+        desc="detecting + aligning faces" if on_the_fly else "decoding images",
+        decoder=decoder,
     )
     good: list[int] = decoded.ok
     unreadable = {scan.samples[i].path: r for i, r in decoded.errors.items()}
@@ -83,6 +130,7 @@ def prepare_run_data(
         pixels=_rows(decoded, tr_idx),
         paths=[samples[i].path for i in tr_idx],
         transform=train_augmentation(cfg.image_size, cfg.augment),
+        decoder=decoder,
     )
     val_label_of = {ident: k for k, ident in enumerate(val_ids)}
     return RunData(
@@ -94,4 +142,5 @@ def prepare_run_data(
         val_identities=val_ids,
         report=report,
         excluded_cross_duplicates=len(cross),
+        preprocessing=pre,
     )

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from siamface import __version__
-from siamface.data.transforms import Preprocessing, normalize_batch
+from siamface.data.transforms import normalize_batch
 from siamface.embed import embed_uint8, plain_loader
 from siamface.errors import SiamfaceError
 from siamface.evaluate.metrics import (
@@ -35,7 +35,7 @@ from siamface.evaluate.metrics import (
     verification_metrics,
 )
 from siamface.model.checkpoint import Checkpoint, atomic_write, save_checkpoint
-from siamface.model.network import ModelConfig, backbone_default_norm, build_model
+from siamface.model.network import ModelConfig, build_model
 from siamface.model.pretrained import load_pretrained
 from siamface.train.config import TrainConfig, make_config
 from siamface.train.data import RunData, prepare_run_data
@@ -153,8 +153,7 @@ class Trainer:
         self.log(f"run directory: {self.run_dir}")
         self.data: RunData = prepare_run_data(cfg, self.data_dirs, progress=self.show_progress)
         self._write_report()
-        mean, std = backbone_default_norm(cfg.backbone)
-        self.pre = Preprocessing(image_size=cfg.image_size, mean=mean, std=std)
+        self.pre = self.data.preprocessing
         self.model_cfg = ModelConfig(backbone=cfg.backbone, embedding_size=cfg.embedding_size)
         self.model = build_model(self.model_cfg)
         if self._resume_state is None:
@@ -251,6 +250,9 @@ class Trainer:
             "best_epoch": s.best_epoch,
             "history": json.dumps(s.history),
             "epoch_start_rng": epoch_start_rng,
+            # MPerClassSampler shuffles its label list in place every epoch, so its order is
+            # state that the next epoch's batches depend on.
+            "sampler_labels_at_epoch_start": self._sampler_labels_at_epoch_start,
         }
 
     def _load_resume_state(self, st: dict) -> None:
@@ -267,6 +269,8 @@ class Trainer:
             history=json.loads(st["history"]),
         )
         self._epoch_start_rng = st["epoch_start_rng"]
+        # Replaying the epoch from its start needs the sampler as it was then.
+        self.sampler.labels = list(st["sampler_labels_at_epoch_start"])
         self.log(
             f"resuming at epoch {self.state.epoch + 1}, step {self.state.step_in_epoch} "
             f"({self.state.train_seconds / 60:.1f} min already trained)"
@@ -396,11 +400,14 @@ class Trainer:
                 if self._out_of_time():
                     stop_reason = f"time budget of {cfg.time_budget_min} min reached"
                     break
-                if epoch_start_rng is not None and s.step_in_epoch > 0:
-                    restore_rng(epoch_start_rng)  # same sampler order as before the stop
+                if epoch_start_rng is not None:
+                    # Resuming: replay this epoch's RNG so the sampler yields the same order,
+                    # then skip the batches that were already trained on.
+                    restore_rng(epoch_start_rng)
                 else:
                     epoch_start_rng = capture_rng()
                     s.step_in_epoch = 0
+                self._sampler_labels_at_epoch_start = list(map(int, self.sampler.labels))
                 order = list(iter(self.sampler))
                 order = order[s.step_in_epoch * cfg.batch_size :]
                 loader = DataLoader(
@@ -458,8 +465,13 @@ class Trainer:
                     s.epoch += 1
                     s.step_in_epoch = 0
                 last_metrics = self._end_of_epoch(losses, seen, epoch_time, finished_epoch)
+                # A finished epoch resumes at the next one (fresh RNG snapshot); a partial one
+                # resumes inside this epoch, so it keeps this epoch's starting snapshot.
+                resume_rng = capture_rng() if finished_epoch else epoch_start_rng
+                if finished_epoch:
+                    self._sampler_labels_at_epoch_start = list(map(int, self.sampler.labels))
+                save_state(self.run_dir, self._state_dict(resume_rng))
                 epoch_start_rng = None
-                save_state(self.run_dir, self._state_dict(capture_rng()))
                 last_save = time.perf_counter()
                 if not finished_epoch:
                     stop_reason = f"time budget of {cfg.time_budget_min} min reached"

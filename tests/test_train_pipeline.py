@@ -1,0 +1,183 @@
+"""End-to-end `siamface train` on real faces: outputs, resume, bad data, exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import TINY_BACKBONE
+from safetensors.torch import load_file
+
+from siamface.cli.main import main
+from siamface.model.checkpoint import load_checkpoint, read_metadata
+from siamface.train.config import make_config
+from siamface.train.loop import Trainer, TrainingInterrupted
+
+FAST = [
+    f"backbone={TINY_BACKBONE}",
+    "pretrained=none",
+    "image_size=32",
+    "embedding_size=16",
+    "batch_size=16",
+    "val_identities=4",
+    "num_workers=0",
+    "precision=fp32",
+    "lr=1e-3",
+]
+
+
+def test_cli_train_writes_a_self_describing_checkpoint(pins_small, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(pins_small),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--json",
+            *FAST,
+            "epochs=2",
+        ]
+    )
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.split("\n{", 1)[1].join(["{", ""]))
+    assert summary["epochs_completed"] == 2
+    for name in (
+        "best.safetensors",
+        "last.safetensors",
+        "dataset_report.json",
+        "history.json",
+        "config.yaml",
+        "train_state.pt",
+    ):
+        assert (out / name).is_file(), name
+    assert list((out / "tensorboard").iterdir())
+    report = json.loads((out / "dataset_report.json").read_text())
+    assert report["identities"] == 12 and report["val_identities"] == 4
+    assert not set(report["val_identity_names"]) & {p.name for p in pins_small.iterdir()} - set(
+        report["val_identity_names"]
+    )
+    meta = read_metadata(out / "best.safetensors")
+    assert meta["model"]["backbone"] == TINY_BACKBONE and meta["preprocessing"]["image_size"] == 32
+    assert 0 < meta["info"]["val_metrics"]["auc"] <= 1
+    assert meta["threshold"]["value"] == pytest.approx(meta["threshold"]["value"])
+    assert -1 <= meta["threshold"]["value"] <= 1
+    # loadable by siamface alone, no architecture re-typed, embeddings are unit vectors
+    model = load_checkpoint(out).build()
+    emb = model(torch.rand(2, 3, 32, 32))
+    assert emb.shape == (2, 16) and torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
+    hist = json.loads((out / "history.json").read_text())
+    best = max(hist, key=lambda h: h["val_auc"])
+    assert meta["info"]["epoch"] == best["epoch"]  # best is chosen on validation, not train loss
+
+
+def _final_weights(run_dir):
+    return load_file(str(run_dir / "last.safetensors"))
+
+
+def _same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+
+
+def test_resume_after_epoch_boundary_matches_uninterrupted(pins_small, tmp_path):
+    # t_max pins the cosine period, so stopping after epoch 1 does not change the schedule.
+    fast = FAST + ["t_max=2"]
+    full = Trainer(
+        make_config(None, fast + ["epochs=2"]),
+        [pins_small],
+        tmp_path / "a",
+        progress=False,
+        log=lambda s: None,
+    )
+    full.run()
+    part = Trainer(
+        make_config(None, fast + ["epochs=1"]),
+        [pins_small],
+        tmp_path / "b",
+        progress=False,
+        log=lambda s: None,
+    )
+    part.run()
+    resumed = Trainer.resume(tmp_path / "b", ["epochs=2"], progress=False, log=lambda s: None)
+    summary = resumed.run()
+    assert summary["epochs_completed"] == 2
+    _same_weights(_final_weights(tmp_path / "a"), _final_weights(tmp_path / "b"))
+
+
+def test_ctrl_c_mid_epoch_saves_state_and_resume_matches(pins_small, tmp_path, monkeypatch):
+    cfg = FAST + ["epochs=1", "augment=none", "batch_size=8"]
+    Trainer(
+        make_config(None, cfg), [pins_small], tmp_path / "a", progress=False, log=lambda s: None
+    ).run()
+    calls = {"n": 0}
+    original = Trainer._train_step
+
+    def flaky(self, x, y):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, x, y)
+
+    monkeypatch.setattr(Trainer, "_train_step", flaky)
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        Trainer(
+            make_config(None, cfg), [pins_small], tmp_path / "b", progress=False, log=lambda s: None
+        ).run()
+    monkeypatch.setattr(Trainer, "_train_step", original)
+    state = torch.load(tmp_path / "b" / "train_state.pt", weights_only=True)
+    assert state["step_in_epoch"] == 2 and state["epoch"] == 0
+    Trainer.resume(tmp_path / "b", progress=False, log=lambda s: None).run()
+    _same_weights(_final_weights(tmp_path / "a"), _final_weights(tmp_path / "b"))
+
+
+def test_bad_images_are_skipped_and_listed(pins_small, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(pins_small, data)
+    person = sorted(data.iterdir())[0]
+    (person / "truncated.jpg").write_bytes((next(person.glob("*.jpg"))).read_bytes()[:300])
+    (person / "empty.png").write_bytes(b"")
+    (person / "notes.jpg").write_text("not an image")
+    (data / "lonely").mkdir()
+    shutil.copy(next(person.glob("*.jpg")), data / "lonely" / "only.jpg")
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(data), "--out", str(out), "--no-progress", *FAST, "epochs=1"])
+    assert rc == 0
+    report = json.loads((out / "dataset_report.json").read_text())
+    bad = {u["path"].rsplit("/", 1)[1] for u in report["unreadable"]}
+    assert bad == {"truncated.jpg", "empty.png", "notes.jpg"}
+    assert report["excluded_identities"] == ["lonely"]
+    assert report["duplicates_across_identities"]  # the copied file lives under two people
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["lr=-3"], "lr must be > 0"),
+        (["batch_size=20", "m_per_class=8"], "multiple of m_per_class"),
+        (["backbone=resnet_nope"], "unknown timm backbone"),
+        (["batch_size=64", "m_per_class=8", "val_identities=6"], "m_per_class"),
+    ],
+)
+def test_cli_refuses_bad_config_before_work(pins_small, tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    rc = main(
+        ["train", "--data", str(pins_small), "--out", str(out), "--no-progress", *FAST, *args]
+    )
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_errors_for_wrong_paths(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
+    assert "data folder not found" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "not a siamface run directory" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "r")]) == 2
+    assert "--data" in capsys.readouterr().err
