@@ -1,0 +1,280 @@
+"""``siamface gallery enroll|remove|list|set``: manage a face gallery for 1:N identification."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EPILOG = """\
+A gallery is a folder (SQLite database + vector index) tied to one model: enrollments and
+probes from any other model are refused. The first 'enroll' creates it.
+
+examples:
+  siamface gallery enroll staff --model runs/pins people/            # people/<name>/<images>
+  siamface gallery enroll staff --name "Ada Lovelace" ada1.jpg ada2.jpg
+  siamface gallery enroll staff --name ada --append ada3.jpg         # more images of ada
+  siamface gallery list staff
+  siamface gallery remove staff ada
+  siamface gallery set staff --threshold 0.45                        # open-set threshold
+  siamface identify staff probe.jpg --top-k 5
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "gallery",
+        help="enroll, remove and list people in a face gallery (1:N)",
+        description="Manage a face gallery: a folder of enrolled people searched by "
+        "'siamface identify'.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    gs = p.add_subparsers(dest="gallery_command", metavar="ACTION")
+
+    e = gs.add_parser(
+        "enroll",
+        help="add people from image folders or files (creates the gallery)",
+        description="Enroll people. Without --name, each FOLDER is a folder of identity "
+        "folders (FOLDER/<person>/<images>) or, if it holds images directly, one person named "
+        "after it. With --name, all given images (and images in given folders) are that "
+        "person. Any unreadable image (or, for aligned models, image without a face) aborts "
+        "the whole enrollment unless --skip-bad; a name already enrolled is refused unless "
+        "--append.",
+    )
+    e.add_argument("gallery", metavar="GALLERY", help="gallery folder (created if missing)")
+    e.add_argument("inputs", nargs="+", metavar="DIR_OR_IMAGE")
+    e.add_argument("--model", help="checkpoint, run folder or .onnx (default: the gallery's)")
+    e.add_argument("--name", help="enroll all given images as this one person")
+    e.add_argument("--append", action="store_true", help="add images to people already enrolled")
+    e.add_argument("--metadata", metavar="JSON", help="JSON object stored with each person")
+    e.add_argument("--skip-bad", action="store_true", help="skip unusable images (listed)")
+    e.add_argument("--threshold", type=float, help="open-set threshold for a new gallery")
+    e.add_argument(
+        "--aggregation",
+        choices=["mean", "max"],
+        help="new gallery: search mean templates (default) or every image",
+    )
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--workers", type=int, help="image-decoding processes")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=run_enroll)
+
+    r = gs.add_parser("remove", help="remove people by name")
+    r.add_argument("gallery", metavar="GALLERY")
+    r.add_argument("names", nargs="+", metavar="NAME")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=run_remove)
+
+    ls = gs.add_parser("list", help="list enrolled people and the gallery's settings")
+    ls.add_argument("gallery", metavar="GALLERY")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=run_list)
+
+    s = gs.add_parser("set", help="change the threshold, aggregation or index kind")
+    s.add_argument("gallery", metavar="GALLERY")
+    t = s.add_mutually_exclusive_group()
+    t.add_argument("--threshold", type=float, help="open-set threshold (cosine similarity)")
+    t.add_argument("--no-threshold", action="store_true", help="closed-set: never 'unknown'")
+    s.add_argument("--aggregation", choices=["mean", "max"])
+    s.add_argument("--index", metavar="KIND", help="auto, flat, pqfs, ivfpqfs, hnsw, usearch")
+    s.add_argument("--rebuild", action="store_true", help="rebuild the index from the database")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=run_set)
+    p.set_defaults(func=lambda args: _no_action(p))
+
+
+def _no_action(p: argparse.ArgumentParser) -> int:
+    p.print_help()
+    return 2
+
+
+def _open(path: str):
+    from siamface.gallery import Gallery
+
+    return Gallery.open(path)
+
+
+def load_gallery_model(gallery, model: str | None):
+    """The model to embed images for ``gallery``: ``--model`` or the one it records."""
+    from siamface.errors import SiamfaceError
+    from siamface.inference import open_model
+
+    if model is None:
+        src = gallery.model_source
+        if not src or not Path(src).exists():
+            raise SiamfaceError(
+                f"give --model: the gallery's model ({src or 'not recorded'}) is not available"
+            )
+        model = src
+    embedder = open_model(model)
+    gallery.check_model(embedder.fingerprint, embedder.embedding_size)
+    return embedder
+
+
+def run_enroll(args: argparse.Namespace) -> int:
+    from siamface.errors import SiamfaceError
+    from siamface.gallery import Gallery
+    from siamface.gallery.enroll import embed_plan, plan_enrollment
+    from siamface.inference import open_model
+
+    metadata = {}
+    if args.metadata:
+        try:
+            metadata = json.loads(args.metadata)
+        except json.JSONDecodeError as err:
+            raise SiamfaceError(f"--metadata is not valid JSON: {err}") from err
+        if not isinstance(metadata, dict):
+            raise SiamfaceError('--metadata must be a JSON object, e.g. {"team": "ops"}')
+    plan = plan_enrollment(args.inputs, args.name)  # input errors before anything is opened
+    created = False
+    if Gallery.exists(args.gallery):
+        if args.threshold is not None or args.aggregation:
+            raise SiamfaceError(
+                "--threshold/--aggregation only apply when creating a gallery; "
+                "use 'siamface gallery set'"
+            )
+        gallery = Gallery.open(args.gallery)
+        embedder = load_gallery_model(gallery, args.model)
+    else:
+        where = Path(args.gallery).expanduser()
+        if where.exists() and (
+            not where.is_dir() or any(not f.name.startswith(".") for f in where.iterdir())
+        ):
+            raise SiamfaceError(f"{where} is not a siamface gallery (no gallery.sqlite inside)")
+        if not args.model:
+            raise SiamfaceError(f"{where} does not exist yet: give --model to create it")
+        embedder = open_model(args.model)
+        threshold = args.threshold
+        if threshold is None and embedder.threshold:
+            threshold = embedder.threshold.get("value")
+        gallery = None
+    if gallery is not None and not args.append:
+        taken = [n for n, _ in plan.groups if n in gallery]
+        if taken:  # fail fast, before embedding anything
+            raise SiamfaceError(
+                f"already enrolled: {', '.join(taken[:5])}{' ...' if len(taken) > 5 else ''} "
+                "(use --append to add images, or remove them first); nothing was enrolled"
+            )
+    embedded = embed_plan(
+        embedder,
+        plan,
+        skip_bad=args.skip_bad,
+        metadata=metadata,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=not args.no_progress and not args.json,
+    )
+    if gallery is None:
+        gallery = Gallery.create(
+            args.gallery,
+            fingerprint=embedder.fingerprint,
+            embedding_size=embedder.embedding_size,
+            threshold=threshold,
+            model_source=str(Path(args.model).expanduser().resolve()),
+            aggregation=args.aggregation or "mean",
+        )
+        created = True
+    with gallery:
+        dupes = gallery.duplicates_elsewhere(embedded.people)
+        records = gallery.enroll_many(
+            embedded.people, fingerprint=embedder.fingerprint, append=args.append
+        )
+        info = gallery.info()
+    out = {
+        "gallery": str(args.gallery),
+        "created": created,
+        "enrolled": [r.to_dict() for r in records],
+        "skipped_images": [{"path": str(p), "reason": r} for p, r in embedded.skipped_images],
+        "skipped_people": embedded.skipped_people,
+        "ignored_files": [{"path": str(p), "reason": r} for p, r in plan.ignored],
+        "duplicate_files": dupes,
+        "people": info["people"],
+        "images": info["images"],
+    }
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    verb = "created gallery and enrolled" if created else "enrolled"
+    n_img = sum(r.n_images for r in records)
+    print(f"{verb} {len(records)} people ({n_img} images total for them) in {args.gallery}")
+    for r in records[:20]:
+        print(f"  {r.name}: {r.n_images} image(s)")
+    if len(records) > 20:
+        print(f"  ... and {len(records) - 20} more")
+    for p, r in embedded.skipped_images:
+        print(f"  skipped {p}: {r}", file=sys.stderr)
+    for n in embedded.skipped_people:
+        print(f"  skipped {n}: no usable image", file=sys.stderr)
+    for d in dupes:
+        print(
+            f"  warning: {d['path']} is byte-identical to an image of {d['other']!r}",
+            file=sys.stderr,
+        )
+    print(f"gallery now holds {info['people']} people, {info['images']} images")
+    return 0
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    with _open(args.gallery) as g:
+        removed = g.remove(args.names)
+        n = len(g)
+    if args.json:
+        print(json.dumps({"removed": removed, "people": n}))
+    else:
+        print(f"removed {', '.join(removed)}; {n} people remain")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    with _open(args.gallery) as g:
+        info = g.info()
+        people = g.people()
+    if args.json:
+        print(json.dumps({"gallery": info, "people": [p.to_dict() for p in people]}, indent=1))
+        return 0
+    thr = info["threshold"]
+    print(
+        f"{info['path']}: {info['people']} people, {info['images']} images; model "
+        f"{info['fingerprint']} ({info['embedding_size']}-d); threshold "
+        f"{'none (closed-set)' if thr is None else f'{thr:.4f}'}; aggregation "
+        f"{info['aggregation']}; index {info['index']['kind'] or 'not built yet'}"
+    )
+    width = max((len(p.name) for p in people), default=4)
+    for p in people:
+        meta = f"  {json.dumps(p.metadata)}" if p.metadata else ""
+        print(f"  {p.name:<{width}}  {p.n_images:>4} image(s){meta}")
+    return 0
+
+
+def run_set(args: argparse.Namespace) -> int:
+    from siamface.errors import SiamfaceError
+
+    if not (
+        args.threshold is not None
+        or args.no_threshold
+        or args.aggregation
+        or args.index
+        or args.rebuild
+    ):
+        raise SiamfaceError("nothing to set: give --threshold, --aggregation, --index or --rebuild")
+    with _open(args.gallery) as g:
+        if args.threshold is not None or args.no_threshold:
+            g.set_threshold(None if args.no_threshold else args.threshold)
+        if args.aggregation:
+            g.set_aggregation(args.aggregation)
+        if args.index:
+            g.set_index_kind(args.index)
+        if args.rebuild:
+            g.rebuild_index()
+        info = g.info()
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        print(
+            f"{info['path']}: threshold {info['threshold']}, aggregation {info['aggregation']}, "
+            f"index {info['index_kind']} ({info['index']['kind']})"
+        )
+    return 0

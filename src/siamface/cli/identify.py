@@ -1,0 +1,76 @@
+"""``siamface identify GALLERY IMG...``: who is this? Ranked people, or "unknown"."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "identify",
+        help="search a gallery for the people in images (1:N, open-set)",
+        description="Embed each image with the gallery's model and list the best-matching "
+        "enrolled people with cosine similarity. The answer is 'unknown' when the best score "
+        "is below the gallery's threshold (set with 'siamface gallery set --threshold').",
+    )
+    p.add_argument("gallery", metavar="GALLERY")
+    p.add_argument("images", nargs="+", metavar="IMG")
+    p.add_argument("--model", help="model file (default: the one the gallery records)")
+    p.add_argument("--top-k", type=int, default=5, help="candidates to list (default 5)")
+    p.add_argument("--threshold", type=float, help="override the gallery's threshold")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from siamface.cli.gallery import load_gallery_model
+    from siamface.errors import SiamfaceError
+    from siamface.gallery import Gallery
+
+    if args.top_k < 1:
+        raise SiamfaceError(f"--top-k must be at least 1, got {args.top_k}")
+    with Gallery.open(args.gallery) as g:
+        if len(g) == 0:
+            raise SiamfaceError(f"gallery {args.gallery} is empty; enroll people first")
+        embedder = load_gallery_model(g, args.model)
+        paths = [Path(p) for p in args.images]
+        emb, errors = embedder.embed_paths(paths, progress=False)
+        if len(errors) == len(paths):
+            i, reason = next(iter(errors.items()))
+            raise SiamfaceError(f"cannot use {paths[i]}: {reason}")
+        thr = "gallery" if args.threshold is None else args.threshold
+        results = g.search(emb, args.top_k, fingerprint=embedder.fingerprint, threshold=thr)
+    out, it = [], iter(results)
+    for i, p in enumerate(paths):
+        if i in errors:
+            out.append({"image": str(p), "error": errors[i]})
+        else:
+            out.append({"image": str(p), **next(it).to_dict()})
+    if args.json:
+        print(json.dumps(out if len(out) > 1 else out[0], indent=1))
+    else:
+        for o in out:
+            _print(o)
+    return 1 if errors else 0
+
+
+def _print(o: dict) -> None:
+    if "error" in o:
+        print(f"{o['image']}: error: {o['error']}", file=sys.stderr)
+        return
+    thr = o["threshold"]
+    thr_s = "no threshold" if thr is None else f"threshold {thr:.4f}"
+    if o["known"]:
+        head = f"{o['identity']} ({o['score']:.4f})"
+    elif o["score"] is None:
+        head = "unknown (empty gallery)"
+    else:
+        head = f"unknown (best {o['matches'][0]['name']} {o['score']:.4f} is below the threshold)"
+    print(f"{o['image']}: {head}  [{thr_s}]")
+    for r, m in enumerate(o["matches"], 1):
+        mark = "  <- above threshold" if m["accepted"] and thr is not None else ""
+        print(f"  {r}. {m['name']}  {m['score']:.4f}{mark}")

@@ -1,0 +1,354 @@
+"""The gallery's source of truth: one SQLite database of people, images and embeddings.
+
+Why SQLite: it is transactional (an interrupted enrollment rolls back to nothing), it lets
+many readers work while one writer commits (WAL journal), it needs no server, and a gallery
+stays one self-contained folder that can be copied or backed up. The vector index beside it
+is *derived* data: every committed change bumps a ``version`` counter here, the index file
+records the version it was built from, and a stale or missing index is rebuilt from this
+database (see :mod:`siamface.gallery.gallery`).
+
+Embeddings are stored exactly (float32 blobs), so search results can be re-scored exactly
+even when the in-memory index is compressed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from siamface.errors import SiamfaceError
+
+FORMAT = "siamface.gallery"
+FORMAT_VERSION = 1
+DB_NAME = "gallery.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS people (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: index ids stay unambiguous
+    name     TEXT NOT NULL UNIQUE,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    created  REAL NOT NULL,
+    n_images INTEGER NOT NULL,
+    template BLOB                -- normalised mean embedding, NULL for one image (= that one)
+);
+CREATE TABLE IF NOT EXISTS images (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+    ref       TEXT,               -- where the image came from (path, upload name, ...)
+    digest    TEXT,               -- SHA-256 of the file bytes when known
+    embedding BLOB NOT NULL,
+    added     REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_person ON images(person_id);
+CREATE INDEX IF NOT EXISTS images_digest ON images(digest);
+"""
+
+
+@dataclass
+class PersonRecord:
+    """One enrolled person as listed by the gallery."""
+
+    id: int
+    name: str
+    n_images: int
+    metadata: dict = field(default_factory=dict)
+    created: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "n_images": self.n_images,
+            "metadata": self.metadata,
+            "created": self.created,
+        }
+
+
+@dataclass
+class NewPerson:
+    """A person to enroll: unit embeddings (one row per image) plus where each came from."""
+
+    name: str
+    embeddings: np.ndarray
+    refs: Sequence[str | None] = ()
+    digests: Sequence[str | None] = ()
+    metadata: dict = field(default_factory=dict)
+
+
+def to_blob(vec: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vec, dtype="<f4").tobytes()
+
+
+def from_blobs(blobs: Sequence[bytes], dim: int) -> np.ndarray:
+    if not blobs:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
+
+
+def mean_template(emb: np.ndarray) -> np.ndarray:
+    """The person's template: the normalised mean of their unit image embeddings."""
+    m = emb.astype(np.float64).mean(axis=0)
+    n = np.linalg.norm(m)
+    return (m / n if n > 0 else m).astype(np.float32)
+
+
+class Store:
+    """Thin, typed access to the gallery database. Not thread-safe on its own: the
+    :class:`~siamface.gallery.gallery.Gallery` serialises access with a lock."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection):
+        self.path = path
+        self.conn = conn
+
+    # -- opening -------------------------------------------------------------------
+    @classmethod
+    def connect(cls, path: Path, create: bool = False) -> Store:
+        path = Path(path)
+        if not create and not path.is_file():
+            raise SiamfaceError(f"{path.parent} is not a siamface gallery (no {DB_NAME} inside)")
+        try:
+            conn = sqlite3.connect(
+                str(path), timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints
+        except sqlite3.DatabaseError as err:
+            raise SiamfaceError(f"gallery database {path} is corrupt or not SQLite: {err}") from err
+        if str(mode).lower() != "wal":
+            conn.close()
+            raise SiamfaceError(f"cannot use WAL journal for {path} (got {mode!r})")
+        return cls(path, conn)
+
+    def init_schema(self, meta: dict[str, object]) -> None:
+        """Create tables and the meta record of a new gallery in one transaction."""
+        self.conn.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS)
+        with self.transaction():
+            base = {"format": FORMAT, "format_version": FORMAT_VERSION, "version": 0}
+            for k, v in {**base, **meta}.items():
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (k, json.dumps(v))
+                )
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()
+
+    # -- transactions and the change counter ------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` (take the write lock up front, so two writers queue instead
+        of deadlocking) ... ``COMMIT``, or ``ROLLBACK`` on any exception."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def meta(self) -> dict:
+        try:
+            rows = self.conn.execute("SELECT key, value FROM meta").fetchall()
+        except sqlite3.DatabaseError as err:
+            raise SiamfaceError(f"gallery database {self.path} is unreadable: {err}") from err
+        return {k: json.loads(v) for k, v in rows}
+
+    def set_meta(self, key: str, value: object) -> None:
+        """Write one meta value (inside the caller's transaction)."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value))
+        )
+
+    def version(self) -> int:
+        row = self.conn.execute("SELECT value FROM meta WHERE key='version'").fetchone()
+        return int(json.loads(row[0]))
+
+    def bump_version(self) -> int:
+        """Increment the change counter (inside the caller's transaction); returns it."""
+        v = self.version() + 1
+        self.set_meta("version", v)
+        return v
+
+    # -- people ------------------------------------------------------------------------
+    def existing_names(self, names: Iterable[str]) -> list[str]:
+        names = list(names)
+        found: list[str] = []
+        for i in range(0, len(names), 500):
+            chunk = names[i : i + 500]
+            q = f"SELECT name FROM people WHERE name IN ({','.join('?' * len(chunk))})"
+            found += [r[0] for r in self.conn.execute(q, chunk)]
+        return found
+
+    def person(self, name: str) -> PersonRecord | None:
+        row = self.conn.execute(
+            "SELECT id, name, n_images, metadata, created FROM people WHERE name=?", (name,)
+        ).fetchone()
+        return _person(row) if row else None
+
+    def people(self) -> list[PersonRecord]:
+        rows = self.conn.execute(
+            "SELECT id, name, n_images, metadata, created FROM people ORDER BY name"
+        )
+        return [_person(r) for r in rows]
+
+    def counts(self) -> tuple[int, int]:
+        n_people = self.conn.execute("SELECT COUNT(*) FROM people").fetchone()[0]
+        n_images = self.conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+        return int(n_people), int(n_images)
+
+    def names_of(self, person_ids: Sequence[int]) -> dict[int, tuple[str, dict]]:
+        out: dict[int, tuple[str, dict]] = {}
+        ids = [int(i) for i in person_ids]
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            q = f"SELECT id, name, metadata FROM people WHERE id IN ({','.join('?' * len(chunk))})"
+            for pid, name, meta in self.conn.execute(q, chunk):
+                out[int(pid)] = (name, json.loads(meta))
+        return out
+
+    def insert_person(self, p: NewPerson, now: float | None = None) -> tuple[int, list[int]]:
+        """Insert a person and their images (inside the caller's transaction).
+
+        Returns (person id, image ids)."""
+        now = time.time() if now is None else now
+        emb = p.embeddings
+        template = to_blob(mean_template(emb)) if len(emb) > 1 else None
+        cur = self.conn.execute(
+            "INSERT INTO people(name, metadata, created, n_images, template) VALUES (?,?,?,?,?)",
+            (p.name, json.dumps(p.metadata), now, len(emb), template),
+        )
+        pid = int(cur.lastrowid)
+        image_ids = self.insert_images(pid, emb, p.refs, p.digests, now)
+        return pid, image_ids
+
+    def insert_images(
+        self,
+        person_id: int,
+        emb: np.ndarray,
+        refs: Sequence[str | None] = (),
+        digests: Sequence[str | None] = (),
+        now: float | None = None,
+    ) -> list[int]:
+        now = time.time() if now is None else now
+        refs = list(refs) or [None] * len(emb)
+        digests = list(digests) or [None] * len(emb)
+        ids = []
+        for e, r, d in zip(emb, refs, digests, strict=True):
+            cur = self.conn.execute(
+                "INSERT INTO images(person_id, ref, digest, embedding, added) VALUES (?,?,?,?,?)",
+                (person_id, r, d, to_blob(e), now),
+            )
+            ids.append(int(cur.lastrowid))
+        return ids
+
+    def refresh_template(self, person_id: int, dim: int) -> None:
+        """Recompute a person's template and image count after images changed."""
+        emb = self.image_embeddings_of(person_id, dim)
+        template = to_blob(mean_template(emb)) if len(emb) > 1 else None
+        self.conn.execute(
+            "UPDATE people SET n_images=?, template=? WHERE id=?", (len(emb), template, person_id)
+        )
+
+    def delete_person(self, person_id: int) -> list[int]:
+        """Delete a person and (by cascade) their images; returns the deleted image ids."""
+        image_ids = [
+            int(r[0])
+            for r in self.conn.execute("SELECT id FROM images WHERE person_id=?", (person_id,))
+        ]
+        self.conn.execute("DELETE FROM people WHERE id=?", (person_id,))
+        return image_ids
+
+    def digests_elsewhere(self, digests: Sequence[str], name: str) -> dict[str, str]:
+        """{digest: other person's name} for files already enrolled under another name."""
+        out: dict[str, str] = {}
+        ds = [d for d in digests if d]
+        for i in range(0, len(ds), 500):
+            chunk = ds[i : i + 500]
+            q = (
+                "SELECT i.digest, p.name FROM images i JOIN people p ON p.id = i.person_id "
+                f"WHERE i.digest IN ({','.join('?' * len(chunk))}) AND p.name != ?"
+            )
+            for d, other in self.conn.execute(q, [*chunk, name]):
+                out[d] = other
+        return out
+
+    # -- vectors -----------------------------------------------------------------------
+    _TEMPLATE_SQL = (
+        "SELECT p.id, COALESCE(p.template, "
+        "(SELECT i.embedding FROM images i WHERE i.person_id = p.id ORDER BY i.id LIMIT 1)) "
+        "FROM people p"
+    )
+
+    def image_embeddings_of(self, person_id: int, dim: int) -> np.ndarray:
+        rows = self.conn.execute(
+            "SELECT embedding FROM images WHERE person_id=? ORDER BY id", (person_id,)
+        ).fetchall()
+        return from_blobs([r[0] for r in rows], dim)
+
+    def iter_vectors(
+        self, unit: str, dim: int, chunk: int = 65536
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (ids, vectors) in chunks: person templates (``unit='person'``) or image
+        embeddings (``unit='image'``), in id order, for (re)building an index."""
+        if unit == "person":
+            sql = self._TEMPLATE_SQL + " WHERE p.id > ? ORDER BY p.id LIMIT ?"
+        else:
+            sql = "SELECT id, embedding FROM images WHERE id > ? ORDER BY id LIMIT ?"
+        last = -1
+        while True:
+            rows = self.conn.execute(sql, (last, chunk)).fetchall()
+            if not rows:
+                return
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            yield ids, from_blobs([r[1] for r in rows], dim)
+            last = int(ids[-1])
+
+    def vectors_by_id(
+        self, unit: str, ids: Sequence[int], dim: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Exact vectors for index ids, for re-scoring: (ids found, person ids, vectors)."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            z = np.zeros(0, dtype=np.int64)
+            return z, z, np.zeros((0, dim), dtype=np.float32)
+        marks = ",".join("?" * len(ids))
+        if unit == "person":
+            rows = self.conn.execute(
+                self._TEMPLATE_SQL + f" WHERE p.id IN ({marks})", ids
+            ).fetchall()
+            rows = [(r[0], r[0], r[1]) for r in rows]
+        else:
+            rows = self.conn.execute(
+                f"SELECT id, person_id, embedding FROM images WHERE id IN ({marks})", ids
+            ).fetchall()
+        found = np.array([r[0] for r in rows], dtype=np.int64)
+        owners = np.array([r[1] for r in rows], dtype=np.int64)
+        return found, owners, from_blobs([r[2] for r in rows], dim)
+
+    def count(self, unit: str) -> int:
+        table = "people" if unit == "person" else "images"
+        return int(self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+    def sample_vectors(self, unit: str, n: int, dim: int) -> np.ndarray:
+        """About ``n`` vectors spread evenly over the id range (to train a quantiser)."""
+        step = max(1, self.count(unit) // max(n, 1))
+        out = [vecs[::step] for _, vecs in self.iter_vectors(unit, dim)]
+        return np.concatenate(out)[:n] if out else np.zeros((0, dim), dtype=np.float32)
+
+
+def _person(row) -> PersonRecord:
+    pid, name, n, meta, created = row
+    return PersonRecord(int(pid), name, int(n), json.loads(meta), float(created))

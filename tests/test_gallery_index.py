@@ -1,0 +1,67 @@
+"""Vector index backends behind one interface, the index file format and the size rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from siamface.errors import SiamfaceError
+from siamface.gallery import index as ix
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1200, 32)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind", sorted(ix.KINDS))
+def test_backend_add_search_remove_roundtrip(kind, data, tmp_path):
+    params = {"nlist": 8, "nprobe": 8} if kind == "ivfpqfs" else {}
+    idx = ix.make_index(kind, 32, **params)
+    if idx.needs_training:
+        idx.train(data, len(data))
+    ids = np.arange(len(data), dtype=np.int64) * 7 + 100  # ids need not be dense
+    idx.add(ids, data)
+    assert idx.ntotal == len(data)
+    scores, found = idx.search(data[:50], 5)
+    assert found.shape == (50, 5) and scores.shape == (50, 5)
+    hit = (found[:, : 1 if idx.exact else 5] == ids[:50, None]).any(axis=1).mean()
+    assert hit >= (1.0 if kind in ("flat",) else 0.9)
+    assert (np.diff(scores, axis=1) <= 1e-5).all()  # best first
+    idx.remove(ids[:10])
+    assert idx.ntotal == len(data) - 10
+    _, again = idx.search(data[:10], 5)
+    assert not np.isin(again, ids[:10]).any()
+    ix.write_index_file(tmp_path / "i.bin", idx, {"version": 3})
+    head, loaded = ix.read_index_file(tmp_path / "i.bin")
+    assert head["version"] == 3 and head["kind"] == kind and loaded.ntotal == idx.ntotal
+    np.testing.assert_array_equal(loaded.search(data[10:20], 3)[1], idx.search(data[10:20], 3)[1])
+
+
+def test_empty_index_and_damaged_files(tmp_path, data):
+    idx = ix.make_index("flat", 32)
+    s, i = idx.search(data[:2], 3)
+    assert (i == -1).all() and np.isneginf(s).all()
+    p = tmp_path / "i.bin"
+    ix.write_index_file(p, idx, {"version": 1})
+    raw = p.read_bytes()
+    p.write_bytes(raw[:-10])
+    with pytest.raises(ValueError):
+        ix.read_index_file(p)
+    p.write_bytes(b"nonsense")
+    assert ix.read_index_header(p) is None
+    with pytest.raises(ValueError, match="not a siamface"):
+        ix.read_index_file(p)
+    assert ix.read_index_header(tmp_path / "missing") is None
+    with pytest.raises(SiamfaceError, match="unknown index kind"):
+        ix.make_index("annoy", 32)
+    with pytest.raises(SiamfaceError, match="divide"):
+        ix.make_index("pqfs", 30, m=7)
+
+
+def test_size_rule():
+    assert ix.choose_kind(10) == "flat"
+    assert ix.choose_kind(ix.EXACT_MAX) == "flat"
+    assert ix.choose_kind(ix.EXACT_MAX + 1) == ix.LARGE_KIND == "pqfs"
