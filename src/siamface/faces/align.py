@@ -76,6 +76,8 @@ class AlignParams:
       uses the largest.
     * ``max_side``: photos are downscaled to at most this longest side *for detection*
       (the crop itself is cut from the full-resolution image).
+    * ``rotations``: when no upright face is found, also look in the photo turned by 90, 270
+      and 180 degrees (faces lying on their side; the crop comes out upright).
     * ``accept_aligned``: an image that already has the output size and whose face is
       already where the template puts it (or where no face is found) is used as it is.
     * ``template``: landmark template; only ``arcface`` for now.
@@ -86,6 +88,7 @@ class AlignParams:
     margin: float = 0.0
     face: str = "largest"
     max_side: int = DEFAULT_MAX_SIDE
+    rotations: bool = True
     accept_aligned: bool = True
     template: str = "arcface"
 
@@ -245,7 +248,7 @@ def find_faces(img: Image.Image, params: AlignParams, crop_like: bool = False) -
     """
     det = get_detector(params.detector, params.min_score)
     pads = (PAD_RETRY, 0.0) if crop_like else (0.0, PAD_RETRY)
-    return detect_faces(img, det, max_side=params.max_side, pads=pads)
+    return detect_faces(img, det, max_side=params.max_side, pads=pads, rotations=params.rotations)
 
 
 def is_template_aligned(face: Face, size: int, margin: float) -> bool:
