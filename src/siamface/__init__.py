@@ -8,4 +8,14 @@ images (``data``) -> faces (``faces``) -> tensors (``data.transforms``) -> embed
 from siamface.errors import SiamfaceError
 
 __version__ = "0.1.0"
-__all__ = ["SiamfaceError", "__version__"]
+__all__ = ["SiamfaceError", "__version__", "load"]
+
+
+def load(path, device: str = "auto", threshold: float | None = None):
+    """Open a model for verification: ``siamface.load(path).verify(a, b)``.
+
+    See :func:`siamface.api.load`; imported lazily so ``import siamface`` stays light.
+    """
+    from siamface.api import load as _load
+
+    return _load(path, device=device, threshold=threshold)

@@ -15,7 +15,20 @@ from siamface import __version__
 from siamface.errors import SiamfaceError
 
 #: Command modules under siamface.cli, in --help order.
-COMMANDS = ["train", "prepare"]
+COMMANDS = [
+    "train",
+    "prepare",
+    "evaluate",
+    "verify",
+    "embed",
+    "calibrate",
+    "pairs",
+    "gallery",
+    "identify",
+    "evaluate-1n",
+    "export",
+    "serve",
+]
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

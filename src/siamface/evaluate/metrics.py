@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from sklearn.metrics import auc as area_under_curve
 from sklearn.metrics import roc_auc_score, roc_curve
 
 DEFAULT_FARS = (1e-1, 1e-2, 1e-3, 1e-4)
@@ -144,3 +145,63 @@ def threshold_record(m: VerificationMetrics, target_far: float, source: str) -> 
         "source": source,
         "n_impostor": m.n_impostor,
     }
+
+
+def roc_points(
+    scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's ROC (every distinct threshold kept) with the infinite first threshold
+    replaced by a finite one just above the top score, so it can be stored and plotted."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    fpr, tpr, thr = roc_curve(labels, scores, sample_weight=weights, drop_intermediate=False)
+    thr = np.where(np.isinf(thr), np.nextafter(scores.max(), np.inf), thr)
+    return fpr, tpr, thr
+
+
+def weighted_verification_metrics(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    weights: np.ndarray | None = None,
+    fars: tuple[float, ...] = DEFAULT_FARS,
+) -> VerificationMetrics:
+    """:func:`verification_metrics` for scores with multiplicities.
+
+    Large evaluations keep score histograms (value, count) instead of millions of raw scores
+    (see :mod:`siamface.evaluate.pairs`); passing the counts as scikit-learn sample weights
+    gives exactly the metrics of the expanded score list. ``weights=None`` means all ones.
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels, dtype=bool).ravel()
+    w = np.ones(scores.size) if weights is None else np.asarray(weights, np.float64).ravel()
+    n_gen, n_imp = int(round(w[labels].sum())), int(round(w[~labels].sum()))
+    if n_gen == 0 or n_imp == 0:
+        raise ValueError(
+            f"need both genuine and impostor pairs (got {n_gen} genuine, {n_imp} impostor)"
+        )
+    fpr, tpr, thr = roc_points(scores, labels, weights)
+    fnr = 1.0 - tpr
+    i = int(np.nanargmin(np.abs(fnr - fpr)))
+    bal = (tpr + (1.0 - fpr)) / 2.0
+    j = int(np.argmax(bal))
+    notes: list[str] = []
+    tars: dict[str, float | None] = {}
+    thrs: dict[str, float | None] = {}
+    for far in fars:
+        key = far_key(far)
+        if far < 1.0 / n_imp:
+            tars[key] = thrs[key] = None
+            notes.append(f"FAR {key} is below 1/{n_imp} impostor pairs and cannot be measured here")
+            continue
+        tars[key], thrs[key] = tar_at_far(fpr, tpr, thr, far)
+    return VerificationMetrics(
+        auc=float(area_under_curve(fpr, tpr)),
+        eer=float((fpr[i] + fnr[i]) / 2.0),
+        eer_threshold=float(thr[i]),
+        best_accuracy=float(bal[j]),
+        best_accuracy_threshold=float(thr[j]),
+        tar_at_far=tars,
+        threshold_at_far=thrs,
+        n_genuine=n_gen,
+        n_impostor=n_imp,
+        notes=notes,
+    )

@@ -1,0 +1,146 @@
+"""The Python API: ``siamface.load(path)`` -> a model with ``.embed`` and ``.verify``.
+
+Example::
+
+    import siamface
+
+    model = siamface.load("runs/pins")            # checkpoint, run directory or .onnx
+    r = model.verify("a.jpg", "b.jpg")             # Verification(similarity, same, threshold, ...)
+    if r.same: ...
+    vecs = model.embed(["a.jpg", "b.jpg"])         # (2, D) float32 unit vectors
+
+Images may be file paths, PIL images or HWC uint8 arrays; ``verify`` also accepts embeddings
+(1-D vectors from ``embed``), so a stored gallery vector can be compared with a new photo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image
+
+from siamface.errors import SiamfaceError
+from siamface.verify import Verification, decide, resolve_threshold
+
+ImageLike = Union[str, Path, Image.Image, np.ndarray]  # noqa: UP007 - readable alias
+
+
+class FaceModel:
+    """A loaded face-verification model (any backend) with its decision threshold."""
+
+    def __init__(self, embedder, threshold: float | None = None):
+        self.embedder = embedder
+        self._override = threshold
+
+    # -- what the model is -------------------------------------------------------------
+    @property
+    def threshold(self) -> float | None:
+        """The decision threshold in use (given to :func:`load`, else the stored one)."""
+        if self._override is not None:
+            return float(self._override)
+        t = self.embedder.threshold
+        return None if not t or t.get("value") is None else float(t["value"])
+
+    @property
+    def threshold_info(self) -> dict | None:
+        """The stored threshold record (target FAR, TAR, where it was calibrated)."""
+        return self.embedder.threshold
+
+    @property
+    def fingerprint(self) -> str:
+        return self.embedder.fingerprint
+
+    @property
+    def embedding_size(self) -> int:
+        return self.embedder.embedding_size
+
+    def __repr__(self) -> str:
+        return (
+            f"FaceModel({str(self.embedder.source)!r}, {self.embedding_size}-d, "
+            f"threshold={self.threshold})"
+        )
+
+    # -- embeddings ----------------------------------------------------------------------
+    def embed(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 64) -> np.ndarray:
+        """Unit-length embeddings: (D,) for one image, (N, D) for a list.
+
+        Unreadable files raise :class:`SiamfaceError` naming the file.
+        """
+        single = _is_single(images)
+        items = [images] if single else list(images)
+        out = self._embed_list(items, batch_size)
+        return out[0] if single else out
+
+    def _embed_list(self, items: list, batch_size: int) -> np.ndarray:
+        d = self.embedding_size
+        out = np.zeros((len(items), d), dtype=np.float32)
+        paths = [(i, Path(x)) for i, x in enumerate(items) if isinstance(x, (str, Path))]
+        if paths:
+            for _, p in paths:
+                if not p.is_file():
+                    raise SiamfaceError(f"image not found: {p}")
+            emb, errors = self.embedder.embed_paths(
+                [p for _, p in paths], batch_size=batch_size, progress=False
+            )
+            if errors:
+                k, reason = next(iter(errors.items()))
+                raise SiamfaceError(f"cannot read {paths[k][1]}: {reason}")
+            out[[i for i, _ in paths]] = emb
+        decoded = []
+        for i, x in enumerate(items):
+            if isinstance(x, (str, Path)):
+                continue
+            if isinstance(x, Image.Image):
+                decoded.append((i, x))
+            elif isinstance(x, np.ndarray) and x.ndim == 1:
+                if x.shape[0] != d:
+                    raise SiamfaceError(f"embedding of size {x.shape[0]} given, model has {d}")
+                v = x.astype(np.float32)
+                out[i] = v / max(float(np.linalg.norm(v)), 1e-12)
+            elif isinstance(x, np.ndarray) and x.ndim in (2, 3) and x.dtype == np.uint8:
+                decoded.append((i, Image.fromarray(x)))
+            else:
+                raise SiamfaceError(
+                    f"cannot embed a {type(x).__name__}"
+                    + (f" of shape {x.shape} and dtype {x.dtype}" if hasattr(x, "shape") else "")
+                    + ": give a file path, a PIL image, an HWC uint8 array or an embedding"
+                )
+        if decoded:
+            out[[i for i, _ in decoded]] = self.embedder.embed_images(
+                [im for _, im in decoded], batch_size=batch_size
+            )
+        return out
+
+    # -- decisions -----------------------------------------------------------------------
+    def similarity(self, a: ImageLike, b: ImageLike) -> float:
+        """Cosine similarity of two faces (no threshold needed)."""
+        e = self._embed_list([a, b], 2)
+        return float(e[0] @ e[1])
+
+    def verify(self, a: ImageLike, b: ImageLike, threshold: float | None = None) -> Verification:
+        """Same person? ``similarity >= threshold`` with the given, load-time or stored
+        threshold; raises :class:`SiamfaceError` when the model has none."""
+        t = threshold if threshold is not None else self._override
+        value, source = resolve_threshold(self.embedder.threshold, t, str(self.embedder.source))
+        if t is not None and threshold is None:
+            source = "given to load()"
+        return decide(self.similarity(a, b), value, source)
+
+
+def _is_single(x) -> bool:
+    if isinstance(x, (str, Path, Image.Image)):
+        return True
+    return isinstance(x, np.ndarray) and (x.ndim == 1 or x.dtype == np.uint8 and x.ndim != 4)
+
+
+def load(path: str | Path, device: str = "auto", threshold: float | None = None) -> FaceModel:
+    """Open a checkpoint (``.safetensors``), a training run directory or an ``.onnx`` export.
+
+    ``threshold`` overrides the stored decision threshold.
+    """
+    from siamface.inference import open_model
+
+    return FaceModel(open_model(path, device=device), threshold=threshold)

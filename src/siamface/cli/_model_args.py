@@ -1,0 +1,51 @@
+"""Arguments and helpers shared by the model-using commands (evaluate, verify, embed,
+calibrate), so they spell the same things the same way."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="MODEL",
+        help="checkpoint (.safetensors), training run directory, or exported .onnx",
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
+
+
+def add_embed_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch")
+    p.add_argument(
+        "--workers", type=int, default=None, help="image-decoding processes (default: auto)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def rate(text: str) -> float:
+    """A false-accept rate strictly between 0 and 1 (e.g. 1e-3)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rate like 1e-3, got {text!r}") from None
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"a rate must be between 0 and 1, got {text!r}")
+    return v
+
+
+def open_model_arg(args: argparse.Namespace):
+    from siamface.inference import open_model
+
+    return open_model(args.model, device=args.device)

@@ -1,0 +1,179 @@
+"""``siamface calibrate``: choose a checkpoint's decision threshold on validation faces.
+
+A threshold is only meaningful for the error rate it was chosen for, on people the model never
+saw. This command measures all pairs of the given identity folders, picks the threshold giving
+the target false-accept rate (or the best balanced accuracy), and writes a new checkpoint with
+that threshold and its provenance (target FAR, measured TAR and FAR, pair counts, data
+folder). The weights are unchanged (same fingerprint); the file is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from pathlib import Path
+
+from siamface.cli._model_args import add_embed_args, add_model_args, open_model_arg, rate
+
+#: Fewer impostor pairs than this above the threshold make the FAR estimate noisy.
+MIN_IMPOSTORS_ABOVE = 10
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="set a checkpoint's decision threshold from validation faces",
+        description=__doc__.split("\n\n", 1)[1],
+        epilog=(
+            "examples:\n"
+            "  siamface calibrate --model runs/pins --data faces/ --held-out runs/pins\n"
+            "  siamface calibrate --model m.safetensors --data val/ --far 1e-4 --out m2.safetensors"
+            "\n"
+            "  siamface calibrate --model m.safetensors --data val/ --best-accuracy"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_args(p)
+    p.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="validation identity folders DIR/<person>/<image> (repeatable)",
+    )
+    who = p.add_mutually_exclusive_group()
+    who.add_argument(
+        "--identities",
+        metavar="LIST",
+        help="only these people: 'a,b,c', a text file or a JSON list",
+    )
+    who.add_argument(
+        "--held-out", metavar="RUN_DIR", help="only the validation identities of a training run"
+    )
+    goal = p.add_mutually_exclusive_group()
+    goal.add_argument(
+        "--far", type=rate, default=1e-3, help="target false-accept rate (default 1e-3)"
+    )
+    goal.add_argument(
+        "--best-accuracy",
+        action="store_true",
+        help="threshold of best balanced accuracy instead of a target FAR",
+    )
+    p.add_argument(
+        "--out", metavar="FILE", help="new checkpoint (default: replace the given one, atomically)"
+    )
+    p.add_argument(
+        "--max-impostors",
+        type=int,
+        metavar="N",
+        help="score a seeded sample of N impostor pairs when there are more",
+    )
+    p.add_argument("--seed", type=int, default=0, help="impostor-sample seed")
+    p.add_argument("--json", action="store_true", help="print the threshold record as JSON")
+    add_embed_args(p)
+    p.set_defaults(func=run)
+
+
+def checkpoint_path(model: str) -> Path:
+    """The .safetensors file calibrate would rewrite; ONNX models are refused."""
+    from siamface.errors import SiamfaceError
+
+    p = Path(model).expanduser()
+    if p.suffix == ".onnx":
+        raise SiamfaceError(
+            f"{p} is an ONNX export, which calibrate cannot rewrite: calibrate the .safetensors "
+            "checkpoint it came from and export again (or pass --threshold to verify)"
+        )
+    if p.is_dir():
+        p = p / "best.safetensors"
+    if not p.is_file():
+        raise SiamfaceError(f"checkpoint not found: {p}")
+    if p.suffix != ".safetensors":
+        raise SiamfaceError(f"{p}: calibrate needs a siamface .safetensors checkpoint")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from siamface.evaluate import run as ev
+    from siamface.evaluate.metrics import DEFAULT_FARS, threshold_record
+    from siamface.model.checkpoint import load_checkpoint, save_checkpoint
+
+    src = checkpoint_path(args.model)
+    out = Path(args.out).expanduser() if args.out else src
+    ids = None
+    if args.identities:
+        ids = ev.read_identity_list(args.identities)
+    elif args.held_out:
+        ids = ev.held_out_identities(args.held_out)
+    images = ev.collect_images(args.data, ids)
+    model = open_model_arg(args)
+    fars = tuple(sorted(set(DEFAULT_FARS) | {args.far}, reverse=True))
+    kw = {"max_impostors": args.max_impostors, "sample_size": args.max_impostors}
+    result = ev.evaluate_folders(
+        model,
+        images,
+        None,
+        fars=fars,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        plots=False,
+        progress=not args.no_progress,
+        **(kw if args.max_impostors else {}),
+    )
+    m, scored = result.metrics, result.scored
+    source = ", ".join(str(r) for r in images.roots)
+    if images.identity_filter:
+        source += f" ({images.identity_filter})"
+    if args.best_accuracy:
+        rec = {
+            "value": m.best_accuracy_threshold,
+            "target_far": None,
+            "method": "best_accuracy",
+            "source": source,
+            "n_impostor": m.n_impostor,
+        }
+    else:
+        rec = threshold_record(m, args.far, source)
+    rates = scored.rates_at(rec["value"])
+    rec.update(
+        tar=rates["tar"],
+        far=rates["far"],
+        balanced_accuracy=rates["balanced_accuracy"],
+        n_genuine=m.n_genuine,
+        identities=result.report["data"]["identities"],
+        images=result.report["data"]["images_embedded"],
+        calibrated=datetime.date.today().isoformat(),
+    )
+    notes = list(result.report["notes"])
+    above = round(rates["far"] * m.n_impostor)
+    if not args.best_accuracy and above < MIN_IMPOSTORS_ABOVE:
+        notes.append(
+            f"only {above} impostor pairs score above this threshold: the FAR estimate is "
+            "noisy; calibrate on more identities for a target this low"
+        )
+    ckpt = load_checkpoint(src)
+    old = ckpt.threshold
+    if ckpt.fingerprint != model.fingerprint:  # the file changed under us
+        from siamface.errors import SiamfaceError
+
+        raise SiamfaceError(f"{src} changed while calibrating; run again")
+    ckpt.threshold = rec
+    save_checkpoint(ckpt, out)
+    if args.json:
+        print(
+            json.dumps({"checkpoint": str(out), "threshold": rec, "previous": old, "notes": notes})
+        )
+        return 0
+    goal = "best balanced accuracy" if args.best_accuracy else f"target FAR {args.far:g}"
+    print(
+        f"threshold {rec['value']:.4f} ({goal}, {rec['method']}): measured TAR {rec['tar']:.4f}"
+        f", FAR {rec['far']:.2e} on {m.n_genuine:,} genuine / {m.n_impostor:,} impostor pairs"
+    )
+    if old and old.get("value") is not None:
+        print(f"previous threshold {old['value']:.4f} ({old.get('source', '?')})")
+    for n in notes:
+        print(f"note: {n}")
+    print(f"written to {out}")
+    return 0

@@ -1,0 +1,110 @@
+"""``siamface embed``: a folder of face images -> one ``.npz`` of embeddings.
+
+The file holds ``paths`` (relative to DIR, '/'-separated), ``identities`` (the first folder
+under DIR, '' for files directly in it), ``embeddings`` (N x D float32 unit vectors), and the
+model's ``fingerprint`` so vectors of different models are never mixed. Unreadable images are
+skipped and listed in ``skipped`` / ``skipped_reasons``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from siamface.cli._model_args import add_embed_args, add_model_args, open_model_arg
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "embed",
+        help="embed every image under a folder into an .npz file",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  siamface embed --model runs/pins --data faces/ --out faces.npz\n"
+        "  python -c \"import numpy as np; z = np.load('faces.npz'); "
+        "print(z['paths'][:3], z['embeddings'].shape)\"",
+    )
+    add_model_args(p)
+    p.add_argument("--data", required=True, metavar="DIR", help="folder of images (recursive)")
+    p.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    add_embed_args(p)
+    p.set_defaults(func=run)
+
+
+def list_images(root: Path) -> list[Path]:
+    """Image files under ``root`` (recursive, sorted, hidden files and folders skipped)."""
+    from siamface.data.images import is_image_path
+    from siamface.errors import SiamfaceError
+
+    if not root.is_dir():
+        raise SiamfaceError(f"data folder not found: {root}")
+    files = sorted(
+        f
+        for f in root.rglob("*")
+        if f.is_file()
+        and is_image_path(f)
+        and not any(part.startswith(".") for part in f.relative_to(root).parts)
+    )
+    if not files:
+        raise SiamfaceError(f"no image files under {root}")
+    return files
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from siamface.fileio import atomic_write
+
+    root = Path(args.data).expanduser()
+    out = Path(args.out).expanduser()
+    if out.suffix != ".npz":
+        out = out.with_name(out.name + ".npz")
+    files = list_images(root)
+    model = open_model_arg(args)
+    emb, errors = model.embed_paths(
+        files, batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress
+    )
+    rel = [f.relative_to(root).as_posix() for f in files]
+    kept = [i for i in range(len(files)) if i not in errors]
+    ids = [rel[i].split("/")[0] if "/" in rel[i] else "" for i in kept]
+    if not kept:
+        from siamface.errors import SiamfaceError
+
+        first = next(iter(errors.items()))
+        raise SiamfaceError(
+            f"none of the {len(files)} images under {root} could be read "
+            f"(e.g. {rel[first[0]]}: {first[1]})"
+        )
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            np.savez(
+                f,
+                paths=np.array([rel[i] for i in kept], dtype=str),
+                identities=np.array(ids, dtype=str),
+                embeddings=emb.astype(np.float32),
+                fingerprint=np.array(model.fingerprint),
+                model=np.array(str(model.source)),
+                root=np.array(str(root.resolve())),
+                skipped=np.array([rel[i] for i in errors], dtype=str),
+                skipped_reasons=np.array(list(errors.values()), dtype=str),
+            )
+
+    atomic_write(out, write)
+    summary = {
+        "out": str(out),
+        "images": len(kept),
+        "embedding_size": int(model.embedding_size),
+        "fingerprint": model.fingerprint,
+        "skipped": [{"path": rel[i], "reason": r} for i, r in errors.items()],
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{len(kept)} embeddings ({model.embedding_size}-d) written to {out}")
+        for s in summary["skipped"]:
+            print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
+    return 0

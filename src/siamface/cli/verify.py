@@ -1,0 +1,163 @@
+"""``siamface verify``: are two faces the same person? Similarity, decision, and the threshold
+behind it; ``--pairs-csv`` for many pairs.
+
+Exit status (single pair): 0 = same person, 1 = different people, 2 = error (including "no
+threshold to decide with"). With ``--pairs-csv``: 0 = all pairs decided, 2 = error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from siamface.cli._model_args import add_embed_args, add_model_args, open_model_arg
+
+EXIT_SAME, EXIT_DIFFERENT = 0, 1
+
+EPILOG = """\
+exit status: 0 = same person, 1 = different people, 2 = error (with --pairs-csv: 0 = done)
+
+The decision is similarity >= threshold. The threshold is the one stored in the checkpoint
+(calibrated on validation identities at a target false-accept rate, see 'siamface calibrate')
+unless --threshold is given.
+
+examples:
+  siamface verify --model runs/pins a.jpg b.jpg && echo same
+  siamface verify --model model.onnx a.jpg b.jpg --threshold 0.45 --json
+  siamface verify --model runs/pins --pairs-csv pairs.csv --out decisions.csv
+    (pairs.csv: 'image1,image2' rows; relative paths are read from the CSV's folder)
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="decide whether two face images show the same person",
+        description="Cosine similarity of two faces and a same/different decision.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_args(p)
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="two image files")
+    p.add_argument("--threshold", type=float, help="decide with this threshold instead")
+    p.add_argument("--pairs-csv", metavar="FILE", help="CSV of image1,image2 rows")
+    p.add_argument("--root", metavar="DIR", help="folder relative CSV paths start from")
+    p.add_argument("--out", metavar="FILE", help="with --pairs-csv: write results CSV here")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_embed_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from siamface.errors import SiamfaceError
+
+    if args.pairs_csv:
+        if args.images:
+            raise SiamfaceError("give either two images or --pairs-csv, not both")
+        return _run_csv(args)
+    if args.root or args.out:
+        raise SiamfaceError("--root and --out only apply with --pairs-csv")
+    if len(args.images) != 2:
+        raise SiamfaceError(f"give exactly two images (got {len(args.images)}), or --pairs-csv")
+    return _run_one(args)
+
+
+def _run_one(args: argparse.Namespace) -> int:
+    from siamface.errors import SiamfaceError
+    from siamface.verify import resolve_threshold, verify_pairs
+
+    a, b = (Path(x).expanduser() for x in args.images)
+    for p in (a, b):
+        if not p.is_file():
+            raise SiamfaceError(f"image not found: {p}")
+    model = open_model_arg(args)
+    try:
+        thr, source = resolve_threshold(model.threshold, args.threshold, args.model)
+    except SiamfaceError as err:
+        r = verify_pairs(model, [(a, b)], 0.0, "none", progress=False)[0]
+        if args.json:
+            print(json.dumps(_one_json(args, model, r) | {"same": None, "error": str(err)}))
+        else:
+            print(f"similarity {r.similarity:.4f}; no decision:", file=sys.stderr)
+        raise
+    r = verify_pairs(model, [(a, b)], thr, source, progress=False)[0]
+    if args.json:
+        print(json.dumps(_one_json(args, model, r)))
+    else:
+        verdict = "same person" if r.same else "different people"
+        op = ">=" if r.same else "<"
+        print(
+            f"{verdict}: similarity {r.similarity:.4f} {op} threshold {r.threshold:.4f} "
+            f"({r.threshold_source})"
+        )
+    return EXIT_SAME if r.same else EXIT_DIFFERENT
+
+
+def _one_json(args, model, r) -> dict:
+    return {
+        "image1": args.images[0],
+        "image2": args.images[1],
+        **r.to_dict(),
+        "model": str(model.source),
+        "fingerprint": model.fingerprint,
+    }
+
+
+def _run_csv(args: argparse.Namespace) -> int:
+    from siamface.fileio import atomic_write
+    from siamface.verify import read_pairs_csv, resolve_threshold, verify_pairs
+
+    rows = read_pairs_csv(args.pairs_csv, args.root)  # checks every path before model work
+    model = open_model_arg(args)
+    thr, source = resolve_threshold(model.threshold, args.threshold, args.model)
+    results = verify_pairs(
+        model,
+        [(r.a, r.b) for r in rows],
+        thr,
+        source,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=not args.no_progress,
+        where=lambda k: f"{args.pairs_csv}, line {rows[k].line}",
+    )
+    n_same = sum(r.same for r in results)
+    summary = (
+        f"{len(results)} pairs: {n_same} same, {len(results) - n_same} different "
+        f"(threshold {thr:.4f}, {source})"
+    )
+    table = [
+        {"line": row.line, "image1": str(row.a), "image2": str(row.b), **res.to_dict()}
+        for row, res in zip(rows, results, strict=True)
+    ]
+    if args.out:
+        fields = ["image1", "image2", "similarity", "same", "threshold"]
+
+        def write(p: Path) -> None:
+            with open(p, "w", newline="", encoding="utf-8") as f:
+                w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(table)
+
+        atomic_write(Path(args.out), write)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "model": str(model.source),
+                    "fingerprint": model.fingerprint,
+                    "threshold": thr,
+                    "threshold_source": source,
+                    "pairs": table,
+                }
+            )
+        )
+    elif not args.out:
+        w = csv.writer(sys.stdout)
+        w.writerow(["image1", "image2", "similarity", "same"])
+        for t in table:
+            w.writerow([t["image1"], t["image2"], f"{t['similarity']:.6f}", int(t["same"])])
+    print(summary + (f"; written to {args.out}" if args.out else ""), file=sys.stderr)
+    return 0
