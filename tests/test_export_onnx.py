@@ -275,3 +275,35 @@ def test_embed_command_accepts_onnx_without_torch(tiny_onnx, tiny_checkpoint, pi
     data = np.load(out)
     assert data["embeddings"].shape == (12 * 8, 32)
     assert str(data["fingerprint"]) == load_checkpoint(tiny_checkpoint).fingerprint
+
+
+def test_gallery_from_checkpoint_is_searched_with_onnx_without_torch(
+    tiny_onnx, tiny_checkpoint, pins_small, tmp_path
+):
+    """Same fingerprint: a gallery enrolled with the checkpoint works with its ONNX export."""
+    from siamface.gallery import Gallery
+
+    model = open_model(tiny_checkpoint, "cpu")
+    people = sorted(p for p in pins_small.iterdir() if p.is_dir())[:3]
+    with Gallery.create(
+        tmp_path / "g", fingerprint=model.fingerprint, embedding_size=32, threshold=None
+    ) as g:
+        for person in people:
+            emb, _ = model.embed_paths(_images(person, 3), progress=False)
+            g.enroll(person.name, emb, fingerprint=model.fingerprint)
+            if person == people[1]:
+                template = emb.mean(0) / np.linalg.norm(emb.mean(0))
+                expected = float(emb[0] @ template)  # the probe's score against the template
+    probe = _images(people[1], 1)[0]
+    code = f"""
+        import sys
+        from siamface.cli.main import main
+        sys.exit(main(["identify", {str(tmp_path / "g")!r}, {str(probe)!r}, "--model",
+                       {str(tiny_onnx[0])!r}, "--json"]))
+    """
+    res = _run_torch_free(code, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    scores = {m["name"]: m["score"] for m in out["matches"]}  # top_k 5 >= 3 people
+    assert sorted(scores) == sorted(p.name for p in people)
+    assert scores[people[1].name] == pytest.approx(expected, abs=1e-4)
