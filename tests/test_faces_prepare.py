@@ -206,3 +206,30 @@ def test_cli_exit_codes_and_json(raw_tree, tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "prepared 5 of 8 images" in text and "no face found (skipped): 2" in text
+
+
+def test_unexpected_failure_is_reported_and_retried_on_resume(tmp_path, monkeypatch):
+    import siamface.faces.prepare as prep
+
+    raw = tmp_path / "raw"
+    shutil.copytree(wild_ids(1)[0], raw / "p")
+    victim = sorted((raw / "p").iterdir())[1].name
+    real_warp = prep.warp_face
+    calls = {"n": 0}
+
+    def flaky_warp(img, landmarks, size, margin=0.0):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated crash")
+        return real_warp(img, landmarks, size, margin)
+
+    monkeypatch.setattr(prep, "warp_face", flaky_warp)
+    out = tmp_path / "out"
+    report = prepare_folders(raw, out, PrepareOptions(workers=1), progress=False)
+    n = report["counts"]["images"]
+    assert report["counts"]["ok"] == n - 1 and report["counts"]["unreadable"] == 1
+    (bad,) = report["problems"]["unreadable"]
+    assert bad["path"] == f"p/{victim}" and "RuntimeError: simulated crash" in bad["reason"]
+    monkeypatch.setattr(prep, "warp_face", real_warp)
+    again = prepare_folders(raw, out, PrepareOptions(workers=1), progress=False)
+    assert again["counts"]["processed_now"] == 1 and again["counts"]["ok"] == n

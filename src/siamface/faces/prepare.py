@@ -241,7 +241,7 @@ def _is_done(task: tuple[str, str, str, str], rec: dict | None, out: Path, opts)
         return False
     if rec is not None:
         same_file = rec.get("bytes") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns
-        if same_file and rec.get("status") in ("ok", "no_face", "unreadable", "error"):
+        if same_file and rec.get("status") in ("ok", "no_face", "unreadable"):
             return all((out / o).is_file() for o in rec.get("outputs", []))
         return False
     # No log entry (log lost, or written by a crash between save and log): trust the crop.
