@@ -574,10 +574,14 @@ class Trainer:
         if best_rec and best_rec.get("val_auc") is not None:
             t3 = best_rec.get("val_tar_at_far_1e-3")
             self.log(
-                f"best epoch {s.best_epoch} on unseen identities: AUC {best_rec['val_auc']:.4f}, "
-                f"EER {best_rec['val_eer']:.4f}, TAR@FAR=1e-3 "
-                f"{'n/a' if t3 is None else f'{t3:.4f}'}, accuracy {best_rec['val_accuracy']:.4f} "
-                f"at threshold {best_rec['val_threshold']:.3f}"
+                f"best epoch {s.best_epoch}, on {len(self.data.val_identities)} unseen identities: "
+                f"AUC {best_rec['val_auc']:.4f}, EER {best_rec['val_eer']:.4f}, TAR@FAR=1e-3 "
+                f"{'n/a' if t3 is None else f'{t3:.4f}'}, best accuracy "
+                f"{best_rec['val_accuracy']:.4f}"
+            )
+            self.log(
+                f"decision threshold stored in the checkpoint: {best_rec['val_threshold']:.4f} "
+                f"(cosine; calibrated for FAR {self.cfg.calib_far:g} on validation identities)"
             )
         self.log(f"checkpoint: {self.run_dir / 'best.safetensors'}")
         self.log(f"curves: {summary['tensorboard']}")
