@@ -96,9 +96,7 @@ class TrainConfig:
     # --- machine ---
     seed: int = _opt(0, "random seed (split, sampling, initialisation)")
     num_workers: int = _opt(-1, "data loader workers; -1 = auto")
-    precision: str = _opt(
-        "auto", "auto | fp32 | bf16 autocast (auto: bf16 where the hardware has it)"
-    )
+    precision: str = _opt("auto", "auto | fp32 | bf16 autocast (auto: bf16 on CUDA, fp32 on CPU)")
     channels_last: bool = _opt(True, "NHWC memory layout: faster convolutions on CPU and GPU")
     device: str = _opt("auto", "auto | cpu | cuda")
 
