@@ -422,3 +422,31 @@ def test_uploads_decode_like_files(tmp_path, local):
     a = local.face_array(decode_rgb(p.read_bytes()))
     b = local.face_array(load_rgb(p))
     assert a.shape == (64, 64, 3) and (a == b).all()
+
+
+def test_batcher_runs_up_to_max_inflight_calls_at_once():
+    active, peak = [0], [0]
+    lock = threading.Lock()
+
+    def slow(x: np.ndarray) -> np.ndarray:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.2)
+        with lock:
+            active[0] -= 1
+        return np.zeros((len(x), 2), np.float32)
+
+    async def scenario(inflight: int) -> None:
+        b = MicroBatcher(slow, max_batch=1, max_wait_ms=0, max_inflight=inflight)
+        await b.start()
+        try:
+            await asyncio.gather(*(b.embed(np.zeros((1, 3, 2, 2), np.uint8)) for _ in range(4)))
+        finally:
+            await b.stop()
+
+    asyncio.run(scenario(1))
+    assert peak[0] == 1
+    peak[0] = 0
+    asyncio.run(scenario(2))
+    assert peak[0] == 2

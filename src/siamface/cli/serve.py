@@ -54,6 +54,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=2.0,
         help="how long a lone request waits for others to share its batch (default 2)",
     )
+    p.add_argument(
+        "--max-inflight",
+        type=positive_int,
+        default=2,
+        help="model calls running at once (default 2: the next batch starts while the last "
+        "one's answers go out)",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda ... for checkpoints (auto)")
     p.add_argument(
         "--log-level",
@@ -83,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         max_batch=args.max_batch,
         max_wait_ms=args.batch_wait_ms,
+        max_inflight=args.max_inflight,
         device=args.device,
     )
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET

@@ -158,6 +158,7 @@ def create_app(
     threshold: float | None = None,
     max_batch: int = 32,
     max_wait_ms: float = 2.0,
+    max_inflight: int = 2,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     device: str = "auto",
 ) -> FastAPI:
@@ -189,7 +190,12 @@ def create_app(
         threshold,
         max_upload_mb,
         max_pixels,
-        MicroBatcher(embedder.embed_batch, max_batch=max_batch, max_wait_ms=max_wait_ms),
+        MicroBatcher(
+            embedder.embed_batch,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            max_inflight=max_inflight,
+        ),
     )
 
     @asynccontextmanager
@@ -310,6 +316,7 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
             "batching": {
                 "max_batch": svc.batcher.max_batch,
                 "max_wait_ms": svc.batcher.max_wait * 1000,
+                "max_inflight": svc.batcher.max_inflight,
                 **svc.batcher.stats.to_dict(),
             },
         }

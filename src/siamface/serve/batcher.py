@@ -53,7 +53,9 @@ class MicroBatcher:
     """Group concurrent ``embed`` calls into batched ``embed_batch`` calls.
 
     ``max_batch`` caps the images per model call (a single request larger than that still
-    runs as one call); ``max_wait_ms=0`` disables the initial wait.
+    runs as one call); ``max_wait_ms=0`` disables the initial wait. ``max_inflight`` model
+    calls may run at once (each in its own worker thread): with 2, the next batch starts
+    while the previous one finishes, so the model is not left idle while answers go out.
     """
 
     def __init__(
@@ -61,11 +63,13 @@ class MicroBatcher:
         embed_batch: Callable[[np.ndarray], np.ndarray],
         max_batch: int = 32,
         max_wait_ms: float = 2.0,
+        max_inflight: int = 1,
     ) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
+        if max_batch < 1 or max_inflight < 1:
+            raise ValueError("max_batch and max_inflight must be at least 1")
         self.embed_batch = embed_batch
         self.max_batch = max_batch
+        self.max_inflight = max_inflight
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
         self.stats = BatchStats()
         self._pending: deque[_Job] = deque()
@@ -75,7 +79,9 @@ class MicroBatcher:
 
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="siamface-model")
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.max_inflight, thread_name_prefix="siamface-model"
+        )
         self._task = asyncio.create_task(self._run(), name="siamface-batcher")
 
     async def stop(self) -> None:
@@ -102,39 +108,62 @@ class MicroBatcher:
 
     async def _run(self) -> None:
         assert self._wakeup is not None
-        loop = asyncio.get_running_loop()
         pending = self._pending
-        while True:
-            if not pending:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            if len(pending) == 1 and self.max_wait > 0 and len(pending[0].faces) < self.max_batch:
-                await asyncio.sleep(self.max_wait)  # let near-simultaneous requests join
-            jobs = [pending.popleft()]
-            n = len(jobs[0].faces)
-            while pending and n + len(pending[0].faces) <= self.max_batch:
-                jobs.append(pending.popleft())
-                n += len(jobs[-1].faces)
-            jobs = [j for j in jobs if not j.future.done()]  # client gave up (cancelled)
-            if not jobs:
-                continue
-            batch = np.concatenate([j.faces for j in jobs]) if len(jobs) > 1 else jobs[0].faces
-            t0 = time.perf_counter()
-            try:
-                emb = await loop.run_in_executor(self._executor, self.embed_batch, batch)
-            except Exception as err:  # noqa: BLE001 - delivered to every waiting request
-                for j in jobs:
-                    if not j.future.done():
-                        j.future.set_exception(err)
-                continue
-            self._record(len(jobs), len(batch), time.perf_counter() - t0)
-            start = 0
+        slots = asyncio.Semaphore(self.max_inflight)
+        running: set[asyncio.Task] = set()
+        try:
+            while True:
+                if not pending:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                await slots.acquire()  # requests keep queueing while every slot is busy
+                if (
+                    len(pending) == 1
+                    and self.max_wait > 0
+                    and len(pending[0].faces) < self.max_batch
+                ):
+                    await asyncio.sleep(self.max_wait)  # let near-simultaneous requests join
+                jobs = [pending.popleft()]
+                n = len(jobs[0].faces)
+                while pending and n + len(pending[0].faces) <= self.max_batch:
+                    jobs.append(pending.popleft())
+                    n += len(jobs[-1].faces)
+                jobs = [j for j in jobs if not j.future.done()]  # client gave up (cancelled)
+                if not jobs:
+                    slots.release()
+                    continue
+                task = asyncio.create_task(self._dispatch(jobs, slots))
+                running.add(task)
+                task.add_done_callback(running.discard)
+        finally:
+            for task in list(running):
+                task.cancel()
+
+    async def _dispatch(self, jobs: list[_Job], slots: asyncio.Semaphore) -> None:
+        """Run one batch in a worker thread and hand every request its rows."""
+        loop = asyncio.get_running_loop()
+        batch = np.concatenate([j.faces for j in jobs]) if len(jobs) > 1 else jobs[0].faces
+        t0 = time.perf_counter()
+        try:
+            emb = await loop.run_in_executor(self._executor, self.embed_batch, batch)
+        except BaseException as err:  # delivered to every waiting request
+            exc = err if isinstance(err, Exception) else RuntimeError("server is shutting down")
             for j in jobs:
-                k = len(j.faces)
                 if not j.future.done():
-                    j.future.set_result(emb[start : start + k])
-                start += k
+                    j.future.set_exception(exc)
+            if not isinstance(err, Exception):
+                raise
+            return
+        finally:
+            slots.release()
+        self._record(len(jobs), len(batch), time.perf_counter() - t0)
+        start = 0
+        for j in jobs:
+            k = len(j.faces)
+            if not j.future.done():
+                j.future.set_result(emb[start : start + k])
+            start += k
 
     def _record(self, requests: int, images: int, seconds: float) -> None:
         s = self.stats
