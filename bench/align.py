@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -147,6 +148,7 @@ def main() -> int:
         "--epochs", type=int, help="train each arm this many epochs instead of --budget-min"
     )
     ap.add_argument("--detect-limit", type=int, help="detection bench on every k-th photo")
+    ap.add_argument("--skip-detect", action="store_true", help="no per-detector timing")
     ap.add_argument("--skip-train", action="store_true", help="detection + prepare only")
     ap.add_argument("--work", type=Path, help="keep prepared data and runs here (default: tmp)")
     ap.add_argument(
@@ -174,8 +176,9 @@ def main() -> int:
     if args.detect_limit and args.detect_limit < len(paths):
         step = len(paths) / args.detect_limit
         paths = [paths[int(i * step)] for i in range(args.detect_limit)]
-    result["detection"] = bench_detection(paths, DEFAULT_DETECTOR)
-    print(json.dumps({"detection": result["detection"]}), file=sys.stderr)
+    if not args.skip_detect:
+        result["detection"] = bench_detection(paths, DEFAULT_DETECTOR)
+        print(json.dumps({"detection": result["detection"]}), file=sys.stderr)
 
     with tempfile.TemporaryDirectory(prefix="siamface-bench-align-") as tmp:
         work = args.work or Path(tmp)
@@ -186,7 +189,9 @@ def main() -> int:
         result["prepare"] = {
             "wall_seconds": round(time.perf_counter() - t0, 1),
             "workers": report["workers"],
-            "ms_per_image_wall": round(1000 * report["seconds"] / max(1, c["processed_now"]), 2),
+            "ms_per_image_wall": round(1000 * report["seconds"] / c["processed_now"], 2)
+            if c["processed_now"]
+            else "n/a (resumed: nothing left to do)",
             "images": c["images"],
             "found_fraction": round(c["ok"] / c["images"], 4),
             "no_face": c["no_face"],
@@ -202,7 +207,11 @@ def main() -> int:
             n = link_subset(report, args.data, raw_subset)
             arms = {}
             for name, data in (("raw", raw_subset), ("aligned", aligned)):
-                run_dir = work / f"run_{name}"
+                run_dir = (
+                    work / f"run_{name}_{args.epochs}ep" if args.epochs else work / f"run_{name}"
+                )
+                if run_dir.exists():
+                    shutil.rmtree(run_dir)  # the bench's own run from an earlier invocation
                 arms[name] = train_arm(data, run_dir, args.budget_min, args.epochs, args.train_arg)
                 print(json.dumps({name: arms[name]}), file=sys.stderr)
             ver: dict = {

@@ -185,6 +185,14 @@ def process_image(task: tuple[str, str, str, str]) -> dict:
 # --------------------------------------------------------------------------- main side
 
 
+def available_cpus() -> int:
+    """Cores this process may run on (a container's CPU set, not the host's core count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _check_dirs(raw: Path, out: Path) -> None:
     if not raw.exists():
         raise SiamfaceError(f"input folder not found: {raw}")
@@ -249,7 +257,7 @@ def _is_done(task: tuple[str, str, str, str], rec: dict | None, out: Path, opts)
 
 
 def _run_tasks(tasks: list, opts: PrepareOptions, out: Path, progress: bool) -> Iterable[dict]:
-    workers = opts.workers or os.cpu_count() or 1
+    workers = opts.workers or available_cpus()
     workers = max(1, min(workers, len(tasks)))
     bar = tqdm(total=len(tasks), desc="aligning", unit="img", disable=not progress)
     try:
@@ -391,7 +399,7 @@ def _build_report(raw, out, opts, records, ignored, seconds, processed) -> dict:
         "out_dir": str(out),
         "settings": opts.settings(),
         "low_score_threshold": opts.low_score,
-        "workers": opts.workers or os.cpu_count(),
+        "workers": opts.workers or available_cpus(),
         "seconds": round(seconds, 2),
         "seconds_per_image": round(seconds / processed, 4) if processed else None,
         "counts": counts,
