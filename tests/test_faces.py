@@ -291,3 +291,43 @@ def test_embed_paths_skips_and_reports_photos_without_a_face(tmp_path):
     emb, errors = embed_paths(model, paths, pre, batch_size=4, workers=0, progress=False)
     assert emb.shape == (2, 16)
     assert list(errors) == [2] and "no face" in errors[2]
+
+
+def test_a_new_backend_plugs_in_by_name_without_touching_callers(monkeypatch):
+    """Register a stub detector; alignment and the loaders use it through the settings."""
+    from siamface.faces.detect import FaceDetector, register_detector
+
+    seen = []
+    monkeypatch.setattr(detect_mod, "_REGISTRY", dict(detect_mod._REGISTRY))
+
+    @register_detector("stub", module="numpy", install="-", license="-", summary="test")
+    class StubDetector(FaceDetector):
+        def detect_array(self, rgb):
+            seen.append(rgb.shape)
+            h, w = rgb.shape[:2]
+            # A face occupying the canvas' middle half, eyes level.
+            lm = (arcface_template(112) - 0.5) / 112 * (w / 2) + [w / 4, h / 4]
+            return [Face(box=(w / 4, h / 4, 3 * w / 4, 3 * h / 4), landmarks=lm, score=0.99)]
+
+    get_detector.cache_clear()
+    try:
+        assert "stub" in [i.name for i in detect_mod.detector_infos()]
+        img = Image.new("RGB", (400, 400), (0, 0, 0))
+        img.paste((255, 255, 255), (100, 100, 300, 300))  # the "face" the stub reports
+        pre = Preprocessing(image_size=64, aligned=True, align={"detector": "stub"})
+        out = align_face_image(img, pre)
+        assert seen == [(400, 400, 3)]
+        # The stub's face square fills the crop exactly: all white inside.
+        assert out.shape == (64, 64, 3) and out[2:-2, 2:-2].min() == 255
+    finally:
+        get_detector.cache_clear()
+
+
+def test_mtcnn_backend_when_installed():
+    pytest.importorskip("facenet_pytorch")
+    pytest.importorskip("requests")
+    if not WILD.is_dir():
+        pytest.skip("sample data missing")
+    det = get_detector("mtcnn")
+    faces = detect_faces(load_rgb(wild_images(1)[0]), det)
+    assert faces and faces[0].landmarks[0, 0] < faces[0].landmarks[1, 0]
