@@ -61,6 +61,9 @@ _ERRORS = {
     413: {"description": "request body larger than the server's limit"},
     422: {"model": ErrorOut, "description": "no face found, or a missing/invalid field"},
 }
+_NOT_FOUND = {
+    404: {"model": ErrorOut, "description": "no gallery on this server / person not enrolled"}
+}
 _WRITE_ERRORS = {
     **_ERRORS,
     401: {"model": ErrorOut, "description": "X-API-Key header missing"},
@@ -264,7 +267,9 @@ def _install_error_handlers(app: FastAPI) -> None:
             else:
                 parts.append(f"{where}: {e.get('msg')}")
             errors.append({"loc": [str(x) for x in e.get("loc", ())], "msg": e.get("msg")})
-        detail = "; ".join(parts) + " (send images as multipart/form-data file fields)"
+        detail = "; ".join(parts)
+        if any(e.get("loc", ("",))[0] == "body" for e in err.errors()):
+            detail += " (send images as multipart/form-data file fields)"
         return JSONResponse(
             {"detail": detail, "code": "invalid_request", "errors": errors}, status_code=422
         )
@@ -345,7 +350,12 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
         emb = (await svc.embed([up]))[0]
         return {"embedding": emb.tolist(), "dim": len(emb), "model": svc.embedder.fingerprint}
 
-    @app.post("/identify", response_model=IdentifyOut, responses=_WRITE_ERRORS, tags=["gallery"])
+    @app.post(
+        "/identify",
+        response_model=IdentifyOut,
+        responses={**_ERRORS, **_NOT_FOUND},
+        tags=["gallery"],
+    )
     async def identify(
         image: UploadFile = File(..., description="face image to search for"),
         top_k: int = Query(5, ge=1, le=MAX_TOP_K, description="candidates to return"),
@@ -361,7 +371,7 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
         )
         return {**result[0].to_dict(), "model": svc.embedder.fingerprint}
 
-    @app.get("/gallery/people", response_model=PeopleOut, responses=_WRITE_ERRORS, tags=["gallery"])
+    @app.get("/gallery/people", response_model=PeopleOut, responses=_NOT_FOUND, tags=["gallery"])
     async def list_people() -> dict:
         """Everyone enrolled, sorted by name."""
         gallery = svc.need_gallery()
@@ -371,7 +381,7 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
     @app.get(
         "/gallery/people/{name:path}",
         response_model=PersonOut,
-        responses=_WRITE_ERRORS,
+        responses=_NOT_FOUND,
         tags=["gallery"],
     )
     async def get_person(name: str) -> dict:
