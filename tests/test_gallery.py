@@ -220,6 +220,10 @@ def test_second_handle_sees_writes_of_the_first(gallery, tmp_path, rng):
     assert reader.search(v, fingerprint=FP)[0].identity == "newcomer"
     gallery.remove("newcomer")
     assert reader.search(v, fingerprint=FP)[0].identity != "newcomer"
+    probe = gallery.test_vectors[0, 0]
+    assert reader.search(probe, fingerprint=FP)[0].identity == "p00"
+    gallery.set_threshold(0.9999)  # settings written by one handle reach the other
+    assert reader.search(probe, fingerprint=FP)[0].identity == UNKNOWN
     reader.close()
 
 
@@ -283,3 +287,10 @@ def test_concurrent_reader_and_writer_processes(gallery, tmp_path):
     assert len(reader) == 26
     assert {f"w{i}" for i in range(6)} <= {p.name for p in reader.people()}
     reader.close()
+
+
+def test_empty_gallery_answers_unknown(tmp_path):
+    with Gallery.create(tmp_path / "e", fingerprint=FP, embedding_size=DIM) as g:
+        (r,) = g.search(np.ones(DIM, np.float32), top_k=3, fingerprint=FP)
+        assert r.identity == UNKNOWN and r.score is None and r.matches == []
+        assert g.people() == [] and len(g) == 0

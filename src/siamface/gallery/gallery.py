@@ -34,6 +34,7 @@ import re
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,7 @@ class Gallery:
         self._index: VectorIndex | None = None
         self._index_version = -1
         self._meta = store.meta()
+        self._data_version = store.data_version()
         self._check_format()
 
     # -- opening ---------------------------------------------------------------------
@@ -289,9 +291,13 @@ class Gallery:
                 "version": meta["version"],
             }
 
-    def _refresh_meta(self) -> dict:
+    def _refresh_meta(self, force: bool = False) -> dict:
+        """The meta record, re-read only when another connection committed since (SQLite's
+        ``data_version``: one cheap pragma per search) or after our own writes (``force``)."""
         with self._lock:
-            self._meta = self.store.meta()
+            dv = self.store.data_version()
+            if force or dv != self._data_version:
+                self._meta, self._data_version = self.store.meta(), dv
             return self._meta
 
     def duplicates_elsewhere(self, people: Sequence[NewPerson]) -> list[dict]:
@@ -346,6 +352,8 @@ class Gallery:
         norms = np.linalg.norm(emb, axis=1, keepdims=True)
         if (norms < 1e-6).any():
             raise SiamfaceError(f"{what} embeddings contain an all-zero vector")
+        if len(emb) and np.abs(norms - 1.0).max() < 1e-5:
+            return emb  # already unit vectors: no copy (bulk imports hold millions)
         return (emb / norms).astype(np.float32)
 
     # -- writing -------------------------------------------------------------------------
@@ -376,7 +384,7 @@ class Gallery:
         if not people:
             raise SiamfaceError("nothing to enroll")
         names = [p.name for p in people]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = sorted(n for n, c in Counter(names).items() if c > 1)
         if dupes:
             raise SiamfaceError(f"the same name is given twice in one enrollment: {dupes[:5]}")
         with self._lock, self._file_lock(exclusive=True):
@@ -413,7 +421,8 @@ class Gallery:
                             )
                     if unit == "person":
                         if rec is None:
-                            tmpl = mean_template(p.embeddings)[None, :]
+                            one = len(p.embeddings) == 1
+                            tmpl = p.embeddings if one else mean_template(p.embeddings)[None, :]
                         else:
                             rm_ids.append(pid)
                             tmpl = self.store.vectors_by_id("person", [pid], self.embedding_size)[2]
@@ -424,11 +433,10 @@ class Gallery:
                         add_vecs.append(p.embeddings)
                 _fault_point("enroll:before-commit")
                 v1 = self.store.bump_version()
+            self._refresh_meta(force=True)
             _fault_point("enroll:after-commit")
-            self._apply_delta(
-                v0, v1, np.concatenate(add_ids), np.concatenate(add_vecs), np.array(rm_ids)
-            )
-            return [self.store.person(n) for n in names]  # type: ignore[misc]
+            self._apply_delta(v0, v1, add_ids, add_vecs, np.array(rm_ids, np.int64))
+            return self.store.people_named(names)
 
     def remove(self, names: str | Sequence[str]) -> list[str]:
         """Remove people (and their images). Unknown names are an error; nothing is removed
@@ -452,7 +460,8 @@ class Gallery:
                     img_ids = self.store.delete_person(rec.id)
                     rm += [rec.id] if self.unit == "person" else img_ids
                 v1 = self.store.bump_version()
-            self._apply_delta(v0, v1, np.zeros(0, np.int64), None, np.array(rm, np.int64))
+            self._refresh_meta(force=True)
+            self._apply_delta(v0, v1, [], [], np.array(rm, np.int64))
             return list(dict.fromkeys(names))
 
     def set_threshold(self, value: float | None) -> None:
@@ -460,7 +469,7 @@ class Gallery:
         value = _check_threshold(value)
         with self._lock, self.store.transaction():
             self.store.set_meta("threshold", value)
-        self._refresh_meta()
+        self._refresh_meta(force=True)
 
     def set_aggregation(self, mode: str) -> None:
         """Switch between mean templates and per-image search (the index is rebuilt)."""
@@ -479,7 +488,7 @@ class Gallery:
                 if params is not None:
                     self.store.set_meta("index_params", params)
                 v = self.store.bump_version()
-            self._refresh_meta()
+            self._refresh_meta(force=True)
             self._rebuild(v)
             self._save_index()
 
@@ -598,17 +607,17 @@ class Gallery:
     def _sync_index(self, locked: bool = False) -> None:
         """Make the in-memory index match the database version: keep it, load the file, or
         (missing/stale/damaged file) rebuild from the database and save."""
-        v = self.store.version()
+        v = int(self._refresh_meta()["version"])
         if self._index is not None and self._index_version == v:
             return
-        self._refresh_meta()
+        v = int(self._refresh_meta(force=True)["version"])
         if locked:
             if not self._load_index(v):
                 self._rebuild(v)
                 self._save_index()
             return
         with self._file_lock(exclusive=False):  # wait for a writer that is saving the index
-            v = self.store.version()
+            v = int(self._refresh_meta(force=True)["version"])
             if self._load_index(v):
                 return
         with self._file_lock(exclusive=True):
@@ -649,7 +658,12 @@ class Gallery:
         self._index, self._index_version = index, version
 
     def _apply_delta(
-        self, v0: int, v1: int, add_ids: np.ndarray, add_vecs: np.ndarray | None, rm: np.ndarray
+        self,
+        v0: int,
+        v1: int,
+        add_ids: list[np.ndarray],
+        add_vecs: list[np.ndarray],
+        rm: np.ndarray,
     ) -> None:
         """After a commit: update the in-memory index by the change, or rebuild it; then save.
         Any failure here leaves the committed database intact and the old index file, which
@@ -660,8 +674,8 @@ class Gallery:
             if index is None or self._index_version != v0 or not self._index_ok(index, n_after):
                 raise LookupError("rebuild")
             index.remove(rm)
-            if len(add_ids):
-                index.add(add_ids, add_vecs)
+            if add_ids:  # concatenated only now: a bulk import is rebuilt from the database
+                index.add(np.concatenate(add_ids), np.concatenate(add_vecs))
             if index.ntotal != n_after:
                 raise LookupError("rebuild")
             self._index_version = v1

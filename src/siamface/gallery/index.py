@@ -8,8 +8,8 @@ decisions.
 Measured with ``bench/gallery_scale.py`` (512-d, templates uniform on the sphere, probes at
 genuine cosine ~0.6; see docs/gallery.md):
 
-* ``flat`` (faiss ``IndexFlatIP``) is exact; its cost grows linearly (~45 ms a query at 1M
-  vectors on 2 cores), so it is used up to :data:`EXACT_MAX` vectors.
+* ``flat`` (faiss ``IndexFlatIP``) is exact; its cost grows linearly with the gallery, so it
+  is used up to :data:`EXACT_MAX` vectors.
 * ``pqfs`` (faiss 4-bit fast-scan product quantisation, a flat scan over 32-byte codes) keeps
   1/16 of the raw memory and finds the probe's own identity in the top candidates at ~1M
   vectors in a few milliseconds. It is the automatic choice above :data:`EXACT_MAX`.
@@ -21,12 +21,14 @@ genuine cosine ~0.6; see docs/gallery.md):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import struct
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -35,13 +37,39 @@ import numpy as np
 from siamface.errors import SiamfaceError
 
 #: Galleries with at most this many vectors use exact search (no training, exact ranking).
-EXACT_MAX = 100_000
+#: Exact search costs ~1 ms at 20k x 512-d on an idle core but ~40 ms at 100k on the busy
+#: 2-core machine it was measured on, while ``pqfs`` stayed under 1 ms at 100k.
+EXACT_MAX = 20_000
 #: Kind chosen above EXACT_MAX.
 LARGE_KIND = "pqfs"
 #: A trained (quantised) index is retrained when the gallery has grown this much since.
 RETRAIN_GROWTH = 2.0
 
 _MAGIC = b"SIAMFACE-GALLERY-INDEX\n"
+#: Below this many queries faiss searches on one thread (see :func:`faiss_threads`).
+SMALL_BATCH = 16
+
+
+@contextlib.contextmanager
+def faiss_threads(n: int | None) -> Iterator[None]:
+    """Run faiss with ``n`` OpenMP threads inside the block (None: leave as is).
+
+    A single probe gains little from threads, and on a busy or shared CPU OpenMP's
+    spin-waiting made one-vector searches 5-10x slower (measured: exact search over 20k
+    vectors, p50 44 ms on 2 threads vs 5 ms on 1, while other jobs ran). Batches still use
+    every core. The setting is per calling thread, so concurrent searches do not interfere.
+    """
+    if n is None:
+        yield
+        return
+    import faiss
+
+    prev = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(prev)
 
 
 def choose_kind(n_vectors: int) -> str:
@@ -124,7 +152,8 @@ class _FaissIndex(VectorIndex):
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if self.ntotal == 0:
             return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
-        return self.index.search(q, k)
+        with faiss_threads(1 if len(q) < SMALL_BATCH else None):
+            return self.index.search(q, k)
 
     def to_bytes(self) -> bytes:
         import faiss
@@ -332,7 +361,7 @@ class USearchIndex(VectorIndex):
             return scores, ids
         m = self.index.search(q, k)
         keys, dist = np.atleast_2d(m.keys), np.atleast_2d(m.distances)
-        counts = np.atleast_1d(m.counts)
+        counts = np.atleast_1d(getattr(m, "counts", len(m.keys)))  # one query: no .counts
         for r in range(len(q)):
             c = int(counts[r])
             ids[r, :c], scores[r, :c] = keys[r, :c], 1.0 - dist[r, :c]
