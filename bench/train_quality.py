@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
@@ -136,8 +137,10 @@ def main() -> int:
             f"seed={args.seed}",
             *args.overrides,
         ]
+        load0 = os.getloadavg()
         r = run_child(cmd, log=work / "siamface_train.log")
         entry: dict = {"rc": r["rc"], "wall_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"]}
+        entry["loadavg_before_after"] = [round(load0[1], 2), round(os.getloadavg()[1], 2)]
         if r["rc"] == 0:
             summary = json.loads((run / "summary.json").read_text())
             entry["recipe"] = "siamface defaults" + (
@@ -149,6 +152,7 @@ def main() -> int:
             entry["test"] = score(run / "best.safetensors", work / "test")
         res["siamface"] = entry
     if not args.skip_seed:
+        load0 = os.getloadavg()
         r = run_child(
             [
                 sys.executable,
@@ -176,6 +180,7 @@ def main() -> int:
             "images_per_s": s.get("images_per_s"),
             "checkpoint": s.get("checkpoint"),
             "peak_rss_mb": s.get("peak_rss_mb"),
+            "loadavg_before_after": [round(load0[1], 2), round(os.getloadavg()[1], 2)],
         }
         if s.get("checkpoint"):
             ck = seed_checkpoint_to_siamface(
