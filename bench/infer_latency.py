@@ -98,8 +98,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from siamface.export.onnx_export import export_onnx
-    from siamface.export.onnx_runtime import OnnxEmbedder
     from siamface.inference import TorchEmbedder
+    from siamface.inference.onnx_backend import OnnxEmbedder
 
     with tempfile.TemporaryDirectory(prefix="siamface-bench-") as tmp:
         tmp = Path(tmp)

@@ -23,8 +23,8 @@ from siamface.export.onnx_export import (
     parity_check,
     synthetic_faces,
 )
-from siamface.export.onnx_runtime import OnnxEmbedder
 from siamface.inference import TorchEmbedder, open_model
+from siamface.inference.onnx_backend import OnnxEmbedder
 from siamface.model.checkpoint import Checkpoint, load_checkpoint
 from siamface.model.network import ModelConfig, build_model
 

@@ -1,6 +1,7 @@
-"""Shipping a trained model: ONNX export (needs torch) and the ONNX runtime backend (does not).
+"""Shipping a trained model: ONNX export (needs torch).
 
 ``onnx_export`` turns a checkpoint into a self-describing ``.onnx`` file and proves it matches
-PyTorch; ``onnx_runtime`` runs that file with onnxruntime behind the same :class:`Embedder`
-interface as a checkpoint, so every command and the REST service accept either.
+PyTorch. Running such a file is inference, not export: ``siamface.inference.onnx_backend``
+does it with onnxruntime behind the same ``Embedder`` interface as a checkpoint, so every
+command and the REST service accept either.
 """

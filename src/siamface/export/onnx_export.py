@@ -7,7 +7,7 @@ Design choices, and why:
   they cannot get mean/std wrong, and the input tensor is 4x smaller than float32.
 * **Dynamic batch.** One file serves single requests and the REST service's micro-batches.
 * **Metadata inside the file** (``metadata_props``): a JSON record under ``"siamface"``
-  with everything :class:`~siamface.export.onnx_runtime.OnnxEmbedder` needs (embedding and
+  with everything :class:`~siamface.inference.onnx_backend.OnnxEmbedder` needs (embedding and
   input size, mean/std, alignment, decision threshold, source fingerprint, version), plus the
   same values as flat keys for people inspecting the file in Netron or ``onnx``.
 * **Parity check before the file appears.** The export runs in a temporary file next to the
@@ -36,7 +36,7 @@ from siamface import __version__
 from siamface.data.images import ImageLoadError, is_image_path, load_rgb
 from siamface.data.transforms import Preprocessing
 from siamface.errors import SiamfaceError
-from siamface.export.onnx_runtime import FORMAT, FORMAT_VERSION, METADATA_KEY, OnnxEmbedder
+from siamface.inference.onnx_backend import FORMAT, FORMAT_VERSION, METADATA_KEY, OnnxEmbedder
 from siamface.model.checkpoint import Checkpoint, atomic_write, load_checkpoint
 
 DEFAULT_OPSET = 18

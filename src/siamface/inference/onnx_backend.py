@@ -20,7 +20,7 @@ import numpy as np
 from siamface.data.images import ImageLoadError, load_rgb
 from siamface.data.transforms import Preprocessing
 from siamface.errors import SiamfaceError
-from siamface.inference import Embedder
+from siamface.inference.base import Embedder
 
 #: Key of the JSON metadata record in the ONNX file's ``metadata_props``.
 METADATA_KEY = "siamface"

@@ -1,0 +1,44 @@
+"""PyTorch backend: runs a siamface ``.safetensors`` checkpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from siamface.inference.base import Embedder
+
+
+class TorchEmbedder(Embedder):
+    """A siamface ``.safetensors`` checkpoint run with PyTorch."""
+
+    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None):
+        import torch
+
+        from siamface.model.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            torch.set_num_threads(threads or os.cpu_count() or 1)
+        self.device = torch.device(device)
+        self.model = ckpt.build(self.device).to(memory_format=torch.channels_last)
+        self.checkpoint = ckpt
+        self.preprocessing = ckpt.preprocessing
+        self.threshold = ckpt.threshold
+        self.fingerprint = ckpt.fingerprint
+        self.embedding_size = ckpt.model_cfg.embedding_size
+        self.source = Path(path)
+        self.info = ckpt.info
+
+    def embed_batch(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+
+        from siamface.data.transforms import normalize_batch
+
+        with torch.inference_mode():
+            x = normalize_batch(torch.as_tensor(pixels), self.preprocessing).to(self.device)
+            x = x.contiguous(memory_format=torch.channels_last)
+            return self.model(x).float().cpu().numpy()
