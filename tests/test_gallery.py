@@ -239,10 +239,10 @@ def test_auto_index_switches_to_compressed_and_back(tmp_path, rng, monkeypatch):
     res = g.search(probes, top_k=5, fingerprint=FP)
     own = np.mean([any(m.name == f"id{i}" for m in r.matches) for i, r in enumerate(res)])
     assert own > 0.95
-    # reported scores are exact even though the index is approximate
-    assert res[0].matches[0].score == pytest.approx(
-        float(x[int(res[0].matches[0].name[2:])] @ probes[0]), abs=1e-5
-    )
+    # reported scores are the true cosine similarities although the index is compressed
+    for r, p in zip(res[:20], probes[:20], strict=True):
+        for m in r.matches:
+            assert m.score == pytest.approx(float(x[int(m.name[2:])] @ p), abs=1e-3)
     g.remove([f"id{i}" for i in range(150)])
     assert g.info()["index"]["kind"] == "flat"
     g.close()

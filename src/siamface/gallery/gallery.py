@@ -83,7 +83,8 @@ class Match:
     """One enrolled person as a candidate for a probe."""
 
     name: str
-    score: float  # exact cosine similarity (best image for "max", template for "mean")
+    score: float  # cosine similarity (best image for "max", template for "mean"); exact for
+    # the flat index, within ~1e-4 for compressed ones (re-scored from float16 vectors)
     person_id: int
     accepted: bool  # score >= threshold (always True without a threshold)
     metadata: dict = field(default_factory=dict)
@@ -524,8 +525,8 @@ class Gallery:
         fingerprint: str,
         threshold: float | None | str = "gallery",
     ) -> list[SearchResult]:
-        """Identify each probe embedding: up to ``top_k`` people, best first, with exact
-        cosine scores; ``identity`` is ``"unknown"`` when the best score is below the
+        """Identify each probe embedding: up to ``top_k`` people, best first, with their
+        cosine similarity; ``identity`` is ``"unknown"`` when the best score is below the
         threshold (the gallery's unless one is given; ``None`` = closed-set)."""
         if not (isinstance(top_k, int) and top_k >= 1):
             raise SiamfaceError(f"top_k must be a positive integer, got {top_k!r}")
@@ -535,32 +536,36 @@ class Gallery:
             self._sync_index()
             index = self._index
             assert index is not None
-            unit, dim = self.unit, self.embedding_size
+            unit = self.unit
             per_person = 1
             if unit == "image":
                 n_people, n_images = self.store.counts()
                 per_person = max(1, math.ceil(n_images / max(n_people, 1)))
-            want = min(index.candidates_for(top_k) * per_person, max(index.ntotal, 1))
-            _, cand = index.search(q, want)
+            want = min(top_k * per_person, max(index.ntotal, 1))
+            scores, cand = index.search(q, want)
             results = []
             for row, probe in enumerate(q):
-                ranked = self._rank(probe, cand[row], top_k, unit, dim)
-                if len(ranked) < top_k and want < index.ntotal and (cand[row] >= 0).all():
-                    # "max" over images: too few distinct people among the candidates
-                    _, more = index.search(probe[None], index.ntotal)
-                    ranked = self._rank(probe, more[0], top_k, unit, dim)
+                ranked = self._rank(scores[row], cand[row], top_k, unit)
+                w = want
+                while len(ranked) < top_k and w < index.ntotal:
+                    # "max" over images: too few distinct people among the best images
+                    w = min(4 * w, index.ntotal)
+                    s2, c2 = index.search(probe[None], w)
+                    ranked = self._rank(s2[0], c2[0], top_k, unit)
                 results.append(self._result(ranked, thr))
             return results
 
     def _rank(
-        self, probe: np.ndarray, ids: np.ndarray, top_k: int, unit: str, dim: int
+        self, scores: np.ndarray, ids: np.ndarray, top_k: int, unit: str
     ) -> list[tuple[int, float]]:
-        ids = ids[ids >= 0]
-        _, owners, vecs = self.store.vectors_by_id(unit, ids, dim)
-        scores = vecs @ probe  # exact re-scoring of every candidate
+        """Best score per person (index scores are exact, or float16-exact for compressed
+        kinds: see :mod:`siamface.gallery.index`)."""
+        ok = ids >= 0
+        ids, scores = ids[ok], scores[ok]
+        owners = ids if unit == "person" else self.store.owners_of(ids)
         best: dict[int, float] = {}
         for pid, s in zip(owners.tolist(), scores.tolist(), strict=True):
-            if s > best.get(pid, -math.inf):
+            if pid >= 0 and s > best.get(pid, -math.inf):
                 best[pid] = s
         return sorted(best.items(), key=lambda t: (-t[1], t[0]))[:top_k]
 

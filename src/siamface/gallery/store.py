@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS images (
 );
 CREATE INDEX IF NOT EXISTS images_person ON images(person_id);
 CREATE INDEX IF NOT EXISTS images_digest ON images(digest);
+CREATE INDEX IF NOT EXISTS images_owner ON images(id, person_id);  -- image -> person, off-table
 """
 
 
@@ -321,14 +322,16 @@ class Store:
         return from_blobs([r[0] for r in rows], dim)
 
     def iter_vectors(
-        self, unit: str, dim: int, chunk: int = 65536
+        self, unit: str, dim: int, chunk: int = 65536, every: int = 1
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (ids, vectors) in chunks: person templates (``unit='person'``) or image
-        embeddings (``unit='image'``), in id order, for (re)building an index."""
+        embeddings (``unit='image'``), in id order, for (re)building an index; ``every=k``
+        keeps only ids divisible by k (a spread-out sample, filtered inside SQLite)."""
+        cond = "" if every == 1 else f" AND {'p.id' if unit == 'person' else 'id'} % {every} = 0"
         if unit == "person":
-            sql = self._TEMPLATE_SQL + " WHERE p.id > ? ORDER BY p.id LIMIT ?"
+            sql = self._TEMPLATE_SQL + f" WHERE p.id > ?{cond} ORDER BY p.id LIMIT ?"
         else:
-            sql = "SELECT id, embedding FROM images WHERE id > ? ORDER BY id LIMIT ?"
+            sql = f"SELECT id, embedding FROM images WHERE id > ?{cond} ORDER BY id LIMIT ?"
         last = -1
         while True:
             rows = self.conn.execute(sql, (last, chunk)).fetchall()
@@ -360,14 +363,28 @@ class Store:
         owners = np.array([r[1] for r in rows], dtype=np.int64)
         return found, owners, from_blobs([r[2] for r in rows], dim)
 
+    def owners_of(self, image_ids: np.ndarray) -> np.ndarray:
+        """Person id of each image id (-1 if gone), from a small covering index, so that
+        search never reads the embedding rows."""
+        ids = [int(i) for i in image_ids]
+        found: dict[int, int] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            q = (
+                "SELECT id, person_id FROM images INDEXED BY images_owner "
+                f"WHERE id IN ({','.join('?' * len(chunk))})"
+            )
+            found.update(self.conn.execute(q, chunk).fetchall())
+        return np.array([found.get(i, -1) for i in ids], dtype=np.int64)
+
     def count(self, unit: str) -> int:
         table = "people" if unit == "person" else "images"
         return int(self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
     def sample_vectors(self, unit: str, n: int, dim: int) -> np.ndarray:
-        """About ``n`` vectors spread evenly over the id range (to train a quantiser)."""
-        step = max(1, self.count(unit) // max(n, 1))
-        out = [vecs[::step] for _, vecs in self.iter_vectors(unit, dim)]
+        """About ``n`` vectors spread over the id range (to train a quantiser)."""
+        every = max(1, self.count(unit) // max(n, 1))
+        out = [v for _, v in self.iter_vectors(unit, dim, every=int(every))]
         return np.concatenate(out)[:n] if out else np.zeros((0, dim), dtype=np.float32)
 
 
