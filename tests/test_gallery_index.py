@@ -18,6 +18,7 @@ def data():
 
 @pytest.mark.parametrize("kind", sorted(ix.KINDS))
 def test_backend_add_search_remove_roundtrip(kind, data, tmp_path):
+    pytest.importorskip({"hnsw": "hnswlib", "usearch": "usearch"}.get(kind, "faiss"))
     params = {"nlist": 8, "nprobe": 8} if kind == "ivfpqfs" else {}
     idx = ix.make_index(kind, 32, **params)
     if idx.needs_training:

@@ -526,7 +526,13 @@ KINDS: dict[str, type[VectorIndex]] = {
 def make_index(kind: str, dim: int, **params) -> VectorIndex:
     if kind not in KINDS:
         raise SiamfaceError(f"unknown index kind {kind!r}; choose from {', '.join(KINDS)}")
-    return KINDS[kind](dim, **params)
+    try:
+        return KINDS[kind](dim, **params)
+    except ImportError as err:
+        raise SiamfaceError(
+            f"index kind {kind!r} needs a package that is not installed ({err.name}); "
+            "pip install 'siamface[ann]'"
+        ) from err
 
 
 # -- the index file beside the database --------------------------------------------------
@@ -571,6 +577,8 @@ def read_index_file(path: Path) -> tuple[dict, VectorIndex]:
         raise ValueError(f"unknown index kind {head.get('kind')!r}")
     try:
         index = cls.from_bytes(int(head["dim"]), dict(head.get("params", {})), data)
+    except ImportError as err:
+        raise ValueError(f"cannot load a {head['kind']!r} index: {err}") from err
     except (RuntimeError, struct.error) as err:  # faiss reports bad data as RuntimeError
         raise ValueError(f"damaged index data: {err}") from err
     index.trained_on = int(head.get("trained_on", 0))
