@@ -60,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nsiamface: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `siamface ... --json | head`: the reader left; that is not an error of ours.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except SiamfaceError as err:
         print(f"siamface {args.command}: error: {err}", file=sys.stderr)
         return EXIT_INTERRUPTED if type(err).__name__ == "TrainingInterrupted" else EXIT_USER_ERROR
