@@ -8,7 +8,6 @@ throughput.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from tqdm import tqdm
 
 from siamface.data.images import ImageLoadError, load_rgb
 from siamface.data.transforms import Preprocessing, hwc_to_chw, normalize_batch, resize_uint8
+from siamface.system import usable_cpus
 
 #: A function turning an image path into an HWC uint8 face crop of the model's input size.
 FaceLoader = Callable[[Path], np.ndarray]
@@ -103,7 +103,7 @@ def embed_files(
     """
     loader = loader or default_loader(pre)
     if workers is None:
-        workers = max(1, min(4, (os.cpu_count() or 2) - 1))
+        workers = max(1, min(4, usable_cpus() - 1))
     ds = _PathDataset(paths, loader, pre.image_size)
     dl = DataLoader(
         ds,

@@ -8,7 +8,6 @@ worker is a cycle taken from the backward pass.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from tqdm import tqdm
 
 from siamface.data.images import ImageLoadError, load_rgb
 from siamface.data.transforms import hwc_to_chw, resize_uint8
+from siamface.system import usable_cpus
 
 #: Above this many bytes of decoded pixels, images are decoded from disk on demand instead.
 DEFAULT_CACHE_LIMIT_BYTES = 6 * 1024**3
@@ -62,7 +62,7 @@ def decode_images(
 ) -> DecodedImages:
     """Decode and resize every path (in parallel), keeping pixels when they fit in memory."""
     keep = len(paths) * 3 * size * size <= cache_limit_bytes
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cpus()
     jobs = [(str(p), size, keep, decoder) for p in paths]
     ok: list[int] = []
     errors: dict[int, str] = {}

@@ -10,7 +10,6 @@ torch: it is what the inference-only install (numpy + pillow + onnxruntime) runs
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +20,7 @@ from siamface.data.images import ImageLoadError, load_rgb
 from siamface.data.transforms import Preprocessing
 from siamface.errors import SiamfaceError
 from siamface.inference.base import Embedder
+from siamface.system import usable_cpus
 
 #: Key of the JSON metadata record in the ONNX file's ``metadata_props``.
 METADATA_KEY = "siamface"
@@ -47,7 +47,7 @@ class OnnxEmbedder(Embedder):
 
         path = Path(path)
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.intra_op_num_threads = threads or usable_cpus()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
@@ -135,7 +135,7 @@ def embed_files_threaded(
     :meth:`Embedder.embed_paths` does.
     """
     paths = [Path(p) for p in paths]
-    workers = workers or max(1, min(4, os.cpu_count() or 1))
+    workers = workers or max(1, min(4, usable_cpus()))
 
     def load(p: Path) -> np.ndarray | str:
         try:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from siamface.inference.base import Embedder
+from siamface.system import usable_cpus
 
 
 class TorchEmbedder(Embedder):
@@ -22,7 +22,7 @@ class TorchEmbedder(Embedder):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cpu":
-            torch.set_num_threads(threads or os.cpu_count() or 1)
+            torch.set_num_threads(threads or usable_cpus())
         self.device = torch.device(device)
         self.model = ckpt.build(self.device).to(memory_format=torch.channels_last)
         self.checkpoint = ckpt

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from siamface.data.split import split_identities
 from siamface.data.transforms import Preprocessing, train_augmentation
 from siamface.errors import SiamfaceError
 from siamface.model.network import backbone_default_norm
+from siamface.system import usable_cpus
 from siamface.train.config import TrainConfig
 
 PREPARE_MARKER = "siamface_prepare.json"
@@ -93,7 +93,7 @@ def prepare_run_data(
     decoded = decode_images(
         [s.path for s in scan.samples],
         cfg.image_size,
-        workers=workers or os.cpu_count(),
+        workers=workers or usable_cpus(),
         progress=progress,
         desc="detecting + aligning faces" if on_the_fly else "decoding images",
         decoder=decoder,

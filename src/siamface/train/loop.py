@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from siamface.evaluate.metrics import (
 from siamface.model.checkpoint import Checkpoint, atomic_write, save_checkpoint
 from siamface.model.network import ModelConfig, build_model
 from siamface.model.pretrained import load_pretrained
+from siamface.system import loader_workers, usable_cpus
 from siamface.train.config import TrainConfig, make_config
 from siamface.train.data import RunData, prepare_run_data
 from siamface.train.losses import build_loss, build_miner
@@ -136,7 +136,7 @@ class Trainer:
         cfg = self.cfg
         self.device = pick_device(cfg.device)
         if self.device.type == "cpu":
-            torch.set_num_threads(os.cpu_count() or 1)
+            torch.set_num_threads(usable_cpus())
         self.bf16 = use_bf16(cfg.precision, self.device)
         if self._resume_state is None:
             seed_everything(cfg.seed)
@@ -183,7 +183,7 @@ class Trainer:
         if cfg.num_workers >= 0:
             self.workers = cfg.num_workers
         else:
-            self.workers = 1 if (os.cpu_count() or 1) <= 4 else min(6, (os.cpu_count() or 2) - 2)
+            self.workers = loader_workers()
         if self._resume_state is not None:
             self._load_resume_state(self._resume_state)
         else:
