@@ -105,6 +105,34 @@ def score(model_path: Path, test_dir: Path) -> dict:
     return out
 
 
+def run_jobs(jobs: dict, parallel: bool) -> dict:
+    """Run the training commands one after the other on all cores, or side by side with one
+    core and one thread each (both then see the same background load: a fair comparison on a
+    shared machine)."""
+    if not parallel:
+        out = {}
+        for name, (cmd, log) in jobs.items():
+            load0 = os.getloadavg()[1]
+            r = run_child(cmd, log=log)
+            out[name] = (r, [round(load0, 2), round(os.getloadavg()[1], 2)])
+        return out
+    from concurrent.futures import ThreadPoolExecutor
+
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cores = sorted(os.sched_getaffinity(0))
+    load0 = os.getloadavg()[1]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = {
+            name: pool.submit(
+                run_child, ["taskset", "-c", str(cores[i % len(cores)]), *cmd], log, env
+            )
+            for i, (name, (cmd, log)) in enumerate(jobs.items())
+        }
+        results = {name: f.result() for name, f in futures.items()}
+    load = [round(load0, 2), round(os.getloadavg()[1], 2)]
+    return {name: (r, load) for name, r in results.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -116,6 +144,11 @@ def main() -> int:
     ap.add_argument("--work", help="work directory (default: a new temp dir)")
     ap.add_argument("--skip-seed", action="store_true")
     ap.add_argument("--skip-siamface", action="store_true")
+    ap.add_argument(
+        "--parallel",
+        action="store_true",
+        help="train both recipes at the same time, one core each (fair on a shared machine)",
+    )
     ap.add_argument("overrides", nargs="*", help="extra siamface key=value settings")
     args = ap.parse_args()
     roots = [Path(d) for d in (args.data or [SHARED / "data/pins90", SHARED / "data/celeba_wild"])]
@@ -123,24 +156,49 @@ def main() -> int:
     res: dict = {"bench": "train_quality", "machine": machine(), "workdir": str(work)}
     res["split"] = build_split(roots, work, args.test_fraction, args.seed)
     res["budget_min_each"] = args.budget_min
+    run = work / "siamface_run"
+    sf_cmd = [
+        *SIAMFACE,
+        "train",
+        "--data",
+        str(work / "train"),
+        "--out",
+        str(run),
+        "--no-progress",
+        f"time_budget_min={args.budget_min}",
+        f"seed={args.seed}",
+        *args.overrides,
+    ]
+    seed_cmd = [
+        sys.executable,
+        str(SEED_RECIPE),
+        "train",
+        "--data",
+        str(work / "train"),
+        "--epochs",
+        "1000",
+        "--max-seconds",
+        str(args.budget_min * 60),
+        "--workdir",
+        str(work / "seed"),
+        "--seed",
+        str(args.seed),
+    ]
+    jobs = {}
     if not args.skip_siamface:
-        run = work / "siamface_run"
-        cmd = [
-            *SIAMFACE,
-            "train",
-            "--data",
-            str(work / "train"),
-            "--out",
-            str(run),
-            "--no-progress",
-            f"time_budget_min={args.budget_min}",
-            f"seed={args.seed}",
-            *args.overrides,
-        ]
-        load0 = os.getloadavg()
-        r = run_child(cmd, log=work / "siamface_train.log")
-        entry: dict = {"rc": r["rc"], "wall_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"]}
-        entry["loadavg_before_after"] = [round(load0[1], 2), round(os.getloadavg()[1], 2)]
+        jobs["siamface"] = (sf_cmd, work / "siamface_train.log")
+    if not args.skip_seed:
+        jobs["seed"] = (seed_cmd, work / "seed_train.log")
+    res["mode"] = "parallel, one core each" if args.parallel else "sequential, all cores each"
+    results = run_jobs(jobs, args.parallel)
+    if "siamface" in results:
+        r, load = results["siamface"]
+        entry: dict = {
+            "rc": r["rc"],
+            "wall_s": r["wall_s"],
+            "peak_rss_mb": r["peak_rss_mb"],
+            "loadavg_before_after": load,
+        }
         if r["rc"] == 0:
             summary = json.loads((run / "summary.json").read_text())
             entry["recipe"] = "siamface defaults" + (
@@ -151,26 +209,8 @@ def main() -> int:
             entry["best_epoch"] = summary["best_epoch"]
             entry["test"] = score(run / "best.safetensors", work / "test")
         res["siamface"] = entry
-    if not args.skip_seed:
-        load0 = os.getloadavg()
-        r = run_child(
-            [
-                sys.executable,
-                str(SEED_RECIPE),
-                "train",
-                "--data",
-                str(work / "train"),
-                "--epochs",
-                "1000",
-                "--max-seconds",
-                str(args.budget_min * 60),
-                "--workdir",
-                str(work / "seed"),
-                "--seed",
-                str(args.seed),
-            ],
-            log=work / "seed_train.log",
-        )
+    if "seed" in results:
+        r, load = results["seed"]
         s = seed_result(r["stdout"])
         entry = {
             "recipe": "article script as written (triplet m=0.1, AdamW 1e-4, 224 px, "
@@ -180,7 +220,7 @@ def main() -> int:
             "images_per_s": s.get("images_per_s"),
             "checkpoint": s.get("checkpoint"),
             "peak_rss_mb": s.get("peak_rss_mb"),
-            "loadavg_before_after": [round(load0[1], 2), round(os.getloadavg()[1], 2)],
+            "loadavg_before_after": load,
         }
         if s.get("checkpoint"):
             ck = seed_checkpoint_to_siamface(
