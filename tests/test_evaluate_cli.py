@@ -47,6 +47,8 @@ def test_evaluate_all_pairs_report(folder_report, pins_small):
     # 12 x 8 images -> 4224 impostor pairs: FAR 1e-4 is below 1/4224 and must say so
     assert m["tar_at_far"]["1e-04"] is None
     assert any("1e-04" in note for note in rep["notes"])
+    # 1e-3 is measurable (>= 1/4224) but rests on ~4 impostor pairs: said so
+    assert any("FAR 1e-03 rests on at most 4 impostor" in note for note in rep["notes"])
     st = rep["operating_points"]["stored_threshold"]
     assert st["threshold"] == 0.5 and 0.0 <= st["far"] <= 1.0
     assert len(rep["roc"]["far"]) == len(rep["roc"]["tar"]) > 2

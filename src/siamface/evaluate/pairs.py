@@ -23,6 +23,7 @@ the numbers scikit-learn would give on the (quantised) scores.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -43,6 +44,9 @@ EXACT_LIMIT = 2_000_000
 BLOCK_ELEMS = 4_000_000
 #: At least this many rows per block (BLAS efficiency), more when the set is small.
 BLOCK_ROWS = 128
+#: Below this many images the whole job takes milliseconds: BLAS runs single-threaded, since
+#: waking and synchronising threads then costs more than it saves (a lot more on busy cores).
+SINGLE_THREAD_BELOW = 5000
 #: Default cap on impostor pairs scored exhaustively; above it a seeded sample is scored.
 DEFAULT_MAX_IMPOSTORS = 2_000_000_000
 #: Sample size used when the impostor pairs exceed ``DEFAULT_MAX_IMPOSTORS``.
@@ -220,13 +224,32 @@ def score_all_pairs(
         )
     ident_end = np.repeat(ends, np.diff(np.concatenate([[0], ends])))  # per row
     rows = int(min(n, max(BLOCK_ROWS, block_elems // max(n, 1))))
-    with tqdm(total=n, desc="scoring", unit="img", disable=not progress) as bar:
+    limit = _blas_single_thread() if n < SINGLE_THREAD_BELOW else contextlib.nullcontext()
+    with tqdm(total=n, desc="scoring", unit="img", disable=not progress) as bar, limit:
         if sample:
             _score_genuine(e, ends, ident_end, genuine, rows, bar)
             _sample_impostors(e, codes, impostor, seed)
         else:
             _score_all(e, ident_end, genuine, impostor, rows, bar)
     return ScoredPairs(genuine, impostor, n_gen, n_imp, sample, seed, notes)
+
+
+def _find_blas():
+    """The loaded BLAS libraries' thread controls, found once per process at import time
+    (scanning the process's libraries takes tens of ms: library set-up, not scoring work)."""
+    try:
+        from threadpoolctl import ThreadpoolController  # scikit-learn's own dependency
+
+        return ThreadpoolController().select(user_api="blas")
+    except Exception:  # noqa: BLE001 - thread limiting is an optimisation, never required
+        return None
+
+
+_BLAS = _find_blas()
+
+
+def _blas_single_thread():
+    return _BLAS.limit(limits=1) if _BLAS is not None else contextlib.nullcontext()
 
 
 def _segments(ident_end: np.ndarray, r0: int, r1: int) -> Iterator[tuple[int, int, int]]:

@@ -63,7 +63,7 @@ def plot_roc(path: Path, curve: dict, m: VerificationMetrics, title: str = "ROC"
     ax.set_ylabel("true accept rate")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left")
     return _save(fig, path)
 
 
@@ -81,8 +81,8 @@ def plot_det(path: Path, curve: dict, m: VerificationMetrics, title: str = "DET"
     ticks = np.array([1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5, 0.8, 0.95, 0.99])
     xt = ticks[ticks >= floor / 1.01]
     yt = ticks[ticks >= fn_floor / 1.01]
-    ax.set_xticks(norm.ppf(xt), [f"{t:g}" for t in xt])
-    ax.set_yticks(norm.ppf(yt), [f"{t:g}" for t in yt])
+    ax.set_xticks(norm.ppf(xt), [_short(t) for t in xt])
+    ax.set_yticks(norm.ppf(yt), [_short(t) for t in yt])
     ax.set_xlim(norm.ppf(floor), norm.ppf(0.99))
     ax.set_ylim(norm.ppf(fn_floor), norm.ppf(0.99))
     ax.set_xlabel("false accept rate (probit scale)")
@@ -91,6 +91,11 @@ def plot_det(path: Path, curve: dict, m: VerificationMetrics, title: str = "DET"
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right")
     return _save(fig, path)
+
+
+def _short(rate: float) -> str:
+    """Compact tick label: 1e-4, 1e-3, 1%, 5%, 50% (probit ticks crowd at low rates)."""
+    return f"{rate:.0e}".replace("e-0", "e-") if rate < 0.01 else f"{rate:.0%}"
 
 
 def plot_histograms(
@@ -115,5 +120,5 @@ def plot_histograms(
     ax.set_xlabel("cosine similarity")
     ax.set_ylabel("density")
     ax.set_title(title)
-    ax.legend(loc="upper left", fontsize="small")
+    ax.legend(loc="best", fontsize="small")
     return _save(fig, path)

@@ -288,6 +288,19 @@ def evaluate_pairs_file(
     )
 
 
+def _thin_far_notes(m: VerificationMetrics, min_pairs: int = 10) -> list[str]:
+    """Measurable is not the same as reliable: flag FARs resting on a handful of pairs."""
+    out = []
+    for key, tar in m.tar_at_far.items():
+        above = float(key) * m.n_impostor
+        if tar is not None and above < min_pairs:
+            out.append(
+                f"TAR at FAR {key} rests on at most {int(above)} impostor pairs above its "
+                "threshold: a rough estimate; more identities would firm it up"
+            )
+    return out
+
+
 def _exact(scores: np.ndarray) -> ScoreSet:
     s = ScoreSet(len(scores), exact_limit=len(scores))
     s.add(np.asarray(scores, np.float32))
@@ -321,7 +334,7 @@ def _finish(
         "kfold": kfold,
         "roc": curve,
         "plots": {},
-        "notes": list(extra_notes) + m.notes,
+        "notes": list(extra_notes) + m.notes + _thin_far_notes(m),
         "timing_s": timing,
     }
     if out_dir is not None:
