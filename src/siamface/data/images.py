@@ -87,10 +87,12 @@ def _decode(source: Path | io.BytesIO, max_pixels: int | None = None) -> Image.I
                         f"image too large ({img.width}x{img.height} pixels, limit {max_pixels})"
                     )
                 img.load()
-                img = ImageOps.exif_transpose(img) or img
+                # Copy only when something changes: a 64-megapixel photo is 192 MB per copy.
+                if img.getexif().get(0x0112, 1) not in (0, 1):
+                    img = ImageOps.exif_transpose(img)
                 if img.width < 1 or img.height < 1:
                     raise ImageLoadError("image has no pixels")
-                return _to_rgb(img)
+                return img if img.mode == "RGB" else _to_rgb(img)
     except UnidentifiedImageError as err:
         raise ImageLoadError("not a recognised image format") from err
     except Image.DecompressionBombError as err:
