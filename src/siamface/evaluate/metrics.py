@@ -72,9 +72,22 @@ def verification_metrics(
     fpr, tpr, thr = roc_curve(labels, scores, drop_intermediate=False)
     thr = np.where(np.isinf(thr), np.nextafter(scores.max(), np.inf), thr)
     auc = float(roc_auc_score(labels, scores))
+    return summarise_roc(fpr, tpr, thr, auc, n_gen, n_imp, fars)
+
+
+def summarise_roc(
+    fpr: np.ndarray,
+    tpr: np.ndarray,
+    thr: np.ndarray,
+    auc: float,
+    n_gen: int,
+    n_imp: int,
+    fars: tuple[float, ...],
+) -> VerificationMetrics:
+    """EER, best balanced accuracy and TAR at each FAR from ROC points (shared by the exact
+    and the weighted/histogram paths)."""
     fnr = 1.0 - tpr
     i = int(np.nanargmin(np.abs(fnr - fpr)))
-    eer = float((fpr[i] + fnr[i]) / 2.0)
     bal = (tpr + (1.0 - fpr)) / 2.0
     j = int(np.argmax(bal))
     notes: list[str] = []
@@ -89,7 +102,7 @@ def verification_metrics(
         tars[key], thrs[key] = tar_at_far(fpr, tpr, thr, far)
     return VerificationMetrics(
         auc=auc,
-        eer=eer,
+        eer=float((fpr[i] + fnr[i]) / 2.0),
         eer_threshold=float(thr[i]),
         best_accuracy=float(bal[j]),
         best_accuracy_threshold=float(thr[j]),
@@ -179,29 +192,5 @@ def weighted_verification_metrics(
             f"need both genuine and impostor pairs (got {n_gen} genuine, {n_imp} impostor)"
         )
     fpr, tpr, thr = roc_points(scores, labels, weights)
-    fnr = 1.0 - tpr
-    i = int(np.nanargmin(np.abs(fnr - fpr)))
-    bal = (tpr + (1.0 - fpr)) / 2.0
-    j = int(np.argmax(bal))
-    notes: list[str] = []
-    tars: dict[str, float | None] = {}
-    thrs: dict[str, float | None] = {}
-    for far in fars:
-        key = far_key(far)
-        if far < 1.0 / n_imp:
-            tars[key] = thrs[key] = None
-            notes.append(f"FAR {key} is below 1/{n_imp} impostor pairs and cannot be measured here")
-            continue
-        tars[key], thrs[key] = tar_at_far(fpr, tpr, thr, far)
-    return VerificationMetrics(
-        auc=float(area_under_curve(fpr, tpr)),
-        eer=float((fpr[i] + fnr[i]) / 2.0),
-        eer_threshold=float(thr[i]),
-        best_accuracy=float(bal[j]),
-        best_accuracy_threshold=float(thr[j]),
-        tar_at_far=tars,
-        threshold_at_far=thrs,
-        n_genuine=n_gen,
-        n_impostor=n_imp,
-        notes=notes,
-    )
+    auc = float(area_under_curve(fpr, tpr))
+    return summarise_roc(fpr, tpr, thr, auc, n_gen, n_imp, fars)
