@@ -299,7 +299,8 @@ def test_no_face_is_a_422(tmp_path, pins_small):
 def test_concurrent_requests_share_batches_and_get_their_own_rows(onnx_model, local):
     images = [jpeg(100 + i) for i in range(12)]
     expected = [local_embedding(local, d) for d in images]
-    app = create_app(onnx_model, max_wait_ms=150)  # a long window: grouping is certain
+    # a long window: grouping is certain
+    app = create_app(onnx_model, batching="on", max_wait_ms=150)
     with running(app) as c:
         base = str(c.base_url)
 

@@ -1,0 +1,85 @@
+"""The model card: what the served model is, where it came from, and what its threshold means.
+
+Everything is read from the model file itself (checkpoint or exported ONNX: architecture,
+preprocessing, the calibrated threshold record and the training ``info``) and, when the server
+was given one, from a ``siamface evaluate`` report. Models differ in what they record (a
+built-in model has no training data, an old checkpoint no ``init``), so every key is optional
+and the card shows what is there.
+"""
+
+from __future__ import annotations
+
+from siamface.inference import Embedder
+
+#: Keys of a checkpoint's ``info`` shown on the card (anything else stays in the file).
+INFO_KEYS = (
+    "init",
+    "weights_source",
+    "data",
+    "train_identities",
+    "train_images",
+    "val_identities",
+    "val_metrics",
+    "loss",
+    "epoch",
+    "siamface_version",
+)
+
+
+def backbone_of(embedder: Embedder) -> str | None:
+    info = embedder.info if isinstance(getattr(embedder, "info", None), dict) else {}
+    if info.get("backbone"):
+        return str(info["backbone"])
+    ckpt = getattr(embedder, "checkpoint", None)
+    if ckpt is not None:
+        return ckpt.model_cfg.backbone
+    meta = getattr(embedder, "metadata", None)
+    if isinstance(meta, dict) and isinstance(meta.get("model"), dict):
+        return meta["model"].get("backbone")
+    return None
+
+
+def has_pair_head(embedder: Embedder) -> bool:
+    ckpt = getattr(embedder, "checkpoint", None)
+    if ckpt is not None:
+        return bool(ckpt.pair_head)
+    return bool(getattr(embedder, "pair_head", None))
+
+
+def _names(value: object) -> object:
+    """Folder names instead of the server's absolute paths (the card is public)."""
+    from pathlib import PurePath
+
+    if isinstance(value, str) and ("/" in value or "\\" in value):
+        return PurePath(value).name
+    if isinstance(value, list):
+        return [_names(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _names(v) for k, v in value.items()}
+    return value
+
+
+def training_section(info: dict) -> dict:
+    return {k: _names(info[k]) for k in INFO_KEYS if info.get(k) is not None and k != "val_metrics"}
+
+
+def validation_section(info: dict) -> dict | None:
+    val = info.get("val_metrics")
+    if not isinstance(val, dict):
+        return None
+    return {k: val[k] for k in ("auc", "eer", "tar_at_far", "n_genuine", "n_impostor") if k in val}
+
+
+def model_card(service) -> dict:
+    """The card as JSON for ``GET /model-card`` (the page renders it in either language)."""
+    e = service.embedder
+    info = e.info if isinstance(getattr(e, "info", None), dict) else {}
+    return {
+        **service.model_info(),
+        "backbone": backbone_of(e),
+        "pair_head": has_pair_head(e),
+        "threshold": service.threshold_record,
+        "training": training_section(info),
+        "validation": validation_section(info),
+        "report": service.report.summary(e.fingerprint) if service.report is not None else None,
+    }
