@@ -9,6 +9,8 @@ and the card shows what is there.
 
 from __future__ import annotations
 
+import math
+
 from siamface.inference import Embedder
 
 #: Keys of a checkpoint's ``info`` shown on the card (anything else stays in the file).
@@ -74,12 +76,26 @@ def model_card(service) -> dict:
     """The card as JSON for ``GET /model-card`` (the page renders it in either language)."""
     e = service.embedder
     info = e.info if isinstance(getattr(e, "info", None), dict) else {}
-    return {
-        **service.model_info(),
-        "backbone": backbone_of(e),
-        "pair_head": has_pair_head(e),
-        "threshold": service.threshold_record,
-        "training": training_section(info),
-        "validation": validation_section(info),
-        "report": service.report.summary(e.fingerprint) if service.report is not None else None,
-    }
+    return finite(
+        {
+            **service.model_info(),
+            "backbone": backbone_of(e),
+            "pair_head": has_pair_head(e),
+            "threshold": service.threshold_record,
+            "training": training_section(info),
+            "validation": validation_section(info),
+            "report": service.report.summary(e.fingerprint) if service.report is not None else None,
+        }
+    )
+
+
+def finite(value: object) -> object:
+    """NaN and infinities as null: JSON has no such numbers (an ROC's first threshold is
+    +inf, a damaged model's metrics may be NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
