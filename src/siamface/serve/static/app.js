@@ -416,7 +416,9 @@
     } else {
       text = t("thr_other", { method: rec.method || "?", source });
     }
-    if (typeof rec.tar === "number") text += ` ${t("thr_tar", { tar: pct(rec.tar) })}`;
+    if (typeof rec.tar === "number") {
+      text += (state.lang === "ja" ? "" : " ") + t("thr_tar", { tar: pct(rec.tar) });
+    }
     return text;
   }
 
