@@ -146,6 +146,12 @@ class Internal(ApiError):
     status, code = 500, "internal_error"
 
 
+class ModelFailure(ApiError):
+    """The model produced unusable output (NaN or infinite embeddings: damaged weights)."""
+
+    status, code = 500, "model_error"
+
+
 #: Exceptions of the layers below -> the API error they mean, most specific first.
 DOMAIN_ERRORS: tuple[tuple[type[Exception], type[ApiError]], ...] = (
     (NoFaceError, NoFace),
@@ -246,7 +252,36 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _image(_: Request, err: ImageLoadError) -> JSONResponse:
         return _json(api_error(err))
 
-    @app.exception_handler(Exception)
-    async def _crash(request: Request, err: Exception) -> JSONResponse:
-        log.exception("unhandled error in %s %s", request.method, request.url.path)
-        return _json(Internal("internal server error (the details are in the server's log)"))
+    app.add_middleware(CrashGuard)
+
+
+class CrashGuard:
+    """ASGI middleware: a bug or a failing model answers the JSON 500 and the connection stays
+    usable (Starlette's last-resort handler re-raises, and the server then drops the client's
+    keep-alive connection). The traceback goes to the log, never to the client."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            response = _json(
+                Internal("internal server error (the details are in the server's log)")
+            )
+            await response(scope, receive, send)

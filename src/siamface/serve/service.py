@@ -25,10 +25,9 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from siamface.data.images import ImageLoadError, decode_rgb
-from siamface.errors import SiamfaceError
 from siamface.inference import Embedder
 from siamface.serve.batcher import MicroBatcher
-from siamface.serve.errors import BadImage, ImageTooLarge, NoGallery, api_error
+from siamface.serve.errors import BadImage, ImageTooLarge, ModelFailure, NoGallery, api_error
 from siamface.serve.limits import PixelBudget
 from siamface.serve.report import EvaluationReport
 
@@ -187,9 +186,9 @@ class Service:
     async def embed(self, uploads: list[Upload]) -> np.ndarray:
         emb = await self.batcher.embed(np.stack([u.face for u in uploads]))
         if not np.isfinite(emb).all():
-            raise SiamfaceError(
+            raise ModelFailure(
                 "the model produced NaN or infinite embeddings (damaged weights?); "
-                "check the model file"
+                "the server's operator must check the model file"
             )
         return emb
 
