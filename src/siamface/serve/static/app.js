@@ -404,7 +404,10 @@
 
   function thresholdMeaning(rec) {
     if (!rec || typeof rec.value !== "number") return t("thr_none");
-    const source = sourceText(rec.source);
+    let source = sourceText(rec.source);
+    if (typeof rec.identities === "number" && typeof rec.images === "number") {
+      source += t("thr_data", { ids: int(rec.identities), imgs: int(rec.images) });
+    }
     let text;
     if (rec.method === "given") return t("thr_given");
     if ((rec.method === "far" || rec.method === undefined || rec.method === null) && rec.target_far) {
@@ -413,6 +416,8 @@
       text = t("thr_eer", { source });
     } else if (rec.method === "best_accuracy") {
       text = t("thr_best", { source });
+    } else if (!rec.method) {
+      text = t("thr_source", { source: rec.source || "?" });
     } else {
       text = t("thr_other", { method: rec.method || "?", source });
     }
@@ -652,6 +657,7 @@
       trained = t("k_ids_only", { ids: int(tr.train_identities) });
     }
     facts($("#card-model"), [
+      [t("k_model"), tr.description || tr.name],
       [t("k_backbone"), c.backbone],
       [t("k_embedding"), c.embedding_size],
       [t("k_input"), t("k_input_v", { s: c.image_size, aligned: t(c.aligned ? "aligned_yes" : "aligned_no") })],
@@ -663,6 +669,8 @@
       [t("k_epoch"), tr.epoch],
       [t("k_val_ids"), tr.val_identities],
       [t("k_pair_head"), c.pair_head ? t("k_pair_head_v") : null],
+      [t("k_license"), tr.license],
+      [t("k_paper"), tr.paper],
       [t("k_backend"), c.backend],
       [t("k_file"), c.source],
       [t("k_fingerprint"), c.fingerprint],
@@ -713,7 +721,7 @@
         h(
           "figure",
           { class: "plot", "data-kind": kind },
-          h("img", { src: url, alt: caption, loading: "lazy" }),
+          h("a", { href: url, target: "_blank", rel: "noopener" }, h("img", { src: url, alt: caption, loading: "lazy" })),
           h("figcaption", { text: caption }),
         ),
       );

@@ -44,7 +44,7 @@ window.SIAMFACE_TEXTS = {
     reset_threshold: "Back to the calibrated threshold",
     slider_verdict: "At {t}: {verdict}",
     slider_rates:
-      "On the evaluation report, at {t}: {tar} of genuine pairs accepted, {far} of impostor pairs accepted.",
+      "On the evaluation report, at {t}: about {tar} of genuine pairs accepted, about {far} of impostor pairs accepted.",
 
     thr_far: "Calibrated for a false-accept rate of {far} on {source}.",
     thr_eer: "Set at the equal error rate on {source} (the target false-accept rate could not be measured with so few pairs).",
@@ -53,6 +53,8 @@ window.SIAMFACE_TEXTS = {
     thr_none: "This model has no calibrated threshold; decisions need one (siamface calibrate).",
     thr_tar: "At this threshold {tar} of genuine pairs were accepted there.",
     thr_other: "Set by {method} on {source}.",
+    thr_source: "Taken from {source}.",
+    thr_data: " ({ids} identities, {imgs} images)",
     far_ratio: "1 in {n}",
     validation_identities: "validation identities (people not used in training)",
 
@@ -96,6 +98,9 @@ window.SIAMFACE_TEXTS = {
     report_none:
       "No evaluation report on this server. Start it with --report DIR (the --out folder of siamface evaluate) to show the ROC, DET and score plots here.",
     report_other_model: "This report was made for a different model than the one being served.",
+    k_model: "Model",
+    k_license: "License",
+    k_paper: "Paper",
     k_backbone: "Backbone",
     k_embedding: "Embedding size",
     k_input: "Input",
@@ -132,7 +137,7 @@ window.SIAMFACE_TEXTS = {
     plot_det: "DET: false rejects against false accepts",
     plot_histogram: "Scores of genuine and impostor pairs",
 
-    err_bad_image: "{where}: the file is not an image (or is damaged).",
+    err_bad_image: "{where} is not an image file (or it is damaged).",
     err_no_face: "No face found in {where}.",
     err_too_large: "Too large (limit {mb} MB).",
     err_file_too_large: "{where} is too large (limit {mb} MB).",
@@ -199,7 +204,7 @@ window.SIAMFACE_TEXTS = {
     reset_threshold: "調整済みのしきい値に戻す",
     slider_verdict: "{t} では：{verdict}",
     slider_rates:
-      "評価レポートでは、{t} のとき本人ペアの {tar} を受け入れ、他人ペアの {far} を誤って受け入れます。",
+      "評価レポートでは、{t} のとき本人ペアの約 {tar} を受け入れ、他人ペアの約 {far} を誤って受け入れます。",
 
     thr_far: "{source}で他人受入率が {far} になるよう調整されたしきい値です。",
     thr_eer: "{source}で等価エラー率の点に設定されています（ペア数が少なく、目標の他人受入率は測れませんでした）。",
@@ -208,6 +213,8 @@ window.SIAMFACE_TEXTS = {
     thr_none: "このモデルには調整済みのしきい値がありません（siamface calibrate で設定できます）。",
     thr_tar: "このしきい値で本人ペアの {tar} を受け入れました。",
     thr_other: "{source}で {method} により設定されています。",
+    thr_source: "{source}に基づくしきい値です。",
+    thr_data: "（{ids} 人、{imgs} 枚）",
     far_ratio: "{n} 回に 1 回",
     validation_identities: "検証用の人物（学習に使っていない人）",
 
@@ -251,6 +258,9 @@ window.SIAMFACE_TEXTS = {
     report_none:
       "このサーバーには評価レポートがありません。--report DIR（siamface evaluate の --out フォルダ）を付けて起動すると、ROC・DET・スコア分布の図がここに表示されます。",
     report_other_model: "このレポートは、提供中のモデルとは別のモデルのものです。",
+    k_model: "モデル",
+    k_license: "ライセンス",
+    k_paper: "論文",
     k_backbone: "バックボーン",
     k_embedding: "埋め込みの次元",
     k_input: "入力",
