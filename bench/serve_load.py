@@ -90,7 +90,17 @@ def start_server(model: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
     if " on http://" not in line:
         proc.kill()
         raise SystemExit(f"server did not start: {line}{proc.stderr.read()}")
-    return proc, line.split(" on ")[1].split()[0]
+    url = line.split(" on ")[1].split()[0]
+    import httpx
+
+    for _ in range(600):  # the port is bound before uvicorn listens: wait (<= 60 s) until it does
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"server at {url} did not answer /health within 60 s")
 
 
 async def run_load(url: str, images: list[bytes], clients: int, seconds: float) -> dict:

@@ -452,3 +452,25 @@ def test_batcher_runs_up_to_max_inflight_calls_at_once():
     peak[0] = 0
     asyncio.run(scenario(2))
     assert peak[0] == 2
+
+
+def test_faces_the_model_saw_come_back_on_request(client, local):
+    """``?faces=true``: the crops the model embedded, as JPEG data URLs (what the page shows)."""
+    import base64
+
+    from siamface.data.images import decode_rgb
+
+    a, b = jpeg(61, size=(130, 90)), jpeg(62)
+    files = {"image1": ("a.jpg", a), "image2": ("b.jpg", b)}
+    assert client.post("/verify", files=files).json()["faces"] is None
+    body = client.post("/verify", params={"faces": "true"}, files=files).json()
+    assert body["probability"] is None  # this model has no pair head
+    crops = [local.face_array(decode_rgb(d)).astype(int) for d in (a, b)]
+    for i, url in enumerate(body["faces"]):
+        assert url.startswith("data:image/jpeg;base64,")
+        shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+        assert shown.shape == crops[i].shape == (64, 64, 3)
+        # this crop (JPEG-compressed), not the other one
+        assert np.abs(shown - crops[i]).mean() < 0.5 * np.abs(shown - crops[1 - i]).mean()
+    r = client.post("/identify", params={"faces": "true"}, files={"image": ("q.jpg", a)})
+    assert r.json()["face"].startswith("data:image/jpeg;base64,")

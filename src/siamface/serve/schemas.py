@@ -29,6 +29,9 @@ class VerifyOut(BaseModel):
     threshold: float
     threshold_source: str = Field(description="where the threshold came from")
     model: str = Field(description="fingerprint of the model's weights")
+    probability: float | None = Field(
+        None, description="same-person probability from the model's pair head (BCE), if any"
+    )
     faces: list[str] | None = Field(
         None, description="with ?faces=true: the aligned faces the model saw, JPEG data URLs"
     )

@@ -130,6 +130,16 @@ def gallery_thumbnail(gallery, name: str) -> bytes | None:
     return getter(name) if getter is not None else None
 
 
+def pair_probability(embedder: Embedder, similarity: float) -> float | None:
+    """Same-person probability from the model's BCE pair head, or None without one."""
+    # TODO(issue 13 merge): Embedder.pair_probability lands with the pair-head work.
+    fn = getattr(embedder, "pair_probability", None)
+    if fn is None:
+        return None
+    p = fn(np.asarray([similarity], dtype=np.float32))
+    return None if p is None else float(np.asarray(p).reshape(-1)[0])
+
+
 class Service:
     """The model, batcher, gallery, report and limits, shared by all routes."""
 

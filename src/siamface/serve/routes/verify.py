@@ -10,7 +10,7 @@ from siamface.errors import SiamfaceError
 from siamface.serve.errors import NoThreshold
 from siamface.serve.routes.deps import UPLOAD_ERRORS, faces_query, get_service, threshold_query
 from siamface.serve.schemas import VerifyOut
-from siamface.serve.service import Service, data_url
+from siamface.serve.service import Service, data_url, pair_probability
 from siamface.verify import decide, resolve_threshold
 
 router = APIRouter(tags=["faces"])
@@ -34,7 +34,11 @@ async def verify(
     a, b = await asyncio.gather(svc.read(image1, "image1"), svc.read(image2, "image2"))
     emb = await svc.embed([a, b])
     result = decide(float(emb[0] @ emb[1]), thr, source)
-    out = {**result.to_dict(), "model": svc.embedder.fingerprint}
+    out = {
+        **result.to_dict(),
+        "model": svc.embedder.fingerprint,
+        "probability": pair_probability(svc.embedder, result.similarity),
+    }
     if faces:
         out["faces"] = [data_url(a.jpeg()), data_url(b.jpeg())]
     return out
