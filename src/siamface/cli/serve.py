@@ -8,6 +8,7 @@ import os
 from siamface.cli._model_args import positive_int
 from siamface.serve.settings import (
     BATCHING_MODES,
+    DEFAULT_DECODE_WAIT_S,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_PIXELS_IN_FLIGHT,
     DEFAULT_MAX_UPLOAD_MB,
@@ -80,6 +81,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"(default {DEFAULT_MAX_PIXELS_IN_FLIGHT:,})",
     )
     p.add_argument(
+        "--decode-wait-s",
+        type=float,
+        default=DEFAULT_DECODE_WAIT_S,
+        help="how long an upload may wait for its turn to decode before the answer is 503 "
+        f"busy (default {DEFAULT_DECODE_WAIT_S:g})",
+    )
+    p.add_argument(
         "--batching",
         choices=BATCHING_MODES,
         default="auto",
@@ -133,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         report=args.report,
         max_pixels=args.max_pixels,
         max_pixels_in_flight=args.max_pixels_in_flight,
+        decode_wait_s=args.decode_wait_s,
         max_batch=args.max_batch,
         max_wait_ms=args.batch_wait_ms,
         max_inflight=args.max_inflight,

@@ -79,6 +79,8 @@ def create_app(
         raise SiamfaceError(f"batching must be one of {choices}, got {batching!r}")
     if max_pixels < 1 or max_pixels_in_flight < 1:
         raise SiamfaceError("pixel limits must be positive")
+    if not decode_wait_s > 0:
+        raise SiamfaceError(f"the decode wait must be positive, got {decode_wait_s} s")
     evaluation = EvaluationReport.load(report) if report is not None else None
     embedder = (
         model_path if isinstance(model_path, Embedder) else open_model(model_path, device=device)
