@@ -30,11 +30,30 @@ def too_large_message(max_bytes: int) -> str:
     return f"too large (limit {max_bytes / 2**20:g} MB)"
 
 
+#: An oversized body up to this size is read and thrown away before the 413 goes out: closing
+#: a connection with unread request bytes makes the client's TCP stack drop the answer (RST),
+#: so the client would see "connection reset" instead of the JSON 413. Larger bodies are cut.
+DRAIN_LIMIT = 64 * 2**20
+
+
+async def _drain(receive: Receive, budget: int) -> None:
+    """Read and discard the rest of a request body (at most ``budget`` bytes)."""
+    while budget > 0:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        budget -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
 class BodyLimit:
     """ASGI middleware: refuse request bodies above ``max_bytes`` with the JSON 413.
 
-    A declared ``Content-Length`` above the limit is answered before anything is read; a
-    chunked body is counted while it streams and stopped as soon as it passes the limit.
+    A declared ``Content-Length`` above the limit is answered without passing anything to the
+    app (after discarding the body, up to :data:`DRAIN_LIMIT`, unless the client waits for
+    ``100 Continue`` and so has not sent it); a chunked body is counted while it streams and
+    stopped as soon as it passes the limit.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -47,6 +66,8 @@ class BodyLimit:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
+            if declared <= DRAIN_LIMIT and not _expects_continue(scope):
+                await _drain(receive, declared)
             err = TooLarge(too_large_message(self.max_bytes))
             body = json.dumps(err.body()).encode()
             await send(
@@ -70,10 +91,16 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    if message.get("more_body", False):
+                        await _drain(receive, DRAIN_LIMIT - seen)
                     raise TooLarge(too_large_message(self.max_bytes))
             return message
 
         await self.app(scope, counted, send)
+
+
+def _expects_continue(scope: Scope) -> bool:
+    return any(k == b"expect" and v.lower() == b"100-continue" for k, v in scope.get("headers", ()))
 
 
 def _content_length(scope: Scope) -> int | None:

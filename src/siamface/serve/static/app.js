@@ -721,7 +721,7 @@
         h(
           "figure",
           { class: "plot", "data-kind": kind },
-          h("a", { href: url, target: "_blank", rel: "noopener" }, h("img", { src: url, alt: caption, loading: "lazy" })),
+          h("a", { href: url, target: "_blank", rel: "noopener" }, h("img", { src: url, alt: caption })),
           h("figcaption", { text: caption }),
         ),
       );
