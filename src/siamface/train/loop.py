@@ -166,9 +166,17 @@ class Trainer:
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.feature_cache: FeatureCacheSwitch | None = None
+        if cfg.freeze_epochs or cfg.trainable != "all" or cfg.bn_frozen:
+            schedule = FreezeSchedule(cfg.freeze_epochs, cfg.trainable, cfg.bn_frozen)
+            self.callbacks.callbacks.append(schedule)
+            if cache_possible(cfg):
+                self.feature_cache = FeatureCacheSwitch(schedule, self.model, len(self.data.train))
+                self.callbacks.callbacks.append(self.feature_cache)
+                self.data.train.with_index = True
         self.objective = self.build_objective().to(self.device)
         self._add_reference_terms()
-        self.steps_per_epoch = max(1, len(self.data.train) // cfg.batch_size)
+        self.steps_per_epoch = max(1, self.data.train.n_labeled // cfg.batch_size)
         self.opt = build_optimizer(self.build_param_groups(), cfg, self._schedule_progress)
         self.step_fn = TrainStep(
             self.model,
@@ -185,18 +193,12 @@ class Trainer:
         from pytorch_metric_learning.samplers import MPerClassSampler
 
         self.sampler = MPerClassSampler(
-            self.data.train.labels.tolist(),
+            self.data.train.labels[: self.data.train.n_labeled].tolist(),
             m=cfg.m_per_class,
             batch_size=cfg.batch_size,
             length_before_new_iter=self.steps_per_epoch * cfg.batch_size,
         )
         self.workers = cfg.num_workers if cfg.num_workers >= 0 else loader_workers()
-        if cfg.freeze_epochs or cfg.trainable != "all" or cfg.bn_frozen:
-            schedule = FreezeSchedule(cfg.freeze_epochs, cfg.trainable, cfg.bn_frozen)
-            self.callbacks.callbacks.append(schedule)
-            if cache_possible(cfg):
-                self.callbacks.callbacks.append(FeatureCacheSwitch(schedule))
-                self.data.train.with_index = True
         if self._resume_state is not None:
             self.load_state_dict(self._resume_state)
         else:
@@ -228,7 +230,8 @@ class Trainer:
         if need_start:
             ref = self._start_embeddings()
             if classifier and cfg.class_mean_centres and self._resume_state is None:
-                centres = class_means(ref, train.labels, len(self.data.train_identities))
+                n = train.n_labeled
+                centres = class_means(ref[:n], train.labels[:n], len(self.data.train_identities))
                 if init_class_centres(self.loss_fn, centres):
                     self.log("class centres start at each identity's mean embedding")
             if cfg.keep_close > 0:
@@ -286,7 +289,14 @@ class Trainer:
         else:
             model = self.model
         self.log(f"embedding {len(self.data.train)} training images with the starting model")
-        t = embed_dataset(model, self.data.train, self.pre, self.device).contiguous()
+        t = None
+        if model is self.model and self.feature_cache is not None:
+            t = self.feature_cache.prefill(self)  # one forward pass fills the cache too
+        if t is None:
+            t = embed_dataset(
+                model, self.data.train, self.pre, self.device, progress=self.show_progress
+            )
+        t = t.contiguous()
         save_file({"embeddings": t}, str(path))
         return t
 
@@ -350,9 +360,26 @@ class Trainer:
     def _epoch_loader(self) -> DataLoader:
         """This epoch's batches from the current step on (the sampler's order is fixed by
         the RNG state at the epoch's start, so a resume replays it and skips what was done)."""
-        order = list(iter(self.sampler))[self.state.step_in_epoch * self.cfg.batch_size :]
+        order = list(iter(self.sampler))
+        train = self.data.train
+        if train.n_labeled < len(train):
+            # Each batch also gets unlabeled faces (distillation only), drawn with the epoch's
+            # RNG right after the order, so a resume replays the same batches.
+            b, u = self.cfg.batch_size, self.cfg.unlabeled_per_batch
+            n_batches = len(order) // b
+            extra = torch.randint(train.n_labeled, len(train), (n_batches, u)).tolist()
+            batches = [order[i * b : (i + 1) * b] + extra[i] for i in range(n_batches)]
+            return DataLoader(
+                train,
+                batch_sampler=batches[self.state.step_in_epoch :],
+                num_workers=self.workers,
+                worker_init_fn=_worker_init,
+                prefetch_factor=4 if self.workers else None,
+                persistent_workers=False,
+            )
+        order = order[self.state.step_in_epoch * self.cfg.batch_size :]
         return DataLoader(
-            self.data.train,
+            train,
             batch_size=self.cfg.batch_size,
             sampler=order,
             drop_last=True,
@@ -542,7 +569,8 @@ class Trainer:
                 "weights_source": self.weights_source,
                 "init": self.start.info() if self.start is not None else None,
                 "train_identities": len(self.data.train_identities),
-                "train_images": len(self.data.train),
+                "train_images": self.data.train.n_labeled,
+                "unlabeled_images": len(self.data.train) - self.data.train.n_labeled,
                 "data": self.data_dirs,
                 "val_identities": len(self.data.val_identities),
                 "val_metrics": m.to_dict() if m else None,
