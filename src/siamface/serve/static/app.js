@@ -169,6 +169,10 @@
     const video = $("video", slot);
     input.multiple = multiple;
     input.id = `file-${name}`;
+    // a file the browser cannot show (not an image): no broken-image icon, the name says it
+    $(".preview", slot).addEventListener("error", (e) => {
+      e.target.hidden = true;
+    });
     state.files[name] = [];
     let stream = null;
 
