@@ -3,6 +3,7 @@ enrollment planning (folders, names, bad images, images without a face)."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -67,6 +68,11 @@ def test_enroll_identify_list_remove(capsys, tiny_checkpoint, people, tmp_path):
     assert [p["name"] for p in info["people"]] == names
     assert info["people"][0]["metadata"] == {"site": "hq"}
     assert info["gallery"]["threshold"] == 0.5  # the model's threshold by default
+    # each person's first face, as the model sees it (64 px input), as a small JPEG
+    with Gallery.open(g) as gal:
+        thumb = gal.thumbnail(names[0])
+    face = Image.open(io.BytesIO(thumb))
+    assert face.format == "JPEG" and face.size == (64, 64)
     # identify an enrolled image: its person ranks first with a high score
     probe = sorted((people / names[2]).iterdir())[0]
     rc, out, _ = run_cli(capsys, "identify", g, probe, "--top-k", "3", "--json")

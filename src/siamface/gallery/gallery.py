@@ -61,6 +61,7 @@ from siamface.gallery.store import (
     Store,
     mean_template,
 )
+from siamface.gallery.thumbnail import check_thumbnail
 
 INDEX_NAME = "index.bin"
 LOCK_NAME = "gallery.lock"
@@ -267,6 +268,12 @@ class Gallery:
         with self._lock:
             return self.store.person(name)
 
+    def thumbnail(self, name: str) -> bytes | None:
+        """The person's thumbnail (JPEG bytes), or None if none was stored or no such person."""
+        with self._lock:
+            rec = self.store.person(name) if isinstance(name, str) else None
+            return None if rec is None else self.store.thumbnail(rec.id)
+
     def info(self) -> dict:
         """A summary for ``gallery list`` and the REST service."""
         with self._lock:
@@ -368,13 +375,16 @@ class Gallery:
         metadata: dict | None = None,
         digests: Sequence[str | None] = (),
         append: bool = False,
+        thumbnail: bytes | None = None,
     ) -> PersonRecord:
         """Enroll one person from unit embeddings of their images (one row each).
 
         ``refs`` say where each image came from (kept for listing); ``append=True`` adds the
         images to an already enrolled person instead of refusing the duplicate name.
+        ``thumbnail`` is a small JPEG of the first face (kept when appending to a person who
+        already has one); see :mod:`siamface.gallery.thumbnail`.
         """
-        person = NewPerson(name, embeddings, refs, digests, metadata or {})
+        person = NewPerson(name, embeddings, refs, digests, metadata or {}, thumbnail)
         return self.enroll_many([person], fingerprint=fingerprint, append=append)[0]
 
     def enroll_many(
@@ -415,6 +425,8 @@ class Gallery:
                             pid, p.embeddings, p.refs, p.digests, now
                         )
                         self.store.refresh_template(pid, self.embedding_size)
+                        if p.thumbnail is not None:
+                            self.store.set_thumbnail(pid, p.thumbnail, replace=False)
                         if rec.metadata or p.metadata:
                             merged = {**rec.metadata, **p.metadata}
                             self.store.conn.execute(
@@ -514,7 +526,8 @@ class Gallery:
         if not isinstance(p.metadata, dict):
             raise SiamfaceError(f"metadata of {name!r} must be a JSON object")
         refs = [None if r is None else str(r) for r in p.refs]
-        return NewPerson(name, emb, refs, list(p.digests), dict(p.metadata))
+        thumb = check_thumbnail(p.thumbnail, name)
+        return NewPerson(name, emb, refs, list(p.digests), dict(p.metadata), thumb)
 
     # -- searching -----------------------------------------------------------------------
     def search(

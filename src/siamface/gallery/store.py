@@ -56,6 +56,15 @@ CREATE INDEX IF NOT EXISTS images_digest ON images(digest);
 CREATE INDEX IF NOT EXISTS images_owner ON images(id, person_id);  -- image -> person, off-table
 """
 
+#: Created on first use too (galleries made before thumbnails existed lack it). A table of its
+#: own, not a column of ``people``: listing a million people never reads the JPEG bytes.
+_THUMBNAILS = """
+CREATE TABLE IF NOT EXISTS thumbnails (
+    person_id INTEGER PRIMARY KEY REFERENCES people(id) ON DELETE CASCADE,
+    jpeg      BLOB NOT NULL
+);
+"""
+
 
 @dataclass
 class PersonRecord:
@@ -86,6 +95,8 @@ class NewPerson:
     refs: Sequence[str | None] = ()
     digests: Sequence[str | None] = ()
     metadata: dict = field(default_factory=dict)
+    #: a small JPEG of the first face (see :mod:`siamface.gallery.thumbnail`), or None
+    thumbnail: bytes | None = None
 
 
 def to_blob(vec: np.ndarray) -> bytes:
@@ -141,7 +152,7 @@ class Store:
 
     def init_schema(self, meta: dict[str, object]) -> None:
         """Create tables and the meta record of a new gallery in one transaction."""
-        self.conn.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS)
+        self.conn.executescript(_SCHEMA + _THUMBNAILS)  # idempotent (IF NOT EXISTS)
         with self.transaction():
             base = {"format": FORMAT, "format_version": FORMAT_VERSION, "version": 0}
             for k, v in {**base, **meta}.items():
@@ -255,7 +266,27 @@ class Store:
         )
         pid = int(cur.lastrowid)
         image_ids = self.insert_images(pid, emb, p.refs, p.digests, now)
+        if p.thumbnail is not None:
+            self.set_thumbnail(pid, p.thumbnail)
         return pid, image_ids
+
+    def set_thumbnail(self, person_id: int, jpeg: bytes, replace: bool = True) -> None:
+        """Store a person's thumbnail (inside the caller's transaction); ``replace=False``
+        keeps an existing one (the first face stays the person's picture)."""
+        self.conn.execute(_THUMBNAILS)
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        self.conn.execute(
+            f"{verb} INTO thumbnails(person_id, jpeg) VALUES (?, ?)", (person_id, jpeg)
+        )
+
+    def thumbnail(self, person_id: int) -> bytes | None:
+        try:
+            row = self.conn.execute(
+                "SELECT jpeg FROM thumbnails WHERE person_id=?", (person_id,)
+            ).fetchone()
+        except sqlite3.OperationalError:  # a gallery from before thumbnails: none stored
+            return None
+        return bytes(row[0]) if row else None
 
     def insert_images(
         self,
