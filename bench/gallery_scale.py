@@ -113,7 +113,7 @@ def search_worker(gallery: str, probes: str, top_k: int) -> None:
         lat.append(time.perf_counter() - t)
         found.append([int(m.name[1:]) for m in r.matches])
     # the index alone (no database lookups, no Python result objects): where the time goes
-    index = g._index
+    index = g.derived.index
     idx_lat = []
     for v in q:
         t = time.perf_counter()
@@ -168,7 +168,7 @@ def compare_kinds(kinds: list[str], x: np.ndarray, args: argparse.Namespace) -> 
     import faiss
 
     from siamface.gallery import index as ix
-    from siamface.gallery.gallery import TRAIN_SAMPLE
+    from siamface.gallery.sync import TRAIN_SAMPLE
 
     q, target = make_probes(x, min(args.probes, 300), args.genuine, args.seed + 7)
     exact = faiss.IndexFlatIP(x.shape[1])

@@ -15,7 +15,7 @@ import pytest
 from siamface.errors import SiamfaceError
 from siamface.gallery import UNKNOWN, Gallery, ModelMismatchError, NewPerson
 from siamface.gallery import index as index_mod
-from siamface.gallery.gallery import INDEX_NAME
+from siamface.gallery.sync import INDEX_NAME
 
 FP = "f" * 16
 DIM = 32

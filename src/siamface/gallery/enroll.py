@@ -14,7 +14,7 @@ from pathlib import Path
 from siamface.data.folders import scan_identity_folders
 from siamface.data.images import ImageLoadError, file_digest, is_image_path, load_rgb
 from siamface.errors import SiamfaceError
-from siamface.gallery.store import NewPerson
+from siamface.gallery.records import NewPerson
 from siamface.gallery.thumbnail import make_thumbnail
 from siamface.inference import Embedder
 

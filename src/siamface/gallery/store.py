@@ -18,17 +18,21 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from siamface.errors import SiamfaceError
+from siamface.gallery.records import NewPerson, PersonRecord
+
+__all__ = ["DB_NAME", "FORMAT", "FORMAT_VERSION", "NewPerson", "PersonRecord", "Store"]
 
 FORMAT = "siamface.gallery"
 FORMAT_VERSION = 1
 DB_NAME = "gallery.sqlite"
 PAGE_SIZE = 16384
+#: settings that 'siamface gallery set' can rewrite
+_TUNABLE = ("threshold", "aggregation", "index_kind", "index_params")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -64,39 +68,6 @@ CREATE TABLE IF NOT EXISTS thumbnails (
     jpeg      BLOB NOT NULL
 );
 """
-
-
-@dataclass
-class PersonRecord:
-    """One enrolled person as listed by the gallery."""
-
-    id: int
-    name: str
-    n_images: int
-    metadata: dict = field(default_factory=dict)
-    created: float = 0.0
-
-    def to_dict(self) -> dict:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "n_images": self.n_images,
-            "metadata": self.metadata,
-            "created": self.created,
-        }
-
-
-@dataclass
-class NewPerson:
-    """A person to enroll: unit embeddings (one row per image) plus where each came from."""
-
-    name: str
-    embeddings: np.ndarray
-    refs: Sequence[str | None] = ()
-    digests: Sequence[str | None] = ()
-    metadata: dict = field(default_factory=dict)
-    #: a small JPEG of the first face (see :mod:`siamface.gallery.thumbnail`), or None
-    thumbnail: bytes | None = None
 
 
 def to_blob(vec: np.ndarray) -> bytes:
@@ -172,22 +143,55 @@ class Store:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
+            self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # SQLite may already have rolled back by itself (e.g. SQLITE_FULL): an explicit
+            # ROLLBACK would then fail with "cannot rollback" and hide the real error.
+            if self.conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
 
     def meta(self) -> dict:
         try:
             rows = self.conn.execute("SELECT key, value FROM meta").fetchall()
         except sqlite3.DatabaseError as err:
             raise SiamfaceError(f"gallery database {self.path} is unreadable: {err}") from err
-        return {k: json.loads(v) for k, v in rows}
+        out = {}
+        for k, v in rows:
+            try:
+                out[k] = json.loads(v)
+            except (TypeError, ValueError):  # hand-edited: not JSON text
+                raise SiamfaceError(
+                    f"gallery database {self.path} has an unreadable setting {k!r} = {v!r} "
+                    "(not JSON); the gallery was edited or damaged: restore it from a backup"
+                    + (" or fix it with 'siamface gallery set'" if k in _TUNABLE else "")
+                ) from None
+        return out
 
     def set_meta(self, key: str, value: object) -> None:
         """Write one meta value (inside the caller's transaction)."""
         self.conn.execute(
             "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value))
+        )
+
+    def set_metadata(self, person_id: int, metadata: dict) -> None:
+        self.conn.execute(
+            "UPDATE people SET metadata=? WHERE id=?", (json.dumps(metadata), person_id)
+        )
+
+    def export_person(self, rec: PersonRecord, dim: int) -> NewPerson:
+        """Everything stored about one person, to copy them into another gallery."""
+        rows = self.conn.execute(
+            "SELECT ref, digest, embedding FROM images WHERE person_id=? ORDER BY id", (rec.id,)
+        ).fetchall()
+        return NewPerson(
+            rec.name,
+            from_blobs([r[2] for r in rows], dim),
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            dict(rec.metadata),
+            self.thumbnail(rec.id),
         )
 
     def data_version(self) -> int:
@@ -421,4 +425,10 @@ class Store:
 
 def _person(row) -> PersonRecord:
     pid, name, n, meta, created = row
-    return PersonRecord(int(pid), name, int(n), json.loads(meta), float(created))
+    try:
+        metadata = json.loads(meta)
+    except (TypeError, ValueError):
+        metadata = {"_unreadable": str(meta)[:200]}  # hand-edited row: still listable
+    if not isinstance(metadata, dict):
+        metadata = {"_unreadable": str(meta)[:200]}
+    return PersonRecord(int(pid), str(name), int(n), metadata, float(created))
