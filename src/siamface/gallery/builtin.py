@@ -150,10 +150,11 @@ class BuiltinGallery(Gallery):
 
     def _settings(self, fresh: bool = False) -> dict:
         """The settings, re-read only when another connection committed since (SQLite's
-        ``data_version``: one cheap pragma per search) or after our own writes."""
+        ``data_version``: one cheap pragma, so even ``fresh`` reads cost nothing more) or
+        after our own writes."""
         with self._lock:
             dv = self.store.data_version()
-            if fresh or dv != self._data_version or not self._meta:
+            if dv != self._data_version or not self._meta:
                 self._read_settings()
                 self._data_version = dv
             return self._meta
