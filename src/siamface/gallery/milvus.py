@@ -41,6 +41,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -131,6 +132,11 @@ def _transient(err: BaseException) -> bool:
     )
 
 
+def _not_loaded(err: BaseException) -> bool:
+    text = str(err).lower()
+    return "released" in text or "not loaded" in text or "call load()" in text
+
+
 class MilvusGallery(Gallery):
     """A gallery in a Milvus server (see the module docstring for the layout and what
     consistency means here). Thread-safe (calls are serialised per object)."""
@@ -158,12 +164,18 @@ class MilvusGallery(Gallery):
         if not isinstance(spec, str):
             raise SiamfaceError(f"a Milvus gallery is a URL string, got {spec!r}")
         uri, collection = parse_spec(spec)
+        # gRPC's C core logs keepalive renegotiations ("too_many_pings") on stderr
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
         try:
             from pymilvus import MilvusClient
         except ImportError:
             raise SiamfaceError(
                 "Milvus galleries need pymilvus: pip install 'siamface[milvus]'"
             ) from None
+        if not os.environ.get("SIAMFACE_MILVUS_DEBUG"):
+            # pymilvus logs every failed RPC with a traceback; siamface reports (and
+            # retries) them itself, in one line
+            logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
         token = os.environ.get(TOKEN_ENV, "")
         last: BaseException | None = None
         for delay in (*_RETRIES[:2], None):
@@ -296,20 +308,29 @@ class MilvusGallery(Gallery):
     def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """One pymilvus call, retried with backoff on transient errors; any other failure
         becomes a SiamfaceError that says which call failed and why."""
+        ours = (self.name, self.people_name, self.meta_name)
+        attempt, reloaded = 0, False
         with self._lock:
-            for attempt, delay in enumerate((*_RETRIES, None)):
+            while True:
                 try:
                     return fn(*args, **kwargs)
                 except SiamfaceError:
                     raise
                 except Exception as err:
-                    if delay is None or not _transient(err):
+                    if _not_loaded(err) and not reloaded and args and args[0] in ours:
+                        # released (by someone, or by a server restart that does not
+                        # reload it): load it again and retry
+                        reloaded = True
+                        with contextlib.suppress(Exception):
+                            self.client.load_collection(args[0])
+                        continue
+                    if attempt >= len(_RETRIES) or not _transient(err):
                         more = f" after {attempt + 1} tries" if attempt else ""
                         raise SiamfaceError(
                             f"Milvus {what} failed for gallery {self.location}{more}: {_short(err)}"
                         ) from None
-                    time.sleep(delay)
-        raise AssertionError("unreachable")
+                    time.sleep(_RETRIES[attempt])
+                    attempt += 1
 
     def _get(self, collection: str, ids: Sequence[str], fields: list[str]) -> list[dict]:
         out: list[dict] = []
@@ -319,30 +340,22 @@ class MilvusGallery(Gallery):
         return out
 
     def _query_all(self, collection: str, filter: str, fields: list[str]) -> Iterator[dict]:
-        """Every row matching ``filter`` (paged by primary key: no offset limits)."""
-        pk = {self.name: "id", self.people_name: "name", self.meta_name: "key"}[collection]
-        last = None
-        while True:
-            cond = filter
-            if last is not None:
-                cond = (
-                    f"({filter}) and {pk} > {_quote(last)}" if filter else f"{pk} > {_quote(last)}"
-                )
-            rows = self._call(
-                "query",
-                self.client.query,
-                collection,
-                filter=cond or f'{pk} != ""',
-                output_fields=list(dict.fromkeys([pk, *fields])),
-                limit=_READ_IDS,
-            )
-            if not rows:
-                return
-            rows = sorted(rows, key=lambda r: r[pk])
-            yield from rows
-            if len(rows) < _READ_IDS:
-                return
-            last = rows[-1][pk]
+        """Every row matching ``filter``, in pages (pymilvus' query iterator: no limit on
+        the total, unlike one query)."""
+        it = self._call(
+            "query",
+            self.client.query_iterator,
+            collection,
+            batch_size=_READ_IDS,
+            filter=filter,
+            output_fields=fields,
+        )
+        try:
+            while rows := self._call("query", it.next):
+                yield from rows
+        finally:
+            with contextlib.suppress(Exception):
+                it.close()
 
     # -- settings -------------------------------------------------------------------------
     def _read_settings(self) -> dict:
@@ -456,18 +469,19 @@ class MilvusGallery(Gallery):
 
     def export(self, names: Sequence[str]) -> list[NewPerson]:
         rows = self._people_rows(list(names), ["name", "batches", "metadata", "thumbnail"])
+        ids = {n: _image_ids(rows[n]) for n in names}
+        fields = ["id", "ref", "digest", "vector"]
+        got = {v["id"]: v for v in self._get(self.name, [i for n in names for i in ids[n]], fields)}
         out = []
         for n in names:
             r = rows[n]
-            ids = _image_ids(r)
-            got = {v["id"]: v for v in self._get(self.name, ids, ["id", "ref", "digest", "vector"])}
-            if len(got) != len(ids):
+            if any(i not in got for i in ids[n]):
                 raise SiamfaceError(f"{self.location}: vectors of {n!r} are missing")
-            v = [got[i] for i in ids]
+            v = [got[i] for i in ids[n]]
             out.append(
                 NewPerson(
                     n,
-                    np.asarray([x["vector"] for x in v], np.float32),
+                    np.asarray([x["vector"] for x in v], np.float32).reshape(len(v), -1),
                     [x["ref"] or None for x in v],
                     [x["digest"] or None for x in v],
                     _json_obj(r["metadata"]),
@@ -587,15 +601,17 @@ class MilvusGallery(Gallery):
         these people (left by a writer that died before its commit). Best effort: what is
         left here is invisible and removed by the next write for that name."""
         with contextlib.suppress(SiamfaceError):
-            if stale_ids:
-                self._call("delete", self.client.delete, self.name, ids=list(stale_ids))
             rows = self._people_rows(list(names), ["name", "batches"])
-            for n in names:
-                keep = [t for t, _ in _batches(rows[n])] if n in rows else []
-                cond = f"person == {_quote(n)}"
-                if keep:
-                    cond += f" and batch not in [{', '.join(_quote(t) for t in keep)}]"
-                self._call("delete", self.client.delete, self.name, filter=cond)
+            live = {n: {t for t, _ in _batches(rows[n])} for n in names if n in rows}
+            dead = list(stale_ids)
+            for i in range(0, len(names), 200):
+                chunk = names[i : i + 200]
+                cond = f"person in [{', '.join(_quote(n) for n in chunk)}]"
+                for r in self._query_all(self.name, cond, ["id", "person", "batch"]):
+                    if r["batch"] not in live.get(r["person"], ()):
+                        dead.append(r["id"])
+            for i in range(0, len(dead), _READ_IDS):
+                self._call("delete", self.client.delete, self.name, ids=dead[i : i + _READ_IDS])
 
     def _remove(self, names: list[str]) -> None:
         with self._lock:
