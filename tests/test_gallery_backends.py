@@ -358,3 +358,57 @@ def test_transient_server_outage_is_retried(tmp_path, x):
         g.close()
     finally:
         server.close()
+
+
+MIGRATE = textwrap.dedent(
+    """
+    import sys
+    from siamface.gallery.migrate import migrate
+    rep = migrate(sys.argv[1], sys.argv[2], batch=7, sample=10)
+    print(rep.verified)
+    """
+)
+
+
+def test_migrate_both_ways_resumable_and_verified(milvus_server, tmp_path, x):
+    """builtin -> Milvus (interrupted after its first batch, then resumed) -> builtin."""
+    from siamface.gallery.migrate import migrate
+
+    src = str(tmp_path / "src")
+    with Gallery.create(src, fingerprint=FP, embedding_size=DIM, threshold=0.6) as g:
+        g.enroll_many(
+            [
+                NewPerson(f"p{i:02d}", x[i], [f"{i}_{j}" for j in range(3)], (), {"i": i})
+                for i in range(20)
+            ],
+            fingerprint=FP,
+        )
+        g.enroll("thumbed", x[0, :1] * -1, fingerprint=FP, thumbnail=b"\xff\xd8\xff" + b"t" * 9)
+        g.set_aggregation("max")
+    mil = milvus_server.spec(f"m_{uuid.uuid4().hex[:8]}")
+    env = {**os.environ, FAULT_ENV: "enroll:after-commit:kill"}
+    cut = subprocess.run([sys.executable, "-c", MIGRATE, src, mil], env=env, timeout=300)
+    assert cut.returncode == -signal.SIGKILL
+    with Gallery.open(mil) as m:
+        assert len(m) == 7  # the first batch only
+    rep = migrate(src, mil, batch=7, sample=10)
+    assert rep.verified and rep.skipped_existing == 7 and rep.copied_people == 14, rep
+    assert rep.counts == {"source": [21, 61], "destination": [21, 61]}
+    assert rep.top1_identical == rep.sample == 10 and rep.max_score_diff < 1e-4
+    back = str(tmp_path / "back")
+    rep2 = migrate(mil, back, batch=5, sample=21)
+    assert rep2.verified and rep2.created and rep2.copied_people == 21
+    with Gallery.open(src) as a, Gallery.open(back) as b:
+        assert [(p.name, p.n_images, p.metadata) for p in a.people()] == [
+            (p.name, p.n_images, p.metadata) for p in b.people()
+        ]
+        assert b.threshold == 0.6 and b.aggregation == "max"
+        assert b.thumbnail("thumbed") == a.thumbnail("thumbed")
+        ea, eb = a.export(["p05"])[0], b.export(["p05"])[0]
+        np.testing.assert_array_equal(ea.embeddings, eb.embeddings)
+        assert ea.refs == eb.refs
+    # into a gallery of another model: refused
+    with pytest.raises(SiamfaceError, match="another model|built with model"):
+        other = str(tmp_path / "other")
+        Gallery.create(other, fingerprint="9" * 16, embedding_size=DIM).close()
+        migrate(src, other)

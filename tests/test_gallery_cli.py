@@ -269,3 +269,44 @@ def test_evaluate_1n_cli(capsys, tiny_checkpoint, pins_small, tmp_path):
         capsys, "evaluate-1n", "--model", tiny_checkpoint, "--data", pins_small, "--strangers", "11"
     )
     assert "stranger" in err
+
+
+def test_cli_on_a_milvus_gallery_and_migrate(
+    capsys, tiny_checkpoint, people, tmp_path, milvus_server
+):
+    """The same commands against a Milvus server, then `gallery migrate` to a folder."""
+    spec = milvus_server.spec("cli_gallery")
+    rc, out, err = run_cli(
+        capsys,
+        "gallery",
+        "enroll",
+        spec,
+        "--model",
+        tiny_checkpoint,
+        people,
+        "--json",
+        "--no-progress",
+    )
+    assert rc == 0, err
+    assert json.loads(out)["people"] == 6
+    names = sorted(p.name for p in people.iterdir())
+    probe = sorted((people / names[2]).iterdir())[0]
+    rc, out, _ = run_cli(capsys, "identify", spec, probe, "--top-k", "3", "--json")
+    assert rc == 0 and json.loads(out)["matches"][0]["name"] == names[2]
+    with Gallery.open(spec) as g:
+        assert Image.open(io.BytesIO(g.thumbnail(names[0]))).size == (64, 64)
+    assert run_cli(capsys, "gallery", "remove", spec, names[0])[0] == 0
+    info = listing(capsys, spec)
+    assert info["gallery"]["backend"] == "milvus" and len(info["people"]) == 5
+    dst = tmp_path / "copy"
+    rc, out, err = run_cli(capsys, "gallery", "migrate", spec, dst, "--json", "--sample", "5")
+    assert rc == 0, err
+    rep = json.loads(out)
+    assert rep["verified"] and rep["copied_people"] == 5 and rep["top1_identical"] == 5
+    rc, out, _ = run_cli(capsys, "identify", dst, probe, "--top-k", "3", "--json")
+    assert rc == 0 and json.loads(out)["matches"][0]["name"] == names[2]
+    # unreachable server: one clear line, exit 2
+    from milvus_server import free_port
+
+    err = _bad_call(capsys, "gallery", "list", f"milvus://127.0.0.1:{free_port()}/x")
+    assert "cannot reach the Milvus server" in err
