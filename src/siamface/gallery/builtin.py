@@ -17,12 +17,13 @@ is ever read and nothing committed is ever lost.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,24 +34,20 @@ from siamface.gallery.gallery import Gallery
 from siamface.gallery.index import KINDS
 from siamface.gallery.records import NewPerson, PersonRecord
 from siamface.gallery.results import Candidate
-from siamface.gallery.store import DB_NAME, FORMAT, FORMAT_VERSION, Store, mean_template
+from siamface.gallery.store import (
+    DB_NAME,
+    FORMAT,
+    FORMAT_VERSION,
+    Store,
+    mean_template,
+)
+from siamface.gallery.store import (
+    disk_error as _disk_error,
+)
 from siamface.gallery.sync import INDEX_NAME, LOCK_NAME, DerivedIndex
-from siamface.gallery.validation import checked_settings
+from siamface.gallery.validation import checked_settings, usable
 
 __all__ = ["DB_NAME", "INDEX_NAME", "LOCK_NAME", "BuiltinGallery"]
-
-
-def _disk_error(err: sqlite3.Error, path: Path) -> SiamfaceError | None:
-    """A clear message for the storage errors a user can fix (full disk, read-only files)."""
-    text = str(err).lower()
-    if isinstance(err, sqlite3.OperationalError) and "full" in text:
-        return SiamfaceError(
-            f"the disk holding gallery {path} is full; nothing was written (free some space "
-            "and run the command again)"
-        )
-    if "readonly" in text or "read-only" in text:
-        return SiamfaceError(f"gallery {path} is read-only; nothing was written")
-    return None
 
 
 class BuiltinGallery(Gallery):
@@ -140,9 +137,14 @@ class BuiltinGallery(Gallery):
         if meta.get("format") != FORMAT or "fingerprint" not in meta:
             raise SiamfaceError(f"{self.path / DB_NAME} is not a siamface gallery database")
         fv = meta.get("format_version", 0)
-        if not isinstance(fv, int) or fv > FORMAT_VERSION:
+        if isinstance(fv, bool) or not isinstance(fv, int) or fv < 0:
             raise SiamfaceError(
-                f"{self.path} was written by a newer siamface (gallery format {fv!r}); "
+                f"gallery {self.path} has an invalid setting 'format_version' = {fv!r}; the "
+                "gallery was edited or damaged: restore it from a backup"
+            )
+        if fv > FORMAT_VERSION:
+            raise SiamfaceError(
+                f"{self.path} was written by a newer siamface (format_version {fv}); "
                 "upgrade siamface"
             )
         self._meta = checked_settings(meta, str(self.path), self.index_kinds)
@@ -157,7 +159,7 @@ class BuiltinGallery(Gallery):
             if dv != self._data_version or not self._meta:
                 self._read_settings()
                 self._data_version = dv
-            return self._meta
+            return usable(self._meta)
 
     def _set_settings(self, **values: object) -> None:
         rebuild = any(k in values for k in ("aggregation", "index_kind", "index_params"))
@@ -223,10 +225,18 @@ class BuiltinGallery(Gallery):
             }
 
     # -- writing -------------------------------------------------------------------------
-    def _write(self):
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
         """The store's transaction, with SQLite's disk errors turned into clear messages
         (the real cause: a full disk must not be reported as "cannot rollback")."""
-        return _ClearErrors(self.store, self.path)
+        try:
+            with self.store.transaction() as conn:
+                yield conn
+        except sqlite3.Error as err:
+            clear = _disk_error(err, self.path)
+            if clear is None:
+                raise
+            raise clear from None
 
     def _enroll(self, people: list[NewPerson], append: bool) -> list[PersonRecord]:
         names = [p.name for p in people]
@@ -337,31 +347,3 @@ class BuiltinGallery(Gallery):
             if pid >= 0 and s > best.get(pid, -math.inf):
                 best[pid] = s
         return sorted(best.items(), key=lambda t: (-t[1], t[0]))[:top_k]
-
-
-class _ClearErrors:
-    """``with store.transaction()`` that reports disk-full / read-only errors clearly.
-
-    When SQLite cannot write (SQLITE_FULL), its automatic rollback may already have ended
-    the transaction, and our explicit ROLLBACK then fails with "cannot rollback - no
-    transaction is active", which used to hide the real cause."""
-
-    def __init__(self, store: Store, path: Path) -> None:
-        self.store, self.path = store, path
-        self._cm = store.transaction()
-
-    def __enter__(self):
-        try:
-            return self._cm.__enter__()
-        except sqlite3.Error as err:
-            raise _disk_error(err, self.path) or err from None
-
-    def __exit__(self, typ, err, tb):
-        try:
-            return self._cm.__exit__(typ, err, tb)
-        except sqlite3.Error as err2:
-            cause = err if isinstance(err, sqlite3.Error) else err2
-            clear = _disk_error(cause, self.path) or _disk_error(err2, self.path)
-            if clear is None:
-                raise
-            raise clear from None

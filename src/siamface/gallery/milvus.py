@@ -59,7 +59,7 @@ from siamface.gallery.gallery import Gallery
 from siamface.gallery.records import NewPerson, PersonRecord
 from siamface.gallery.results import Candidate
 from siamface.gallery.store import mean_template
-from siamface.gallery.validation import MAX_NAME, checked_settings
+from siamface.gallery.validation import MAX_NAME, checked_settings, usable
 
 FORMAT = "siamface.gallery.milvus"
 FORMAT_VERSION = 1
@@ -372,6 +372,9 @@ class MilvusGallery(Gallery):
             try:
                 meta[r["key"]] = json.loads(r["value"])
             except (TypeError, ValueError):
+                if r["key"] in ("threshold", "aggregation", "index_kind", "index_params"):
+                    meta[r["key"]] = r["value"]  # reported (and repairable) when used
+                    continue
                 raise SiamfaceError(
                     f"gallery {self.location} has an unreadable setting {r['key']!r} "
                     f"= {r['value']!r} (not JSON); restore it or fix it with 'siamface gallery set'"
@@ -395,7 +398,7 @@ class MilvusGallery(Gallery):
         with self._lock:
             if fresh or not self._meta:
                 self._read_settings()
-            return self._meta
+            return usable(self._meta)
 
     def _set_settings(self, **values: object) -> None:
         with self._lock:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -70,6 +71,27 @@ CREATE TABLE IF NOT EXISTS thumbnails (
 """
 
 
+def disk_error(err: sqlite3.Error, path: Path) -> SiamfaceError | None:
+    """A clear message for the storage errors a user can fix (full disk, read-only files),
+    or None. A full disk shows up as SQLITE_FULL, or as a "disk I/O error" when SQLite
+    cannot grow its shared-memory file; the free space tells them apart."""
+    text = str(err).lower()
+    folder = path if path.is_dir() else path.parent
+    try:
+        st = os.statvfs(folder)
+        nearly_full = st.f_bavail * st.f_frsize < 1 << 20
+    except OSError:
+        nearly_full = False
+    if "full" in text or ("i/o error" in text and nearly_full):
+        return SiamfaceError(
+            f"the disk holding gallery {folder} is full; nothing was written (free some space "
+            "and run the command again)"
+        )
+    if "readonly" in text or "read-only" in text:
+        return SiamfaceError(f"gallery {folder} is read-only; nothing was written")
+    return None
+
+
 def to_blob(vec: np.ndarray) -> bytes:
     return np.ascontiguousarray(vec, dtype="<f4").tobytes()
 
@@ -115,6 +137,9 @@ class Store:
             conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints
             conn.execute("PRAGMA journal_size_limit=67108864")  # shrink the WAL after big imports
         except sqlite3.DatabaseError as err:
+            clear = disk_error(err, path)
+            if clear is not None:
+                raise clear from None
             raise SiamfaceError(f"gallery database {path} is corrupt or not SQLite: {err}") from err
         if str(mode).lower() != "wal":
             conn.close()
@@ -162,10 +187,12 @@ class Store:
             try:
                 out[k] = json.loads(v)
             except (TypeError, ValueError):  # hand-edited: not JSON text
+                if k in _TUNABLE:  # kept as text: validated (and repairable) by the gallery
+                    out[k] = v
+                    continue
                 raise SiamfaceError(
                     f"gallery database {self.path} has an unreadable setting {k!r} = {v!r} "
                     "(not JSON); the gallery was edited or damaged: restore it from a backup"
-                    + (" or fix it with 'siamface gallery set'" if k in _TUNABLE else "")
                 ) from None
         return out
 

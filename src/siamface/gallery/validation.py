@@ -125,8 +125,11 @@ def _setting_error(where: str, key: str, value: object, expected: str, fix: str)
 
 def checked_settings(meta: Mapping[str, object], where: str, index_kinds: Sequence[str]) -> dict:
     """Validate the settings read from a store. Identity fields (fingerprint, size, version)
-    cannot be repaired in place: restore a backup. Tunable ones name the command that fixes
-    them (``siamface gallery set``), which writes them without reading the bad value."""
+    cannot be repaired in place (restore a backup): they raise here. A bad tunable one
+    (threshold, aggregation, index) is recorded under ``"_invalid"`` with its message: the
+    gallery still opens, so that ``siamface gallery set`` (which writes settings without
+    reading them) can repair it, while every use of the settings raises that message
+    (:func:`usable`)."""
     restore = "the gallery was edited or damaged: restore it from a backup"
     out = dict(meta)
     fp = meta.get("fingerprint")
@@ -141,45 +144,46 @@ def checked_settings(meta: Mapping[str, object], where: str, index_kinds: Sequen
     src = meta.get("model_source")
     if src is not None and not isinstance(src, str):
         raise _setting_error(where, "model_source", src, "a path or null", restore)
+    invalid: dict[str, str] = {}
     fix = f"fix it with 'siamface gallery set {where} --{{}}'"
-    thr = meta.get("threshold")
+
+    def bad(key: str, expected: str, option: str, default: object) -> None:
+        err = _setting_error(where, key, meta.get(key), expected, fix.format(option))
+        invalid[key], out[key] = str(err), default
+
     try:
-        out["threshold"] = check_threshold(thr)
+        out["threshold"] = check_threshold(meta.get("threshold"))
     except SiamfaceError:
-        raise _setting_error(
-            where,
+        bad(
             "threshold",
-            thr,
             "a cosine similarity in [-1, 1] or null",
-            fix.format("threshold T' (or --no-threshold)"),
-        ) from None
-    agg = meta.get("aggregation", DEFAULT_AGGREGATION)
-    if agg not in AGGREGATIONS:
-        raise _setting_error(
-            where, "aggregation", agg, " or ".join(AGGREGATIONS), fix.format("aggregation mean'")
+            "threshold T' (or --no-threshold)",
+            None,
         )
-    kind = meta.get("index_kind", "auto")
-    if kind != "auto" and kind not in index_kinds:
-        raise _setting_error(
-            where,
-            "index_kind",
-            kind,
-            f"auto or one of {', '.join(index_kinds)}",
-            fix.format("index auto'"),
-        )
+    out.setdefault("aggregation", DEFAULT_AGGREGATION)
+    if out["aggregation"] not in AGGREGATIONS:
+        bad("aggregation", " or ".join(AGGREGATIONS), "aggregation mean'", DEFAULT_AGGREGATION)
+    out.setdefault("index_kind", "auto")
+    if out["index_kind"] != "auto" and out["index_kind"] not in index_kinds:
+        bad("index_kind", f"auto or one of {', '.join(index_kinds)}", "index auto'", "auto")
     params = meta.get("index_params") or {}
+    ok_value = (int, float, str)
     if (
         not isinstance(params, dict)
-        or not all(
-            isinstance(v, int | float | str) and not isinstance(v, bool) for v in params.values()
-        )
+        or not all(isinstance(v, ok_value) and not isinstance(v, bool) for v in params.values())
         or any(isinstance(v, float) and not math.isfinite(v) for v in params.values())
     ):
-        raise _setting_error(
-            where, "index_params", params, "an object of numbers", fix.format("index auto'")
-        )
-    out["index_params"] = params
-    out.setdefault("aggregation", DEFAULT_AGGREGATION)
-    out.setdefault("index_kind", "auto")
+        bad("index_params", "an object of numbers", "index auto'", {})
+    else:
+        out["index_params"] = params
     out["version"] = version
+    out["_invalid"] = invalid
     return out
+
+
+def usable(settings: dict) -> dict:
+    """``settings`` if every one is valid, else the clear error of the first bad one."""
+    bad = settings.get("_invalid")
+    if bad:
+        raise SiamfaceError(next(iter(bad.values())))
+    return settings
