@@ -8,9 +8,9 @@ the same protocol; the tests run against milvus-lite's server, started by the te
 Three collections make one gallery ``C``:
 
 * ``C`` (vectors): one row per image (``unit = "image"``) and one mean template per person
-  and enrollment batch (``unit = "person"``), with the owner's name, the batch token, the
-  source ref and file digest. Both units are always stored, so switching aggregation
-  rewrites nothing.
+  and enrollment batch (``unit = "person"``; a first enrollment of a single image is one
+  row with ``unit = "both"``), with the owner's name, the batch token, the source ref and
+  file digest. Both units are always stored, so switching aggregation rewrites nothing.
 * ``C__people`` (one row per person, primary key = name): metadata, thumbnail, the batches
   that are *committed* for them (``[[token, n_images], ...]``) and their current template.
 * ``C__meta``: the settings (model fingerprint, embedding size, threshold, aggregation...).
@@ -73,6 +73,7 @@ _NAME_BYTES = 4 * MAX_NAME  # UTF-8
 _REF_BYTES = 4096
 _WRITE_ROWS = 2000  # rows per upsert call: ~4 MB at 512-d, far below gRPC's limits
 _READ_IDS = 1000  # primary keys per get/query call
+_FLUSH_ROWS = 10_000  # a write this large is flushed (sealed) at once
 _MAX_LIMIT = 16384  # Milvus' largest top-k
 _RETRIES = (0.2, 0.5, 1.0, 2.0, 4.0)
 _COLLECTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,200}$")
@@ -416,8 +417,10 @@ class MilvusGallery(Gallery):
         self._call("upsert", self.client.upsert, self.meta_name, [_meta_row("version", v)])
 
     def rebuild_index(self) -> None:
-        """Re-create the server's index on the vectors with the gallery's index kind."""
+        """Remove invisible leftovers (:meth:`vacuum`), then re-create the server's index on
+        the vectors with the gallery's index kind."""
         s = self._settings(fresh=True)
+        self.vacuum()
         c = self.client
         index = self._index_params(c, s["index_kind"], s["index_params"], "vector")
         self._call("release", c.release_collection, self.name)
@@ -498,7 +501,7 @@ class MilvusGallery(Gallery):
         out: dict[str, str] = {}
         for i in range(0, len(ds), 200):
             cond = (
-                f'unit == "image" and digest in [{", ".join(_quote(d) for d in ds[i : i + 200])}]'
+                f'unit != "person" and digest in [{", ".join(_quote(d) for d in ds[i : i + 200])}]'
                 f" and person != {_quote(name)}"
             )
             rows = self._call(
@@ -556,9 +559,16 @@ class MilvusGallery(Gallery):
                 tmpl = all_emb[0] if len(all_emb) == 1 else mean_template(all_emb)
                 refs = list(p.refs) or [None] * len(p.embeddings)
                 digests = list(p.digests) or [None] * len(p.embeddings)
+                # a first enrollment of one image is its own template: one row for both
+                # units (searches filter on unit != "image" / != "person")
+                single = len(all_emb) == 1
                 for j, (e, r, d) in enumerate(zip(p.embeddings, refs, digests, strict=True)):
-                    vec_rows.append(_vec_row(f"{token}:{j}", p.name, token, "image", e, r, d))
-                vec_rows.append(_vec_row(f"{token}:t", p.name, token, "person", tmpl, None, None))
+                    kind = "both" if single else "image"
+                    vec_rows.append(_vec_row(f"{token}:{j}", p.name, token, kind, e, r, d))
+                if not single:
+                    vec_rows.append(
+                        _vec_row(f"{token}:t", p.name, token, "person", tmpl, None, None)
+                    )
                 thumb = base64.b64encode(p.thumbnail).decode() if p.thumbnail else ""
                 meta = {**_json_obj(prev["metadata"]), **p.metadata} if prev else p.metadata
                 commits.append(
@@ -590,7 +600,7 @@ class MilvusGallery(Gallery):
             fault_point("enroll:after-commit")
             if commits:
                 self._bump_version()
-            self._cleanup([c["name"] for c in commits], stale_templates)
+            self._cleanup(stale_templates, len(vec_rows))
             rows = self._people_rows(names)
             return [_record(rows[n]) for n in names]
 
@@ -599,22 +609,20 @@ class MilvusGallery(Gallery):
         got = {v["id"]: v["vector"] for v in self._get(self.name, ids, ["id", "vector"])}
         return np.asarray([got[i] for i in ids if i in got], np.float32)
 
-    def _cleanup(self, names: Sequence[str], stale_ids: Sequence[str]) -> None:
-        """After a commit: drop replaced templates and vectors of uncommitted batches of
-        these people (left by a writer that died before its commit). Best effort: what is
-        left here is invisible and removed by the next write for that name."""
+    def _delete_ids(self, ids: Sequence[str]) -> None:
+        for i in range(0, len(ids), _READ_IDS):
+            self._call("delete", self.client.delete, self.name, ids=list(ids[i : i + _READ_IDS]))
+
+    def _cleanup(self, stale_ids: Sequence[str], n_rows: int) -> None:
+        """After a commit: drop replaced templates (by primary key: no scans). Best effort:
+        a leftover is invisible to searches, and ``rebuild_index`` removes all of them.
+        After a bulk write, flush: Milvus then seals the rows into indexed segments instead
+        of brute-forcing a large growing segment on every search."""
         with contextlib.suppress(SiamfaceError):
-            rows = self._people_rows(list(names), ["name", "batches"])
-            live = {n: {t for t, _ in _batches(rows[n])} for n in names if n in rows}
-            dead = list(stale_ids)
-            for i in range(0, len(names), 200):
-                chunk = names[i : i + 200]
-                cond = f"person in [{', '.join(_quote(n) for n in chunk)}]"
-                for r in self._query_all(self.name, cond, ["id", "person", "batch"]):
-                    if r["batch"] not in live.get(r["person"], ()):
-                        dead.append(r["id"])
-            for i in range(0, len(dead), _READ_IDS):
-                self._call("delete", self.client.delete, self.name, ids=dead[i : i + _READ_IDS])
+            self._delete_ids(list(stale_ids))
+            if n_rows >= _FLUSH_ROWS:
+                for c in (self.name, self.people_name):
+                    self._call("flush", self.client.flush, c)
 
     def _remove(self, names: list[str]) -> None:
         with self._lock:
@@ -623,15 +631,39 @@ class MilvusGallery(Gallery):
             if missing:
                 raise self._not_enrolled(missing)
             self._call("delete", self.client.delete, self.people_name, ids=list(names))
-            fault_point("remove:after-commit")
+            fault_point("remove:after-commit")  # from here on they are gone for searches
             self._bump_version()
-            for n in names:
-                self._call("delete", self.client.delete, self.name, filter=f"person == {_quote(n)}")
+            dead = [i for n in names for i in _image_ids(rows[n])]
+            dead += [f"{t}:t" for n in names for t, _ in _batches(rows[n])]
+            with contextlib.suppress(SiamfaceError):  # leftovers are invisible; see vacuum
+                self._delete_ids(dead)
+
+    def vacuum(self) -> int:
+        """Delete every vector row no person row commits (left by writers that died before
+        their commit, or by removals cut short); returns how many. Scans the collection."""
+        with self._lock:
+            dead: list[str] = []
+            pending: list[dict] = []
+
+            def settle() -> None:
+                owners = self._people_rows([r["person"] for r in pending], ["name", "batches"])
+                live = {n: {t for t, _ in _batches(o)} for n, o in owners.items()}
+                dead.extend(r["id"] for r in pending if r["batch"] not in live.get(r["person"], ()))
+                pending.clear()
+
+            for r in self._query_all(self.name, "", ["id", "person", "batch"]):
+                pending.append(r)
+                if len(pending) >= _READ_IDS:
+                    settle()
+            settle()
+            self._delete_ids(dead)
+            return len(dead)
 
     # -- searching ------------------------------------------------------------------------
     def _search(self, q: np.ndarray, top_k: int) -> list[list[Candidate]]:
         s = self._settings()  # aggregation was just read fresh by Gallery.search
         unit = "person" if s["aggregation"] == "mean" else "image"
+        other = "image" if unit == "person" else "person"  # rows of "both" units count
         kind = s["index_kind"]
         params: dict = {"metric_type": "IP"}
         if kind == "hnsw":
@@ -648,7 +680,7 @@ class MilvusGallery(Gallery):
                 self.name,
                 data=[q[i].tolist() for i in todo],
                 limit=want,
-                filter=f'unit == "{unit}"',
+                filter=f'unit != "{other}"',
                 output_fields=["person", "batch"],
                 search_params=params,
             )
