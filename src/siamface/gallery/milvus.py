@@ -75,7 +75,9 @@ _WRITE_ROWS = 2000  # rows per upsert call: ~4 MB at 512-d, far below gRPC's lim
 _READ_IDS = 1000  # primary keys per get/query call
 _FLUSH_ROWS = 10_000  # a write this large is flushed (sealed) at once
 _MAX_LIMIT = 16384  # Milvus' largest top-k
-_RETRIES = (0.2, 0.5, 1.0, 2.0, 4.0)
+#: pauses between retries of a call that failed with a transient error (~16 s in all: a
+#: restarting Milvus proxy, a leader election)
+RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
 _COLLECTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,200}$")
 T = TypeVar("T")
 
@@ -144,6 +146,8 @@ class MilvusGallery(Gallery):
 
     backend = "milvus"
     index_kinds = tuple(INDEX_TYPES)
+    #: per-gallery retry schedule (a setting: raise it where outages last longer)
+    retry_delays: tuple[float, ...] = RETRY_DELAYS
 
     def __init__(self, spec: str, client: Any, collection: str) -> None:
         self.location = spec
@@ -179,7 +183,7 @@ class MilvusGallery(Gallery):
             logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
         token = os.environ.get(TOKEN_ENV, "")
         last: BaseException | None = None
-        for delay in (*_RETRIES[:2], None):
+        for delay in (*RETRY_DELAYS[:2], None):
             try:
                 return spec, MilvusClient(uri=uri, token=token, timeout=10), collection
             except Exception as err:  # pymilvus raises MilvusException, grpc errors, ...
@@ -325,12 +329,12 @@ class MilvusGallery(Gallery):
                         with contextlib.suppress(Exception):
                             self.client.load_collection(args[0])
                         continue
-                    if attempt >= len(_RETRIES) or not _transient(err):
+                    if attempt >= len(self.retry_delays) or not _transient(err):
                         more = f" after {attempt + 1} tries" if attempt else ""
                         raise SiamfaceError(
                             f"Milvus {what} failed for gallery {self.location}{more}: {_short(err)}"
                         ) from None
-                    time.sleep(_RETRIES[attempt])
+                    time.sleep(self.retry_delays[attempt])
                     attempt += 1
 
     def _get(self, collection: str, ids: Sequence[str], fields: list[str]) -> list[dict]:
