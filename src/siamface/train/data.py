@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from siamface.data.report import DatasetReport, build_report
 from siamface.data.split import split_identities
 from siamface.data.transforms import Preprocessing, train_augmentation
 from siamface.errors import SiamfaceError
+from siamface.faces.cache import CachedAlignedDecoder
 from siamface.model.network import backbone_default_norm
 from siamface.system import usable_cpus
 from siamface.train.config import TrainConfig
@@ -24,19 +24,16 @@ from siamface.train.config import TrainConfig
 PREPARE_MARKER = "siamface_prepare.json"
 
 
-def _aligned_decode(pre: Preprocessing, path: str) -> np.ndarray:
-    # Module-level so that functools.partial of it pickles into decode worker processes.
-    from siamface.faces.align import aligned_loader
-
-    return aligned_loader(pre)(Path(path))
-
-
-def alignment_for(cfg: TrainConfig, data_dirs: list[str]) -> tuple[bool, dict, bool]:
+def alignment_for(
+    cfg: TrainConfig, data_dirs: list[str], model_aligned: bool = False
+) -> tuple[bool, dict, bool]:
     """Decide (aligned, align params, align on the fly) for a run.
 
     Folders written by ``siamface prepare`` carry a marker with the alignment they used; the
     checkpoint then records it, so verify/embed align raw photos the same way. ``align=true``
-    aligns raw folders during the decode pass instead.
+    aligns raw folders during the decode pass instead, and so does ``align=auto`` when the
+    starting model (``init``) was trained on aligned faces: a face model fed unaligned crops
+    is a different, worse model.
     """
     markers = [Path(d) / PREPARE_MARKER for d in data_dirs]
     found = [m for m in markers if m.is_file()]
@@ -54,7 +51,7 @@ def alignment_for(cfg: TrainConfig, data_dirs: list[str]) -> tuple[bool, dict, b
         except (OSError, ValueError) as err:
             raise SiamfaceError(f"cannot read {found[0]}: {err}") from err
         return True, params, False
-    if cfg.align == "true":
+    if cfg.align == "true" or model_aligned:
         return True, {}, True
     return False, {}, False
 
@@ -82,17 +79,39 @@ def _rows(decoded: DecodedImages, picks: list[int]) -> torch.Tensor | None:
 
 
 def prepare_run_data(
-    cfg: TrainConfig, data_dirs: list[str], progress: bool = True, workers: int | None = None
+    cfg: TrainConfig,
+    data_dirs: list[str],
+    progress: bool = True,
+    workers: int | None = None,
+    base: Preprocessing | None = None,
 ) -> RunData:
-    """Scan, decode (listing unreadable files), report, split by identity, build datasets."""
+    """Scan, decode (listing unreadable files), report, split by identity, build datasets.
+
+    ``base``: the starting model's preprocessing (``init``), whose size, normalisation and
+    alignment the run must keep; otherwise they come from the config and the backbone.
+    """
     scan = scan_identity_folders(data_dirs)
-    aligned, align_params, on_the_fly = alignment_for(cfg, data_dirs)
-    mean, std = backbone_default_norm(cfg.backbone)
-    pre = Preprocessing(cfg.image_size, mean, std, aligned=aligned, align=align_params)
-    decoder = functools.partial(_aligned_decode, pre) if on_the_fly else None
+    aligned, align_params, on_the_fly = alignment_for(
+        cfg, data_dirs, model_aligned=bool(base and base.aligned)
+    )
+    if base is not None:
+        prepared_other = aligned and not on_the_fly and align_params and base.align
+        if prepared_other and align_params != base.align:
+            raise SiamfaceError(
+                "the data folders were prepared with other alignment settings than the "
+                f"starting model uses ({align_params} vs {base.align}); prepare them again "
+                "with the model's settings, or set align=false"
+            )
+        pre = Preprocessing(
+            base.image_size, base.mean, base.std, aligned=aligned, align=dict(base.align)
+        )
+    else:
+        mean, std = backbone_default_norm(cfg.backbone)
+        pre = Preprocessing(cfg.image_size, mean, std, aligned=aligned, align=align_params)
+    decoder = CachedAlignedDecoder(pre) if on_the_fly else None
     decoded = decode_images(
         [s.path for s in scan.samples],
-        cfg.image_size,
+        pre.image_size,
         workers=workers or usable_cpus(),
         progress=progress,
         desc="detecting + aligning faces" if on_the_fly else "decoding images",
@@ -126,10 +145,10 @@ def prepare_run_data(
     samples: list[Sample] = scan.samples
     train = FaceImageDataset(
         labels=[label_of[samples[i].identity] for i in tr_idx],
-        size=cfg.image_size,
+        size=pre.image_size,
         pixels=_rows(decoded, tr_idx),
         paths=[samples[i].path for i in tr_idx],
-        transform=train_augmentation(cfg.image_size, cfg.augment),
+        transform=train_augmentation(pre.image_size, cfg.augment),
         decoder=decoder,
     )
     val_label_of = {ident: k for k, ident in enumerate(val_ids)}
