@@ -239,3 +239,52 @@ def test_fine_tune_sface_on_raw_photos(tmp_path):
     ck = load_checkpoint(tmp_path / "run" / "last.safetensors")
     assert ck.model_cfg.backbone == "sface" and ck.preprocessing.aligned
     assert list((tmp_path / "cache" / "faces").glob("faces-*.sqlite"))
+
+
+def test_unlabeled_faces_join_distillation_only(pins_small, tmp_path, start_ckpt):
+    """--unlabeled images reach the teacher (cached) and the batches, never the metric loss."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    unl = tmp_path / "unlabeled" / "any" / "layout"
+    unl.mkdir(parents=True)
+    extra = sorted(p for p in pins_small.rglob("*.jpg"))[:10]
+    for i, f in enumerate(extra):
+        (unl / f"u{i}.jpg").write_bytes(f.read_bytes() + b"\0" * (i + 1))  # distinct content
+    with pytest.raises(ConfigError, match="teacher"):
+        make_config(overrides=[f"unlabeled={unl}"])
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "siamface",
+            "train",
+            "--data",
+            str(pins_small),
+            "--out",
+            str(tmp_path / "run"),
+            "--unlabeled",
+            str(tmp_path / "unlabeled"),
+            "--no-progress",
+            *FAST,
+            f"backbone={TINY_BACKBONE}",
+            "pretrained=none",
+            "image_size=32",
+            "embedding_size=16",
+            f"teacher={start_ckpt}",
+            "epochs=1",
+            "unlabeled_per_batch=4",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    (db,) = (tmp_path / "cache" / "teachers").glob("*.sqlite")
+    n = sqlite3.connect(db).execute("SELECT COUNT(*) FROM emb").fetchone()[0]
+    info = load_checkpoint(tmp_path / "run" / "last.safetensors").info
+    assert info["unlabeled_images"] == 10
+    assert n == info["train_images"] + 10  # every training image and every unlabeled one
+    cfg = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    assert cfg["unlabeled"].endswith("unlabeled")

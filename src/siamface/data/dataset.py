@@ -130,6 +130,8 @@ class FaceImageDataset(Dataset):
         self.decoder = decoder
         # Loss terms with per-image targets (distillation) need each image's index.
         self.with_index = False
+        # Images [n_labeled:] have no identity (label -1): distillation-only faces.
+        self.n_labeled = len(self.labels)
 
     def __len__(self) -> int:
         return len(self.labels)

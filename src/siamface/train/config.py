@@ -111,6 +111,17 @@ class TrainConfig(BaseModel):
         "distil from: sface | dlib | a checkpoint | a .onnx model; comma-separated = an "
         "ensemble; teacher embeddings are computed once and cached",
     )
+    unlabeled: str | None = _opt(
+        None,
+        "folders of face images without identities (comma-separated; any layout): they add "
+        "to the distillation terms only (CLI: --unlabeled DIR)",
+    )
+    unlabeled_per_batch: int = _opt(
+        16,
+        "unlabeled images added to each batch when unlabeled folders are given",
+        ge=1,
+        le=65_536,
+    )
     distill_embedding: float = _opt(
         1.0, "weight of the embedding distillation term (1 - cosine to the teacher)", ge=0, le=1000
     )
@@ -233,6 +244,9 @@ class TrainConfig(BaseModel):
     def teachers(self) -> list[str]:
         return [t.strip() for t in (self.teacher or "").split(",") if t.strip()]
 
+    def unlabeled_dirs(self) -> list[str]:
+        return [t.strip() for t in (self.unlabeled or "").split(",") if t.strip()]
+
     # ---------------------------------------------------------------- validation
     @field_validator("*", mode="before")
     @classmethod
@@ -305,6 +319,10 @@ class TrainConfig(BaseModel):
             )
         if self.val_identities >= 1 and not float(self.val_identities).is_integer():
             raise ValueError("val_identities >= 1 is a count and must be a whole number")
+        if self.unlabeled and not self.teacher:
+            raise ValueError(
+                "unlabeled images only train through distillation: set teacher=... too"
+            )
         t = self.trainable
         if t not in ("all", "head") and not (t.isdigit() and int(t) >= 1):
             raise ValueError(

@@ -10,8 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from siamface.data.dataset import DecodedImages, FaceImageDataset, decode_images
-from siamface.data.folders import Sample, scan_identity_folders
+from siamface.data.dataset import (
+    DEFAULT_CACHE_LIMIT_BYTES,
+    DecodedImages,
+    FaceImageDataset,
+    decode_images,
+)
+from siamface.data.folders import Sample, scan_identity_folders, scan_images
 from siamface.data.report import DatasetReport, build_report
 from siamface.data.split import split_identities
 from siamface.data.transforms import Preprocessing, train_augmentation
@@ -151,6 +156,32 @@ def prepare_run_data(
         transform=train_augmentation(pre.image_size, cfg.augment),
         decoder=decoder,
     )
+    n_unlabeled = 0
+    if cfg.unlabeled_dirs():
+        # Faces without identities: appended after the labelled images with label -1; only
+        # the distillation terms use them (the sampler and the metric loss skip them).
+        extra = scan_images(cfg.unlabeled_dirs())
+        dec = decode_images(
+            extra,
+            pre.image_size,
+            workers=workers or usable_cpus(),
+            progress=progress,
+            desc="unlabeled faces",
+            decoder=decoder,
+            cache_limit_bytes=0 if train.pixels is None else DEFAULT_CACHE_LIMIT_BYTES,
+        )
+        if not dec.ok:
+            raise SiamfaceError("none of the unlabeled images could be used")
+        n_unlabeled = len(dec.ok)
+        train = FaceImageDataset(
+            labels=train.labels.tolist() + [-1] * n_unlabeled,
+            size=pre.image_size,
+            pixels=None if train.pixels is None else torch.cat([train.pixels, dec.pixels]),
+            paths=list(train.paths) + [extra[i] for i in dec.ok],
+            transform=train.transform,
+            decoder=decoder,
+        )
+    train.n_labeled = len(train) - n_unlabeled
     val_label_of = {ident: k for k, ident in enumerate(val_ids)}
     return RunData(
         train=train,

@@ -168,7 +168,7 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.objective = self.build_objective().to(self.device)
         self._add_reference_terms()
-        self.steps_per_epoch = max(1, len(self.data.train) // cfg.batch_size)
+        self.steps_per_epoch = max(1, self.data.train.n_labeled // cfg.batch_size)
         self.opt = build_optimizer(self.build_param_groups(), cfg, self._schedule_progress)
         self.step_fn = TrainStep(
             self.model,
@@ -185,7 +185,7 @@ class Trainer:
         from pytorch_metric_learning.samplers import MPerClassSampler
 
         self.sampler = MPerClassSampler(
-            self.data.train.labels.tolist(),
+            self.data.train.labels[: self.data.train.n_labeled].tolist(),
             m=cfg.m_per_class,
             batch_size=cfg.batch_size,
             length_before_new_iter=self.steps_per_epoch * cfg.batch_size,
@@ -228,7 +228,8 @@ class Trainer:
         if need_start:
             ref = self._start_embeddings()
             if classifier and cfg.class_mean_centres and self._resume_state is None:
-                centres = class_means(ref, train.labels, len(self.data.train_identities))
+                n = train.n_labeled
+                centres = class_means(ref[:n], train.labels[:n], len(self.data.train_identities))
                 if init_class_centres(self.loss_fn, centres):
                     self.log("class centres start at each identity's mean embedding")
             if cfg.keep_close > 0:
@@ -350,9 +351,26 @@ class Trainer:
     def _epoch_loader(self) -> DataLoader:
         """This epoch's batches from the current step on (the sampler's order is fixed by
         the RNG state at the epoch's start, so a resume replays it and skips what was done)."""
-        order = list(iter(self.sampler))[self.state.step_in_epoch * self.cfg.batch_size :]
+        order = list(iter(self.sampler))
+        train = self.data.train
+        if train.n_labeled < len(train):
+            # Each batch also gets unlabeled faces (distillation only), drawn with the epoch's
+            # RNG right after the order, so a resume replays the same batches.
+            b, u = self.cfg.batch_size, self.cfg.unlabeled_per_batch
+            n_batches = len(order) // b
+            extra = torch.randint(train.n_labeled, len(train), (n_batches, u)).tolist()
+            batches = [order[i * b : (i + 1) * b] + extra[i] for i in range(n_batches)]
+            return DataLoader(
+                train,
+                batch_sampler=batches[self.state.step_in_epoch :],
+                num_workers=self.workers,
+                worker_init_fn=_worker_init,
+                prefetch_factor=4 if self.workers else None,
+                persistent_workers=False,
+            )
+        order = order[self.state.step_in_epoch * self.cfg.batch_size :]
         return DataLoader(
-            self.data.train,
+            train,
             batch_size=self.cfg.batch_size,
             sampler=order,
             drop_last=True,
@@ -542,7 +560,8 @@ class Trainer:
                 "weights_source": self.weights_source,
                 "init": self.start.info() if self.start is not None else None,
                 "train_identities": len(self.data.train_identities),
-                "train_images": len(self.data.train),
+                "train_images": self.data.train.n_labeled,
+                "unlabeled_images": len(self.data.train) - self.data.train.n_labeled,
                 "data": self.data_dirs,
                 "val_identities": len(self.data.val_identities),
                 "val_metrics": m.to_dict() if m else None,
