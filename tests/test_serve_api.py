@@ -127,7 +127,7 @@ def test_embed_returns_the_unit_embedding(client, local):
     np.testing.assert_allclose(emb, local_embedding(local, data), atol=1e-5)
 
 
-def test_gallery_enroll_identify_list_remove(client):
+def test_gallery_enroll_identify_list_remove(client, local):
     alice = [jpeg(10), jpeg(11)]
     files = [("images", (f"alice{i}.jpg", d, "image/jpeg")) for i, d in enumerate(alice)]
     r = client.post(
@@ -155,6 +155,17 @@ def test_gallery_enroll_identify_list_remove(client):
     r = client.get("/gallery/people")
     assert r.status_code == 200
     assert [p["name"] for p in r.json()["people"]] == ["Alice Smith"]
+    # the thumbnail is the face the model saw in the first enrolled image
+    thumb_url = r.json()["people"][0]["thumbnail"]
+    assert thumb_url == "/gallery/thumbnails/Alice%20Smith"
+    t = client.get(thumb_url)
+    assert t.status_code == 200 and t.headers["content-type"] == "image/jpeg"
+    from siamface.data.images import decode_rgb
+
+    thumb = np.asarray(Image.open(io.BytesIO(t.content))).astype(int)
+    faces = [local.face_array(decode_rgb(d)).astype(int) for d in alice]
+    assert thumb.shape == faces[0].shape == (64, 64, 3)
+    assert np.abs(thumb - faces[0]).mean() < 0.5 * np.abs(thumb - faces[1]).mean()
     assert client.get("/gallery/people/Alice Smith").json()["n_images"] == 3
 
     r = client.post("/identify", params={"top_k": 3}, files={"image": ("q.jpg", alice[0])})

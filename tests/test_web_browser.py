@@ -374,6 +374,10 @@ def test_enroll_identify_remove(browser, server, setup):
     row_a = browser.find_element(By.CSS_SELECTOR, f'#people li[data-name="{setup["a"]}"]')
     assert "2 photo(s)" in row_a.text
     assert visible_text(browser, "#people-count") == "(2)"
+    # thumbnails: the aligned first face of each person, from the service
+    for name in (setup["a"], setup["b"]):
+        css = f'#people li[data-name="{name}"] img.thumb'
+        wait_for(browser, lambda d, css=css: natural_width(d, css) == 112, what="thumbnail")
     shot(browser, "gallery-two-people-desktop")
 
     select_tab(browser, "identify")
@@ -399,6 +403,8 @@ def test_enroll_identify_remove(browser, server, setup):
     known, text, names = identify(setup["b_photo"])
     assert known == "true" and text.endswith(f"Most likely {setup['b']}")
     assert names[0] == setup["b"] and set(names) == {setup["a"], setup["b"]}
+    css = f'#identify-matches li[data-name="{setup["b"]}"] img.thumb'
+    wait_for(browser, lambda d: natural_width(d, css) == 112, what="match-thumbnail")
     shot(browser, "identify-known-desktop")
     known, text, names = identify(setup["stranger"])
     assert known == "false" and text.endswith("Unknown")

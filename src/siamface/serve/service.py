@@ -94,41 +94,36 @@ def backend_name(embedder: Embedder) -> str:
 
 
 def open_gallery(spec: str | Path, embedder: Embedder):
-    """The service's gallery: opened (or created empty for this model) and checked against
-    the model. The one place that knows how a gallery is opened."""
-    from siamface.gallery import Gallery
+    """The service's gallery (a folder or a ``milvus://`` URL): opened, or created empty for
+    this model, and checked against the model."""
+    from siamface.gallery import open_gallery as open_spec
 
-    path = Path(spec).expanduser()
-    if not Gallery.exists(path):
-        log.info("creating empty gallery %s for model %s", path, embedder.fingerprint)
-        return Gallery.create(
-            path,
-            fingerprint=embedder.fingerprint,
-            embedding_size=embedder.embedding_size,
-            threshold=(embedder.threshold or {}).get("value"),
-            model_source=str(embedder.source),
-        )
-    gallery = Gallery.open(path)
-    gallery.check_model(embedder.fingerprint, embedder.embedding_size)
-    return gallery
+    spec = str(Path(spec).expanduser()) if "://" not in str(spec) else str(spec)
+    return open_spec(
+        spec,
+        create={
+            "fingerprint": embedder.fingerprint,
+            "embedding_size": embedder.embedding_size,
+            "threshold": (embedder.threshold or {}).get("value"),
+            "model_source": str(embedder.source),
+        },
+    )
 
 
 def new_person(name: str, embeddings: np.ndarray, uploads: list[Upload], metadata: dict):
     """The gallery record for an enrollment, with the first aligned face as the thumbnail."""
     from siamface.gallery import NewPerson
+    from siamface.gallery.thumbnail import make_thumbnail
 
-    refs, digests = [u.name for u in uploads], [u.digest for u in uploads]
-    # TODO(issue 11 merge): NewPerson(..., thumbnail=) lands with the gallery thumbnails.
-    if "thumbnail" in getattr(NewPerson, "__dataclass_fields__", {}):
-        return NewPerson(name, embeddings, refs, digests, metadata, thumbnail=uploads[0].jpeg())
-    return NewPerson(name, embeddings, refs, digests, metadata)
-
-
-def gallery_thumbnail(gallery, name: str) -> bytes | None:
-    """The person's thumbnail JPEG, or None."""
-    # TODO(issue 11 merge): Gallery.thumbnail lands with the gallery thumbnails.
-    getter = getattr(gallery, "thumbnail", None)
-    return getter(name) if getter is not None else None
+    first = uploads[0].face.transpose(1, 2, 0)
+    return NewPerson(
+        name,
+        embeddings,
+        [u.name for u in uploads],
+        [u.digest for u in uploads],
+        metadata,
+        thumbnail=make_thumbnail(first),
+    )
 
 
 def pair_probability(embedder: Embedder, similarity: float) -> float | None:

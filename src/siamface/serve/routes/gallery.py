@@ -14,7 +14,7 @@ from siamface.serve.errors import AlreadyEnrolled, BadRequest, NotEnrolled, NotF
 from siamface.serve.routes.deps import NOT_FOUND, WRITE_ERRORS, get_service, require_key
 from siamface.serve.routes.deps import thumbnail_url as _thumb
 from siamface.serve.schemas import EnrollOut, ErrorOut, PeopleOut, PersonOut, RemovedOut
-from siamface.serve.service import Service, gallery_thumbnail, new_person
+from siamface.serve.service import Service, new_person
 
 router = APIRouter(prefix="/gallery", tags=["gallery"])
 
@@ -48,7 +48,7 @@ async def get_person(name: str, svc: Service = Depends(get_service)) -> dict:
 async def thumbnail(name: str, svc: Service = Depends(get_service)) -> Response:
     """The person's thumbnail (the aligned face of their first enrolled image), JPEG."""
     gallery = svc.need_gallery()
-    data = await run_in_threadpool(gallery_thumbnail, gallery, name)
+    data = await run_in_threadpool(gallery.thumbnail, name)
     if data is None:
         if not await run_in_threadpool(gallery.__contains__, name):
             raise NotEnrolled(f"{name!r} is not enrolled", field="name")
