@@ -110,10 +110,10 @@ def sface_state_dict() -> dict[str, torch.Tensor]:
     return out
 
 
-#: Decision threshold of the packaged SFace model (cosine similarity). Calibrated by
-#: bench/face_models.py at a false-accept rate of 1e-3 on the sample identities (pins90 +
-#: celeba_wild, aligned as siamface aligns them); OpenCV Zoo publishes 0.363 for best accuracy
-#: on LFW, which accepts far more impostors on harder photos.
+#: Decision threshold of the packaged SFace model (cosine similarity): OpenCV Zoo's published
+#: value for best accuracy on LFW. It was not calibrated for a false-accept rate: for one, run
+#: ``siamface calibrate --model sface --data YOUR_PEOPLE --out sface-calibrated.safetensors``
+#: (fine-tuning with init=sface stores a threshold calibrated on its validation identities).
 SFACE_THRESHOLD = {
     "value": 0.363,
     "target_far": None,
