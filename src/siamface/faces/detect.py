@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import threading
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -169,11 +170,24 @@ def check_detector_available(name: str = DEFAULT_DETECTOR) -> None:
         )
 
 
-@functools.lru_cache(maxsize=8)
+_CREATE_LOCK = threading.Lock()
+
+
 def get_detector(name: str = DEFAULT_DETECTOR, min_score: float = 0.5) -> FaceDetector:
-    """The backend ``name``, loaded once per process (model weights load on first use)."""
+    """The backend ``name``, loaded once per process (model weights load on first use).
+    Thread-safe: two threads asking at once get the same detector, created once."""
+    with _CREATE_LOCK:
+        return _create_detector(name, float(min_score))
+
+
+@functools.lru_cache(maxsize=8)
+def _create_detector(name: str, min_score: float) -> FaceDetector:
     check_detector_available(name)
-    return _info(name).cls(min_score=float(min_score))
+    return _info(name).cls(min_score=min_score)
+
+
+#: Forget created detectors (after the detector registry changed, e.g. in tests).
+get_detector.cache_clear = _create_detector.cache_clear  # type: ignore[attr-defined]
 
 
 def _unrotate(k: int, width: int, height: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -274,7 +288,15 @@ def _import_yuface():
     summary="YuNet (libfacedetection) via yuface: fast CPU detector, 5 landmarks",
 )
 class YuNetDetector(FaceDetector):
-    """YuNet: boxes, scores 0-100 and 5 integer landmarks from a BGR uint8 array."""
+    """YuNet: boxes, scores 0-100 and 5 integer landmarks from a BGR uint8 array.
+
+    One call at a time per process: yuface's engine is a process-wide global, and two threads
+    inside it at once deadlocked (a hung /verify in the REST service, an aligned .onnx model
+    embedding in a thread pool). Detection is a small part of a request; the rest of the work
+    (decoding, warping, the model) stays parallel.
+    """
+
+    _call_lock = threading.Lock()
 
     def __init__(self, min_score: float = 0.5) -> None:
         super().__init__(min_score)
@@ -286,7 +308,8 @@ class YuNetDetector(FaceDetector):
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "image too large" - we control canvas size
-            confs, boxes, lms = self._yuface.detect(bgr, conf=self.min_score)
+            with self._call_lock:
+                confs, boxes, lms = self._yuface.detect(bgr, conf=self.min_score)
         faces = []
         for c, (x, y, bw, bh), lm in zip(confs, boxes, lms, strict=True):
             faces.append(

@@ -15,7 +15,6 @@ import hashlib
 import io
 import logging
 import sys
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,21 +162,14 @@ class Service:
         self.batching = batching
         self.budget = budget
         self.report = report
-        # Face detection one call at a time: yuface (YuNet) deadlocked when two request
-        # threads called it at once (its bundled OpenMP runtime and a Python import inside
-        # the call; seen as a hung /verify, traced with faulthandler). Decoding stays parallel.
-        self._detect_lock = threading.Lock() if embedder.preprocessing.aligned else None
 
     # -- images -> faces -----------------------------------------------------------------
     def face_from_bytes(self, data: bytes, label: str, field: str) -> np.ndarray:
         """Decode an upload and cut the face the model expects (aligned when it says so)."""
         try:
             img = decode_rgb(data, max_pixels=self.max_pixels)
-            if self._detect_lock is None:
-                face = self.embedder.face_array(img)
-            else:
-                with self._detect_lock:
-                    face = self.embedder.face_array(img)
+            # (face detection serialises itself: faces.detect.YuNetDetector)
+            face = self.embedder.face_array(img)
         except ImageLoadError as err:
             raise api_error(err, field=field, label=label) from err
         return np.ascontiguousarray(face.transpose(2, 0, 1))
