@@ -288,3 +288,29 @@ def test_unlabeled_faces_join_distillation_only(pins_small, tmp_path, start_ckpt
     assert n == info["train_images"] + 10  # every training image and every unlabeled one
     cfg = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
     assert cfg["unlabeled"].endswith("unlabeled")
+
+
+def test_cached_validation_matches_the_full_forward(pins_small, tmp_path, start_ckpt):
+    """Epoch 0 scored through cached frozen features equals the plain forward's score."""
+    cached = _train(
+        pins_small,
+        tmp_path / "a",
+        f"init={start_ckpt}",
+        "trainable=head",
+        "augment=none",
+        "epochs=1",
+    )
+    plain = _train(
+        pins_small,
+        tmp_path / "b",
+        f"init={start_ckpt}",
+        "trainable=head",
+        "augment=default",
+        "epochs=1",
+    )
+    assert cached["vs_start"]["metrics"]["auc"]["start"] == pytest.approx(
+        plain["vs_start"]["metrics"]["auc"]["start"], abs=2e-3
+    )
+    assert cached["vs_start"]["metrics"]["eer"]["start"] == pytest.approx(
+        plain["vs_start"]["metrics"]["eer"]["start"], abs=2e-2
+    )

@@ -14,8 +14,10 @@ cached features.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -76,7 +78,7 @@ class PrefixFeatureCache:
     @torch.no_grad()
     def fill_all(
         self,
-        dataset,
+        load: Callable[[int, int], torch.Tensor],
         pre,
         device: torch.device,
         channels_last: bool,
@@ -84,27 +86,24 @@ class PrefixFeatureCache:
         progress: bool = False,
     ) -> torch.Tensor:
         """Compute every image's prefix features (eval mode) and return the whole model's
-        embeddings of the images: the starting model's embeddings come out of the same
-        forward pass that fills the cache."""
+        embeddings of the images, so the starting model's embeddings come out of the same
+        forward pass that fills the cache. ``load(a, b)``: uint8 NCHW images a..b-1."""
+        from tqdm import tqdm
+
         from siamface.data.transforms import normalize_batch
 
         was = self.model.training
         self.model.eval()
-        from tqdm import tqdm
-
+        n = len(self.filled)
         out = []
-        bar = tqdm(total=len(dataset), desc="starting model", unit="img", disable=not progress)
-        for start in range(0, len(dataset), batch_size):
-            idx = torch.arange(start, min(start + batch_size, len(dataset)))
-            bar.update(len(idx))
-            if dataset.pixels is not None:
-                x = dataset.pixels[start : int(idx[-1]) + 1]
-            else:
-                x = torch.stack([dataset.raw(int(i)) for i in idx])
-            x = normalize_batch(x, pre).to(device)
+        bar = tqdm(total=n, desc="frozen layers", unit="img", disable=not progress)
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            x = normalize_batch(load(start, stop), pre).to(device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out.append(self.suffix(self.features(x, idx)).float().cpu())
+            out.append(self.suffix(self.features(x, torch.arange(start, stop))).float().cpu())
+            bar.update(stop - start)
         bar.close()
         self.model.train(was)
         return torch.cat(out) if out else torch.zeros(0, 0)
@@ -171,6 +170,7 @@ class FeatureCacheSwitch(Callback):
         self.run_k = later  # None: the trainable phase trains the whole backbone
         self.n_images = n_images
         self.cache: PrefixFeatureCache | None = None
+        self.val_cache: PrefixFeatureCache | None = None
         self.base: TrainStep | None = None
 
     def _cache_for(self, model: nn.Module, k: int) -> PrefixFeatureCache:
@@ -186,13 +186,36 @@ class FeatureCacheSwitch(Callback):
             return None
         cache = self._cache_for(trainer.model, k)
         trainer.log(self._describe(trainer.model, k))
+        train = trainer.data.train
+
+        def load(a: int, b: int) -> torch.Tensor:
+            if train.pixels is not None:
+                return train.pixels[a:b]
+            return torch.stack([train.raw(i) for i in range(a, b)])
+
         return cache.fill_all(
-            trainer.data.train,
+            load,
             trainer.pre,
             trainer.device,
             trainer.cfg.channels_last,
             progress=trainer.show_progress,
         )
+
+    def validation_embeddings(self, trainer: Trainer) -> np.ndarray | None:
+        """The validation images' embeddings through the same frozen prefix, cached too: the
+        prefix does not change during the run, so validation after the first epoch runs only
+        the layers that train. None when this epoch has no cacheable boundary."""
+        pixels = trainer.data.val_pixels
+        k = self.boundary(trainer.model, trainer.state.epoch)
+        if k is None or pixels is None or trainer.opt.schedule_free:
+            return None
+        if self.val_cache is None or self.val_cache.k != k:
+            self.val_cache = PrefixFeatureCache(trainer.model, k, len(pixels))
+
+        emb = self.val_cache.fill_all(
+            lambda a, b: pixels[a:b], trainer.pre, trainer.device, trainer.cfg.channels_last
+        )
+        return emb.numpy()
 
     @staticmethod
     def _describe(model: nn.Module, k: int) -> str:

@@ -554,7 +554,10 @@ class Trainer:
             )
         self.model.eval()
         t = time.perf_counter()
-        m = self.validator.run(self.model)
+        emb = None
+        if self.feature_cache is not None and self.validator.enabled:
+            emb = self.feature_cache.validation_embeddings(self)
+        m = self.validator.run(self.model, emb)
         return m, time.perf_counter() - t
 
     def checkpoint(self, m: VerificationMetrics | None, epoch: int) -> Checkpoint:

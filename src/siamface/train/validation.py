@@ -6,6 +6,7 @@ separates faces it has never seen (the article validated on images of its traini
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -85,11 +86,15 @@ class Validator:
         )
         return emb
 
-    def run(self, model: nn.Module) -> VerificationMetrics | None:
-        """Metrics of ``model`` (in eval mode) on all validation pairs, or None without any."""
+    def run(
+        self, model: nn.Module, embeddings: torch.Tensor | np.ndarray | None = None
+    ) -> VerificationMetrics | None:
+        """Metrics of ``model`` (in eval mode) on all validation pairs, or None without any.
+        ``embeddings``: the validation images' embeddings when the caller computed them
+        already (from cached frozen-layer features)."""
         if not self.enabled:
             return None
-        emb = self.embed(model)
+        emb = self.embed(model) if embeddings is None else embeddings
         scores, same = all_pair_scores(emb, self.data.val_labels, max_impostors=VAL_MAX_IMPOSTORS)
         try:
             return verification_metrics(scores, same, self.fars)
