@@ -6,8 +6,8 @@ images (``data``) -> faces (``faces``) -> tensors (``data.transforms``) -> embed
 """
 
 from siamface.errors import SiamfaceError
+from siamface.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["SiamfaceError", "__version__", "load"]
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from siamface.data.transforms import Preprocessing, resize_uint8
+from siamface.errors import SiamfaceError
 
 
 class Embedder:
@@ -20,10 +21,41 @@ class Embedder:
     embedding_size: int
     source: Path
     info: dict
+    #: The BCE pair head's two scalars ``{"scale", "bias"}`` when the model has one.
+    pair_head: dict | None = None
 
     def embed_batch(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 NCHW faces of the model's input size -> (N, D) float32 unit vectors."""
         raise NotImplementedError
+
+    def pair_probability(self, similarity: np.ndarray) -> np.ndarray | None:
+        """Same-person probability of pairs with these cosine similarities, from the pair
+        head a model trained with ``loss=bce`` carries (``sigmoid(scale * (cos - bias))``,
+        the article's BCE output); None for models without one.
+
+        The head is a monotone function of the cosine, so deciding on the probability is the
+        same as deciding on the cosine at ``bias + logit(p) / scale``; the probability is
+        reported beside the cosine, never instead of the calibrated threshold.
+        """
+        if not self.pair_head:
+            return None
+        z = float(self.pair_head["scale"]) * (
+            np.asarray(similarity, dtype=np.float64) - float(self.pair_head["bias"])
+        )
+        # Numerically stable logistic: exp of a non-positive number only.
+        e = np.exp(-np.abs(z))
+        return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+    def checked(self, emb: np.ndarray) -> np.ndarray:
+        """Refuse non-finite embeddings: a broken model must fail loudly, never answer
+        "different people, similarity nan" (or a REST 200 with null)."""
+        emb = np.asarray(emb, dtype=np.float32)
+        if emb.size and not np.isfinite(emb).all():
+            raise SiamfaceError(
+                f"model {self.source} produced non-finite embeddings (NaN/Inf): its weights "
+                "are unusable; use the original file or retrain"
+            )
+        return emb
 
     # -- conveniences shared by all backends ------------------------------------------
     def face_array(self, img: Image.Image) -> np.ndarray:

@@ -29,7 +29,6 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 
-from siamface import __version__
 from siamface.data.images import ImageLoadError, decode_rgb
 from siamface.errors import SiamfaceError
 from siamface.faces.errors import NoFaceError
@@ -47,6 +46,7 @@ from siamface.serve.schemas import (
     VerifyOut,
 )
 from siamface.verify import decide, resolve_threshold
+from siamface.version import __version__
 
 log = logging.getLogger("siamface.serve")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 
 from siamface.data.dataset import DecodedImages, FaceImageDataset, decode_images
 from siamface.data.folders import Sample, scan_identity_folders
+from siamface.data.marker import MARKER_NAME, check_complete, read_marker
 from siamface.data.report import DatasetReport, build_report
 from siamface.data.split import split_identities
 from siamface.data.transforms import Preprocessing, train_augmentation
@@ -20,8 +20,6 @@ from siamface.errors import SiamfaceError
 from siamface.model.network import backbone_default_norm
 from siamface.system import usable_cpus
 from siamface.train.config import TrainConfig
-
-PREPARE_MARKER = "siamface_prepare.json"
 
 
 def _aligned_decode(pre: Preprocessing, path: str) -> np.ndarray:
@@ -38,22 +36,26 @@ def alignment_for(cfg: TrainConfig, data_dirs: list[str]) -> tuple[bool, dict, b
     checkpoint then records it, so verify/embed align raw photos the same way. ``align=true``
     aligns raw folders during the decode pass instead.
     """
-    markers = [Path(d) / PREPARE_MARKER for d in data_dirs]
-    found = [m for m in markers if m.is_file()]
     if cfg.align == "false":
         return False, {}, False
+    markers = {d: read_marker(d) for d in data_dirs}
+    found = {d: m for d, m in markers.items() if m is not None}
     if found and len(found) != len(markers):
         raise SiamfaceError(
             "some data folders were prepared (aligned) by 'siamface prepare' and some were not: "
-            f"{', '.join(str(m.parent) for m in markers if not m.is_file())} lack "
-            f"{PREPARE_MARKER}. Prepare them too, or set align=false to treat all as plain crops"
+            f"{', '.join(str(d) for d, m in markers.items() if m is None)} lack "
+            f"{MARKER_NAME}. Prepare them too, or set align=false to treat all as plain crops"
         )
     if found:
-        try:
-            params = json.loads(found[0].read_text()).get("align", {})
-        except (OSError, ValueError) as err:
-            raise SiamfaceError(f"cannot read {found[0]}: {err}") from err
-        return True, params, False
+        for d, m in found.items():
+            check_complete(d, m)
+        aligns = [m.get("align", {}) for m in found.values()]
+        if any(a != aligns[0] for a in aligns):
+            raise SiamfaceError(
+                "the data folders were prepared with different alignment settings; prepare "
+                "them with the same options (one model expects one kind of crop)"
+            )
+        return True, dict(aligns[0]), False
     if cfg.align == "true":
         return True, {}, True
     return False, {}, False
@@ -101,7 +103,11 @@ def prepare_run_data(
     good: list[int] = decoded.ok
     unreadable = {scan.samples[i].path: r for i, r in decoded.errors.items()}
     report = build_report(
-        [scan.samples[i] for i in good], unreadable, scan.ignored, cfg.min_images_per_identity
+        [scan.samples[i] for i in good],
+        unreadable,
+        scan.ignored,
+        cfg.min_images_per_identity,
+        empty_identities=scan.empty_identities,
     )
     # Files that appear under two identities are label errors: keep them out of both sets.
     cross = {Path(f) for d in report.duplicates_across_identities for f in d["files"]}

@@ -22,7 +22,6 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from siamface import __version__
 from siamface.data.transforms import normalize_batch
 from siamface.embed import embed_uint8, plain_loader
 from siamface.errors import SiamfaceError
@@ -42,6 +41,7 @@ from siamface.train.data import RunData, prepare_run_data
 from siamface.train.losses import build_loss, build_miner
 from siamface.train.optim import build_optimizer, param_groups
 from siamface.train.state import capture_rng, load_state, restore_rng, save_state, seed_everything
+from siamface.version import __version__
 
 #: Impostor pairs scored per validation (all genuine pairs are always kept).
 VAL_MAX_IMPOSTORS = 2_000_000
