@@ -15,6 +15,9 @@ from siamface.data.images import is_image_path, unsupported_reason
 from siamface.data.marker import PREPARE_FILES
 from siamface.errors import SiamfaceError
 
+#: Reason given for an identity folder that holds no image file.
+EMPTY_IDENTITY = "empty identity folder (no image files)"
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -45,7 +48,8 @@ def scan_identity_folders(roots: Sequence[str | Path]) -> FolderScan:
 
     Files directly under a root and files with a non-image suffix (``.gif``, a stray README)
     are ignored and listed in ``ignored``; identity folders without any image are listed in
-    ``empty_identities``; hidden files (``.DS_Store``) are skipped silently. Broken symbolic
+    ``empty_identities`` and in ``ignored`` (so every command that reports what it ignored
+    reports them); hidden files (``.DS_Store``) are skipped silently. Broken symbolic
     links are kept as samples, so that decoding reports them like any unreadable file.
     Raises :class:`SiamfaceError` for a missing root, a root that is a file, or roots that
     contain no identity folder with images.
@@ -87,6 +91,7 @@ def scan_identity_folders(roots: Sequence[str | Path]) -> FolderScan:
                 found_here += 1
             if not found_here:
                 empty.append(ident_dir)
+                ignored.append((ident_dir, EMPTY_IDENTITY))
             found_in_root += found_here
         if found_in_root == 0:
             raise SiamfaceError(

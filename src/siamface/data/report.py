@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 
-from siamface.data.folders import Sample
+from siamface.data.folders import EMPTY_IDENTITY, Sample
 from siamface.data.images import file_digest
 
 
@@ -54,9 +54,10 @@ class DatasetReport:
         if self.unreadable:
             lines.append(f"skipped unreadable files: {len(self.unreadable)}")
             lines += [f"  - {u['path']}: {u['reason']}" for u in self.unreadable[:10]]
-        if self.ignored_files:
-            lines.append(f"ignored files (not images): {len(self.ignored_files)}")
-            lines += [f"  - {u['path']}: {u['reason']}" for u in self.ignored_files[:10]]
+        files = [u for u in self.ignored_files if u["reason"] != EMPTY_IDENTITY]
+        if files:
+            lines.append(f"ignored files (not images): {len(files)}")
+            lines += [f"  - {u['path']}: {u['reason']}" for u in files[:10]]
         if self.empty_identities:
             lines.append(f"empty identity folders (no image files): {len(self.empty_identities)}")
             lines += [f"  - {p}" for p in self.empty_identities[:10]]

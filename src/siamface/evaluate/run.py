@@ -130,11 +130,7 @@ def collect_images(data: Sequence[str | Path], identities: Sequence[str] | None 
         labels=[s.identity for s in samples],
         roots=scan.roots,
         identity_filter=filt,
-        ignored=[{"path": str(p), "reason": r} for p, r in scan.ignored]
-        + [
-            {"path": str(d), "reason": "empty identity folder (no image files)"}
-            for d in scan.empty_identities
-        ],
+        ignored=[{"path": str(p), "reason": r} for p, r in scan.ignored],
     )
 
 

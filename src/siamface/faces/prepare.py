@@ -132,7 +132,11 @@ def process_image(task: tuple[str, str, str, str]) -> dict:
         st = os.stat(src)
         rec["bytes"], rec["mtime_ns"] = st.st_size, st.st_mtime_ns
     except OSError as err:
-        return {**rec, "status": "unreadable", "reason": f"cannot stat ({err.strerror})"}
+        if os.path.islink(src):
+            reason = f"broken symbolic link (target {os.readlink(src)} missing)"
+        else:
+            reason = f"cannot stat ({err.strerror})"
+        return {**rec, "status": "unreadable", "reason": reason}
     try:
         img = load_rgb(src)
     except ImageLoadError as err:
@@ -202,8 +206,7 @@ def _plan(raw: Path) -> tuple[list[tuple[str, str, str, str]], list[tuple[Path, 
         # a.jpg and a.png in one folder would both become a.png: keep the suffix then.
         stem = str(rel.with_suffix("")) if stems[str(rel.with_suffix(""))] == 1 else str(rel)
         tasks.append((src, identity, str(rel), stem))
-    empty = [(d, "empty identity folder (no image files)") for d in scan.empty_identities]
-    return tasks, scan.ignored + empty
+    return tasks, scan.ignored
 
 
 def _load_log(out: Path) -> dict[str, dict]:
