@@ -17,6 +17,7 @@ is checked against it before anything is written.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -88,7 +89,10 @@ def import_article_model(
     from siamface.model.validate import ModelFileError, check_weights  # noqa: PLC0415
 
     path = Path(path).expanduser()
-    sd = map_article_state_dict(read_state_dict(path), path)
+    with warnings.catch_warnings():  # torch's notes on pickle protocols are not for users
+        warnings.simplefilter("ignore")
+        raw = read_state_dict(path)
+    sd = map_article_state_dict(raw, path)
     head = sd["head.weight"]
     if head.dim() != 2:
         raise SiamfaceError(f"{path}: embedder.weight must be a matrix, got {list(head.shape)}")
