@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import pytest
 import yaml
 
 from siamface.errors import ConfigError
-from siamface.train.config import TrainConfig, make_config, write_default_yaml
+from siamface.train.config import TrainConfig, field_help, make_config, write_default_yaml
 
 
 def test_default_yaml_round_trips_to_defaults(tmp_path):
@@ -19,8 +17,8 @@ def test_default_yaml_round_trips_to_defaults(tmp_path):
     # back to the default, so the file's own content is checked), with its help as comment.
     assert yaml.safe_load(text) == TrainConfig().to_dict()
     lines = {ln.split(":", 1)[0]: ln for ln in text.splitlines() if ln and ln[0] != "#"}
-    for f in fields(TrainConfig):
-        assert f.metadata["help"].split("(")[0].strip() in lines[f.name], f.name
+    for name in TrainConfig.model_fields:
+        assert field_help(name).split("(")[0].strip() in lines[name], name
     assert make_config(path) == TrainConfig()
 
 

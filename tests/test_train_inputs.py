@@ -203,7 +203,7 @@ def test_bf16_autocast_runs_the_forward_in_bf16(pins_small, tmp_path):
     x = torch.stack([t.data.train[i][0] for i in order])
     t.model.train()
     t.opt.train_mode()
-    loss = t._train_step(x, t.data.train.labels[order])
+    loss = t.step_fn(x, t.data.train.labels[order]).loss
     hook.remove()
     assert dtypes == [torch.bfloat16] and torch.isfinite(torch.tensor(loss))
     assert all(p.dtype == torch.float32 for p in t.model.parameters())  # master weights

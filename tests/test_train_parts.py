@@ -1,6 +1,6 @@
 """Each loss, miner and optimizer preset does real optimisation steps on a tiny model,
-through the training loop's own step (``Trainer._train_step``) on a trainer set up by its own
-``_setup`` from image folders: what is tested is what ``siamface train`` runs."""
+through the training loop's own step (``Trainer.step_fn``, a ``TrainStep``) on a trainer set
+up by its own ``_setup`` from image folders: what is tested is what ``siamface train`` runs."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def _run_steps(t: Trainer, steps: int = 4):
     before = [p.detach().clone() for p in t.model.parameters()]
     t.model.train()
     t.opt.train_mode()
-    losses = [t._train_step(x, y) for _ in range(steps)]
+    losses = [t.step_fn(x, y).loss for _ in range(steps)]
     t.opt.epoch_schedule(0.3)
     t.opt.eval_mode()
     changed = sum(not torch.equal(a, b) for a, b in zip(before, t.model.parameters(), strict=True))
@@ -77,7 +77,7 @@ def test_every_loss_trains(loss, colour_folders, tmp_path):
     assert changed > 0
     assert min(losses[1:]) < losses[0] or losses[0] == 0.0
     if loss == "bce":  # the pair head is trained too (and saved in checkpoints)
-        assert t._checkpoint(None, 1).pair_head is not None
+        assert t.checkpoint(None, 1).pair_head is not None
 
 
 @pytest.mark.parametrize("miner", MINERS)
@@ -111,7 +111,7 @@ def test_schedule_free_switches_weights_between_train_and_eval(colour_folders, t
     t.model.train()
     t.opt.train_mode()
     for _ in range(3):
-        t._train_step(x, y)
+        t.step_fn(x, y)
     w_train = next(t.model.parameters()).detach().clone()
     t.opt.eval_mode()
     assert not torch.equal(w_train, next(t.model.parameters()))

@@ -6,11 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from siamface.train.config import config_help
+from siamface.train.config import config_help, preset_names, preset_summary
 
 EPILOG = """\
 configuration keys (set in --config YAML or as key=value after the options):
 {keys}
+
+presets (--config NAME; key=value overrides still apply):
+{presets}
 
 examples:
   siamface train --data ../shared/data/pins90 --out runs/pins
@@ -18,6 +21,7 @@ examples:
   siamface train --data faces --out runs/v2 backbone=tf_efficientnetv2_b0 image_size=224 \\
       pretrained=/models/effv2_b0.safetensors
   siamface train --resume runs/pins time_budget_min=60     # continue after Ctrl-C / a kill
+  siamface train --config article --data faces --out runs/article  # the article's settings
   siamface train --print-config > my.yaml                   # commented default config
 
 Outputs in RUN_DIR: best.safetensors (chosen on validation identities, with its decision
@@ -34,13 +38,20 @@ def register(sub: argparse._SubParsersAction) -> None:
             "(DIR/<person>/<images>). Validation uses held-out identities (people never seen "
             "in training); the best checkpoint is chosen on them."
         ),
-        epilog=EPILOG.format(keys=config_help()),
+        epilog=EPILOG.format(
+            keys=config_help(),
+            presets="\n".join(f"  {n:<12}{preset_summary(n)}" for n in preset_names()),
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--data", action="append", metavar="DIR", help="identity-folder root (repeatable)"
     )
-    p.add_argument("--config", metavar="YAML", help="configuration file (keys listed below)")
+    p.add_argument(
+        "--config",
+        metavar="YAML|PRESET",
+        help="configuration file, or a preset shipped with siamface (listed below)",
+    )
     p.add_argument("--out", metavar="RUN_DIR", help="run directory to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--seed", type=int, help="random seed (same as seed=N)")

@@ -37,7 +37,8 @@ from siamface.data.transforms import Preprocessing
 from siamface.errors import SiamfaceError
 from siamface.fileio import atomic_write, check_output_file
 from siamface.inference.onnx_backend import FORMAT, FORMAT_VERSION, METADATA_KEY, OnnxEmbedder
-from siamface.model.checkpoint import Checkpoint, load_checkpoint
+from siamface.model.checkpoint import Checkpoint
+from siamface.model.zoo import resolve_checkpoint
 from siamface.version import __version__
 
 DEFAULT_OPSET = 18
@@ -100,7 +101,7 @@ def export_onnx(
         raise SiamfaceError(f"output file must end in .onnx: {out}")
     check_output_file(out, "ONNX file")  # a folder, read-only, a full disk: refused now
     t0 = time.perf_counter()
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = resolve_checkpoint(checkpoint)
     pre = ckpt.preprocessing
     faces, sample_source = _sample_faces(samples, ckpt)
     result: dict = {}

@@ -4,223 +4,352 @@ The article kept its settings as module constants; here each is a key with the s
 (``embedding_size``, ``batch_size``, ``m_per_class`` = the article's ``sampler_m``, ``lr``,
 ``weight_decay``, ``eps``, ``t_max``, ``eta_min``, ``epochs``, ``margin``) plus the choices the
 article discusses in prose (backbone, loss, miner, optimizer preset). Values come from the
-defaults, then a YAML file, then ``key=value`` overrides; all are validated before any work,
-so a typo costs a second, not an hour.
+defaults, then a YAML file or a preset shipped in the package (``--config article``), then
+``key=value`` overrides; all are validated by a pydantic schema before any work, so a typo or an
+absurd value (``image_size=100000``) costs a second and names the allowed range, not an hour
+or an out-of-memory kill.
+
+Choices are not spelled here: ``loss``, ``miner``, ``optimizer`` and ``pretrained`` read their
+registries (:mod:`siamface.train.losses`, ``miners``, ``optim``, ``weights``), which also feed
+``--help``. Kept free of torch imports: ``siamface --help`` renders :func:`config_help`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from siamface.errors import ConfigError
+from siamface.errors import ConfigError, SiamfaceError
+from siamface.train.losses import LOSS_REGISTRY, is_classifier
+from siamface.train.miners import MINER_REGISTRY
+from siamface.train.optim import OPTIMIZER_REGISTRY
+from siamface.train.weights import named_sources
 
-LOSSES = ("triplet", "contrastive", "bce", "multi_similarity", "arcface", "cosface")
-MARGIN_SOFTMAX_LOSSES = ("arcface", "cosface")
-MINERS = ("none", "batch_hard", "semi_hard", "multi_similarity")
-OPTIMIZERS = (
-    "adam_cosine",
-    "adamw_cosine",
-    "adamw_plateau",
-    "sgd_step",
-    "ranger_exponential",
-    "schedule_free",
-)
 AUGMENT = ("default", "article", "none")
 SELECT_METRICS = ("auc", "eer", "tar_at_far_1e-3", "accuracy")
 PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+ALIGN = ("auto", "true", "false")
+
+#: Allowed values of each choice key, read at validation / help time (registries can grow).
+CHOICES: dict[str, Callable[[], tuple[str, ...]]] = {
+    "loss": LOSS_REGISTRY.names,
+    "miner": MINER_REGISTRY.names,
+    "optimizer": OPTIMIZER_REGISTRY.names,
+    "augment": lambda: AUGMENT,
+    "align": lambda: ALIGN,
+    "select_metric": lambda: SELECT_METRICS,
+    "precision": lambda: PRECISIONS,
+    "device": lambda: DEVICES,
+}
+
+# Snapshots of the registries' names at import, for callers that want a plain tuple.
+LOSSES = LOSS_REGISTRY.names()
+MARGIN_SOFTMAX_LOSSES = LOSS_REGISTRY.where(classifier=True)
+MINERS = MINER_REGISTRY.names()
+OPTIMIZERS = OPTIMIZER_REGISTRY.names()
 
 
-def _opt(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
-    return field(default=default, metadata={"help": help})
+def _opt(default: Any, help: str, **limits: Any) -> Any:  # noqa: A002 - mirrors argparse's name
+    """A config field: its default, its ``--help`` text (``{choices}`` is filled from the
+    key's registry) and its allowed range as pydantic bounds (``ge``, ``gt``, ``le``, ``lt``)."""
+    return Field(default=default, description=help, **limits)
 
 
-@dataclass
-class TrainConfig:
-    """All training settings; each field's ``help`` is what ``siamface train --help`` shows."""
+class TrainConfig(BaseModel):
+    """All training settings; each field's description is what ``siamface train --help`` shows."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     # --- model ---
     backbone: str = _opt("tf_efficientnet_lite0", "any timm model name, e.g. tf_efficientnetv2_b0")
-    pretrained: str = _opt("auto", "auto | hub | none | /path/to/weights.(pth|safetensors)")
-    embedding_size: int = _opt(512, "output embedding dimension (article: 512)")
-    image_size: int = _opt(112, "square input size in pixels (article: 224)")
+    pretrained: str = _opt("auto", "{choices} | /path/to/weights.(pth|safetensors)")
+    embedding_size: int = _opt(512, "output embedding dimension (article: 512)", ge=2, le=8192)
+    image_size: int = _opt(112, "square input size in pixels (article: 224)", ge=32, le=1024)
     # --- data ---
     val_identities: float = _opt(
-        0.2, "held-out identities: fraction (<1) or count (>=1); 0 = no validation"
+        0.2,
+        "held-out identities: fraction (<1) or count (>=1); 0 = no validation",
+        ge=0,
+        le=10_000_000,
     )
-    min_images_per_identity: int = _opt(2, "identities with fewer images are excluded")
-    augment: str = _opt("default", "default | article | none")
+    min_images_per_identity: int = _opt(
+        2, "identities with fewer images are excluded", ge=2, le=1_000_000
+    )
+    augment: str = _opt("default", "{choices}")
     align: str = _opt(
         "auto",
-        "auto | true | false: detect + align faces on the fly (auto = only when the data "
+        "{choices}: detect + align faces on the fly (auto = only when the data "
         "folder was written by 'siamface prepare', whose crops are already aligned)",
     )
     # --- sampling ---
-    batch_size: int = _opt(32, "images per batch (article: 32)")
-    m_per_class: int = _opt(4, "images per identity in a batch (article: sampler_m = 4)")
-    # --- loss ---
-    loss: str = _opt("triplet", " | ".join(LOSSES))
-    margin: float = _opt(
-        0.1, "triplet margin on cosine similarity (article: 0.1); contrastive negative margin"
+    batch_size: int = _opt(32, "images per batch (article: 32)", ge=2, le=65_536)
+    m_per_class: int = _opt(
+        4, "images per identity in a batch (article: sampler_m = 4)", ge=1, le=1024
     )
-    miner: str = _opt("batch_hard", " | ".join(MINERS))
-    arc_margin: float = _opt(28.6, "ArcFace angular margin in degrees (28.6 = 0.5 rad)")
-    cos_margin: float = _opt(0.35, "CosFace additive cosine margin")
-    softmax_scale: float = _opt(30.0, "logit scale for ArcFace / CosFace")
-    head_lr_mult: float = _opt(10.0, "lr multiplier for loss parameters (class centres, pair head)")
+    # --- loss ---
+    loss: str = _opt("triplet", "{choices}")
+    margin: float = _opt(
+        0.1,
+        "triplet margin on cosine similarity (article: 0.1); contrastive negative margin",
+        ge=0,
+        le=2,
+    )
+    miner: str = _opt("batch_hard", "{choices}")
+    arc_margin: float = _opt(
+        28.6, "ArcFace angular margin in degrees (28.6 = 0.5 rad)", ge=0, le=90
+    )
+    cos_margin: float = _opt(0.35, "CosFace additive cosine margin", ge=0, le=1)
+    softmax_scale: float = _opt(30.0, "logit scale for ArcFace / CosFace", gt=0, le=1024)
+    head_lr_mult: float = _opt(
+        10.0, "lr multiplier for loss parameters (class centres, pair head)", ge=0, le=10_000
+    )
     # --- optimisation ---
-    optimizer: str = _opt("adamw_cosine", " | ".join(OPTIMIZERS))
-    lr: float = _opt(1e-4, "learning rate (article: 1e-4)")
-    weight_decay: float = _opt(1e-5, "weight decay (article: 1e-5)")
-    eps: float = _opt(1e-8, "Adam-family epsilon (article: 1e-8)")
-    momentum: float = _opt(0.9, "SGD momentum (sgd_step)")
-    t_max: float | None = _opt(None, "cosine period in epochs (article: 50); null = whole run")
-    eta_min: float = _opt(1e-6, "cosine floor (article: 1e-6)")
-    warmup_steps: int = _opt(0, "linear warm-up steps (cosine presets, schedule_free)")
-    step_size: int = _opt(10, "StepLR period in epochs (sgd_step)")
-    gamma: float = _opt(0.1, "StepLR factor (sgd_step)")
-    exp_gamma: float = _opt(0.95, "ExponentialLR per-epoch factor (ranger_exponential)")
-    plateau_patience: int = _opt(2, "ReduceLROnPlateau patience in epochs (adamw_plateau)")
-    plateau_factor: float = _opt(0.5, "ReduceLROnPlateau factor (adamw_plateau)")
-    epochs: int = _opt(20, "maximum epochs (article: 100); an epoch sees each image once")
-    time_budget_min: float | None = _opt(None, "wall-clock budget in minutes; null = none")
+    optimizer: str = _opt("adamw_cosine", "{choices}")
+    lr: float = _opt(1e-4, "learning rate (article: 1e-4)", gt=0, le=10)
+    weight_decay: float = _opt(1e-5, "weight decay (article: 1e-5)", ge=0, le=1)
+    eps: float = _opt(1e-8, "Adam-family epsilon (article: 1e-8)", ge=0, le=1)
+    momentum: float = _opt(0.9, "SGD momentum (sgd_step)", ge=0, le=1)
+    t_max: float | None = _opt(
+        None, "cosine period in epochs (article: 50); null = whole run", gt=0, le=1_000_000
+    )
+    eta_min: float = _opt(1e-6, "cosine floor (article: 1e-6)", ge=0, le=10)
+    warmup_steps: int = _opt(
+        0, "linear warm-up steps (cosine presets, schedule_free)", ge=0, le=100_000_000
+    )
+    step_size: int = _opt(10, "StepLR period in epochs (sgd_step)", ge=1, le=1_000_000)
+    gamma: float = _opt(0.1, "StepLR factor (sgd_step)", gt=0, le=1)
+    exp_gamma: float = _opt(0.95, "ExponentialLR per-epoch factor (ranger_exponential)", gt=0, le=1)
+    plateau_patience: int = _opt(
+        2, "ReduceLROnPlateau patience in epochs (adamw_plateau)", ge=0, le=1_000_000
+    )
+    plateau_factor: float = _opt(0.5, "ReduceLROnPlateau factor (adamw_plateau)", gt=0, lt=1)
+    epochs: int = _opt(
+        20, "maximum epochs (article: 100); an epoch sees each image once", ge=1, le=1_000_000
+    )
+    time_budget_min: float | None = _opt(
+        None, "wall-clock budget in minutes; null = none", gt=0, le=10_000_000
+    )
     # --- validation / checkpoints ---
-    select_metric: str = _opt("auc", "picks best.safetensors: " + " | ".join(SELECT_METRICS))
-    calib_far: float = _opt(1e-3, "target false-accept rate of the stored decision threshold")
-    save_every_min: float = _opt(10.0, "also save resumable state this often within an epoch")
+    select_metric: str = _opt("auc", "picks best.safetensors: {choices}")
+    calib_far: float = _opt(
+        1e-3, "target false-accept rate of the stored decision threshold", gt=0, lt=1
+    )
+    save_every_min: float = _opt(
+        10.0, "also save resumable state this often within an epoch", gt=0, le=1_000_000
+    )
     # --- machine ---
-    seed: int = _opt(0, "random seed (split, sampling, initialisation)")
-    num_workers: int = _opt(-1, "data loader workers; -1 = auto")
-    precision: str = _opt("auto", "auto | fp32 | bf16 autocast (auto: bf16 on CUDA, fp32 on CPU)")
+    seed: int = _opt(0, "random seed (split, sampling, initialisation)", ge=0, le=2**32 - 1)
+    num_workers: int = _opt(-1, "data loader workers; -1 = auto", ge=-1, le=64)
+    precision: str = _opt("auto", "{choices} autocast (auto: bf16 on CUDA, fp32 on CPU)")
     channels_last: bool = _opt(True, "NHWC memory layout: faster convolutions on CPU and GPU")
-    device: str = _opt("auto", "auto | cpu | cuda")
+    device: str = _opt("auto", "{choices}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
+    # ---------------------------------------------------------------- validation
+    @field_validator("*", mode="before")
+    @classmethod
+    def _normalise(cls, value: Any, info: Any) -> Any:
+        """YAML and ``key=value`` give strings, bools and numbers loosely; make them the
+        field's type or refuse them, as the previous hand-written parser did."""
+        name = info.field_name
+        ann = cls.model_fields[name].annotation
+        args = get_args(ann)
+        optional = type(None) in args
+        base = next((a for a in args if a is not type(None)), ann) if args else ann
+        empty = ("null", "~") if base is str else ("null", "none", "~")
+        if value is None or (isinstance(value, str) and value.strip().lower() in empty):
+            if optional:
+                return None
+            if name == "pretrained":
+                return "none"
+            raise ValueError(f"{name} may not be empty")
+        if base in (int, float) and isinstance(value, bool):
+            raise ValueError(f"{name} must be {base.__name__}, got {value!r}")
+        if base is str:
+            if name == "pretrained" and isinstance(value, bool):
+                return "auto" if value else "none"
+            if isinstance(value, bool):  # YAML reads `align: true` as a bool
+                return "true" if value else "false"
+            if isinstance(value, int | float):
+                return str(value)
+        return value
 
-def _field_types() -> dict[str, Any]:
-    return {f.name: f.type for f in fields(TrainConfig)}
-
-
-def _coerce(key: str, value: Any, type_str: str) -> Any:
-    """Convert a YAML/CLI value to the field's type, or raise a readable ConfigError."""
-    optional = "None" in type_str
-    empty = ("null", "~") if type_str == "str" else ("null", "none", "~")
-    if value is None or (isinstance(value, str) and value.lower() in empty):
-        if optional:
-            return None
-        if key == "pretrained":
-            return "none"
-        raise ConfigError(f"{key} may not be empty")
-    base = type_str.replace(" | None", "")
-    try:
-        if base == "bool":
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("true", "yes", "1", "on"):
-                return True
-            if str(value).lower() in ("false", "no", "0", "off"):
-                return False
-            raise ValueError
-        if base == "int":
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if base == "float":
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if key == "pretrained" and isinstance(value, bool):
-            return "auto" if value else "none"
-        if isinstance(value, bool):  # YAML reads `align: true` as a bool
-            return "true" if value else "false"
-        return str(value)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{key} must be {base}, got {value!r}") from err
-
-
-def _check(cfg: TrainConfig) -> None:
-    def positive(name: str, allow_zero: bool = False) -> None:
-        v = getattr(cfg, name)
-        if v is not None and (v < 0 or (v == 0 and not allow_zero)):
-            raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {v}")
-
-    for name, choices in (
-        ("loss", LOSSES),
-        ("miner", MINERS),
-        ("optimizer", OPTIMIZERS),
-        ("augment", AUGMENT),
-        ("select_metric", SELECT_METRICS),
-        ("precision", PRECISIONS),
-        ("device", ("auto", "cpu", "cuda")),
-        ("align", ("auto", "true", "false")),
-    ):
-        if getattr(cfg, name) not in choices:
-            raise ConfigError(
-                f"{name} must be one of {', '.join(choices)}; got {getattr(cfg, name)!r}"
+    @field_validator(*CHOICES, mode="after")
+    @classmethod
+    def _one_of(cls, value: str, info: Any) -> str:
+        choices = CHOICES[info.field_name]()
+        if value not in choices:
+            close = difflib.get_close_matches(value, list(choices), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"{info.field_name} must be one of {', '.join(choices)}; got {value!r}{hint}"
             )
-    for name in ("embedding_size", "image_size", "batch_size", "m_per_class", "lr", "epochs"):
-        positive(name)
-    for name in ("weight_decay", "eps", "eta_min", "warmup_steps", "margin", "val_identities"):
-        positive(name, allow_zero=True)
-    for name in ("t_max", "time_budget_min", "step_size", "save_every_min", "softmax_scale"):
-        positive(name)
-    if cfg.image_size < 32:
-        raise ConfigError(f"image_size must be >= 32, got {cfg.image_size}")
-    if cfg.batch_size % cfg.m_per_class:
-        raise ConfigError(
-            f"batch_size ({cfg.batch_size}) must be a multiple of m_per_class "
-            f"({cfg.m_per_class}) for M-per-class sampling"
-        )
-    if cfg.batch_size // cfg.m_per_class < 2:
-        raise ConfigError("batch_size / m_per_class must be >= 2: a batch needs two identities")
-    if not 0 < cfg.calib_far < 1:
-        raise ConfigError(f"calib_far must be in (0, 1), got {cfg.calib_far}")
-    if not 0 < cfg.gamma <= 1 or not 0 < cfg.exp_gamma <= 1 or not 0 < cfg.plateau_factor < 1:
-        raise ConfigError("gamma and exp_gamma must be in (0, 1], plateau_factor in (0, 1)")
-    if cfg.loss in MARGIN_SOFTMAX_LOSSES and cfg.miner != "none":
-        raise ConfigError(
-            f"loss={cfg.loss} is a classification (margin-softmax) loss and takes no miner; "
-            "set miner=none"
-        )
-    if cfg.val_identities >= 1 and not float(cfg.val_identities).is_integer():
-        raise ConfigError("val_identities >= 1 is a count and must be a whole number")
-    if cfg.min_images_per_identity < 2:
-        raise ConfigError("min_images_per_identity must be >= 2 (a positive pair needs two)")
-    if cfg.pretrained not in ("auto", "hub", "none"):
-        p = Path(cfg.pretrained).expanduser()
-        if not p.is_file():
-            raise ConfigError(
-                f"pretrained must be auto, hub, none or an existing weight file; "
-                f"file not found: {p}"
-            )
+        return value
 
+    @field_validator("backbone", mode="after")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        import timm
 
-def make_config(
-    yaml_path: str | Path | None = None,
-    overrides: list[str] | None = None,
-    base: dict[str, Any] | None = None,
-) -> TrainConfig:
-    """Defaults <- ``base`` (e.g. a resumed run) <- YAML file <- ``key=value`` overrides."""
-    types = _field_types()
-    values: dict[str, Any] = dict(base or {})
-    if yaml_path is not None:
-        p = Path(yaml_path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
+        if timm.is_model(value) or timm.is_model(value.split(".")[0]):
+            return value
+        from siamface.model.network import check_backbone_name
+
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {p} is not valid YAML: {err}") from err
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must be a mapping of key: value")
-        values.update(loaded)
+            check_backbone_name(value)
+        except SiamfaceError as err:
+            raise ValueError(str(err)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.batch_size % self.m_per_class:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of m_per_class "
+                f"({self.m_per_class}) for M-per-class sampling"
+            )
+        if self.batch_size // self.m_per_class < 2:
+            raise ValueError("batch_size / m_per_class must be >= 2: a batch needs two identities")
+        if is_classifier(self.loss) and self.miner != "none":
+            raise ValueError(
+                f"loss={self.loss} is a classification (margin-softmax) loss and takes no miner; "
+                "set miner=none"
+            )
+        if self.val_identities >= 1 and not float(self.val_identities).is_integer():
+            raise ValueError("val_identities >= 1 is a count and must be a whole number")
+        if self.pretrained not in named_sources():
+            p = Path(self.pretrained).expanduser()
+            if not p.is_file():
+                raise ValueError(
+                    f"pretrained must be {', '.join(named_sources())} or an existing weight "
+                    f"file; file not found: {p}"
+                )
+        return self
+
+
+# ------------------------------------------------------------------------ errors
+_TYPE_ERRORS = {
+    "int_parsing": "int",
+    "int_from_float": "int",
+    "int_type": "int",
+    "float_parsing": "float",
+    "float_type": "float",
+    "bool_parsing": "bool",
+    "bool_type": "bool",
+    "string_type": "str",
+}
+_BOUND_ERRORS = {
+    "greater_than": ("gt", ">"),
+    "greater_than_equal": ("ge", ">="),
+    "less_than": ("lt", "<"),
+    "less_than_equal": ("le", "<="),
+}
+
+
+def allowed_range(name: str) -> str | None:
+    """The interval a numeric key accepts, e.g. ``[32, 1024]`` or ``(0, 10]``."""
+    lo = hi = None
+    lo_open = hi_open = False
+    for m in TrainConfig.model_fields[name].metadata:
+        for attr, is_lo, is_open in (("ge", 1, 0), ("gt", 1, 1), ("le", 0, 0), ("lt", 0, 1)):
+            v = getattr(m, attr, None)
+            if v is not None:
+                if is_lo:
+                    lo, lo_open = v, bool(is_open)
+                else:
+                    hi, hi_open = v, bool(is_open)
+    if lo is None and hi is None:
+        return None
+    left = "(" if lo_open or lo is None else "["
+    right = ")" if hi_open or hi is None else "]"
+    return f"{left}{_num(lo, '-inf')}, {_num(hi, 'inf')}{right}"
+
+
+def _num(v: float | None, missing: str) -> str:
+    if v is None:
+        return missing
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+def _message(err: dict[str, Any]) -> str:
+    """One pydantic error -> the one-line message a user sees."""
+    loc = err.get("loc") or ()
+    name = str(loc[0]) if loc else ""
+    kind, value = err["type"], err.get("input")
+    if kind in _TYPE_ERRORS:
+        return f"{name} must be {_TYPE_ERRORS[kind]}, got {value!r}"
+    if kind in _BOUND_ERRORS:
+        attr, op = _BOUND_ERRORS[kind]
+        bound, rng = _num(err["ctx"][attr], ""), allowed_range(name)
+        return f"{name} must be {op} {bound} (allowed range {rng}), got {value!r}"
+    if kind == "finite_number":
+        return f"{name} must be a finite number (allowed range {allowed_range(name)}), got {value}"
+    msg = str(err.get("msg", "")).removeprefix("Value error, ")
+    return msg if not name or name in msg else f"{name}: {msg}"
+
+
+def validate(values: dict[str, Any]) -> TrainConfig:
+    """Build a :class:`TrainConfig` from loose values or raise one readable ConfigError."""
+    names = list(TrainConfig.model_fields)
+    for key in values:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown config key {key!r}{hint}")
+    try:
+        return TrainConfig(**values)
+    except ValidationError as err:
+        raise ConfigError("; ".join(_message(e) for e in err.errors())) from None
+
+
+# ------------------------------------------------------------------------ presets
+def preset_names() -> tuple[str, ...]:
+    """Configuration presets shipped in the package (``siamface/configs/*.yaml``)."""
+    folder = resources.files("siamface") / "configs"
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")))
+
+
+def preset_summary(name: str) -> str:
+    """A preset's first comment line, for ``--help``."""
+    text = (resources.files("siamface") / "configs" / f"{name}.yaml").read_text()
+    first = text.splitlines()[0] if text else ""
+    return first.lstrip("# ").strip()
+
+
+def _read_yaml(spec: str | Path) -> tuple[dict[str, Any], str]:
+    """(mapping, where it came from) for a YAML path or a preset name."""
+    p = Path(spec)
+    if not p.is_file() and str(spec) in preset_names():
+        text = (resources.files("siamface") / "configs" / f"{spec}.yaml").read_text()
+        where = f"preset {spec!r}"
+    elif not p.is_file():
+        presets = ", ".join(preset_names())
+        raise ConfigError(f"config file not found: {p} (presets: {presets})")
+    else:
+        text, where = p.read_text(), f"config file {p}"
+    try:
+        loaded = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where} is not valid YAML: {err}") from err
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{where} must be a mapping of key: value")
+    return loaded, where
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """``key=value`` strings -> a mapping; values are read as YAML scalars."""
+    values: dict[str, Any] = {}
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"expected key=value, got {item!r}")
@@ -229,18 +358,23 @@ def make_config(
             values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             values[key.strip()] = raw
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if key not in types:
-            close = difflib.get_close_matches(key, list(types), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown config key {key!r}{hint}")
-        out[key] = _coerce(key, value, str(types[key]))
-    cfg = TrainConfig(**out)
-    _check(cfg)
-    return cfg
+    return values
 
 
+def make_config(
+    yaml_path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Defaults <- ``base`` (e.g. a resumed run) <- YAML file or preset <- ``key=value``."""
+    values: dict[str, Any] = dict(base or {})
+    if yaml_path is not None:
+        values.update(_read_yaml(yaml_path)[0])
+    values.update(parse_overrides(overrides))
+    return validate(values)
+
+
+# ------------------------------------------------------------------------ help
 #: Section headings in --help and the default YAML, keyed by each section's first field.
 SECTIONS = {
     "backbone": "MODEL",
@@ -253,13 +387,24 @@ SECTIONS = {
 }
 
 
+def field_help(name: str) -> str:
+    """A key's help text with its choices (from the registry) or its allowed range."""
+    info = TrainConfig.model_fields[name]
+    text = info.description or ""
+    if "{choices}" in text:
+        choices = named_sources() if name == "pretrained" else CHOICES[name]()
+        text = text.replace("{choices}", " | ".join(choices))
+    rng = allowed_range(name)
+    return f"{text}; range {rng}" if rng else text
+
+
 def config_help() -> str:
     """Every key with its default and help text, grouped by section, for ``--help``."""
     lines: list[str] = []
-    for f in fields(TrainConfig):
-        if f.name in SECTIONS:
-            lines += ["", SECTIONS[f.name]]
-        lines.append(f"  {f.name} = {_yaml_value(f.default)}  {f.metadata.get('help', '')}")
+    for name, info in TrainConfig.model_fields.items():
+        if name in SECTIONS:
+            lines += ["", SECTIONS[name]]
+        lines.append(f"  {name} = {_yaml_value(info.default)}  {field_help(name)}")
     return "\n".join(lines)
 
 

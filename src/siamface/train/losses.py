@@ -1,90 +1,95 @@
-"""Loss and miner registries on top of pytorch-metric-learning.
+"""The loss registry, on top of pytorch-metric-learning.
 
 Each loss takes ``(embeddings, labels, indices_tuple=None)`` like a pml loss, so the training
 loop never branches on the loss type. Embeddings are L2-normalised, so every distance here is
 cosine-based (the article's TripletMarginLoss uses ``CosineSimilarity``).
+
+Adding a loss is one decorated builder ``(cfg, num_classes) -> nn.Module``; the config key
+``loss``, its ``--help`` text and validation pick it up from :data:`LOSS_REGISTRY`. Losses that hold
+one centre per identity (margin-softmax) are registered with ``classifier=True``: they take no
+miner and their centres learn at ``lr * head_lr_mult``. torch and pml are imported inside the
+builders so that ``siamface --help`` stays instant.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from pytorch_metric_learning import distances, losses, miners
-from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
-from torch import nn
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from siamface.model.network import PairHead
-from siamface.train.config import TrainConfig
+from siamface.registry import Registry
+from siamface.train.miners import build_miner  # noqa: F401 - re-exported (moved to miners.py)
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from siamface.train.config import TrainConfig
+
+LossBuilder = Callable[["TrainConfig", int], "nn.Module"]
+
+#: Every training loss by name (config key ``loss``).
+LOSS_REGISTRY: Registry[LossBuilder] = Registry("loss")
+register_loss = LOSS_REGISTRY.register
 
 
-class PairBCELoss(nn.Module):
-    """Binary cross-entropy on same/different pairs through a :class:`PairHead`.
+def _cosine():
+    from pytorch_metric_learning import distances
 
-    The article's third loss: the network predicts the probability that two faces are the
-    same person. Pairs come from the miner when one is set, otherwise all pairs in the batch;
-    positives and negatives are weighted equally because a batch holds far more negatives.
-    """
+    return distances.CosineSimilarity()
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.pair_head = PairHead()
 
-    def forward(
-        self, embeddings: torch.Tensor, labels: torch.Tensor, indices_tuple=None
-    ) -> torch.Tensor:
-        if indices_tuple is None:
-            a1, p, a2, n = lmu.get_all_pairs_indices(labels)
-        else:
-            a1, p, a2, n = lmu.convert_to_pairs(indices_tuple, labels)
-        terms = []
-        if len(a1):
-            cos = (embeddings[a1] * embeddings[p]).sum(1)
-            logits = self.pair_head.logits(cos)
-            terms.append(F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits)))
-        if len(a2):
-            cos = (embeddings[a2] * embeddings[n]).sum(1)
-            logits = self.pair_head.logits(cos)
-            terms.append(F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits)))
-        if not terms:
-            return embeddings.sum() * 0.0
-        return torch.stack(terms).mean()
+@register_loss("triplet", help="triplet margin on cosine similarity (the article's loss)")
+def triplet(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    from pytorch_metric_learning import losses
+
+    return losses.TripletMarginLoss(margin=cfg.margin, distance=_cosine(), swap=False)
+
+
+@register_loss("contrastive", help="pull positives towards 1, push negatives below margin")
+def contrastive(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    from pytorch_metric_learning import losses
+
+    # pml semantics for similarity-based distances: positives towards pos_margin=1,
+    # negatives below neg_margin.
+    return losses.ContrastiveLoss(pos_margin=1.0, neg_margin=cfg.margin, distance=_cosine())
+
+
+@register_loss("bce", help="same-person probability through a pair head (the article's BCE)")
+def bce(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    from siamface.train.pair_bce import PairBCELoss
+
+    return PairBCELoss()
+
+
+@register_loss("multi_similarity", help="multi-similarity loss (Wang et al., 2019)")
+def multi_similarity(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    from pytorch_metric_learning import losses
+
+    return losses.MultiSimilarityLoss(alpha=2.0, beta=50.0, base=0.5)
+
+
+@register_loss("arcface", help="additive angular margin softmax", classifier=True)
+def arcface(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    from pytorch_metric_learning import losses
+
+    return losses.ArcFaceLoss(
+        num_classes, cfg.embedding_size, margin=cfg.arc_margin, scale=cfg.softmax_scale
+    )
+
+
+@register_loss("cosface", help="additive cosine margin softmax", classifier=True)
+def cosface(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    from pytorch_metric_learning import losses
+
+    return losses.CosFaceLoss(
+        num_classes, cfg.embedding_size, margin=cfg.cos_margin, scale=cfg.softmax_scale
+    )
 
 
 def build_loss(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    """The configured loss; margin-softmax losses hold one centre per training identity."""
-    cos = distances.CosineSimilarity()
-    if cfg.loss == "triplet":
-        return losses.TripletMarginLoss(margin=cfg.margin, distance=cos, swap=False)
-    if cfg.loss == "contrastive":
-        # On cosine similarity: pull positives above 1 - margin... i.e. towards 1, push
-        # negatives below ``margin`` (pml semantics for similarity-based distances).
-        return losses.ContrastiveLoss(pos_margin=1.0, neg_margin=cfg.margin, distance=cos)
-    if cfg.loss == "multi_similarity":
-        return losses.MultiSimilarityLoss(alpha=2.0, beta=50.0, base=0.5)
-    if cfg.loss == "bce":
-        return PairBCELoss()
-    if cfg.loss == "arcface":
-        return losses.ArcFaceLoss(
-            num_classes, cfg.embedding_size, margin=cfg.arc_margin, scale=cfg.softmax_scale
-        )
-    if cfg.loss == "cosface":
-        return losses.CosFaceLoss(
-            num_classes, cfg.embedding_size, margin=cfg.cos_margin, scale=cfg.softmax_scale
-        )
-    raise ValueError(cfg.loss)  # unreachable: config validation lists the choices
+    """The configured loss; classifier losses hold one centre per training identity."""
+    return LOSS_REGISTRY.build(cfg.loss, cfg, num_classes)
 
 
-def build_miner(cfg: TrainConfig) -> miners.BaseMiner | None:
-    """Hard-example miner picking the informative pairs/triplets of each batch."""
-    cos = distances.CosineSimilarity()
-    if cfg.miner == "none":
-        return None
-    if cfg.miner == "batch_hard":
-        return miners.BatchHardMiner(distance=cos)
-    if cfg.miner == "semi_hard":
-        return miners.TripletMarginMiner(
-            margin=cfg.margin, distance=cos, type_of_triplets="semihard"
-        )
-    if cfg.miner == "multi_similarity":
-        return miners.MultiSimilarityMiner(epsilon=0.1, distance=cos)
-    raise ValueError(cfg.miner)
+def is_classifier(name: str) -> bool:
+    """Does loss ``name`` learn one centre per identity (and so take no miner)?"""
+    return bool(LOSS_REGISTRY.get(name).facts.get("classifier"))

@@ -1,9 +1,15 @@
-"""The article's optimizer + scheduler presets, built from one config.
+"""The article's optimizer + scheduler presets, one registry entry each, and parameter groups.
 
 Schedulers are stepped per *batch* (``step_schedule``) or per *epoch* with the validation
 metric (``epoch_schedule``), so the loop needs no knowledge of which preset is active. Cosine
 presets anneal over the run's real length: the smaller of the epoch count and the wall-clock
 budget, so a time-limited run ends at ``eta_min`` instead of being cut off at a high rate.
+
+Parameters reach the optimizer in *named* groups (``backbone``, ``head``, ``loss``), each with
+its own ``lr``; schedulers scale every group's base rate alike. A per-group learning rate or a
+freeze/unfreeze schedule therefore changes :func:`param_groups` (or sets ``requires_grad`` /
+``group["lr"]`` from a :class:`~siamface.train.callbacks.Callback`), never a preset.
+torch is imported inside functions so that ``siamface --help`` stays instant.
 """
 
 from __future__ import annotations
@@ -11,11 +17,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+from siamface.registry import Registry
 
-from siamface.train.config import TrainConfig
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from siamface.train.config import TrainConfig
 
 
 @dataclass
@@ -23,7 +33,7 @@ class OptimizerBundle:
     """An optimizer and the scheduler hooks that go with its preset."""
 
     optimizer: torch.optim.Optimizer
-    scheduler: object | None
+    scheduler: Any | None
     per_step: bool  # scheduler.step() after each batch (else after each epoch)
     on_metric: bool  # scheduler.step(metric) after validation (ReduceLROnPlateau)
     schedule_free: bool
@@ -50,8 +60,12 @@ class OptimizerBundle:
         if self.schedule_free:
             self.optimizer.eval()
 
-    def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
+    def lr(self, group: str | None = None) -> float:
+        """Current learning rate of the first group, or of the group called ``group``."""
+        for g in self.optimizer.param_groups:
+            if group is None or g.get("name") == group:
+                return float(g["lr"])
+        raise KeyError(group)
 
     def state_dict(self) -> dict:
         return {
@@ -65,13 +79,21 @@ class OptimizerBundle:
             self.scheduler.load_state_dict(state["scheduler"])
 
 
-def param_groups(model: nn.Module, loss: nn.Module, cfg: TrainConfig) -> list[dict[str, object]]:
-    """Model parameters at ``lr``; loss parameters (class centres, pair head) faster."""
-    groups: list[dict[str, object]] = [{"params": list(model.parameters()), "lr": cfg.lr}]
-    extra = [p for p in loss.parameters() if p.requires_grad]
-    if extra:
-        groups.append({"params": extra, "lr": cfg.lr * cfg.head_lr_mult})
-    return groups
+def param_groups(model: nn.Module, loss: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Named parameter groups: ``backbone`` and ``head`` at ``lr``, loss parameters (class
+    centres, pair head) at ``lr * head_lr_mult`` because they start from random values.
+
+    Empty groups are left out (a loss without parameters has no ``loss`` group).
+    """
+    backbone = getattr(model, "backbone", None)
+    bb_ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+    groups: list[dict[str, Any]] = [
+        {"name": "backbone", "params": [p for p in model.parameters() if id(p) in bb_ids]},
+        {"name": "head", "params": [p for p in model.parameters() if id(p) not in bb_ids]},
+        {"name": "loss", "params": [p for p in loss.parameters() if p.requires_grad]},
+    ]
+    mult = {"backbone": 1.0, "head": 1.0, "loss": cfg.head_lr_mult}
+    return [g | {"lr": cfg.lr * mult[g["name"]]} for g in groups if g["params"]]
 
 
 def cosine_lambda(cfg: TrainConfig, progress: Callable[[], float]) -> Callable[[int], float]:
@@ -86,49 +108,77 @@ def cosine_lambda(cfg: TrainConfig, progress: Callable[[], float]) -> Callable[[
     return f
 
 
+#: ``(groups, cfg, progress) -> OptimizerBundle``; ``progress()`` is the fraction (0..1) of
+#: the cosine period done, computed by the trainer from steps, ``t_max`` and the time budget.
+PresetBuilder = Callable[[list[dict], "TrainConfig", Callable[[], float]], OptimizerBundle]
+
+#: Every optimizer + scheduler preset by name (config key ``optimizer``).
+OPTIMIZER_REGISTRY: Registry[PresetBuilder] = Registry("optimizer preset", config_key="optimizer")
+register_optimizer = OPTIMIZER_REGISTRY.register
+
+
+def _adam_cosine(cls_name: str):
+    def build(groups: list[dict], cfg: TrainConfig, progress: Callable[[], float]):
+        import torch
+
+        cls = getattr(torch.optim, cls_name)
+        opt = cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(cfg, progress))
+        return OptimizerBundle(opt, sched, per_step=True, on_metric=False, schedule_free=False)
+
+    return build
+
+
+register_optimizer("adam_cosine", help="Adam, warm-up + cosine to eta_min")(_adam_cosine("Adam"))
+register_optimizer("adamw_cosine", help="AdamW, warm-up + cosine to eta_min (the article's)")(
+    _adam_cosine("AdamW")
+)
+
+
+@register_optimizer("adamw_plateau", help="AdamW, lr x plateau_factor when validation stalls")
+def adamw_plateau(groups: list[dict], cfg: TrainConfig, progress: Callable[[], float]):
+    import torch
+
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+    )
+    return OptimizerBundle(opt, sched, per_step=False, on_metric=True, schedule_free=False)
+
+
+@register_optimizer("sgd_step", help="SGD with momentum, lr x gamma every step_size epochs")
+def sgd_step(groups: list[dict], cfg: TrainConfig, progress: Callable[[], float]):
+    import torch
+
+    opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    return OptimizerBundle(opt, sched, per_step=False, on_metric=False, schedule_free=False)
+
+
+@register_optimizer("ranger_exponential", help="RAdam + Lookahead, lr x exp_gamma per epoch")
+def ranger_exponential(groups: list[dict], cfg: TrainConfig, progress: Callable[[], float]):
+    import torch
+    from timm.optim import Lookahead
+
+    # Ranger = RAdam + Lookahead (Wright, 2019).
+    base = torch.optim.RAdam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
+    opt = Lookahead(base)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.exp_gamma)
+    return OptimizerBundle(opt, sched, per_step=False, on_metric=False, schedule_free=False)
+
+
+@register_optimizer("schedule_free", help="schedule-free AdamW (no schedule; averaged weights)")
+def schedule_free(groups: list[dict], cfg: TrainConfig, progress: Callable[[], float]):
+    import schedulefree
+
+    opt = schedulefree.AdamWScheduleFree(
+        groups, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps, warmup_steps=cfg.warmup_steps
+    )
+    return OptimizerBundle(opt, None, per_step=False, on_metric=False, schedule_free=True)
+
+
 def build_optimizer(
     groups: Iterable[dict], cfg: TrainConfig, progress: Callable[[], float]
 ) -> OptimizerBundle:
-    """Create the preset named by ``cfg.optimizer``.
-
-    ``progress`` returns the fraction of the cosine period done (0..1); the trainer computes
-    it from steps, ``t_max`` and the wall-clock budget.
-    """
-    groups = list(groups)
-    name = cfg.optimizer
-    if name in ("adam_cosine", "adamw_cosine", "adamw_plateau"):
-        cls = torch.optim.Adam if name == "adam_cosine" else torch.optim.AdamW
-        opt = cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
-        if name == "adamw_plateau":
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
-            )
-            return OptimizerBundle(opt, sched, per_step=False, on_metric=True, schedule_free=False)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(cfg, progress))
-        return OptimizerBundle(opt, sched, per_step=True, on_metric=False, schedule_free=False)
-    if name == "sgd_step":
-        opt = torch.optim.SGD(
-            groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
-        return OptimizerBundle(opt, sched, per_step=False, on_metric=False, schedule_free=False)
-    if name == "ranger_exponential":
-        from timm.optim import Lookahead
-
-        # Ranger = RAdam + Lookahead (Wright, 2019).
-        base = torch.optim.RAdam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
-        opt = Lookahead(base)
-        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.exp_gamma)
-        return OptimizerBundle(opt, sched, per_step=False, on_metric=False, schedule_free=False)
-    if name == "schedule_free":
-        import schedulefree
-
-        opt = schedulefree.AdamWScheduleFree(
-            groups,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            eps=cfg.eps,
-            warmup_steps=cfg.warmup_steps,
-        )
-        return OptimizerBundle(opt, None, per_step=False, on_metric=False, schedule_free=True)
-    raise ValueError(name)  # unreachable: config validation lists the choices
+    """Create the preset named by ``cfg.optimizer`` over ``groups``."""
+    return OPTIMIZER_REGISTRY.build(cfg.optimizer, list(groups), cfg, progress)

@@ -1,4 +1,4 @@
-"""Resumable training state: RNG capture/restore and the atomically written state file.
+"""Resumable training state: progress counters, RNG capture/restore, the atomic state file.
 
 The state file is loaded with ``torch.load(weights_only=True)``, so it may only hold tensors,
 numbers, strings and containers; numpy's RNG state is converted to that form here.
@@ -6,8 +6,11 @@ numbers, strings and containers; numpy's RNG state is converted to that form her
 
 from __future__ import annotations
 
+import json
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +20,43 @@ from siamface.errors import SiamfaceError
 from siamface.model.checkpoint import atomic_write
 
 STATE_FILE = "train_state.pt"
+
+
+@dataclass
+class Progress:
+    """Counters that survive a resume."""
+
+    epoch: int = 0  # epochs fully completed
+    step_in_epoch: int = 0
+    global_step: int = 0
+    train_seconds: float = 0.0  # wall time spent in this run, across resumes
+    best_value: float | None = None
+    best_epoch: int | None = None
+    history: list[dict] = field(default_factory=list)
+
+    def to_state(self, elapsed: float) -> dict[str, Any]:
+        """Counters as state-file entries; ``elapsed`` is this process's training time."""
+        return {
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "train_seconds": self.train_seconds + elapsed,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "history": json.dumps(self.history),
+        }
+
+    @classmethod
+    def from_state(cls, st: dict[str, Any]) -> Progress:
+        return cls(
+            epoch=int(st["epoch"]),
+            step_in_epoch=int(st["step_in_epoch"]),
+            global_step=int(st["global_step"]),
+            train_seconds=float(st["train_seconds"]),
+            best_value=st["best_value"],
+            best_epoch=st["best_epoch"],
+            history=json.loads(st["history"]),
+        )
 
 
 def capture_rng() -> dict:

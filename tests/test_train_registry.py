@@ -1,0 +1,195 @@
+"""Registries, the pydantic config schema, shipped presets and the Trainer's extension seams."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from conftest import SHARED_DATA, TINY_BACKBONE
+from safetensors.torch import load_file
+
+from siamface.cli.main import main
+from siamface.errors import ConfigError
+from siamface.train.callbacks import Callback
+from siamface.train.config import config_help, make_config, preset_names
+from siamface.train.loop import Trainer
+from siamface.train.losses import LOSS_REGISTRY, build_loss, register_loss
+from siamface.train.objective import LossTerm
+
+FAST = [
+    f"backbone={TINY_BACKBONE}",
+    "pretrained=none",
+    "image_size=32",
+    "embedding_size=16",
+    "batch_size=16",
+    "val_identities=4",
+    "num_workers=0",
+    "precision=fp32",
+    "lr=1e-3",
+]
+
+
+@pytest.fixture
+def extra_loss():
+    """A loss registered for one test only: the registry is the single list of choices."""
+
+    @register_loss("test_only_l2", help="pull embeddings to the origin (test)")
+    def build(cfg, num_classes):
+        from torch import nn
+
+        class L2(nn.Module):
+            def forward(self, emb, labels, indices=None):
+                return (emb**2).sum(1).mean()
+
+        return L2()
+
+    yield "test_only_l2"
+    LOSS_REGISTRY.unregister("test_only_l2")
+
+
+def test_a_registered_loss_is_a_valid_choice_and_listed_in_help(extra_loss):
+    cfg = make_config(None, [f"loss={extra_loss}"])
+    assert cfg.loss == extra_loss
+    assert extra_loss in config_help()
+    emb = torch.nn.functional.normalize(torch.rand(4, 8), dim=1)
+    assert float(build_loss(cfg, 2)(emb, torch.tensor([0, 0, 1, 1])).detach()) == pytest.approx(1)
+
+
+def test_an_unregistered_loss_is_refused_with_a_hint():
+    with pytest.raises(ConfigError, match="did you mean 'triplet'"):
+        make_config(None, ["loss=triplett"])
+    assert "test_only_l2" not in config_help()
+
+
+@pytest.mark.parametrize(
+    "override,allowed",
+    [
+        ("image_size=100000", "[32, 1024]"),
+        ("num_workers=1000", "[-1, 64]"),
+        ("batch_size=1000000", "[2, 65536]"),
+        ("embedding_size=1", "[2, 8192]"),
+        ("epochs=0", "[1, 1000000]"),
+        ("lr=100", "(0, 10]"),
+        ("seed=-5", "[0, 4294967295]"),
+        ("m_per_class=5000", "[1, 1024]"),
+    ],
+)
+def test_absurd_values_are_refused_with_the_allowed_range(override, allowed):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{key} must be .*allowed range {re.escape(allowed)}"):
+        make_config(None, [override])
+
+
+def test_non_finite_numbers_are_refused():
+    with pytest.raises(ConfigError, match="lr must be a finite number"):
+        make_config(None, ["lr=.nan"])
+
+
+def test_cli_refuses_absurd_image_size_before_reading_data(tmp_path, capsys):
+    rc = main(
+        ["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]
+        + ["image_size=100000"]
+    )
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "image_size must be <= 1024" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("name", ["article", "cpu-laptop", "gpu-large"])
+def test_presets_ship_in_the_package_and_validate(name):
+    assert name in preset_names()
+    cfg = make_config(name, ["epochs=3"])
+    assert cfg.epochs == 3  # overrides apply on top of a preset
+
+
+def test_article_preset_matches_the_articles_script_constants():
+    article = sorted((SHARED_DATA.parent / "seeds").glob("001_*.txt"))
+    if not article:
+        pytest.skip("the article text is not available")
+    text = article[0].read_text(encoding="utf-8")
+
+    def const(name: str) -> float:
+        return float(re.search(rf"^{name} = ([0-9.e-]+)", text, re.M).group(1))
+
+    cfg = make_config("article")
+    assert cfg.embedding_size == const("embedding_size")
+    assert cfg.batch_size == const("batch_size")
+    assert cfg.m_per_class == const("sampler_m")
+    assert cfg.lr == const("lr") and cfg.weight_decay == const("weight_decay")
+    assert cfg.eps == const("eps") and cfg.eta_min == const("eta_min")
+    assert cfg.t_max == const("T_max") and cfg.epochs == const("num_epochs")
+    assert cfg.margin == const("margin")
+    assert f"transforms.Resize(({cfg.image_size}, {cfg.image_size}))" in text
+    assert f"create_model('{cfg.backbone}" in text
+    assert (cfg.loss, cfg.miner, cfg.augment) == ("triplet", "none", "article")
+
+
+def test_unknown_config_name_lists_the_presets(tmp_path):
+    with pytest.raises(ConfigError, match="presets: article, cpu-laptop, gpu-large"):
+        make_config(str(tmp_path / "nothing.yaml"))
+
+
+# ---------------------------------------------------------------- extension seams
+class CountingTerm(LossTerm):
+    """A second loss term: pulls embeddings towards a fixed reference, as distillation would."""
+
+    def __init__(self) -> None:
+        super().__init__("reference", weight=0.5)
+        self.calls = 0
+
+    def compute(self, batch):
+        self.calls += 1
+        ref = torch.nn.functional.normalize(torch.ones_like(batch.embeddings), dim=1)
+        return (1 - (batch.embeddings * ref).sum(1)).mean()
+
+
+class FreezeBackbone(Callback):
+    """Freeze schedule: backbone frozen in epoch 1; plus a validation before training."""
+
+    def __init__(self) -> None:
+        self.before = None
+        self.groups: list[str] = []
+
+    def on_train_start(self, trainer):
+        self.groups = [g["name"] for g in trainer.opt.optimizer.param_groups]
+        self.before, _ = trainer.evaluate()
+
+    def on_epoch_start(self, trainer):
+        for p in trainer.model.backbone.parameters():
+            p.requires_grad_(trainer.state.epoch >= 1)
+
+
+def test_extra_loss_term_freeze_callback_and_validation_before_training(pins_small, tmp_path):
+    term, cb = CountingTerm(), FreezeBackbone()
+
+    class WithReference(Trainer):
+        def build_objective(self):
+            objective = super().build_objective()
+            objective.add(term)
+            return objective
+
+    torch.manual_seed(0)
+    init = Trainer(make_config(None, FAST), [pins_small], tmp_path / "init", progress=False)
+    init._setup()
+    start = {k: v.clone() for k, v in init.model.state_dict().items()}
+    init.reporter.close()
+    t = WithReference(
+        make_config(None, [*FAST, "epochs=1"]),
+        [pins_small],
+        tmp_path / "run",
+        progress=False,
+        log=lambda s: None,
+        callbacks=[cb],
+    )
+    summary = t.run()
+    assert term.calls == summary["steps"] > 0
+    assert cb.groups == ["backbone", "head"]
+    assert cb.before is not None and 0 <= cb.before.auc <= 1
+    saved = load_file(str(tmp_path / "run" / "last.safetensors"))
+    after = {k.removeprefix("model."): v for k, v in saved.items() if k.startswith("model.")}
+    # BatchNorm running statistics move without gradients; every parameter must not.
+    frozen = [k for k, _ in init.model.backbone.named_parameters(prefix="backbone")]
+    assert frozen and all(torch.equal(after[k], start[k]) for k in frozen)
+    assert not torch.equal(after["head.weight"], start["head.weight"])
