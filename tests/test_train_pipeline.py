@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 from conftest import TINY_BACKBONE
+from PIL import Image
 from safetensors.torch import load_file
 
 from siamface.cli.main import main
@@ -154,12 +155,21 @@ def test_bad_images_are_skipped_and_listed(pins_small, tmp_path):
     (person / "notes.jpg").write_text("not an image")
     (data / "lonely").mkdir()
     shutil.copy(next(person.glob("*.jpg")), data / "lonely" / "only.jpg")
+    # issue 13: a 1x1 "photo", a broken link, a .gif and an empty person are reported too
+    Image.new("RGB", (1, 1)).save(person / "tiny.png")
+    (person / "ghost.jpg").symlink_to(tmp_path / "gone.jpg")
+    Image.new("RGB", (40, 40)).save(person / "anim.gif")
+    (data / "nobody").mkdir()
     out = tmp_path / "run"
     rc = main(["train", "--data", str(data), "--out", str(out), "--no-progress", *FAST, "epochs=1"])
     assert rc == 0
     report = json.loads((out / "dataset_report.json").read_text())
-    bad = {u["path"].rsplit("/", 1)[1] for u in report["unreadable"]}
-    assert bad == {"truncated.jpg", "empty.png", "notes.jpg"}
+    bad = {u["path"].rsplit("/", 1)[1]: u["reason"] for u in report["unreadable"]}
+    assert set(bad) == {"truncated.jpg", "empty.png", "notes.jpg", "tiny.png", "ghost.jpg"}
+    assert "image too small" in bad["tiny.png"] and "broken symbolic link" in bad["ghost.jpg"]
+    ignored = {u["path"].rsplit("/", 1)[1] for u in report["ignored_files"]}
+    assert {"anim.gif", "nobody"} <= ignored
+    assert report["empty_identities"] == [str(data / "nobody")]
     assert report["excluded_identities"] == ["lonely"]
     assert report["duplicates_across_identities"]  # the copied file lives under two people
 
@@ -169,7 +179,7 @@ def test_bad_images_are_skipped_and_listed(pins_small, tmp_path):
     [
         (["lr=-3"], "lr must be > 0"),
         (["batch_size=20", "m_per_class=8"], "multiple of m_per_class"),
-        (["backbone=resnet_nope"], "unknown timm backbone"),
+        (["backbone=resnet_nope"], "unknown backbone"),
         (["batch_size=64", "m_per_class=8", "val_identities=6"], "m_per_class"),
     ],
 )

@@ -46,6 +46,26 @@ class Embedder:
         e = np.exp(-np.abs(z))
         return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
+    def probe(self) -> None:
+        """Embed one grey face at load time: weights that overflow to NaN/Inf, or a graph
+        that disagrees with its metadata, fail when the model is opened (a server refuses to
+        start) instead of in the first request."""
+        size = self.preprocessing.image_size
+        try:
+            emb = self.embed_batch(np.full((1, 3, size, size), 128, dtype=np.uint8))
+        except SiamfaceError:
+            raise
+        except Exception as err:  # noqa: BLE001 - runtimes raise their own types
+            raise SiamfaceError(
+                f"{self.source}: the model cannot run on a {size}x{size} face as its header "
+                f"says ({str(err).strip()[:200]})"
+            ) from err
+        if emb.shape != (1, self.embedding_size):
+            raise SiamfaceError(
+                f"{self.source}: the model returns {emb.shape[1:]}-shaped embeddings, its "
+                f"header says {self.embedding_size}"
+            )
+
     def checked(self, emb: np.ndarray) -> np.ndarray:
         """Refuse non-finite embeddings: a broken model must fail loudly, never answer
         "different people, similarity nan" (or a REST 200 with null)."""

@@ -81,26 +81,7 @@ class OnnxEmbedder(Embedder):
         _check_graph_matches(
             path, inp.shape, out.shape, self.preprocessing.image_size, self.embedding_size
         )
-        self._probe()
-
-    def _probe(self) -> None:
-        """Embed one grey face at load time: NaN weights, or a graph that disagrees with its
-        metadata, fail here with the file's name instead of in the first request."""
-        size = self.preprocessing.image_size
-        try:
-            emb = self.embed_batch(np.full((1, 3, size, size), 128, dtype=np.uint8))
-        except SiamfaceError:
-            raise
-        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types
-            raise SiamfaceError(
-                f"{self.source}: the model cannot run on a {size}x{size} face as its metadata "
-                f"says ({str(err).strip()[:200]})"
-            ) from err
-        if emb.shape != (1, self.embedding_size):
-            raise SiamfaceError(
-                f"{self.source}: the model returns {emb.shape[1:]}-shaped embeddings, its "
-                f"metadata says {self.embedding_size}"
-            )
+        self.probe()
 
     @property
     def providers(self) -> list[str]:

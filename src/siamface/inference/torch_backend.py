@@ -36,6 +36,7 @@ class TorchEmbedder(Embedder):
         self.pair_head = (
             {k: float(v) for k, v in ckpt.pair_head.items()} if ckpt.pair_head else None
         )
+        self.probe()
 
     def embed_batch(self, pixels: np.ndarray) -> np.ndarray:
         import torch
