@@ -19,7 +19,7 @@ pytestmark = needs_data
 cv2 = pytest.importorskip("cv2")
 
 
-def _photos(n: int = 24):
+def _photos(n: int = 16):
     return sorted((SHARED_DATA / "celeba_wild").glob("*/*"))[:n]
 
 
@@ -47,7 +47,7 @@ def test_landmarks_agree_with_yuface_on_real_faces():
         assert match is not None, f"OpenCV YuNet missed the face yuface found in {path}"
         diffs.append(float(np.abs(match.landmarks - big.landmarks).max()) / max(big.size, 1))
         assert abs(match.score - big.score) < 0.05, path
-    assert found >= 20
+    assert found >= 14
     # within a few pixels: at most 4 % of the face size, typically ~1 %
     assert max(diffs) < 0.04 and float(np.median(diffs)) < 0.02, diffs
 

@@ -204,14 +204,21 @@ def test_full_disk_refused_before_work_previous_file_kept(
 
 def test_disk_filling_up_during_the_write(full_disk, tiny_checkpoint, pins_small, capsys):
     """Room for the up-front check but not for the output: clean failure, old file kept."""
-    out = full_disk / "m.safetensors"
-    out.write_bytes(b"previous checkpoint")
-    _fill(full_disk, leave=48 * 1024)  # the tiny checkpoint is ~0.5 MB
-    rc = main(["calibrate", "--model", str(tiny_checkpoint), "--data", str(pins_small),
-               "--out", str(out), *FAST])  # fmt: skip
-    err = capsys.readouterr().err
-    assert rc == 2 and f"cannot write {out}: the disk is full" in err, err
-    assert out.read_bytes() == b"previous checkpoint" and _no_tmp(full_disk) == []
+    ckpt, onnx = full_disk / "m.safetensors", full_disk / "m.onnx"
+    ckpt.write_bytes(b"previous checkpoint")
+    onnx.write_bytes(b"previous model")
+    _fill(full_disk, leave=48 * 1024)  # the tiny model is ~0.5 MB in either format
+    runs = {
+        ckpt: ["calibrate", "--model", tiny_checkpoint, "--data", pins_small, "--out", ckpt, *FAST],
+        onnx: ["export", "--model", tiny_checkpoint, "--out", onnx],
+    }
+    for out, argv in runs.items():
+        rc = main([str(x) for x in argv])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"cannot write {out}: the disk is full" in err, err
+        assert len(err.strip().splitlines()) == 1
+    assert ckpt.read_bytes() == b"previous checkpoint" and onnx.read_bytes() == b"previous model"
+    assert _no_tmp(full_disk) == []
 
 
 def test_prepare_on_a_disk_that_fills_stops_and_leaves_no_tmp(full_disk, tmp_path, capsys):
@@ -241,14 +248,15 @@ def _limited(argv: list[str], limit: int, cwd: Path) -> subprocess.CompletedProc
     )
 
 
-def test_write_failing_past_a_size_limit_keeps_previous_file(tiny_checkpoint, pins_small, tmp_path):
-    out = tmp_path / "m.onnx"
-    out.write_bytes(b"previous model")
-    r = _limited(["export", "--model", tiny_checkpoint, "--out", out], 64 * 1024, tmp_path)
+def test_write_failing_past_a_size_limit_keeps_previous_file(pins_small, tmp_path):
+    out = tmp_path / "pairs.txt"
+    out.write_bytes(b"previous pairs")
+    argv = ["pairs", "make", pins_small, "--folds", "2", "--per-fold", "20", "--out", out]
+    r = _limited(argv, 1024, tmp_path)  # the file is ~2.5 KB
     assert r.returncode == 2, r.stderr
     assert f"cannot write {out}" in r.stderr and "file size limit" in r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert out.read_bytes() == b"previous model" and _no_tmp(tmp_path) == []
+    assert out.read_bytes() == b"previous pairs" and _no_tmp(tmp_path) == []
 
 
 def test_prepare_past_a_size_limit_leaves_no_tmp_files(tmp_path):
