@@ -47,9 +47,10 @@ class Embedder:
         return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
     def probe(self) -> None:
-        """Embed one grey face at load time: weights that overflow to NaN/Inf, or a graph
-        that disagrees with its metadata, fail when the model is opened (a server refuses to
-        start) instead of in the first request."""
+        """Embed one grey face at load time: weights that give NaN/Inf, or a graph that
+        disagrees with its metadata, fail when the model is opened (a server refuses to
+        start) instead of in the first request. Used where the weights themselves cannot be
+        inspected cheaply (ONNX)."""
         size = self.preprocessing.image_size
         try:
             emb = self.embed_batch(np.full((1, 3, size, size), 128, dtype=np.uint8))

@@ -36,7 +36,8 @@ class TorchEmbedder(Embedder):
         self.pair_head = (
             {k: float(v) for k, v in ckpt.pair_head.items()} if ckpt.pair_head else None
         )
-        self.probe()
+        # No probe face here (unlike ONNX): the checkpoint's weights were checked tensor by
+        # tensor when loaded, and a probe forward pass costs more than all those checks.
 
     def embed_batch(self, pixels: np.ndarray) -> np.ndarray:
         import torch
