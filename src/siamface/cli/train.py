@@ -53,6 +53,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="configuration file, or a preset shipped with siamface (listed below)",
     )
     p.add_argument("--out", metavar="RUN_DIR", help="run directory to create")
+    p.add_argument(
+        "--unlabeled",
+        action="append",
+        metavar="DIR",
+        help="face images without identities, for distillation (repeatable; needs teacher=)",
+    )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--seed", type=int, help="random seed (same as seed=N)")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
@@ -76,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
             print(path.read_text(), end="")
         return 0
     overrides = list(args.overrides)
+    if args.unlabeled:
+        overrides.append("unlabeled=" + ",".join(str(Path(d).resolve()) for d in args.unlabeled))
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     from siamface.train.loop import Trainer

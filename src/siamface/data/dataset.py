@@ -8,6 +8,7 @@ worker is a cycle taken from the backward pass.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -69,7 +70,11 @@ def decode_images(
     arrays: list[np.ndarray] = []
     bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress, leave=False)
     if workers > 1 and len(jobs) > 64:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # A custom decoder (face detection) may run OpenMP code, which deadlocks in a child
+        # forked from a parent that already ran OpenMP (torch): start such workers from a
+        # clean fork server instead (seen: YuNet hanging in libgomp in every worker).
+        ctx = multiprocessing.get_context("forkserver") if decoder is not None else None
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             results = pool.map(_decode_one, jobs, chunksize=32)
             for i, (arr, err) in enumerate(results):
                 bar.update()
@@ -123,6 +128,10 @@ class FaceImageDataset(Dataset):
         self.paths = list(paths) if paths is not None else None
         self.transform = transform
         self.decoder = decoder
+        # Loss terms with per-image targets (distillation) need each image's index.
+        self.with_index = False
+        # Images [n_labeled:] have no identity (label -1): distillation-only faces.
+        self.n_labeled = len(self.labels)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -135,8 +144,10 @@ class FaceImageDataset(Dataset):
         arr = self.decoder(path) if self.decoder else resize_uint8(load_rgb(path), self.size)
         return hwc_to_chw(arr)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         img = self.raw(i)
         if self.transform is not None:
             img = self.transform(img)
+        if self.with_index:
+            return img, self.labels[i], torch.tensor(i)
         return img, self.labels[i]

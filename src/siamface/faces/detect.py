@@ -187,6 +187,18 @@ def _info(name: str) -> DetectorInfo:
     return _REGISTRY[name]
 
 
+def check_detector_available(name: str = DEFAULT_DETECTOR) -> None:
+    """Raise :class:`DetectorUnavailable` when ``name`` is unknown or neither its package nor
+    its stand-in's is installed, without creating the detector (safe before forking worker
+    processes)."""
+    info = _info(resolve_detector(name))
+    if not _installed(info):
+        raise DetectorUnavailable(
+            f"face detector {name!r} needs the package '{info.module}', which is not "
+            f"installed; install it with: {info.install}"
+        )
+
+
 @functools.lru_cache(maxsize=8)
 def get_detector(name: str = DEFAULT_DETECTOR, min_score: float = 0.5) -> FaceDetector:
     """The backend ``name``, loaded once per process (model weights load on first use).
@@ -194,13 +206,8 @@ def get_detector(name: str = DEFAULT_DETECTOR, min_score: float = 0.5) -> FaceDe
     Where ``name``'s package cannot be installed (``yuface`` on Python 3.12+ or ARM) its
     registered stand-in running the same model is returned instead.
     """
-    info = _info(resolve_detector(name))
-    if not _installed(info):
-        raise DetectorUnavailable(
-            f"face detector {name!r} needs the package '{info.module}', which is not "
-            f"installed; install it with: {info.install}"
-        )
-    return info.cls(min_score=float(min_score))
+    check_detector_available(name)
+    return _info(resolve_detector(name)).cls(min_score=float(min_score))
 
 
 def _unrotate(k: int, width: int, height: int) -> Callable[[np.ndarray], np.ndarray]:

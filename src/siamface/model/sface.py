@@ -77,6 +77,9 @@ class SFaceTrunk(nn.Module):
     """112 x 112 face -> 1024 x 7 x 7 feature map."""
 
     num_features = FEATURE_CHANNELS * FEATURE_SIZE * FEATURE_SIZE
+    #: forward() is the stem then each block in order: training code may run the first k
+    #: stages once and cache their output (siamface.train.feature_cache).
+    sequential = True
 
     def __init__(self) -> None:
         super().__init__()

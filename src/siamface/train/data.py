@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,31 +9,34 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from siamface.data.dataset import DecodedImages, FaceImageDataset, decode_images
-from siamface.data.folders import Sample, scan_identity_folders
+from siamface.data.dataset import (
+    DEFAULT_CACHE_LIMIT_BYTES,
+    DecodedImages,
+    FaceImageDataset,
+    decode_images,
+)
+from siamface.data.folders import Sample, scan_identity_folders, scan_images
 from siamface.data.marker import MARKER_NAME, check_complete, read_marker
 from siamface.data.report import DatasetReport, build_report
 from siamface.data.split import split_identities
 from siamface.data.transforms import Preprocessing, train_augmentation
 from siamface.errors import SiamfaceError
+from siamface.faces.cache import CachedAlignedDecoder
 from siamface.model.network import backbone_default_norm
 from siamface.system import usable_cpus
 from siamface.train.config import TrainConfig
 
 
-def _aligned_decode(pre: Preprocessing, path: str) -> np.ndarray:
-    # Module-level so that functools.partial of it pickles into decode worker processes.
-    from siamface.faces.align import aligned_loader
-
-    return aligned_loader(pre)(Path(path))
-
-
-def alignment_for(cfg: TrainConfig, data_dirs: list[str]) -> tuple[bool, dict, bool]:
+def alignment_for(
+    cfg: TrainConfig, data_dirs: list[str], model_aligned: bool = False
+) -> tuple[bool, dict, bool]:
     """Decide (aligned, align params, align on the fly) for a run.
 
     Folders written by ``siamface prepare`` carry a marker with the alignment they used; the
     checkpoint then records it, so verify/embed align raw photos the same way. ``align=true``
-    aligns raw folders during the decode pass instead.
+    aligns raw folders during the decode pass instead, and so does ``align=auto`` when the
+    starting model (``init``) was trained on aligned faces: a face model fed unaligned crops
+    is a different, worse model.
     """
     if cfg.align == "false":
         return False, {}, False
@@ -56,7 +58,7 @@ def alignment_for(cfg: TrainConfig, data_dirs: list[str]) -> tuple[bool, dict, b
                 "them with the same options (one model expects one kind of crop)"
             )
         return True, dict(aligns[0]), False
-    if cfg.align == "true":
+    if cfg.align == "true" or model_aligned:
         return True, {}, True
     return False, {}, False
 
@@ -84,17 +86,39 @@ def _rows(decoded: DecodedImages, picks: list[int]) -> torch.Tensor | None:
 
 
 def prepare_run_data(
-    cfg: TrainConfig, data_dirs: list[str], progress: bool = True, workers: int | None = None
+    cfg: TrainConfig,
+    data_dirs: list[str],
+    progress: bool = True,
+    workers: int | None = None,
+    base: Preprocessing | None = None,
 ) -> RunData:
-    """Scan, decode (listing unreadable files), report, split by identity, build datasets."""
+    """Scan, decode (listing unreadable files), report, split by identity, build datasets.
+
+    ``base``: the starting model's preprocessing (``init``), whose size, normalisation and
+    alignment the run must keep; otherwise they come from the config and the backbone.
+    """
     scan = scan_identity_folders(data_dirs)
-    aligned, align_params, on_the_fly = alignment_for(cfg, data_dirs)
-    mean, std = backbone_default_norm(cfg.backbone)
-    pre = Preprocessing(cfg.image_size, mean, std, aligned=aligned, align=align_params)
-    decoder = functools.partial(_aligned_decode, pre) if on_the_fly else None
+    aligned, align_params, on_the_fly = alignment_for(
+        cfg, data_dirs, model_aligned=bool(base and base.aligned)
+    )
+    if base is not None:
+        prepared_other = aligned and not on_the_fly and align_params and base.align
+        if prepared_other and align_params != base.align:
+            raise SiamfaceError(
+                "the data folders were prepared with other alignment settings than the "
+                f"starting model uses ({align_params} vs {base.align}); prepare them again "
+                "with the model's settings, or set align=false"
+            )
+        pre = Preprocessing(
+            base.image_size, base.mean, base.std, aligned=aligned, align=dict(base.align)
+        )
+    else:
+        mean, std = backbone_default_norm(cfg.backbone)
+        pre = Preprocessing(cfg.image_size, mean, std, aligned=aligned, align=align_params)
+    decoder = CachedAlignedDecoder(pre) if on_the_fly else None
     decoded = decode_images(
         [s.path for s in scan.samples],
-        cfg.image_size,
+        pre.image_size,
         workers=workers or usable_cpus(),
         progress=progress,
         desc="detecting + aligning faces" if on_the_fly else "decoding images",
@@ -132,12 +156,38 @@ def prepare_run_data(
     samples: list[Sample] = scan.samples
     train = FaceImageDataset(
         labels=[label_of[samples[i].identity] for i in tr_idx],
-        size=cfg.image_size,
+        size=pre.image_size,
         pixels=_rows(decoded, tr_idx),
         paths=[samples[i].path for i in tr_idx],
-        transform=train_augmentation(cfg.image_size, cfg.augment),
+        transform=train_augmentation(pre.image_size, cfg.augment),
         decoder=decoder,
     )
+    n_unlabeled = 0
+    if cfg.unlabeled_dirs():
+        # Faces without identities: appended after the labelled images with label -1; only
+        # the distillation terms use them (the sampler and the metric loss skip them).
+        extra = scan_images(cfg.unlabeled_dirs())
+        dec = decode_images(
+            extra,
+            pre.image_size,
+            workers=workers or usable_cpus(),
+            progress=progress,
+            desc="unlabeled faces",
+            decoder=decoder,
+            cache_limit_bytes=0 if train.pixels is None else DEFAULT_CACHE_LIMIT_BYTES,
+        )
+        if not dec.ok:
+            raise SiamfaceError("none of the unlabeled images could be used")
+        n_unlabeled = len(dec.ok)
+        train = FaceImageDataset(
+            labels=train.labels.tolist() + [-1] * n_unlabeled,
+            size=pre.image_size,
+            pixels=None if train.pixels is None else torch.cat([train.pixels, dec.pixels]),
+            paths=list(train.paths) + [extra[i] for i in dec.ok],
+            transform=train.transform,
+            decoder=decoder,
+        )
+    train.n_labeled = len(train) - n_unlabeled
     val_label_of = {ident: k for k, ident in enumerate(val_ids)}
     return RunData(
         train=train,

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from siamface.errors import SiamfaceError
 from siamface.evaluate.metrics import VerificationMetrics
+from siamface.faces.cache import file_digest
 from siamface.model.checkpoint import Checkpoint
 from siamface.model.network import ModelConfig, build_model
 from siamface.system import loader_workers, usable_cpus
@@ -37,12 +38,23 @@ from siamface.train.checkpoints import build_checkpoint, save_epoch_checkpoints
 from siamface.train.config import TrainConfig, make_config
 from siamface.train.data import RunData, prepare_run_data
 from siamface.train.device import autocast_dtype, pick_device, use_bf16  # noqa: F401
+from siamface.train.distill import DistillationTerm, ensemble, teacher_embeddings
+from siamface.train.feature_cache import FeatureCacheSwitch, cache_possible
+from siamface.train.freeze import FreezeSchedule
 from siamface.train.losses import build_loss
 from siamface.train.miners import build_miner
 from siamface.train.objective import MetricLossTerm, Objective
 from siamface.train.optim import build_optimizer, param_groups
 from siamface.train.reporting import EpochMeter, Reporter
 from siamface.train.rundir import RunDir
+from siamface.train.start import (
+    StartingModel,
+    class_means,
+    compare_with_start,
+    embed_dataset,
+    init_class_centres,
+    not_worse,
+)
 from siamface.train.state import (
     Progress,
     capture_rng,
@@ -125,24 +137,38 @@ class Trainer:
         self.bf16 = self.autocast is torch.bfloat16
         if self._resume_state is None:
             seed_everything(cfg.seed)
+        # The starting model (init) decides architecture, sizes and preprocessing; it is
+        # resolved first so that a bad name or file fails before any work.
+        self.start = StartingModel.resolve(cfg.init) if cfg.init else None
+        if self.start is not None:
+            cfg = self.cfg = self.start.apply(cfg)
         self.files.create()
         self.log(f"run directory: {self.run_dir}")
         # Model and weights first: a bad backbone name or an unreachable hub must fail before
         # minutes are spent decoding the dataset.
         self.model_cfg = ModelConfig(backbone=cfg.backbone, embedding_size=cfg.embedding_size)
         self.model = build_model(self.model_cfg)
-        if self._resume_state is None:
-            self.weights_source = load_weights(self.model.backbone, cfg.backbone, cfg.pretrained)
-        else:
+        if self._resume_state is not None:
             self.weights_source = "resumed"
-        self.data: RunData = prepare_run_data(cfg, self.data_dirs, progress=self.show_progress)
+        elif self.start is not None:
+            self.model.load_state_dict(self.start.checkpoint.state_dict)
+            self.weights_source = f"init {self.start.name}"
+        else:
+            self.weights_source = load_weights(self.model.backbone, cfg.backbone, cfg.pretrained)
+        self.data: RunData = prepare_run_data(
+            cfg,
+            self.data_dirs,
+            progress=self.show_progress,
+            base=self.start.preprocessing if self.start is not None else None,
+        )
         self.reporter.dataset(self.data)
         self.pre = self.data.preprocessing
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.objective = self.build_objective().to(self.device)
-        self.steps_per_epoch = max(1, len(self.data.train) // cfg.batch_size)
+        self._add_reference_terms()
+        self.steps_per_epoch = max(1, self.data.train.n_labeled // cfg.batch_size)
         self.opt = build_optimizer(self.build_param_groups(), cfg, self._schedule_progress)
         self.step_fn = TrainStep(
             self.model,
@@ -159,12 +185,18 @@ class Trainer:
         from pytorch_metric_learning.samplers import MPerClassSampler
 
         self.sampler = MPerClassSampler(
-            self.data.train.labels.tolist(),
+            self.data.train.labels[: self.data.train.n_labeled].tolist(),
             m=cfg.m_per_class,
             batch_size=cfg.batch_size,
             length_before_new_iter=self.steps_per_epoch * cfg.batch_size,
         )
         self.workers = cfg.num_workers if cfg.num_workers >= 0 else loader_workers()
+        if cfg.freeze_epochs or cfg.trainable != "all" or cfg.bn_frozen:
+            schedule = FreezeSchedule(cfg.freeze_epochs, cfg.trainable, cfg.bn_frozen)
+            self.callbacks.callbacks.append(schedule)
+            if cache_possible(cfg):
+                self.callbacks.callbacks.append(FeatureCacheSwitch(schedule))
+                self.data.train.with_index = True
         if self._resume_state is not None:
             self.load_state_dict(self._resume_state)
         else:
@@ -181,6 +213,83 @@ class Trainer:
         (``objective.add(term)``) to train with extra terms such as distillation."""
         loss_fn = build_loss(self.cfg, len(self.data.train_identities))
         return Objective([MetricLossTerm(loss_fn, build_miner(self.cfg))])
+
+    def _add_reference_terms(self) -> None:
+        """Loss terms and initial values that need other models' embeddings of the training
+        images: the starting model's (``keep_close``, class-mean centres) and the teachers'
+        (distillation). Computed once per run; teacher embeddings are cached on disk."""
+        cfg = self.cfg
+        train = self.data.train
+        dim = cfg.embedding_size
+        classifier = hasattr(self.loss_fn, "W")
+        need_start = self.start is not None and (
+            cfg.keep_close > 0 or (classifier and cfg.class_mean_centres)
+        )
+        if need_start:
+            ref = self._start_embeddings()
+            if classifier and cfg.class_mean_centres and self._resume_state is None:
+                n = train.n_labeled
+                centres = class_means(ref[:n], train.labels[:n], len(self.data.train_identities))
+                if init_class_centres(self.loss_fn, centres):
+                    self.log("class centres start at each identity's mean embedding")
+            if cfg.keep_close > 0:
+                self.objective.add(
+                    DistillationTerm(
+                        "keep_close",
+                        ref,
+                        torch.ones(len(ref), dtype=torch.bool),
+                        dim,
+                        cfg.keep_close,
+                        0.0,
+                    ).to(self.device)
+                )
+        teachers = cfg.teachers()
+        if teachers:
+            if train.paths is None:
+                raise SiamfaceError("distillation needs the training images' file paths")
+            digests = [file_digest(p) for p in train.paths]
+            parts, masks = [], []
+            for spec in teachers:
+                emb, ok = teacher_embeddings(
+                    spec, train.paths, digests, progress=self.show_progress, log_fn=self.log
+                )
+                parts.append(emb)
+                masks.append(ok)
+                self.log(f"teacher {spec}: {int(ok.sum())}/{len(ok)} training images embedded")
+            targets, valid = ensemble(parts, masks)
+            self.objective.add(
+                DistillationTerm(
+                    "distill",
+                    torch.from_numpy(targets),
+                    torch.from_numpy(valid),
+                    dim,
+                    cfg.distill_embedding,
+                    cfg.distill_relational,
+                ).to(self.device)
+            )
+        if any(isinstance(t, DistillationTerm) for t in self.objective.terms):
+            self.data.train.with_index = True
+
+    def _start_embeddings(self) -> torch.Tensor:
+        """The starting model's embedding of every training image (kept in the run folder,
+        so a resume, whose model is no longer the start, reuses them)."""
+        from safetensors.torch import load_file, save_file
+
+        path = self.run_dir / "start_embeddings.safetensors"
+        if path.is_file():
+            t = load_file(str(path))["embeddings"]
+            if len(t) == len(self.data.train):
+                return t
+        if self._resume_state is not None:
+            model = build_model(self.model_cfg)
+            model.load_state_dict(self.start.checkpoint.state_dict)
+            model.to(self.device)
+        else:
+            model = self.model
+        self.log(f"embedding {len(self.data.train)} training images with the starting model")
+        t = embed_dataset(model, self.data.train, self.pre, self.device).contiguous()
+        save_file({"embeddings": t}, str(path))
+        return t
 
     def build_param_groups(self) -> list[dict[str, Any]]:
         """Named optimizer groups (``backbone``, ``head``, ``loss``) with their lr. Override
@@ -234,15 +343,34 @@ class Trainer:
         return bool(b) and self.state.train_seconds + self._elapsed() >= b * 60
 
     # ------------------------------------------------------------------ steps
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
-        return self.step_fn(x, y)
+    def _train_step(
+        self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None
+    ) -> StepResult:
+        return self.step_fn(x, y, index)
 
     def _epoch_loader(self) -> DataLoader:
         """This epoch's batches from the current step on (the sampler's order is fixed by
         the RNG state at the epoch's start, so a resume replays it and skips what was done)."""
-        order = list(iter(self.sampler))[self.state.step_in_epoch * self.cfg.batch_size :]
+        order = list(iter(self.sampler))
+        train = self.data.train
+        if train.n_labeled < len(train):
+            # Each batch also gets unlabeled faces (distillation only), drawn with the epoch's
+            # RNG right after the order, so a resume replays the same batches.
+            b, u = self.cfg.batch_size, self.cfg.unlabeled_per_batch
+            n_batches = len(order) // b
+            extra = torch.randint(train.n_labeled, len(train), (n_batches, u)).tolist()
+            batches = [order[i * b : (i + 1) * b] + extra[i] for i in range(n_batches)]
+            return DataLoader(
+                train,
+                batch_sampler=batches[self.state.step_in_epoch :],
+                num_workers=self.workers,
+                worker_init_fn=_worker_init,
+                prefetch_factor=4 if self.workers else None,
+                persistent_workers=False,
+            )
+        order = order[self.state.step_in_epoch * self.cfg.batch_size :]
         return DataLoader(
-            self.data.train,
+            train,
             batch_size=self.cfg.batch_size,
             sampler=order,
             drop_last=True,
@@ -263,8 +391,8 @@ class Trainer:
         meter = self.reporter.epoch_meter(
             self.steps_per_epoch, s.step_in_epoch, f"epoch {s.epoch + 1}/{cfg.epochs}"
         )
-        for x, y in loader:
-            result = self._train_step(x, y)
+        for batch in loader:
+            result = self._train_step(*batch)
             if not math.isfinite(result.loss):
                 raise SiamfaceError(
                     f"loss became {result.loss} at step {s.global_step}: lower lr "
@@ -296,6 +424,8 @@ class Trainer:
         last_save = [time.perf_counter()]
         stop_reason = f"{cfg.epochs} epochs done"
         self.callbacks.on_train_start(self)
+        if self.start is not None and not s.history:
+            self.validate_start()
         try:
             while s.epoch < cfg.epochs:
                 if self._out_of_time():
@@ -341,8 +471,52 @@ class Trainer:
             cfg.calib_far,
             len(self.data.val_identities),
         )
+        start = self.start_record()
+        if start is not None and summary.get("best"):
+            summary["vs_start"] = compare_with_start(summary["best"], start)
+            summary["init"] = self.start.info()
+            self.files.write_json("summary.json", summary)
+            self.log(summary["vs_start"]["verdict"])
         self.callbacks.on_train_end(self, summary)
         return summary
+
+    def start_record(self) -> dict[str, Any] | None:
+        """The history entry of the starting model (epoch 0), if this run has one."""
+        return next((h for h in self.state.history if h.get("epoch") == 0), None)
+
+    def validate_start(self) -> None:
+        """Epoch 0: the starting model on the validation identities, saved as the first
+        ``best`` so that a fine-tune that never beats it leaves the start as the result."""
+        s = self.state
+        m, val_time = self.evaluate()
+        record: dict[str, Any] = {
+            "epoch": 0,
+            "complete": True,
+            "train_loss": None,
+            "lr": None,
+            "images_per_s": None,
+            "epoch_seconds": 0.0,
+            "val_seconds": val_time,
+            "starting_model": self.start.name,
+        }
+        ckpt = self.checkpoint(m, 0)
+        if m is not None:
+            record |= {
+                "val_auc": m.auc,
+                "val_eer": m.eer,
+                "val_tar_at_far_1e-3": m.tar_at_far.get("1e-03"),
+                "val_accuracy": m.best_accuracy,
+                "val_threshold": ckpt.threshold["value"] if ckpt.threshold else None,
+            }
+            s.best_value, s.best_epoch = metric_value(m, self.cfg.select_metric), 0
+        save_epoch_checkpoints(ckpt, self.run_dir, best=True)
+        s.history.append(record)
+        self.files.write_json("history.json", s.history)
+        self.log(
+            f"epoch 0 (starting model {self.start.name})"
+            + (f": val {m.headline()}" if m is not None else "")
+        )
+        self.opt.train_mode()
 
     # ------------------------------------------------------------------ epoch end
     def evaluate(self) -> tuple[VerificationMetrics | None, float]:
@@ -384,6 +558,10 @@ class Trainer:
                 "loss": self.cfg.loss,
                 "optimizer": self.cfg.optimizer,
                 "weights_source": self.weights_source,
+                "init": self.start.info() if self.start is not None else None,
+                "train_identities": len(self.data.train_identities),
+                "train_images": self.data.train.n_labeled,
+                "unlabeled_images": len(self.data.train) - self.data.train.n_labeled,
                 "data": self.data_dirs,
                 "val_identities": len(self.data.val_identities),
                 "val_metrics": m.to_dict() if m else None,
@@ -416,6 +594,13 @@ class Trainer:
             }
             value = metric_value(m, cfg.select_metric)
             improved = is_better(value, s.best_value, cfg.select_metric)
+            start = self.start_record()
+            if improved and cfg.not_worse and start is not None and not not_worse(record, start):
+                improved = False
+                self.log(
+                    f"epoch {record['epoch']} is worse than the starting model on a validation "
+                    "metric: not kept as best"
+                )
             if improved:
                 s.best_value, s.best_epoch = value, record["epoch"]
             self.opt.epoch_schedule(m.eer)

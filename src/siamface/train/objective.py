@@ -53,6 +53,8 @@ class MetricLossTerm(LossTerm):
 
     def compute(self, batch: Batch) -> torch.Tensor:
         emb, y = batch.embeddings, batch.labels
+        if bool((y < 0).any()):  # unlabeled faces (distillation only) carry label -1
+            emb, y = emb[y >= 0], y[y >= 0]
         indices = self.miner(emb, y) if self.miner is not None else None
         return self.loss_fn(emb, y, indices) if indices is not None else self.loss_fn(emb, y)
 

@@ -65,10 +65,13 @@ class TrainStep:
             emb = self.model(x)
         return emb.float()
 
-    def __call__(self, x_uint8: torch.Tensor, y: torch.Tensor) -> StepResult:
+    def __call__(
+        self, x_uint8: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None
+    ) -> StepResult:
         x = self.inputs(x_uint8)
         y = y.to(self.device)
-        batch = Batch(inputs=x, labels=y, embeddings=self.embed(x))
+        extras = {"index": index} if index is not None else {}
+        batch = Batch(inputs=x, labels=y, embeddings=self.embed(x), extras=extras)
         loss, parts = self.objective(batch)
         self.opt.optimizer.zero_grad(set_to_none=True)
         loss.backward()
