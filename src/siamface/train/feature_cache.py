@@ -73,6 +73,31 @@ class PrefixFeatureCache:
                 f = stage(f)
         return F.normalize(self.model.head(f), dim=1)
 
+    @torch.no_grad()
+    def fill_all(
+        self, dataset, pre, device: torch.device, channels_last: bool, batch_size: int = 128
+    ) -> torch.Tensor:
+        """Compute every image's prefix features (eval mode) and return the whole model's
+        embeddings of the images: the starting model's embeddings come out of the same
+        forward pass that fills the cache."""
+        from siamface.data.transforms import normalize_batch
+
+        was = self.model.training
+        self.model.eval()
+        out = []
+        for start in range(0, len(dataset), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(dataset)))
+            if dataset.pixels is not None:
+                x = dataset.pixels[start : int(idx[-1]) + 1]
+            else:
+                x = torch.stack([dataset.raw(int(i)) for i in idx])
+            x = normalize_batch(x, pre).to(device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out.append(self.suffix(self.features(x, idx)).float().cpu())
+        self.model.train(was)
+        return torch.cat(out) if out else torch.zeros(0, 0)
+
     def features(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         idx = index.cpu().long()
         missing = ~self.filled[idx]
@@ -130,25 +155,60 @@ class CachedPrefixStep(TrainStep):
 
 class FeatureCacheSwitch(Callback):
     """Each epoch, run steps on cached prefix features when the frozen layers allow it
-    (after :class:`~siamface.train.freeze.FreezeSchedule` has set this epoch's policy)."""
+    (after :class:`~siamface.train.freeze.FreezeSchedule` has set this epoch's policy).
 
-    def __init__(self, schedule: FreezeSchedule) -> None:
+    One cache serves the whole run when it can: the boundary of the ``trainable`` phase (the
+    smaller prefix) also serves the frozen-backbone epochs before it, whose remaining frozen
+    stages then run forward only. So each image goes through the early layers once per run.
+    """
+
+    def __init__(self, schedule: FreezeSchedule, model: nn.Module, n_images: int) -> None:
         self.schedule = schedule
-        self.caches: dict[int, PrefixFeatureCache] = {}
+        later = frozen_prefix(model, schedule.policy, backbone_frozen=False)
+        self.run_k = later  # None: the trainable phase trains the whole backbone
+        self.n_images = n_images
+        self.cache: PrefixFeatureCache | None = None
         self.base: TrainStep | None = None
+
+    def _cache_for(self, model: nn.Module, k: int) -> PrefixFeatureCache:
+        if self.cache is None or self.cache.k != k:
+            self.cache = PrefixFeatureCache(model, k, self.n_images)
+        return self.cache
+
+    def prefill(self, trainer: Trainer) -> torch.Tensor | None:
+        """Fill the run's cache while computing the starting model's embeddings; None when
+        the run has no cacheable boundary from its first epoch on."""
+        k = self.boundary(trainer.model, 0)
+        if k is None:
+            return None
+        cache = self._cache_for(trainer.model, k)
+        trainer.log(self._describe(trainer.model, k))
+        return cache.fill_all(
+            trainer.data.train, trainer.pre, trainer.device, trainer.cfg.channels_last
+        )
+
+    @staticmethod
+    def _describe(model: nn.Module, k: int) -> str:
+        n = len(backbone_stages(model.backbone))
+        where = "the whole backbone" if k == n else f"the first {k} of {n} backbone stages"
+        return f"caching the output of {where} (frozen, augment=none)"
+
+    def boundary(self, model: nn.Module, epoch: int) -> int | None:
+        frozen = self.schedule.backbone_frozen(epoch)
+        if self.run_k is not None:
+            return self.run_k
+        return frozen_prefix(model, self.schedule.policy, frozen)
 
     def on_epoch_start(self, trainer: Trainer) -> None:
         if self.base is None:
             self.base = trainer.step_fn
-        frozen = self.schedule.backbone_frozen(trainer.state.epoch)
-        k = frozen_prefix(trainer.model, self.schedule.policy, frozen)
+        k = self.boundary(trainer.model, trainer.state.epoch)
         if k is None:
             trainer.step_fn = self.base
-            self.caches.clear()  # the next phase trains the prefix: its features change
+            self.cache = None  # this phase trains the prefix: its features change
             return
-        if k not in self.caches:
-            self.caches = {k: PrefixFeatureCache(trainer.model, k, len(trainer.data.train))}
-            n = len(backbone_stages(trainer.model.backbone))
-            where = "the whole backbone" if k == n else f"the first {k} of {n} backbone stages"
-            trainer.log(f"caching the output of {where} (frozen, augment=none)")
-        trainer.step_fn = CachedPrefixStep(self.base, self.caches[k])
+        fresh = self.cache is None or self.cache.k != k
+        cache = self._cache_for(trainer.model, k)
+        if fresh:
+            trainer.log(self._describe(trainer.model, k))
+        trainer.step_fn = CachedPrefixStep(self.base, cache)

@@ -166,6 +166,14 @@ class Trainer:
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.feature_cache: FeatureCacheSwitch | None = None
+        if cfg.freeze_epochs or cfg.trainable != "all" or cfg.bn_frozen:
+            schedule = FreezeSchedule(cfg.freeze_epochs, cfg.trainable, cfg.bn_frozen)
+            self.callbacks.callbacks.append(schedule)
+            if cache_possible(cfg):
+                self.feature_cache = FeatureCacheSwitch(schedule, self.model, len(self.data.train))
+                self.callbacks.callbacks.append(self.feature_cache)
+                self.data.train.with_index = True
         self.objective = self.build_objective().to(self.device)
         self._add_reference_terms()
         self.steps_per_epoch = max(1, self.data.train.n_labeled // cfg.batch_size)
@@ -191,12 +199,6 @@ class Trainer:
             length_before_new_iter=self.steps_per_epoch * cfg.batch_size,
         )
         self.workers = cfg.num_workers if cfg.num_workers >= 0 else loader_workers()
-        if cfg.freeze_epochs or cfg.trainable != "all" or cfg.bn_frozen:
-            schedule = FreezeSchedule(cfg.freeze_epochs, cfg.trainable, cfg.bn_frozen)
-            self.callbacks.callbacks.append(schedule)
-            if cache_possible(cfg):
-                self.callbacks.callbacks.append(FeatureCacheSwitch(schedule))
-                self.data.train.with_index = True
         if self._resume_state is not None:
             self.load_state_dict(self._resume_state)
         else:
@@ -287,7 +289,12 @@ class Trainer:
         else:
             model = self.model
         self.log(f"embedding {len(self.data.train)} training images with the starting model")
-        t = embed_dataset(model, self.data.train, self.pre, self.device).contiguous()
+        t = None
+        if model is self.model and self.feature_cache is not None:
+            t = self.feature_cache.prefill(self)  # one forward pass fills the cache too
+        if t is None:
+            t = embed_dataset(model, self.data.train, self.pre, self.device)
+        t = t.contiguous()
         save_file({"embeddings": t}, str(path))
         return t
 
