@@ -148,7 +148,11 @@ def never_worse(arm: dict, ref: dict) -> bool:
 
 
 def train_job(name: str, work: Path, data: Path, budget: float, args: list[str], seed: int):
+    """``siamface train`` with options first and every key=value after them (argparse does
+    not collect positionals on both sides of an option)."""
     run = work / f"run_{name}"
+    opts = [a for a in args if "=" not in a]
+    keys = [a for a in args if "=" in a]
     cmd = [
         *SIAMFACE,
         "train",
@@ -157,9 +161,10 @@ def train_job(name: str, work: Path, data: Path, budget: float, args: list[str],
         "--out",
         str(run),
         "--no-progress",
+        *opts,
         f"time_budget_min={budget}",
         f"seed={seed}",
-        *args,
+        *keys,
     ]
     return name, cmd, run
 

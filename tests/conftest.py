@@ -59,3 +59,16 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
         threshold={"value": 0.5, "target_far": 1e-3, "method": "test", "source": "fixture"},
     )
     return save_checkpoint(ckpt, tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """A real Milvus-protocol server (milvus-lite's gRPC server, tests/milvus_server.py),
+    started once per session on a free port and stopped at the end."""
+    pytest.importorskip("pymilvus", reason="the 'milvus' extra is not installed")
+    pytest.importorskip("milvus_lite", reason="the 'milvus' extra is not installed")
+    from milvus_server import MilvusServer
+
+    server = MilvusServer(tmp_path_factory.mktemp("milvus") / "server").start()
+    yield server
+    server.close()

@@ -15,7 +15,7 @@ import pytest
 from siamface.errors import SiamfaceError
 from siamface.gallery import UNKNOWN, Gallery, ModelMismatchError, NewPerson
 from siamface.gallery import index as index_mod
-from siamface.gallery.gallery import INDEX_NAME
+from siamface.gallery.sync import INDEX_NAME
 
 FP = "f" * 16
 DIM = 32
@@ -294,3 +294,51 @@ def test_empty_gallery_answers_unknown(tmp_path):
         (r,) = g.search(np.ones(DIM, np.float32), top_k=3, fingerprint=FP)
         assert r.identity == UNKNOWN and r.score is None and r.matches == []
         assert g.people() == [] and len(g) == 0
+
+
+def _jpeg(colour=(200, 30, 30), size=(112, 112), noise: bool = False) -> bytes:
+    import io
+
+    from PIL import Image
+
+    if noise:  # incompressible pixels: a large JPEG
+        arr = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+        img = Image.fromarray(arr)
+    else:
+        img = Image.new("RGB", size, colour)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=100)
+    return buf.getvalue()
+
+
+def test_thumbnails_stored_kept_on_append_and_refused_when_too_large(gallery, tmp_path, rng):
+    from siamface.gallery.thumbnail import MAX_THUMBNAIL_BYTES, make_thumbnail
+
+    assert gallery.thumbnail("p00") is None and gallery.thumbnail("nobody") is None
+    first = make_thumbnail(np.full((300, 200, 3), 90, np.uint8))
+    import io
+
+    from PIL import Image
+
+    assert max(Image.open(io.BytesIO(first)).size) == 112 and len(first) <= MAX_THUMBNAIL_BYTES
+    v = unit(rng.standard_normal((2, DIM)))
+    gallery.enroll("thumbed", v[:1], fingerprint=FP, thumbnail=first)
+    assert gallery.thumbnail("thumbed") == first
+    # appending keeps the first face; a person without one gets the appended one
+    gallery.enroll("thumbed", v[1:], fingerprint=FP, append=True, thumbnail=_jpeg())
+    assert gallery.thumbnail("thumbed") == first
+    gallery.enroll("p01", v[1:], fingerprint=FP, append=True, thumbnail=_jpeg())
+    assert gallery.thumbnail("p01") == _jpeg()
+    big = _jpeg(size=(400, 400), noise=True)
+    assert len(big) > MAX_THUMBNAIL_BYTES
+    before = snapshot(gallery)
+    for bad, msg in ((big, "at most 32768"), (b"GIF89a...", "not a JPEG"), ("x", "JPEG bytes")):
+        with pytest.raises(SiamfaceError, match=msg):
+            gallery.enroll("toolarge", v[:1], fingerprint=FP, thumbnail=bad)
+    assert snapshot(gallery) == before and "toolarge" not in gallery
+    gallery.remove("thumbed")  # removed with the person
+    gallery.enroll("thumbed", v[:1], fingerprint=FP)
+    assert gallery.thumbnail("thumbed") is None
+    gallery.close()
+    with Gallery.open(tmp_path / "g") as again:
+        assert again.thumbnail("p01") == _jpeg()

@@ -3,7 +3,10 @@ enrollment planning (folders, names, bad images, images without a face)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from siamface.data.images import ImageLoadError, load_rgb
 from siamface.data.transforms import Preprocessing, resize_uint8
 from siamface.embed import embed_files
 from siamface.errors import SiamfaceError
-from siamface.gallery import Gallery
+from siamface.gallery import Gallery, NewPerson
 from siamface.gallery.enroll import embed_plan, plan_enrollment
 from siamface.inference import Embedder
 
@@ -67,6 +70,11 @@ def test_enroll_identify_list_remove(capsys, tiny_checkpoint, people, tmp_path):
     assert [p["name"] for p in info["people"]] == names
     assert info["people"][0]["metadata"] == {"site": "hq"}
     assert info["gallery"]["threshold"] == 0.5  # the model's threshold by default
+    # each person's first face, as the model sees it (64 px input), as a small JPEG
+    with Gallery.open(g) as gal:
+        thumb = gal.thumbnail(names[0])
+    face = Image.open(io.BytesIO(thumb))
+    assert face.format == "JPEG" and face.size == (64, 64)
     # identify an enrolled image: its person ranks first with a high score
     probe = sorted((people / names[2]).iterdir())[0]
     rc, out, _ = run_cli(capsys, "identify", g, probe, "--top-k", "3", "--json")
@@ -263,3 +271,194 @@ def test_evaluate_1n_cli(capsys, tiny_checkpoint, pins_small, tmp_path):
         capsys, "evaluate-1n", "--model", tiny_checkpoint, "--data", pins_small, "--strangers", "11"
     )
     assert "stranger" in err
+
+
+def test_cli_on_a_milvus_gallery_and_migrate(
+    capsys, tiny_checkpoint, people, tmp_path, milvus_server
+):
+    """The same commands against a Milvus server, then `gallery migrate` to a folder."""
+    spec = milvus_server.spec("cli_gallery")
+    rc, out, err = run_cli(
+        capsys,
+        "gallery",
+        "enroll",
+        spec,
+        "--model",
+        tiny_checkpoint,
+        people,
+        "--json",
+        "--no-progress",
+    )
+    assert rc == 0, err
+    assert json.loads(out)["people"] == 6
+    names = sorted(p.name for p in people.iterdir())
+    probe = sorted((people / names[2]).iterdir())[0]
+    rc, out, _ = run_cli(capsys, "identify", spec, probe, "--top-k", "3", "--json")
+    assert rc == 0 and json.loads(out)["matches"][0]["name"] == names[2]
+    with Gallery.open(spec) as g:
+        assert Image.open(io.BytesIO(g.thumbnail(names[0]))).size == (64, 64)
+    assert run_cli(capsys, "gallery", "remove", spec, names[0])[0] == 0
+    info = listing(capsys, spec)
+    assert info["gallery"]["backend"] == "milvus" and len(info["people"]) == 5
+    dst = tmp_path / "copy"
+    rc, out, err = run_cli(capsys, "gallery", "migrate", spec, dst, "--json", "--sample", "5")
+    assert rc == 0, err
+    rep = json.loads(out)
+    assert rep["verified"] and rep["copied_people"] == 5 and rep["top1_identical"] == 5
+    rc, out, _ = run_cli(capsys, "identify", dst, probe, "--top-k", "3", "--json")
+    assert rc == 0 and json.loads(out)["matches"][0]["name"] == names[2]
+    # unreachable server: one clear line, exit 2
+    from milvus_server import free_port
+
+    err = _bad_call(capsys, "gallery", "list", f"milvus://127.0.0.1:{free_port()}/x")
+    assert "cannot reach the Milvus server" in err
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 3 MB filesystem (tmpfs), to fill up. Needs the right to mount (root in CI)."""
+    import subprocess
+
+    where = tmp_path / "small"
+    where.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.strip()}): disk-full CLI test")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill(folder: Path, spare: int = 0) -> Path:
+    """Fill the filesystem, then give back ``spare`` bytes."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    size = filler.stat().st_size
+    os.truncate(filler, max(0, size - spare))
+    return filler
+
+
+@pytest.mark.parametrize("spare", [0, 96 * 1024])
+def test_enroll_on_a_full_disk_says_so(capsys, tiny_checkpoint, people, small_disk, spare):
+    """Full before the gallery is opened (spare 0), or filling up while the enrollment is
+    written (spare: opening still fits): either way the real cause, and nothing written."""
+    g = small_disk / "gal"
+    names = sorted(p.name for p in people.iterdir())
+    rc, _, err = run_cli(
+        capsys, "gallery", "enroll", g, "--model", tiny_checkpoint, people / names[0]
+    )
+    assert rc == 0, err
+    before = listing(capsys, g)
+    filler = _fill(small_disk, spare)
+    many = [people / n for n in names[1:]]
+    err = _bad_call(capsys, "gallery", "enroll", g, *many)
+    assert "is full; nothing was written" in err and "cannot rollback" not in err, err
+    filler.unlink()
+    assert listing(capsys, g) == before  # nothing half-written; the gallery still works
+    rc, _, err = run_cli(capsys, "gallery", "enroll", g, people / names[1])
+    assert rc == 0, err
+
+
+def _synthetic_gallery(path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 2, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=-1, keepdims=True)
+    with Gallery.create(path, fingerprint="a" * 16, embedding_size=8, threshold=0.5) as g:
+        g.enroll_many([NewPerson(f"p{i}", x[i]) for i in range(5)], fingerprint="a" * 16)
+
+
+def _edit_setting(path: Path, key: str, raw: str) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(path / "gallery.sqlite")
+    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, raw))
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    "key,raw,repair",
+    [
+        ("threshold", '"high"', ["--threshold", "0.5"]),
+        ("threshold", "5", ["--no-threshold"]),
+        ("threshold", "not json", ["--threshold", "0.4"]),
+        ("aggregation", '"median"', ["--aggregation", "mean"]),
+        ("index_kind", '"bogus"', ["--index", "auto"]),
+        ("index_params", "[1, 2]", ["--index", "auto"]),
+        ("embedding_size", '"x"', None),
+        ("embedding_size", "-3", None),
+        ("fingerprint", "123", None),
+        ("version", '"x"', None),
+        ("format_version", '"9"', None),
+        ("model_source", "42", None),
+    ],
+)
+def test_hand_edited_settings_give_a_clear_error(capsys, tmp_path, key, raw, repair):
+    g = tmp_path / "g"
+    _synthetic_gallery(g)
+    _edit_setting(g, key, raw)
+    err = _bad_call(capsys, "gallery", "list", g)
+    assert key in err and str(g) in err and len(err.strip().splitlines()) == 1, err
+    assert ("gallery set" in err) == (repair is not None), err
+    if repair is not None:  # the command the message names repairs it
+        rc, _, err = run_cli(capsys, "gallery", "set", g, *repair)
+        assert rc == 0, err
+        assert len(listing(capsys, g)["people"]) == 5
+
+
+def test_damaged_index_header_is_rebuilt(capsys, tmp_path):
+    """An index file whose header is a JSON list, or has fields of the wrong type, is
+    treated as damaged: listed as 'not built', and rebuilt from the database on search."""
+    import struct
+
+    from siamface.gallery.index import _MAGIC, read_index_header
+
+    g = tmp_path / "g"
+    _synthetic_gallery(g)
+    f = g / "index.bin"
+    body = f.read_bytes()
+    head_len = struct.unpack("<Q", body[len(_MAGIC) : len(_MAGIC) + 8])[0]
+    rest = body[len(_MAGIC) + 8 + head_len :]
+    good = read_index_header(f)
+    for header in ([1, 2, 3], {**good, "dim": "eight"}, {**good, "params": [1]}, "text"):
+        raw = json.dumps(header).encode()
+        f.write_bytes(_MAGIC + struct.pack("<Q", len(raw)) + raw + rest)
+        info = listing(capsys, g)["gallery"]
+        if not isinstance(header, dict):
+            assert info["index"]["kind"] is None and not info["index"]["current"]
+        with (
+            Gallery.open(g) as gal,
+            pytest.warns(UserWarning, match="damaged|rebuild")
+            if (isinstance(header, dict))
+            else contextlib.nullcontext(),
+        ):
+            q = np.ones(8, np.float32)
+            assert gal.search(q, 2, fingerprint="a" * 16, threshold=None)[0].known
+        assert read_index_header(f)["dim"] == 8  # rebuilt and saved
+
+
+def test_database_full_during_enrollment_is_reported_and_rolled_back(tmp_path):
+    """SQLITE_FULL in the middle of a transaction (SQLite's own page limit standing in for
+    the disk): the real cause is reported, nothing is written, the gallery still works."""
+    g = tmp_path / "g"
+    _synthetic_gallery(g)
+    rng = np.random.default_rng(1)
+    big = [NewPerson(f"n{i}", rng.standard_normal((50, 8)).astype(np.float32)) for i in range(50)]
+    with Gallery.open(g) as gal:
+        before = [p.to_dict() for p in gal.people()], gal.counts()
+        pages = gal.store.conn.execute("PRAGMA page_count").fetchone()[0]
+        gal.store.conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+        with pytest.raises(SiamfaceError, match="is full; nothing was written"):
+            gal.enroll_many(big, fingerprint="a" * 16)
+        assert ([p.to_dict() for p in gal.people()], gal.counts()) == before
+        gal.store.conn.execute("PRAGMA max_page_count = 1073741823")
+        gal.enroll_many(big[:2], fingerprint="a" * 16)
+        assert len(gal) == 7

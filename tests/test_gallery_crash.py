@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from siamface.gallery import Gallery, NewPerson
-from siamface.gallery.gallery import _FAULT_ENV, INDEX_NAME
+from siamface.gallery.faults import FAULT_ENV as _FAULT_ENV
 from siamface.gallery.index import read_index_header
+from siamface.gallery.sync import INDEX_NAME
 
 FP = "c" * 16
 DIM = 16

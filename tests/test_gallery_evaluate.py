@@ -7,7 +7,7 @@ import pytest
 
 from siamface.errors import SiamfaceError
 from siamface.gallery.evaluate import evaluate_open_set, identification_metrics, split_open_set
-from siamface.gallery.gallery import Match, SearchResult
+from siamface.gallery.results import Match, SearchResult
 
 
 def _res(*pairs) -> SearchResult:

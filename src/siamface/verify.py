@@ -104,7 +104,7 @@ def claimed_score(gallery, embedding: np.ndarray, person: str, fingerprint: str)
     """The probe's score against ``person`` in ``gallery``, as the gallery's own search
     scores people (template or best image, any index kind), through its public API."""
     if gallery.person(person) is None:
-        raise SiamfaceError(f"{person!r} is not enrolled in gallery {gallery.path}")
+        raise SiamfaceError(f"{person!r} is not enrolled in gallery {gallery.location}")
     n = len(gallery)
     k = min(n, 16)
     probe = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
@@ -114,7 +114,7 @@ def claimed_score(gallery, embedding: np.ndarray, person: str, fingerprint: str)
             if m.name == person:
                 return float(m.score)
         if k >= n:
-            raise SiamfaceError(f"{person!r} was removed from gallery {gallery.path} meanwhile")
+            raise SiamfaceError(f"{person!r} was removed from gallery {gallery.location} meanwhile")
         k = min(n, k * 8)
 
 
@@ -126,12 +126,14 @@ def claim_threshold(
     if override is not None:
         return check_threshold(override), "given"
     if gallery.threshold is not None:
-        return check_threshold(gallery.threshold, "gallery threshold"), f"gallery {gallery.path}"
+        return check_threshold(
+            gallery.threshold, "gallery threshold"
+        ), f"gallery {gallery.location}"
     if model_threshold and model_threshold.get("value") is not None:
         return float(model_threshold["value"]), describe_threshold(model_threshold)
     raise SiamfaceError(
-        f"gallery {gallery.path} has no threshold (closed-set) and the model stores none; pass "
-        f"--threshold T or set one with 'siamface gallery set {gallery.path} --threshold T'"
+        f"gallery {gallery.location} has no threshold (closed-set) and the model stores none; pass "
+        f"--threshold T or set one with 'siamface gallery set {gallery.location} --threshold T'"
     )
 
 
@@ -149,7 +151,7 @@ def verify_claim(
         threshold_source=source,
         probability=_probability(embedder, score),
         person=person,
-        gallery=str(gallery.path),
+        gallery=str(gallery.location),
     )
 
 

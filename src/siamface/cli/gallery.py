@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 EPILOG = """\
-A gallery is a folder (SQLite database + vector index) tied to one model: enrollments and
-probes from any other model are refused. The first 'enroll' creates it.
+A gallery is a folder (SQLite database + vector index), or a collection on a Milvus server
+(milvus://HOST:PORT/COLLECTION), tied to one model: enrollments and probes from any other
+model are refused. The first 'enroll' creates it. 'migrate' copies a gallery between the two.
 
 examples:
   siamface gallery enroll staff --model runs/pins people/            # people/<name>/<images>
@@ -19,7 +20,9 @@ examples:
   siamface gallery remove staff ada
   siamface gallery set staff --threshold 0.45                        # open-set threshold
   siamface identify staff probe.jpg --top-k 5
+  siamface gallery migrate staff milvus://db.example.org:19530/staff   # to a Milvus server
 """
+GALLERY_HELP = "gallery folder, or milvus://HOST:PORT/COLLECTION"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the whole enrollment unless --skip-bad; a name already enrolled is refused unless "
         "--append.",
     )
-    e.add_argument("gallery", metavar="GALLERY", help="gallery folder (created if missing)")
+    e.add_argument("gallery", metavar="GALLERY", help=GALLERY_HELP + " (created if missing)")
     e.add_argument("inputs", nargs="+", metavar="DIR_OR_IMAGE")
     e.add_argument("--model", help="checkpoint, run folder or .onnx (default: the gallery's)")
     e.add_argument("--name", help="enroll all given images as this one person")
@@ -63,26 +66,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=run_enroll)
 
     r = gs.add_parser("remove", help="remove people by name")
-    r.add_argument("gallery", metavar="GALLERY")
+    r.add_argument("gallery", metavar="GALLERY", help=GALLERY_HELP)
     r.add_argument("names", nargs="+", metavar="NAME")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=run_remove)
 
     ls = gs.add_parser("list", help="list enrolled people and the gallery's settings")
-    ls.add_argument("gallery", metavar="GALLERY")
+    ls.add_argument("gallery", metavar="GALLERY", help=GALLERY_HELP)
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=run_list)
 
     s = gs.add_parser("set", help="change the threshold, aggregation or index kind")
-    s.add_argument("gallery", metavar="GALLERY")
+    s.add_argument("gallery", metavar="GALLERY", help=GALLERY_HELP)
     t = s.add_mutually_exclusive_group()
     t.add_argument("--threshold", type=float, help="open-set threshold (cosine similarity)")
     t.add_argument("--no-threshold", action="store_true", help="closed-set: never 'unknown'")
     s.add_argument("--aggregation", choices=["mean", "max"])
-    s.add_argument("--index", metavar="KIND", help="auto, flat, pqfs, ivfpqfs, hnsw, usearch")
+    s.add_argument(
+        "--index",
+        metavar="KIND",
+        help="auto, or a kind of the gallery's backend (built-in: "
+        f"{', '.join(_kinds('builtin'))}; Milvus: {', '.join(_kinds('milvus'))})",
+    )
     s.add_argument("--rebuild", action="store_true", help="rebuild the index from the database")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=run_set)
+
+    m = gs.add_parser(
+        "migrate",
+        help="copy a gallery to another folder or backend (resumable, verified)",
+        description="Copy everyone (exact embeddings, refs, metadata, thumbnails) from SRC to "
+        "DST, creating DST with SRC's settings if needed. People already in DST are skipped, "
+        "so an interrupted migration is finished by running it again. Verified at the end: "
+        "same counts, and a sample of searches with identical best matches in both.",
+    )
+    m.add_argument("source", metavar="SRC", help=GALLERY_HELP)
+    m.add_argument("destination", metavar="DST", help=GALLERY_HELP)
+    m.add_argument("--batch", type=int, default=500, help="people per write (default 500)")
+    m.add_argument("--sample", type=int, default=100, help="searches compared (default 100)")
+    m.add_argument("--json", action="store_true")
+    m.add_argument("--no-progress", action="store_true")
+    m.set_defaults(func=run_migrate)
     p.set_defaults(func=lambda args: _no_action(p))
 
 
@@ -91,10 +115,17 @@ def _no_action(p: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _open(path: str):
-    from siamface.gallery import Gallery
+def _kinds(backend: str) -> tuple[str, ...]:
+    """Index kinds of a backend, from the backend class (imports no server client)."""
+    from siamface.gallery.backends import backend_class
 
-    return Gallery.open(path)
+    return backend_class(backend).index_kinds
+
+
+def _open(spec: str):
+    from siamface.gallery import open_gallery
+
+    return open_gallery(spec)
 
 
 def load_gallery_model(gallery, model: str | None):
@@ -117,6 +148,7 @@ def load_gallery_model(gallery, model: str | None):
 def run_enroll(args: argparse.Namespace) -> int:
     from siamface.errors import SiamfaceError
     from siamface.gallery import Gallery
+    from siamface.gallery.backends import backend_name
     from siamface.gallery.enroll import embed_plan, plan_enrollment
     from siamface.inference import model_reference, open_model
 
@@ -130,6 +162,7 @@ def run_enroll(args: argparse.Namespace) -> int:
             raise SiamfaceError('--metadata must be a JSON object, e.g. {"team": "ops"}')
     plan = plan_enrollment(args.inputs, args.name)  # input errors before anything is opened
     created = False
+    builtin = backend_name(args.gallery) == "builtin"
     if Gallery.exists(args.gallery):
         if args.threshold is not None or args.aggregation:
             raise SiamfaceError(
@@ -139,9 +172,11 @@ def run_enroll(args: argparse.Namespace) -> int:
         gallery = Gallery.open(args.gallery)
         embedder = load_gallery_model(gallery, args.model)
     else:
-        where = Path(args.gallery).expanduser()
-        if where.exists() and (
-            not where.is_dir() or any(not f.name.startswith(".") for f in where.iterdir())
+        where = Path(args.gallery).expanduser() if builtin else args.gallery
+        if (
+            builtin
+            and where.exists()
+            and (not where.is_dir() or any(not f.name.startswith(".") for f in where.iterdir()))
         ):
             raise SiamfaceError(f"{where} is not a siamface gallery (no gallery.sqlite inside)")
         if not args.model:
@@ -276,5 +311,42 @@ def run_set(args: argparse.Namespace) -> int:
         print(
             f"{info['path']}: threshold {info['threshold']}, aggregation {info['aggregation']}, "
             f"index {info['index_kind']} ({info['index']['kind']})"
+        )
+    return 0
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from siamface.gallery.migrate import migrate
+
+    bar = tqdm(desc="migrating", unit="person", disable=args.no_progress or args.json)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        rep = migrate(args.source, args.destination, args.batch, args.sample, progress=progress)
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(rep.to_dict(), indent=1))
+    else:
+        src, dst = rep.counts["source"], rep.counts["destination"]
+        print(
+            f"{'created' if rep.created else 'updated'} {rep.destination}: copied "
+            f"{rep.copied_people} people ({rep.copied_images} images), skipped "
+            f"{rep.skipped_existing} already there; people/images {src[0]}/{src[1]} -> "
+            f"{dst[0]}/{dst[1]}; sample of {rep.sample} searches: {rep.top1_identical} same best "
+            f"match, {rep.topk_identical} same top 5, max score difference {rep.max_score_diff}"
+        )
+        for p in rep.problems:
+            print(f"  problem: {p}", file=sys.stderr)
+    if not rep.verified:
+        from siamface.errors import SiamfaceError
+
+        raise SiamfaceError(
+            f"migration to {rep.destination} did not verify: {'; '.join(rep.problems)}"
         )
     return 0

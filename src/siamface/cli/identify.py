@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="exit status: 0 = every image answered (known or unknown), 2 = an error, "
         "including some images that could not be read (the others are still answered)",
     )
-    p.add_argument("gallery", metavar="GALLERY")
+    p.add_argument(
+        "gallery", metavar="GALLERY", help="gallery folder, or milvus://HOST:PORT/COLLECTION"
+    )
     p.add_argument("images", nargs="+", metavar="IMG")
     p.add_argument("--model", help="model file (default: the one the gallery records)")
     p.add_argument("--top-k", type=int, default=5, help="candidates to list (default 5)")
@@ -37,11 +39,11 @@ def run(args: argparse.Namespace) -> int:
 
     from siamface.cli.gallery import load_gallery_model
     from siamface.errors import SiamfaceError
-    from siamface.gallery import Gallery
+    from siamface.gallery import open_gallery
 
     if args.top_k < 1:
         raise SiamfaceError(f"--top-k must be at least 1, got {args.top_k}")
-    with Gallery.open(args.gallery) as g:
+    with open_gallery(args.gallery) as g:
         if len(g) == 0:
             raise SiamfaceError(f"gallery {args.gallery} is empty; enroll people first")
         embedder = load_gallery_model(g, args.model)

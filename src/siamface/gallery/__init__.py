@@ -1,18 +1,16 @@
-"""1:N identification: a face gallery on disk (SQLite + a derived vector index), enrollment
-from image files, open-set search, and identification metrics. See docs/gallery.md."""
+"""1:N identification: a face gallery (built-in SQLite + faiss folder, or a Milvus
+collection), enrollment from image files, open-set search, and identification metrics.
+See docs/gallery.md."""
 
-from siamface.gallery.gallery import (
-    AGGREGATIONS,
-    UNKNOWN,
-    Gallery,
-    Match,
-    ModelMismatchError,
-    SearchResult,
-)
-from siamface.gallery.store import NewPerson, PersonRecord
+from siamface.gallery.backends import BACKENDS, open_gallery
+from siamface.gallery.gallery import UNKNOWN, Gallery, template_of
+from siamface.gallery.records import NewPerson, PersonRecord
+from siamface.gallery.results import Match, SearchResult
+from siamface.gallery.validation import AGGREGATIONS, ModelMismatchError
 
 __all__ = [
     "AGGREGATIONS",
+    "BACKENDS",
     "UNKNOWN",
     "Gallery",
     "Match",
@@ -20,4 +18,6 @@ __all__ = [
     "NewPerson",
     "PersonRecord",
     "SearchResult",
+    "open_gallery",
+    "template_of",
 ]

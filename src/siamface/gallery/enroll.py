@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from siamface.data.folders import scan_identity_folders
-from siamface.data.images import file_digest, is_image_path
+from siamface.data.images import ImageLoadError, file_digest, is_image_path, load_rgb
 from siamface.errors import SiamfaceError
-from siamface.gallery.store import NewPerson
+from siamface.gallery.records import NewPerson
+from siamface.gallery.thumbnail import make_thumbnail
 from siamface.inference import Embedder
 
 _SHOW = 10
@@ -114,10 +115,12 @@ def embed_plan(
     batch_size: int = 64,
     workers: int | None = None,
     progress: bool = False,
+    thumbnails: bool = True,
 ) -> EmbeddedPeople:
     """Embed every planned image. Unreadable images (or, for aligned models, images without
     a detectable face) abort with a list of the files, unless ``skip_bad``: then they are
-    skipped, and a person left with no usable image is skipped too."""
+    skipped, and a person left with no usable image is skipped too. With ``thumbnails``
+    each person gets a small JPEG of their first usable face, as the model sees it."""
     flat = [(name, p) for name, ps in plan.groups for p in ps]
     emb, errors = embedder.embed_paths(
         [p for _, p in flat], batch_size=batch_size, workers=workers, progress=progress
@@ -151,9 +154,19 @@ def embed_plan(
                 refs=[str(p.resolve()) for p in ps],
                 digests=[file_digest(p) for p in ps],
                 metadata=dict(metadata or {}),
+                thumbnail=_thumbnail(embedder, ps[0]) if thumbnails else None,
             )
         )
     skipped_people = [name for name, _ in plan.groups if name not in rows]
     if not people:
         raise SiamfaceError("no usable image at all; nothing was enrolled")
     return EmbeddedPeople(people, bad, skipped_people)
+
+
+def _thumbnail(embedder: Embedder, path: Path) -> bytes | None:
+    """The first usable image's face (aligned and resized like the model's input), as JPEG.
+    Decoded once more (one image a person): the batch loaders only keep tensors."""
+    try:
+        return make_thumbnail(embedder.face_array(load_rgb(path)))
+    except (ImageLoadError, OSError, ValueError):
+        return None  # it embedded a moment ago; a file changed since just has no picture

@@ -27,8 +27,9 @@ import numpy as np
 
 from siamface.errors import SiamfaceError
 from siamface.evaluate.metrics import far_key
-from siamface.gallery.gallery import Gallery, SearchResult
-from siamface.gallery.store import NewPerson
+from siamface.gallery.gallery import Gallery
+from siamface.gallery.records import NewPerson
+from siamface.gallery.results import SearchResult
 
 DEFAULT_FARS = (0.01, 0.05, 0.1)
 RANKS = (1, 5, 10)

@@ -572,17 +572,24 @@ def read_index_file(path: Path) -> tuple[dict, VectorIndex]:
         data = bytearray(os.fstat(f.fileno()).st_size - f.tell())  # writable, read once
         if f.readinto(data) != len(data):
             raise ValueError("index file is truncated")
-    cls = KINDS.get(head.get("kind", ""))
+    kind = head.get("kind")
+    cls = KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ValueError(f"unknown index kind {head.get('kind')!r}")
+        raise ValueError(f"unknown index kind {kind!r}")
     try:
-        index = cls.from_bytes(int(head["dim"]), dict(head.get("params", {})), data)
+        dim, params = int(head["dim"]), head.get("params", {})
+        trained_on, ntotal = int(head.get("trained_on", 0)), int(head.get("ntotal", -1))
+        if not isinstance(params, dict) or dim < 1:
+            raise TypeError("bad dim or params")
+        index = cls.from_bytes(dim, dict(params), data)
     except ImportError as err:
-        raise ValueError(f"cannot load a {head['kind']!r} index: {err}") from err
-    except (RuntimeError, struct.error) as err:  # faiss reports bad data as RuntimeError
+        raise ValueError(f"cannot load a {kind!r} index: {err}") from err
+    except (KeyError, TypeError, ValueError, OverflowError) as err:  # hand-edited header
+        raise ValueError(f"damaged index header: {err}") from err
+    except (RuntimeError, struct.error, SiamfaceError) as err:  # faiss: RuntimeError
         raise ValueError(f"damaged index data: {err}") from err
-    index.trained_on = int(head.get("trained_on", 0))
-    if index.ntotal != int(head.get("ntotal", -1)):
+    index.trained_on = trained_on
+    if index.ntotal != ntotal:
         raise ValueError("index size does not match its header")
     return head, index
 
@@ -593,4 +600,7 @@ def _read_head(f: io.BufferedReader) -> dict:
     (n,) = struct.unpack("<Q", f.read(8))
     if n > 1 << 20:
         raise ValueError("index header too large")
-    return json.loads(f.read(n))
+    head = json.loads(f.read(n))  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    if not isinstance(head, dict):
+        raise ValueError(f"index header is a JSON {type(head).__name__}, not an object")
+    return head

@@ -15,20 +15,25 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from siamface.errors import SiamfaceError
+from siamface.gallery.records import NewPerson, PersonRecord
+
+__all__ = ["DB_NAME", "FORMAT", "FORMAT_VERSION", "NewPerson", "PersonRecord", "Store"]
 
 FORMAT = "siamface.gallery"
 FORMAT_VERSION = 1
 DB_NAME = "gallery.sqlite"
 PAGE_SIZE = 16384
+#: settings that 'siamface gallery set' can rewrite
+_TUNABLE = ("threshold", "aggregation", "index_kind", "index_params")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -56,36 +61,35 @@ CREATE INDEX IF NOT EXISTS images_digest ON images(digest);
 CREATE INDEX IF NOT EXISTS images_owner ON images(id, person_id);  -- image -> person, off-table
 """
 
-
-@dataclass
-class PersonRecord:
-    """One enrolled person as listed by the gallery."""
-
-    id: int
-    name: str
-    n_images: int
-    metadata: dict = field(default_factory=dict)
-    created: float = 0.0
-
-    def to_dict(self) -> dict:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "n_images": self.n_images,
-            "metadata": self.metadata,
-            "created": self.created,
-        }
+#: Created on first use too (galleries made before thumbnails existed lack it). A table of its
+#: own, not a column of ``people``: listing a million people never reads the JPEG bytes.
+_THUMBNAILS = """
+CREATE TABLE IF NOT EXISTS thumbnails (
+    person_id INTEGER PRIMARY KEY REFERENCES people(id) ON DELETE CASCADE,
+    jpeg      BLOB NOT NULL
+);
+"""
 
 
-@dataclass
-class NewPerson:
-    """A person to enroll: unit embeddings (one row per image) plus where each came from."""
-
-    name: str
-    embeddings: np.ndarray
-    refs: Sequence[str | None] = ()
-    digests: Sequence[str | None] = ()
-    metadata: dict = field(default_factory=dict)
+def disk_error(err: sqlite3.Error, path: Path) -> SiamfaceError | None:
+    """A clear message for the storage errors a user can fix (full disk, read-only files),
+    or None. A full disk shows up as SQLITE_FULL, or as a "disk I/O error" when SQLite
+    cannot grow its shared-memory file; the free space tells them apart."""
+    text = str(err).lower()
+    folder = path if path.is_dir() else path.parent
+    try:
+        st = os.statvfs(folder)
+        nearly_full = st.f_bavail * st.f_frsize < 1 << 20
+    except OSError:
+        nearly_full = False
+    if "full" in text or ("i/o error" in text and nearly_full):
+        return SiamfaceError(
+            f"the disk holding gallery {folder} is full; nothing was written (free some space "
+            "and run the command again)"
+        )
+    if "readonly" in text or "read-only" in text:
+        return SiamfaceError(f"gallery {folder} is read-only; nothing was written")
+    return None
 
 
 def to_blob(vec: np.ndarray) -> bytes:
@@ -133,6 +137,9 @@ class Store:
             conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints
             conn.execute("PRAGMA journal_size_limit=67108864")  # shrink the WAL after big imports
         except sqlite3.DatabaseError as err:
+            clear = disk_error(err, path)
+            if clear is not None:
+                raise clear from None
             raise SiamfaceError(f"gallery database {path} is corrupt or not SQLite: {err}") from err
         if str(mode).lower() != "wal":
             conn.close()
@@ -141,7 +148,7 @@ class Store:
 
     def init_schema(self, meta: dict[str, object]) -> None:
         """Create tables and the meta record of a new gallery in one transaction."""
-        self.conn.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS)
+        self.conn.executescript(_SCHEMA + _THUMBNAILS)  # idempotent (IF NOT EXISTS)
         with self.transaction():
             base = {"format": FORMAT, "format_version": FORMAT_VERSION, "version": 0}
             for k, v in {**base, **meta}.items():
@@ -161,22 +168,57 @@ class Store:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
+            self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # SQLite may already have rolled back by itself (e.g. SQLITE_FULL): an explicit
+            # ROLLBACK would then fail with "cannot rollback" and hide the real error.
+            if self.conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
 
     def meta(self) -> dict:
         try:
             rows = self.conn.execute("SELECT key, value FROM meta").fetchall()
         except sqlite3.DatabaseError as err:
             raise SiamfaceError(f"gallery database {self.path} is unreadable: {err}") from err
-        return {k: json.loads(v) for k, v in rows}
+        out = {}
+        for k, v in rows:
+            try:
+                out[k] = json.loads(v)
+            except (TypeError, ValueError):  # hand-edited: not JSON text
+                if k in _TUNABLE:  # kept as text: validated (and repairable) by the gallery
+                    out[k] = v
+                    continue
+                raise SiamfaceError(
+                    f"gallery database {self.path} has an unreadable setting {k!r} = {v!r} "
+                    "(not JSON); the gallery was edited or damaged: restore it from a backup"
+                ) from None
+        return out
 
     def set_meta(self, key: str, value: object) -> None:
         """Write one meta value (inside the caller's transaction)."""
         self.conn.execute(
             "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value))
+        )
+
+    def set_metadata(self, person_id: int, metadata: dict) -> None:
+        self.conn.execute(
+            "UPDATE people SET metadata=? WHERE id=?", (json.dumps(metadata), person_id)
+        )
+
+    def export_person(self, rec: PersonRecord, dim: int) -> NewPerson:
+        """Everything stored about one person, to copy them into another gallery."""
+        rows = self.conn.execute(
+            "SELECT ref, digest, embedding FROM images WHERE person_id=? ORDER BY id", (rec.id,)
+        ).fetchall()
+        return NewPerson(
+            rec.name,
+            from_blobs([r[2] for r in rows], dim),
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            dict(rec.metadata),
+            self.thumbnail(rec.id),
         )
 
     def data_version(self) -> int:
@@ -255,7 +297,27 @@ class Store:
         )
         pid = int(cur.lastrowid)
         image_ids = self.insert_images(pid, emb, p.refs, p.digests, now)
+        if p.thumbnail is not None:
+            self.set_thumbnail(pid, p.thumbnail)
         return pid, image_ids
+
+    def set_thumbnail(self, person_id: int, jpeg: bytes, replace: bool = True) -> None:
+        """Store a person's thumbnail (inside the caller's transaction); ``replace=False``
+        keeps an existing one (the first face stays the person's picture)."""
+        self.conn.execute(_THUMBNAILS)
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        self.conn.execute(
+            f"{verb} INTO thumbnails(person_id, jpeg) VALUES (?, ?)", (person_id, jpeg)
+        )
+
+    def thumbnail(self, person_id: int) -> bytes | None:
+        try:
+            row = self.conn.execute(
+                "SELECT jpeg FROM thumbnails WHERE person_id=?", (person_id,)
+            ).fetchone()
+        except sqlite3.OperationalError:  # a gallery from before thumbnails: none stored
+            return None
+        return bytes(row[0]) if row else None
 
     def insert_images(
         self,
@@ -390,4 +452,10 @@ class Store:
 
 def _person(row) -> PersonRecord:
     pid, name, n, meta, created = row
-    return PersonRecord(int(pid), name, int(n), json.loads(meta), float(created))
+    try:
+        metadata = json.loads(meta)
+    except (TypeError, ValueError):
+        metadata = {"_unreadable": str(meta)[:200]}  # hand-edited row: still listable
+    if not isinstance(metadata, dict):
+        metadata = {"_unreadable": str(meta)[:200]}
+    return PersonRecord(int(pid), str(name), int(n), metadata, float(created))

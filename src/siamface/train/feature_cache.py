@@ -75,7 +75,13 @@ class PrefixFeatureCache:
 
     @torch.no_grad()
     def fill_all(
-        self, dataset, pre, device: torch.device, channels_last: bool, batch_size: int = 128
+        self,
+        dataset,
+        pre,
+        device: torch.device,
+        channels_last: bool,
+        batch_size: int = 128,
+        progress: bool = False,
     ) -> torch.Tensor:
         """Compute every image's prefix features (eval mode) and return the whole model's
         embeddings of the images: the starting model's embeddings come out of the same
@@ -84,9 +90,13 @@ class PrefixFeatureCache:
 
         was = self.model.training
         self.model.eval()
+        from tqdm import tqdm
+
         out = []
+        bar = tqdm(total=len(dataset), desc="starting model", unit="img", disable=not progress)
         for start in range(0, len(dataset), batch_size):
             idx = torch.arange(start, min(start + batch_size, len(dataset)))
+            bar.update(len(idx))
             if dataset.pixels is not None:
                 x = dataset.pixels[start : int(idx[-1]) + 1]
             else:
@@ -95,6 +105,7 @@ class PrefixFeatureCache:
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             out.append(self.suffix(self.features(x, idx)).float().cpu())
+        bar.close()
         self.model.train(was)
         return torch.cat(out) if out else torch.zeros(0, 0)
 
@@ -184,7 +195,11 @@ class FeatureCacheSwitch(Callback):
         cache = self._cache_for(trainer.model, k)
         trainer.log(self._describe(trainer.model, k))
         return cache.fill_all(
-            trainer.data.train, trainer.pre, trainer.device, trainer.cfg.channels_last
+            trainer.data.train,
+            trainer.pre,
+            trainer.device,
+            trainer.cfg.channels_last,
+            progress=trainer.show_progress,
         )
 
     @staticmethod

@@ -293,7 +293,9 @@ class Trainer:
         if model is self.model and self.feature_cache is not None:
             t = self.feature_cache.prefill(self)  # one forward pass fills the cache too
         if t is None:
-            t = embed_dataset(model, self.data.train, self.pre, self.device)
+            t = embed_dataset(
+                model, self.data.train, self.pre, self.device, progress=self.show_progress
+            )
         t = t.contiguous()
         save_file({"embeddings": t}, str(path))
         return t

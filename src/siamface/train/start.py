@@ -91,13 +91,18 @@ def embed_dataset(
     device: torch.device,
     batch_size: int = 128,
     channels_last: bool = True,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Embeddings (N, D) of every un-augmented image of ``dataset``, in dataset order."""
+    from tqdm import tqdm
+
     was_training = model.training
     model.eval()
     out = []
+    bar = tqdm(total=len(dataset), desc="starting model", unit="img", disable=not progress)
     for start in range(0, len(dataset), batch_size):
         idx = range(start, min(start + batch_size, len(dataset)))
+        bar.update(len(idx))
         if dataset.pixels is not None:
             x = dataset.pixels[start : idx.stop]
         else:
@@ -106,6 +111,7 @@ def embed_dataset(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out.append(model(x).float().cpu())
+    bar.close()
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 0)
 

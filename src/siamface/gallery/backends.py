@@ -1,0 +1,77 @@
+"""The gallery backends by name, and :func:`open_gallery`, which picks one from a spec.
+
+A spec is a folder path (``builtin``) or a URL: ``milvus://HOST:PORT/COLLECTION`` (also
+``http://`` and ``https://``, as pymilvus writes Milvus addresses) for ``milvus``. Adding a
+backend is a subclass of :class:`~siamface.gallery.gallery.Gallery` with a ``handles(spec)``
+class method, listed here; ``--help`` texts and validation read :data:`BACKENDS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+from siamface.errors import SiamfaceError
+from siamface.gallery.gallery import Gallery
+
+#: backend name -> "module:Class" (imported on use: pymilvus is an optional extra)
+BACKENDS: dict[str, str] = {
+    "builtin": "siamface.gallery.builtin:BuiltinGallery",
+    "milvus": "siamface.gallery.milvus:MilvusGallery",
+}
+#: URL schemes and the backend they mean
+SCHEMES: dict[str, str] = {"milvus": "milvus", "http": "milvus", "https": "milvus"}
+SPEC_HELP = (
+    "a gallery folder (built-in SQLite + faiss), or a Milvus collection as "
+    "milvus://HOST:PORT/COLLECTION (or http(s)://HOST:PORT/COLLECTION)"
+)
+
+
+def backend_class(name: str) -> type[Gallery]:
+    if name not in BACKENDS:
+        raise SiamfaceError(f"unknown gallery backend {name!r}; choose from {', '.join(BACKENDS)}")
+    module, _, cls = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def backend_name(spec: object) -> str:
+    """Which backend a spec means (no connection is made)."""
+    if isinstance(spec, Gallery):
+        return spec.backend
+    if isinstance(spec, os.PathLike):
+        return "builtin"
+    if not isinstance(spec, str) or not spec.strip():
+        raise SiamfaceError(f"a gallery is a folder path or a URL ({SPEC_HELP}); got {spec!r}")
+    scheme, sep, _ = spec.partition("://")
+    if not sep:
+        return "builtin"
+    if scheme.lower() not in SCHEMES:
+        raise SiamfaceError(
+            f"unknown gallery URL scheme {scheme + '://'!r} in {spec!r}; use {SPEC_HELP}"
+        )
+    return SCHEMES[scheme.lower()]
+
+
+def backend_for(spec: object) -> type[Gallery]:
+    return backend_class(backend_name(spec))
+
+
+def open_gallery(spec: object, *, create: dict | None = None) -> Gallery:
+    """Open the gallery at ``spec`` (a folder path or a Milvus URL).
+
+    With ``create`` (the keyword arguments of :meth:`Gallery.create`: fingerprint,
+    embedding_size, threshold, model_source, aggregation...), a missing gallery is created
+    empty; an existing one is checked against ``create['fingerprint']`` and
+    ``create['embedding_size']`` (ModelMismatchError if it belongs to another model).
+    """
+    if create is None:
+        return Gallery.open(spec)
+    if not Gallery.exists(spec):
+        return Gallery.create(spec, **create)
+    g = Gallery.open(spec)
+    try:
+        g.check_model(create["fingerprint"], create.get("embedding_size"))
+    except BaseException:
+        g.close()
+        raise
+    return g

@@ -1,0 +1,189 @@
+"""Checks on everything that enters a gallery, shared by every backend: names, vectors,
+people to enroll, settings (also when read back from a store someone may have edited).
+
+Each check raises :class:`~siamface.errors.SiamfaceError` with a message that names the
+value and what to do, before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from siamface.errors import SiamfaceError
+from siamface.gallery.records import NewPerson
+from siamface.gallery.results import UNKNOWN
+from siamface.gallery.thumbnail import check_thumbnail
+
+AGGREGATIONS = ("mean", "max")
+DEFAULT_AGGREGATION = "mean"
+MAX_NAME = 200
+_BAD_NAME = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class ModelMismatchError(SiamfaceError):
+    """Embeddings from a different model than the one the gallery was built with."""
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise SiamfaceError(f"a person's name must be a non-empty string, got {name!r}")
+    if name != name.strip() or _BAD_NAME.search(name) or len(name) > MAX_NAME:
+        raise SiamfaceError(
+            f"invalid name {name!r}: no leading/trailing spaces or control characters, at most "
+            f"{MAX_NAME} characters"
+        )
+    if name.lower() == UNKNOWN:
+        raise SiamfaceError(f"{name!r} is reserved for rejected probes; choose another name")
+    return name
+
+
+def check_choice(what: str, value: object, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise SiamfaceError(f"unknown {what} {value!r}; choose from {', '.join(choices)}")
+    return str(value)
+
+
+def check_threshold(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise SiamfaceError(f"threshold must be a number, got {value!r}")
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise SiamfaceError(f"threshold must be a number, got {value!r}") from None
+    if not -1.0 <= v <= 1.0:  # also refuses NaN
+        raise SiamfaceError(f"threshold is a cosine similarity in [-1, 1], got {v}")
+    return v
+
+
+def check_top_k(top_k: object) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise SiamfaceError(f"top_k must be a positive integer, got {top_k!r}")
+    return top_k
+
+
+def unit_vectors(embeddings: np.ndarray, dim: int, what: str, where: str) -> np.ndarray:
+    """(n, dim) finite, non-zero float32 rows scaled to unit length (no copy when they are)."""
+    try:
+        emb = np.asarray(embeddings, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise SiamfaceError(f"{what} embeddings are not a numeric array: {err}") from None
+    if emb.ndim == 1:
+        emb = emb[None, :]
+    if emb.ndim != 2:
+        raise SiamfaceError(f"{what} embeddings must be a (n, d) array, got shape {emb.shape}")
+    if emb.shape[1] != dim:
+        raise ModelMismatchError(
+            f"{what} embeddings are {emb.shape[1]}-d but gallery {where} holds {dim}-d embeddings"
+        )
+    if not np.isfinite(emb).all():
+        raise SiamfaceError(f"{what} embeddings contain NaN or infinite values")
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    if (norms < 1e-6).any():
+        raise SiamfaceError(f"{what} embeddings contain an all-zero vector")
+    if len(emb) and np.abs(norms - 1.0).max() < 1e-5:
+        return emb  # already unit vectors: no copy (bulk imports hold millions)
+    return (emb / norms).astype(np.float32)
+
+
+def checked_person(p: NewPerson, dim: int, where: str) -> NewPerson:
+    """A validated copy of ``p`` (unit vectors, string refs, JSON-able metadata, thumbnail)."""
+    name = check_name(p.name)
+    emb = unit_vectors(p.embeddings, dim, f"enrollment of {name!r}", where)
+    if len(emb) == 0:
+        raise SiamfaceError(f"no images to enroll for {name!r}")
+    for what, seq in (("refs", p.refs), ("digests", p.digests)):
+        if len(seq) not in (0, len(emb)):
+            raise SiamfaceError(f"{name!r}: {len(seq)} {what} for {len(emb)} embeddings")
+    if not isinstance(p.metadata, dict):
+        raise SiamfaceError(f"metadata of {name!r} must be a JSON object")
+    try:
+        json.dumps(p.metadata, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise SiamfaceError(f"metadata of {name!r} is not JSON-serialisable: {err}") from err
+    refs = [None if r is None else str(r) for r in p.refs]
+    digests = [None if d is None else str(d) for d in p.digests]
+    thumb = check_thumbnail(p.thumbnail, name)
+    return NewPerson(name, emb, refs, digests, dict(p.metadata), thumb)
+
+
+# -- settings as stored (a database or collection someone may have edited) -------------------
+def _setting_error(where: str, key: str, value: object, expected: str, fix: str) -> SiamfaceError:
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return SiamfaceError(
+        f"gallery {where} has an invalid setting {key!r} = {shown} (expected {expected}); {fix}"
+    )
+
+
+def checked_settings(meta: Mapping[str, object], where: str, index_kinds: Sequence[str]) -> dict:
+    """Validate the settings read from a store. Identity fields (fingerprint, size, version)
+    cannot be repaired in place (restore a backup): they raise here. A bad tunable one
+    (threshold, aggregation, index) is recorded under ``"_invalid"`` with its message: the
+    gallery still opens, so that ``siamface gallery set`` (which writes settings without
+    reading them) can repair it, while every use of the settings raises that message
+    (:func:`usable`)."""
+    restore = "the gallery was edited or damaged: restore it from a backup"
+    out = dict(meta)
+    fp = meta.get("fingerprint")
+    if not isinstance(fp, str) or not fp:
+        raise _setting_error(where, "fingerprint", fp, "the model fingerprint string", restore)
+    size = meta.get("embedding_size")
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 65536:
+        raise _setting_error(where, "embedding_size", size, "an integer in 1..65536", restore)
+    version = meta.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise _setting_error(where, "version", version, "a non-negative integer", restore)
+    src = meta.get("model_source")
+    if src is not None and not isinstance(src, str):
+        raise _setting_error(where, "model_source", src, "a path or null", restore)
+    invalid: dict[str, str] = {}
+    fix = f"fix it with 'siamface gallery set {where} --{{}}'"
+
+    def bad(key: str, expected: str, option: str, default: object) -> None:
+        err = _setting_error(where, key, meta.get(key), expected, fix.format(option))
+        invalid[key], out[key] = str(err), default
+
+    try:
+        out["threshold"] = check_threshold(meta.get("threshold"))
+    except SiamfaceError:
+        bad(
+            "threshold",
+            "a cosine similarity in [-1, 1] or null",
+            "threshold T' (or --no-threshold)",
+            None,
+        )
+    out.setdefault("aggregation", DEFAULT_AGGREGATION)
+    if out["aggregation"] not in AGGREGATIONS:
+        bad("aggregation", " or ".join(AGGREGATIONS), "aggregation mean'", DEFAULT_AGGREGATION)
+    out.setdefault("index_kind", "auto")
+    if out["index_kind"] != "auto" and out["index_kind"] not in index_kinds:
+        bad("index_kind", f"auto or one of {', '.join(index_kinds)}", "index auto'", "auto")
+    params = meta.get("index_params") or {}
+    ok_value = (int, float, str)
+    if (
+        not isinstance(params, dict)
+        or not all(isinstance(v, ok_value) and not isinstance(v, bool) for v in params.values())
+        or any(isinstance(v, float) and not math.isfinite(v) for v in params.values())
+    ):
+        bad("index_params", "an object of numbers", "index auto'", {})
+    else:
+        out["index_params"] = params
+    out["version"] = version
+    out["_invalid"] = invalid
+    return out
+
+
+def usable(settings: dict) -> dict:
+    """``settings`` if every one is valid, else the clear error of the first bad one."""
+    bad = settings.get("_invalid")
+    if bad:
+        raise SiamfaceError(next(iter(bad.values())))
+    return settings
