@@ -73,8 +73,7 @@ class EmbeddingNet(nn.Module):
         self.cfg = cfg
         arch = get_architecture(cfg.backbone)
         if arch is not None:
-            self.backbone = arch.backbone()
-            self.head = arch.head(cfg.embedding_size)
+            self.backbone, self.head = arch(cfg.embedding_size)
             return
         # pretrained weights are loaded separately (see model.pretrained) so that hub access,
         # local files and offline packages all go through one checked path.

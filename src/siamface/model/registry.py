@@ -3,8 +3,8 @@
 ``ModelConfig.backbone`` names either a timm model (a pooled-feature backbone that siamface
 tops with a linear head) or an architecture registered here, which brings its own trunk *and*
 embedding head (e.g. ``sface``, whose head flattens a 7x7 map). One registry, one entry point
-(:func:`siamface.model.network.build_model`), as in timm: the CLI's choices and the config's
-validation are derived from :func:`architecture_names`, never spelled twice.
+(:func:`siamface.model.network.build_model`), as in timm: error messages and validation list
+the registered names (:func:`architecture_names`), never a hand-kept copy of them.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from siamface.registry import Registry
+
 
 @dataclass(frozen=True)
 class Architecture:
-    """How to build one registered architecture."""
+    """How to build one registered architecture: ``arch(embedding_size) -> (trunk, head)``."""
 
     name: str
     backbone: Callable[[], nn.Module]  # the trunk: image -> features
@@ -28,26 +30,28 @@ class Architecture:
     std: tuple[float, float, float]
     description: str = ""
 
+    def __call__(self, embedding_size: int) -> tuple[nn.Module, nn.Module]:
+        return self.backbone(), self.head(embedding_size)
 
-_ARCHITECTURES: dict[str, Architecture] = {}
+
+#: Face architectures by name (config key ``backbone``, besides every timm model name).
+ARCHITECTURES: Registry[Architecture] = Registry("face architecture", config_key="backbone")
 
 
 def register_architecture(arch: Architecture) -> Architecture:
-    if arch.name in _ARCHITECTURES:
-        raise ValueError(f"architecture {arch.name!r} is registered twice")
-    _ARCHITECTURES[arch.name] = arch
+    ARCHITECTURES.register(arch.name, help=arch.description)(arch)
     return arch
 
 
 def get_architecture(name: str) -> Architecture | None:
     """The registered architecture called ``name``, or None for a timm backbone name."""
     _load_builtin()
-    return _ARCHITECTURES.get(name)
+    return ARCHITECTURES.get(name).builder if name in ARCHITECTURES else None
 
 
-def architecture_names() -> list[str]:
+def architecture_names() -> tuple[str, ...]:
     _load_builtin()
-    return sorted(_ARCHITECTURES)
+    return ARCHITECTURES.names()
 
 
 def _load_builtin() -> None:

