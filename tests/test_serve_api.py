@@ -127,7 +127,7 @@ def test_embed_returns_the_unit_embedding(client, local):
     np.testing.assert_allclose(emb, local_embedding(local, data), atol=1e-5)
 
 
-def test_gallery_enroll_identify_list_remove(client):
+def test_gallery_enroll_identify_list_remove(client, local):
     alice = [jpeg(10), jpeg(11)]
     files = [("images", (f"alice{i}.jpg", d, "image/jpeg")) for i, d in enumerate(alice)]
     r = client.post(
@@ -155,6 +155,17 @@ def test_gallery_enroll_identify_list_remove(client):
     r = client.get("/gallery/people")
     assert r.status_code == 200
     assert [p["name"] for p in r.json()["people"]] == ["Alice Smith"]
+    # the thumbnail is the face the model saw in the first enrolled image
+    thumb_url = r.json()["people"][0]["thumbnail"]
+    assert thumb_url == "/gallery/thumbnails/Alice%20Smith"
+    t = client.get(thumb_url)
+    assert t.status_code == 200 and t.headers["content-type"] == "image/jpeg"
+    from siamface.data.images import decode_rgb
+
+    thumb = np.asarray(Image.open(io.BytesIO(t.content))).astype(int)
+    faces = [local.face_array(decode_rgb(d)).astype(int) for d in alice]
+    assert thumb.shape == faces[0].shape == (64, 64, 3)
+    assert np.abs(thumb - faces[0]).mean() < 0.5 * np.abs(thumb - faces[1]).mean()
     assert client.get("/gallery/people/Alice Smith").json()["n_images"] == 3
 
     r = client.post("/identify", params={"top_k": 3}, files={"image": ("q.jpg", alice[0])})
@@ -299,7 +310,8 @@ def test_no_face_is_a_422(tmp_path, pins_small):
 def test_concurrent_requests_share_batches_and_get_their_own_rows(onnx_model, local):
     images = [jpeg(100 + i) for i in range(12)]
     expected = [local_embedding(local, d) for d in images]
-    app = create_app(onnx_model, max_wait_ms=150)  # a long window: grouping is certain
+    # a long window: grouping is certain
+    app = create_app(onnx_model, batching="on", max_wait_ms=150)
     with running(app) as c:
         base = str(c.base_url)
 
@@ -451,3 +463,25 @@ def test_batcher_runs_up_to_max_inflight_calls_at_once():
     peak[0] = 0
     asyncio.run(scenario(2))
     assert peak[0] == 2
+
+
+def test_faces_the_model_saw_come_back_on_request(client, local):
+    """``?faces=true``: the crops the model embedded, as JPEG data URLs (what the page shows)."""
+    import base64
+
+    from siamface.data.images import decode_rgb
+
+    a, b = jpeg(61, size=(130, 90)), jpeg(62)
+    files = {"image1": ("a.jpg", a), "image2": ("b.jpg", b)}
+    assert client.post("/verify", files=files).json()["faces"] is None
+    body = client.post("/verify", params={"faces": "true"}, files=files).json()
+    assert body["probability"] is None  # this model has no pair head
+    crops = [local.face_array(decode_rgb(d)).astype(int) for d in (a, b)]
+    for i, url in enumerate(body["faces"]):
+        assert url.startswith("data:image/jpeg;base64,")
+        shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+        assert shown.shape == crops[i].shape == (64, 64, 3)
+        # this crop (JPEG-compressed), not the other one
+        assert np.abs(shown - crops[i]).mean() < 0.5 * np.abs(shown - crops[1 - i]).mean()
+    r = client.post("/identify", params={"faces": "true"}, files={"image": ("q.jpg", a)})
+    assert r.json()["face"].startswith("data:image/jpeg;base64,")

@@ -127,9 +127,8 @@ def test_article_preset_matches_the_articles_script_constants():
 
 
 def test_unknown_config_name_lists_the_presets(tmp_path):
-    with pytest.raises(
-        ConfigError, match="presets: article, cpu-laptop, distill, finetune, gpu-large"
-    ):
+    presets = "presets: article, cpu-laptop, distill, finetune, gpu-large"
+    with pytest.raises(ConfigError, match=presets):
         make_config(str(tmp_path / "nothing.yaml"))
 
 

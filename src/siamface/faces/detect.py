@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import threading
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -199,15 +200,27 @@ def check_detector_available(name: str = DEFAULT_DETECTOR) -> None:
         )
 
 
-@functools.lru_cache(maxsize=8)
+_CREATE_LOCK = threading.Lock()
+
+
 def get_detector(name: str = DEFAULT_DETECTOR, min_score: float = 0.5) -> FaceDetector:
     """The backend ``name``, loaded once per process (model weights load on first use).
 
     Where ``name``'s package cannot be installed (``yuface`` on Python 3.12+ or ARM) its
-    registered stand-in running the same model is returned instead.
-    """
+    registered stand-in running the same model is returned instead. Thread-safe: two threads
+    asking at once get the same detector, created once."""
+    with _CREATE_LOCK:
+        return _create_detector(name, float(min_score))
+
+
+@functools.lru_cache(maxsize=8)
+def _create_detector(name: str, min_score: float) -> FaceDetector:
     check_detector_available(name)
-    return _info(resolve_detector(name)).cls(min_score=float(min_score))
+    return _info(resolve_detector(name)).cls(min_score=min_score)
+
+
+#: Forget created detectors (after the detector registry changed, e.g. in tests).
+get_detector.cache_clear = _create_detector.cache_clear  # type: ignore[attr-defined]
 
 
 def _unrotate(k: int, width: int, height: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -309,7 +322,15 @@ def _import_yuface():
     fallback="yunet-opencv",
 )
 class YuNetDetector(FaceDetector):
-    """YuNet: boxes, scores 0-100 and 5 integer landmarks from a BGR uint8 array."""
+    """YuNet: boxes, scores 0-100 and 5 integer landmarks from a BGR uint8 array.
+
+    One call at a time per process: yuface's engine is a process-wide global, and two threads
+    inside it at once deadlocked (a hung /verify in the REST service, an aligned .onnx model
+    embedding in a thread pool). Detection is a small part of a request; the rest of the work
+    (decoding, warping, the model) stays parallel.
+    """
+
+    _call_lock = threading.Lock()
 
     def __init__(self, min_score: float = 0.5) -> None:
         super().__init__(min_score)
@@ -321,7 +342,8 @@ class YuNetDetector(FaceDetector):
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "image too large" - we control canvas size
-            confs, boxes, lms = self._yuface.detect(bgr, conf=self.min_score)
+            with self._call_lock:
+                confs, boxes, lms = self._yuface.detect(bgr, conf=self.min_score)
         faces = []
         for c, (x, y, bw, bh), lm in zip(confs, boxes, lms, strict=True):
             faces.append(
@@ -404,6 +426,7 @@ class OpenCVYuNetDetector(FaceDetector):
 
         # One process per core already in prepare; OpenCV's own pool would oversubscribe.
         cv2.setNumThreads(int(os.environ.get("SIAMFACE_DETECT_THREADS", "1")))
+        self._lock = threading.Lock()
         try:
             self._net = cv2.FaceDetectorYN.create(
                 yunet_onnx_path(), "", (320, 320), float(min_score), 0.3, 5000
@@ -418,8 +441,11 @@ class OpenCVYuNetDetector(FaceDetector):
         if rgb.shape[0] < 2 or rgb.shape[1] < 2:
             return []
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])
-        self._net.setInputSize((bgr.shape[1], bgr.shape[0]))
-        _, rows = self._net.detect(bgr)
+        # setInputSize + detect is one stateful exchange with the shared cv2 object: one
+        # thread at a time (the REST service and threaded ONNX embedding call in parallel).
+        with self._lock:
+            self._net.setInputSize((bgr.shape[1], bgr.shape[0]))
+            _, rows = self._net.detect(bgr)
         if rows is None:
             return []
         return [

@@ -1,9 +1,27 @@
-"""REST service (FastAPI): /verify, /embed, /identify, /gallery/people, /health.
+"""REST service (FastAPI) and web page: /verify, /embed, /identify, /gallery, /model-card,
+/health, and the page at /.
 
 ``siamface serve`` runs it with uvicorn; ``create_app`` builds the app for tests or for your
-own ASGI server. See docs/ship.md.
+own ASGI server. See docs/ship.md. Importing this package is light: FastAPI loads with the
+names below.
 """
 
-from siamface.serve.app import API_KEY_HEADER, ApiError, create_app
+from __future__ import annotations
 
 __all__ = ["API_KEY_HEADER", "ApiError", "create_app"]
+
+
+def __getattr__(name: str):
+    if name == "create_app":
+        from siamface.serve.app import create_app
+
+        return create_app
+    if name == "ApiError":
+        from siamface.serve.errors import ApiError
+
+        return ApiError
+    if name == "API_KEY_HEADER":
+        from siamface.serve.routes.deps import API_KEY_HEADER
+
+        return API_KEY_HEADER
+    raise AttributeError(name)

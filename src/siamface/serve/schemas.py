@@ -5,9 +5,22 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 
+class FieldError(BaseModel):
+    loc: list[str]
+    msg: str
+
+
 class ErrorOut(BaseModel):
+    """The one shape of every error answer (4xx and 5xx)."""
+
     detail: str = Field(description="what went wrong, in one sentence")
-    code: str = Field(description="machine-readable reason, e.g. bad_image, no_face")
+    code: str = Field(
+        description="machine-readable reason: bad_image, no_face, too_large, image_too_large, "
+        "invalid_request, missing_api_key, wrong_api_key, writes_disabled, no_gallery, "
+        "not_enrolled, already_enrolled, busy, not_found, internal_error ..."
+    )
+    field: str | None = Field(None, description="the form field or parameter at fault")
+    errors: list[FieldError] | None = Field(None, description="each invalid field (422)")
 
 
 class VerifyOut(BaseModel):
@@ -16,6 +29,12 @@ class VerifyOut(BaseModel):
     threshold: float
     threshold_source: str = Field(description="where the threshold came from")
     model: str = Field(description="fingerprint of the model's weights")
+    probability: float | None = Field(
+        None, description="same-person probability from the model's pair head (BCE), if any"
+    )
+    faces: list[str] | None = Field(
+        None, description="with ?faces=true: the aligned faces the model saw, JPEG data URLs"
+    )
 
 
 class EmbedOut(BaseModel):
@@ -29,6 +48,7 @@ class MatchOut(BaseModel):
     score: float = Field(description="cosine similarity to this person")
     accepted: bool = Field(description="score >= threshold")
     metadata: dict = Field(default_factory=dict)
+    thumbnail: str = Field(description="URL of the person's thumbnail (404 when none)")
 
 
 class IdentifyOut(BaseModel):
@@ -38,6 +58,7 @@ class IdentifyOut(BaseModel):
     threshold: float | None
     matches: list[MatchOut]
     model: str
+    face: str | None = Field(None, description="with ?faces=true: the aligned probe face")
 
 
 class PersonOut(BaseModel):
@@ -46,6 +67,7 @@ class PersonOut(BaseModel):
     n_images: int
     metadata: dict = Field(default_factory=dict)
     created: float = Field(description="enrollment time, seconds since the epoch")
+    thumbnail: str = Field(description="URL of the person's thumbnail (404 when none)")
 
 
 class EnrollOut(BaseModel):
@@ -70,3 +92,18 @@ class HealthOut(BaseModel):
     writes_enabled: bool
     limits: dict
     batching: dict
+
+
+class ModelCardOut(BaseModel):
+    fingerprint: str
+    backend: str
+    source: str
+    backbone: str | None
+    embedding_size: int
+    image_size: int
+    aligned: bool
+    pair_head: bool
+    threshold: dict | None = Field(description="value, target_far, method, source, tar ...")
+    training: dict = Field(description="what the model file records about its training")
+    validation: dict | None = Field(description="metrics on the validation identities")
+    report: dict | None = Field(description="summary of the served evaluation report")

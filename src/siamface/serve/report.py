@@ -1,0 +1,76 @@
+"""A ``siamface evaluate`` report folder, served on the model card (``serve --report DIR``).
+
+The folder holds ``report.json`` and the plots it lists under ``plots`` (ROC, DET, score
+histograms; see :mod:`siamface.evaluate.report`). Only those files are served, by kind, so a
+request can never name another file. The report is read once at start-up; a folder that is not
+a report is refused then, with the reason, rather than showing an empty card later.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from siamface.errors import SiamfaceError
+
+#: File name written by ``siamface evaluate`` (siamface.evaluate.report.REPORT_NAME; not
+#: imported from there because that module needs scikit-learn, which serving does not).
+REPORT_NAME = "report.json"
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    folder: Path
+    data: dict
+    plots: dict[str, Path]  # kind ("roc", "det", "histogram") -> existing PNG file
+
+    @classmethod
+    def load(cls, folder: str | Path) -> EvaluationReport:
+        folder = Path(folder).expanduser()
+        path = folder / REPORT_NAME if folder.is_dir() else folder
+        if not path.is_file():
+            raise SiamfaceError(
+                f"--report {folder}: no {REPORT_NAME} there; give the --out folder of "
+                "'siamface evaluate'"
+            )
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise SiamfaceError(f"--report: cannot read {path}: {err}") from err
+        if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
+            raise SiamfaceError(f"--report: {path} is not a siamface evaluation report")
+        plots: dict[str, Path] = {}
+        listed = data.get("plots") if isinstance(data.get("plots"), dict) else {}
+        for kind, name in listed.items():
+            if not isinstance(name, str) or Path(name).name != name or not name.endswith(".png"):
+                continue  # only plain PNG names inside the folder
+            file = path.parent / name
+            if file.is_file():
+                plots[str(kind)] = file
+        return cls(path.parent, data, plots)
+
+    def summary(self, model_fingerprint: str) -> dict:
+        """What the model card shows: headline metrics, data size, the ROC for the slider."""
+        d = self.data
+        model = d.get("model") if isinstance(d.get("model"), dict) else {}
+        metrics = d["metrics"]
+        keep = ("auc", "eer", "eer_threshold", "tar_at_far", "threshold_at_far", "best_accuracy")
+        ops = d.get("operating_points") if isinstance(d.get("operating_points"), dict) else {}
+        return {
+            "created": d.get("created"),
+            "protocol": d.get("protocol"),
+            "same_model": model.get("fingerprint") == model_fingerprint,
+            "model_fingerprint": model.get("fingerprint"),
+            "data": _pick(d.get("data"), ("identities", "images_embedded", "roots", "pairs_file")),
+            "pairs": _pick(d.get("pairs"), ("genuine_pairs", "impostor_pairs_scored")),
+            "metrics": {k: metrics.get(k) for k in keep if k in metrics},
+            "at_stored_threshold": ops.get("stored_threshold"),
+            "roc": d.get("roc") if isinstance(d.get("roc"), dict) else None,
+            "plots": {kind: f"/report/{kind}.png" for kind in self.plots},
+            "notes": [n for n in d.get("notes", []) if isinstance(n, str)][:10],
+        }
+
+
+def _pick(d: object, keys: tuple[str, ...]) -> dict:
+    return {k: d[k] for k in keys if k in d} if isinstance(d, dict) else {}

@@ -1,0 +1,8 @@
+"""The service's endpoints, one APIRouter per concern (see :data:`ROUTERS`)."""
+
+from siamface.serve.routes import embed, gallery, health, identify, page, verify
+
+#: Included by ``create_app`` in this order.
+ROUTERS = (page.router, health.router, verify.router, embed.router, identify.router, gallery.router)
+
+__all__ = ["ROUTERS"]
