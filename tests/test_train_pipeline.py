@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 from conftest import TINY_BACKBONE
+from PIL import Image
 from safetensors.torch import load_file
 
 from siamface.cli.main import main
@@ -58,13 +59,22 @@ def test_cli_train_writes_a_self_describing_checkpoint(pins_small, tmp_path, cap
     assert list((out / "tensorboard").iterdir())
     report = json.loads((out / "dataset_report.json").read_text())
     assert report["identities"] == 12 and report["val_identities"] == 4
-    assert not set(report["val_identity_names"]) & {p.name for p in pins_small.iterdir()} - set(
-        report["val_identity_names"]
-    )
+    everyone = {p.name for p in pins_small.iterdir()}
+    val = set(report["val_identity_names"])
+    # 4 real, distinct people held out; the other 8 (and only they) were trained on
+    assert len(val) == 4 and val <= everyone
+    assert report["train_identities"] == len(everyone - val) == 8
+    assert report["train_images"] == 8 * 8 and report["val_images"] == 4 * 8
     meta = read_metadata(out / "best.safetensors")
     assert meta["model"]["backbone"] == TINY_BACKBONE and meta["preprocessing"]["image_size"] == 32
     assert 0 < meta["info"]["val_metrics"]["auc"] <= 1
-    assert meta["threshold"]["value"] == pytest.approx(meta["threshold"]["value"])
+    # the stored threshold is the one calibrated on the validation identities of the best
+    # epoch, at the configured FAR (1e-3 by default), as history.json recorded it
+    hist_best = next(h for h in json.loads((out / "history.json").read_text())
+                     if h["epoch"] == meta["info"]["epoch"])  # fmt: skip
+    assert meta["threshold"]["value"] == pytest.approx(hist_best["val_threshold"], abs=1e-9)
+    assert meta["threshold"]["target_far"] == 1e-3
+    assert meta["threshold"]["source"] == "validation identities"
     assert -1 <= meta["threshold"]["value"] <= 1
     # loadable by siamface alone, no architecture re-typed, embeddings are unit vectors
     model = load_checkpoint(out).build()
@@ -145,12 +155,21 @@ def test_bad_images_are_skipped_and_listed(pins_small, tmp_path):
     (person / "notes.jpg").write_text("not an image")
     (data / "lonely").mkdir()
     shutil.copy(next(person.glob("*.jpg")), data / "lonely" / "only.jpg")
+    # issue 13: a 1x1 "photo", a broken link, a .gif and an empty person are reported too
+    Image.new("RGB", (1, 1)).save(person / "tiny.png")
+    (person / "ghost.jpg").symlink_to(tmp_path / "gone.jpg")
+    Image.new("RGB", (40, 40)).save(person / "anim.gif")
+    (data / "nobody").mkdir()
     out = tmp_path / "run"
     rc = main(["train", "--data", str(data), "--out", str(out), "--no-progress", *FAST, "epochs=1"])
     assert rc == 0
     report = json.loads((out / "dataset_report.json").read_text())
-    bad = {u["path"].rsplit("/", 1)[1] for u in report["unreadable"]}
-    assert bad == {"truncated.jpg", "empty.png", "notes.jpg"}
+    bad = {u["path"].rsplit("/", 1)[1]: u["reason"] for u in report["unreadable"]}
+    assert set(bad) == {"truncated.jpg", "empty.png", "notes.jpg", "tiny.png", "ghost.jpg"}
+    assert "image too small" in bad["tiny.png"] and "broken symbolic link" in bad["ghost.jpg"]
+    ignored = {u["path"].rsplit("/", 1)[1] for u in report["ignored_files"]}
+    assert {"anim.gif", "nobody"} <= ignored
+    assert report["empty_identities"] == [str(data / "nobody")]
     assert report["excluded_identities"] == ["lonely"]
     assert report["duplicates_across_identities"]  # the copied file lives under two people
 

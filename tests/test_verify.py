@@ -40,7 +40,9 @@ def _sim(model, a, b) -> float:
 def test_verify_exit_status_follows_the_decision(tiny_checkpoint, images, capsys):
     a, b, _ = images
     s = _sim(tiny_checkpoint, a, b)
-    below, above = s - 1e-3, s + 1e-3
+    # Thresholds are cosines in [-1, 1] (verify refuses others): the point half-way to 1.
+    below, above = s - 1e-3, (s + 1.0) / 2
+    assert below < s < above <= 1.0
     base = ["verify", "--model", str(tiny_checkpoint), str(a), str(b)]
     assert main([*base, "--threshold", str(below)]) == 0
     assert capsys.readouterr().out.startswith("same person")
@@ -148,8 +150,13 @@ def test_load_api(tiny_checkpoint, images):
     assert r.similarity == pytest.approx(float(e[0] @ e[1]), abs=1e-5)
     assert r.same == (r.similarity >= 0.5) and r.threshold == 0.5
     assert m.verify(e[0], a).similarity == pytest.approx(1.0, abs=1e-5)
-    r2 = m.verify(a, c, threshold=2.0)
-    assert r2.same is False and r2.threshold_source == "given"
+    r2 = m.verify(a, c, threshold=1.0)
+    assert r2.same is (r2.similarity >= 1.0) and r2.threshold_source == "given"
+    for bad in (2.0, float("nan"), -1.5):  # thresholds are cosines, as in verify and serve
+        with pytest.raises(SiamfaceError, match="threshold"):
+            m.verify(a, c, threshold=bad)
+        with pytest.raises(SiamfaceError, match="threshold"):
+            siamface.load(tiny_checkpoint, threshold=bad)
     m2 = siamface.load(tiny_checkpoint, threshold=-1.0)
     assert m2.verify(a, c).same is True and m2.verify(a, c).threshold_source == "given to load()"
     with pytest.raises(SiamfaceError, match="image not found"):

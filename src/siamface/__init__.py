@@ -15,8 +15,8 @@ import os as _os
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from siamface.errors import SiamfaceError  # noqa: E402
+from siamface.version import __version__  # noqa: E402
 
-__version__ = "0.1.0"
 __all__ = ["SiamfaceError", "__version__", "load"]
 
 

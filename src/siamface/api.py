@@ -8,6 +8,7 @@ Example::
     r = model.verify("a.jpg", "b.jpg")             # Verification(similarity, same, threshold, ...)
     if r.same: ...
     vecs = model.embed(["a.jpg", "b.jpg"])         # (2, D) float32 unit vectors
+    c = model.verify_identity("door.jpg", "Alice", gallery="staff")  # 1:1 against a claim
 
 Images may be file paths, PIL images or HWC uint8 arrays; ``verify`` also accepts embeddings
 (1-D vectors from ``embed``), so a stored gallery vector can be compared with a new photo.
@@ -23,7 +24,14 @@ import numpy as np
 from PIL import Image
 
 from siamface.errors import SiamfaceError
-from siamface.verify import Verification, decide, resolve_threshold
+from siamface.verify import (
+    ClaimVerification,
+    Verification,
+    check_threshold,
+    decide,
+    resolve_threshold,
+    verify_claim,
+)
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray]  # noqa: UP007 - readable alias
 
@@ -33,7 +41,7 @@ class FaceModel:
 
     def __init__(self, embedder, threshold: float | None = None):
         self.embedder = embedder
-        self._override = threshold
+        self._override = None if threshold is None else check_threshold(threshold)
 
     # -- what the model is -------------------------------------------------------------
     @property
@@ -127,7 +135,36 @@ class FaceModel:
         value, source = resolve_threshold(self.embedder.threshold, t, str(self.embedder.source))
         if t is not None and threshold is None:
             source = "given to load()"
-        return decide(self.similarity(a, b), value, source)
+        sim = self.similarity(a, b)
+        return decide(sim, value, source, self.probability(sim))
+
+    def probability(self, similarity: float) -> float | None:
+        """Same-person probability for a cosine similarity, from the model's BCE pair head
+        (``loss=bce`` models; the article's probability output); None without one."""
+        p = self.embedder.pair_probability(np.asarray([similarity], dtype=np.float64))
+        return None if p is None else float(p[0])
+
+    def verify_identity(
+        self, image: ImageLike, person: str, gallery, threshold: float | None = None
+    ) -> ClaimVerification:
+        """Is ``image`` the enrolled ``person``? 1:1 verification against a claimed identity,
+        decided at the gallery's threshold (else ``threshold``/the load-time one, else the
+        model's). ``gallery`` is a gallery folder or an open :class:`~siamface.gallery.Gallery`
+        built with this model (another model's gallery is refused)."""
+        from siamface.gallery import Gallery
+
+        emb = self._embed_list([image], 1)[0]
+
+        def decide_in(g: Gallery) -> ClaimVerification:
+            t = threshold
+            if t is None and g.threshold is None:
+                t = self._override
+            return verify_claim(self.embedder, g, emb, person, t)
+
+        if isinstance(gallery, Gallery):
+            return decide_in(gallery)
+        with Gallery.open(gallery) as g:
+            return decide_in(g)
 
 
 def _is_single(x) -> bool:

@@ -14,21 +14,51 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from siamface.data.images import is_image_path
 from siamface.errors import SiamfaceError
+from siamface.model.validate import check_threshold
+
+__all__ = [
+    "ClaimVerification",
+    "Verification",
+    "check_threshold",
+    "decide",
+    "resolve_threshold",
+    "verify_claim",
+]
 
 
 @dataclass(frozen=True)
 class Verification:
-    """One decision and everything needed to interpret it."""
+    """One decision and everything needed to interpret it.
+
+    ``probability``: the same-person probability from the model's BCE pair head (models
+    trained with ``loss=bce``), reported beside the cosine; None for other models. The
+    decision is always ``similarity >= threshold``.
+    """
 
     similarity: float
     same: bool
     threshold: float
     threshold_source: str
+    probability: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ClaimVerification(Verification):
+    """A 1:1 decision against a claimed identity enrolled in a gallery: is this ``person``?
+
+    ``similarity`` is the probe's score against that person as the gallery scores people
+    (their mean template, or their best image with ``aggregation=max``).
+    """
+
+    person: str = ""
+    gallery: str = ""
 
 
 def describe_threshold(record: dict) -> str:
@@ -47,7 +77,7 @@ def describe_threshold(record: dict) -> str:
 def resolve_threshold(stored: dict | None, override: float | None, model: str) -> tuple[float, str]:
     """The threshold to decide with: the given one, else the checkpoint's; else an error."""
     if override is not None:
-        return float(override), "given"
+        return check_threshold(override), "given"
     if stored and stored.get("value") is not None:
         return float(stored["value"]), describe_threshold(stored)
     raise SiamfaceError(
@@ -56,8 +86,73 @@ def resolve_threshold(stored: dict | None, override: float | None, model: str) -
     )
 
 
-def decide(similarity: float, threshold: float, source: str) -> Verification:
-    return Verification(float(similarity), bool(similarity >= threshold), threshold, source)
+def decide(
+    similarity: float, threshold: float, source: str, probability: float | None = None
+) -> Verification:
+    p = None if probability is None else float(probability)
+    return Verification(float(similarity), bool(similarity >= threshold), threshold, source, p)
+
+
+def _probability(embedder, similarity: float) -> float | None:
+    fn = getattr(embedder, "pair_probability", None)
+    p = fn(np.asarray([similarity])) if fn is not None else None
+    return None if p is None else float(p[0])
+
+
+# ----------------------------------------------------------------------------- claimed identity
+def claimed_score(gallery, embedding: np.ndarray, person: str, fingerprint: str) -> float:
+    """The probe's score against ``person`` in ``gallery``, as the gallery's own search
+    scores people (template or best image, any index kind), through its public API."""
+    if gallery.person(person) is None:
+        raise SiamfaceError(f"{person!r} is not enrolled in gallery {gallery.location}")
+    n = len(gallery)
+    k = min(n, 16)
+    probe = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
+    while True:
+        result = gallery.search(probe, k, fingerprint=fingerprint, threshold=None)[0]
+        for m in result.matches:
+            if m.name == person:
+                return float(m.score)
+        if k >= n:
+            raise SiamfaceError(f"{person!r} was removed from gallery {gallery.location} meanwhile")
+        k = min(n, k * 8)
+
+
+def claim_threshold(
+    gallery, override: float | None, model_threshold: dict | None
+) -> tuple[float, str]:
+    """Threshold for a claimed identity: the given one, else the gallery's (its open-set
+    threshold, normally the model's calibrated one), else the model's stored one."""
+    if override is not None:
+        return check_threshold(override), "given"
+    if gallery.threshold is not None:
+        return check_threshold(
+            gallery.threshold, "gallery threshold"
+        ), f"gallery {gallery.location}"
+    if model_threshold and model_threshold.get("value") is not None:
+        return float(model_threshold["value"]), describe_threshold(model_threshold)
+    raise SiamfaceError(
+        f"gallery {gallery.location} has no threshold (closed-set) and the model stores none; pass "
+        f"--threshold T or set one with 'siamface gallery set {gallery.location} --threshold T'"
+    )
+
+
+def verify_claim(
+    embedder, gallery, embedding: np.ndarray, person: str, threshold: float | None = None
+) -> ClaimVerification:
+    """Is the face with ``embedding`` the enrolled ``person``? Decided at the gallery's
+    threshold (or ``threshold``); the gallery refuses embeddings of another model."""
+    thr, source = claim_threshold(gallery, threshold, embedder.threshold)
+    score = claimed_score(gallery, embedding, person, embedder.fingerprint)
+    return ClaimVerification(
+        similarity=score,
+        same=bool(score >= thr),
+        threshold=thr,
+        threshold_source=source,
+        probability=_probability(embedder, score),
+        person=person,
+        gallery=str(gallery.location),
+    )
 
 
 # ----------------------------------------------------------------------------- many pairs
@@ -135,4 +230,8 @@ def verify_pairs(
         more = f" ({len(errors)} unreadable images in all)" if len(errors) > 1 else ""
         raise SiamfaceError(f"{at}cannot read {bad}: {reason}{more}")
     sims = embedder.similarity(emb[[pos[a] for a, _ in pairs]], emb[[pos[b] for _, b in pairs]])
-    return [decide(float(s), threshold, source) for s in sims]
+    probs = embedder.pair_probability(sims) if hasattr(embedder, "pair_probability") else None
+    return [
+        decide(float(s), threshold, source, None if probs is None else probs[k])
+        for k, s in enumerate(sims)
+    ]

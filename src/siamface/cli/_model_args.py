@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument(
         "--model",
-        required=True,
+        required=required,
         metavar="MODEL",
         help="checkpoint (.safetensors), training run directory, exported .onnx, or a "
         "built-in face model: sface (OpenCV Zoo SFace, installed with siamface), dlib "
@@ -34,6 +34,17 @@ def positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return v
+
+
+def threshold_value(text: str) -> float:
+    """A decision threshold: a cosine similarity in [-1, 1] (the rule the server, the API
+    and ``gallery set`` apply too; 'nan' and 5 are refused)."""
+    from siamface.model.validate import check_threshold
+
+    try:
+        return check_threshold(text)
+    except Exception as err:  # noqa: BLE001 - argparse wants ArgumentTypeError
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def rate(text: str) -> float:

@@ -97,6 +97,7 @@ def checkpoint_path(model: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     from siamface.evaluate import run as ev
     from siamface.evaluate.metrics import DEFAULT_FARS, threshold_record
+    from siamface.fileio import check_output_file
     from siamface.model.checkpoint import load_checkpoint, save_checkpoint
     from siamface.model.zoo import get_pretrained, resolve_checkpoint
 
@@ -109,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         )
     src = None if builtin else checkpoint_path(args.model)
     out = Path(args.out).expanduser() if args.out else src
+    check_output_file(out, "checkpoint")  # before the embedding work, not after
     ids = None
     if args.identities:
         ids = ev.read_identity_list(args.identities)

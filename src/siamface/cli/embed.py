@@ -34,41 +34,62 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def list_images(root: Path) -> list[Path]:
-    """Image files under ``root`` (recursive, sorted, hidden files and folders skipped)."""
-    from siamface.data.images import is_image_path
+def list_images(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(image files under ``root``, [(file or folder, why it is not used)]).
+
+    Recursive and sorted; hidden files and folders are skipped. Files with another suffix
+    (``.gif``, ``.txt``) and folders without any image are returned as unused, so they are
+    reported, not silently dropped; broken symbolic links count as images so that reading
+    them reports them too.
+    """
+    from siamface.data.images import is_image_path, unsupported_reason
     from siamface.errors import SiamfaceError
 
     if not root.is_dir():
         raise SiamfaceError(f"data folder not found: {root}")
-    files = sorted(
-        f
-        for f in root.rglob("*")
-        if f.is_file()
-        and is_image_path(f)
-        and not any(part.startswith(".") for part in f.relative_to(root).parts)
-    )
+    files: list[Path] = []
+    unused: list[tuple[Path, str]] = []
+    folders_with_images: set[Path] = set()
+    folders: list[Path] = []
+    for f in sorted(root.rglob("*")):
+        if any(part.startswith(".") for part in f.relative_to(root).parts):
+            continue
+        if f.is_dir():
+            folders.append(f)
+        elif not (f.is_file() or f.is_symlink()):
+            unused.append((f, "not a regular file"))
+        elif is_image_path(f):
+            files.append(f)
+            folders_with_images.update(f.relative_to(root).parents)
+        else:
+            unused.append((f, unsupported_reason(f)))
+    for d in folders:
+        if d.relative_to(root) not in folders_with_images:
+            unused.append((d, "folder without image files"))
     if not files:
         raise SiamfaceError(f"no image files under {root}")
-    return files
+    return files, unused
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from siamface.fileio import atomic_write
+    from siamface.fileio import atomic_write, check_output_file
 
     root = Path(args.data).expanduser()
     out = Path(args.out).expanduser()
     if out.suffix != ".npz":
         out = out.with_name(out.name + ".npz")
-    files = list_images(root)
+    files, unused = list_images(root)
+    check_output_file(out, "embeddings file")
     model = open_model_arg(args)
     emb, errors = model.embed_paths(
         files, batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress
     )
     rel = [f.relative_to(root).as_posix() for f in files]
     kept = [i for i in range(len(files)) if i not in errors]
+    skipped = [(rel[i], r) for i, r in errors.items()]
+    skipped += [(p.relative_to(root).as_posix(), r) for p, r in unused]
     ids = [rel[i].split("/")[0] if "/" in rel[i] else "" for i in kept]
     if not kept:
         from siamface.errors import SiamfaceError
@@ -89,8 +110,8 @@ def run(args: argparse.Namespace) -> int:
                 fingerprint=np.array(model.fingerprint),
                 model=np.array(str(model.source)),
                 root=np.array(str(root.resolve())),
-                skipped=np.array([rel[i] for i in errors], dtype=str),
-                skipped_reasons=np.array(list(errors.values()), dtype=str),
+                skipped=np.array([name for name, _ in skipped], dtype=str),
+                skipped_reasons=np.array([why for _, why in skipped], dtype=str),
             )
 
     atomic_write(out, write)
@@ -99,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         "images": len(kept),
         "embedding_size": int(model.embedding_size),
         "fingerprint": model.fingerprint,
-        "skipped": [{"path": rel[i], "reason": r} for i, r in errors.items()],
+        "skipped": [{"path": name, "reason": why} for name, why in skipped],
     }
     if args.json:
         print(json.dumps(summary))

@@ -92,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
     from siamface.evaluate import run as ev
     from siamface.evaluate.metrics import DEFAULT_FARS
     from siamface.evaluate.report import summary_lines
+    from siamface.fileio import check_output_dir
+
+    check_output_dir(args.out, "report folder")  # before minutes of embedding
 
     fars = tuple(sorted(set(args.far), reverse=True)) if args.far else DEFAULT_FARS
     common = dict(

@@ -94,10 +94,13 @@ def run(args: argparse.Namespace) -> int:
 
     from siamface.data.folders import scan_identity_folders
     from siamface.errors import SiamfaceError
+    from siamface.fileio import atomic_write, check_output_file
     from siamface.gallery.evaluate import DEFAULT_FARS, evaluate_open_set, split_open_set
     from siamface.inference import open_model
 
     model_path, data, names = _resolve(args)
+    if args.out:
+        check_output_file(args.out, "report file")
     scan = scan_identity_folders(data)
     samples = scan.samples
     if names is not None:
@@ -149,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
         "best_aggregation": best,
     }
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=1))
+        text = json.dumps(report, indent=1)
+        atomic_write(Path(args.out), lambda p: p.write_text(text, encoding="utf-8"))
     if args.json:
         print(json.dumps(report, indent=1))
         return 0

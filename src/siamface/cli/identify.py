@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from siamface.cli._model_args import threshold_value
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -14,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Embed each image with the gallery's model and list the best-matching "
         "enrolled people with cosine similarity. The answer is 'unknown' when the best score "
         "is below the gallery's threshold (set with 'siamface gallery set --threshold').",
+        epilog="exit status: 0 = every image answered (known or unknown), 2 = an error, "
+        "including some images that could not be read (the others are still answered)",
     )
     p.add_argument(
         "gallery", metavar="GALLERY", help="gallery folder, or milvus://HOST:PORT/COLLECTION"
@@ -21,7 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMG")
     p.add_argument("--model", help="model file (default: the one the gallery records)")
     p.add_argument("--top-k", type=int, default=5, help="candidates to list (default 5)")
-    p.add_argument("--threshold", type=float, help="override the gallery's threshold")
+    p.add_argument(
+        "--threshold",
+        type=threshold_value,
+        help="override the gallery's threshold (a cosine similarity in [-1, 1])",
+    )
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.set_defaults(func=run)
 
@@ -57,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         for o in out:
             _print(o)
-    return 1 if errors else 0
+    # 2, not 1: a script must tell "could not read an image" from a successful answer.
+    return 2 if errors else 0
 
 
 def _print(o: dict) -> None:

@@ -72,7 +72,9 @@ def _summary(pf, path: Path) -> dict:
 
 def run_make(args: argparse.Namespace) -> int:
     from siamface.evaluate.protocol import make_pairs, write_pairs
+    from siamface.fileio import check_output_file
 
+    check_output_file(args.out, "pairs file")
     pf = make_pairs(args.data, args.folds, args.per_fold, args.seed)
     out = write_pairs(pf, args.out)
     s = _summary(pf, out)

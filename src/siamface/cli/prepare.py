@@ -46,7 +46,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="largest",
         help="several faces in a photo: keep the largest, the most central, or all (largest)",
     )
-    p.add_argument("--detector", default="yunet", help="face detector backend (yunet)")
+    from siamface.faces.detect import DEFAULT_DETECTOR, detector_infos
+
+    p.add_argument(
+        "--detector",
+        default=DEFAULT_DETECTOR,
+        choices=[i.name for i in detector_infos()],
+        help=f"face detector backend ({DEFAULT_DETECTOR}; yunet-opencv forces OpenCV's runtime)",
+    )
     p.add_argument(
         "--min-score", type=float, default=0.5, help="ignore detections below this score (0.5)"
     )

@@ -70,6 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from siamface.errors import SiamfaceError
+    from siamface.fileio import check_output_dir
     from siamface.train.config import make_config, write_default_yaml
 
     if args.print_config:
@@ -90,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         if args.data or args.config:
             raise SiamfaceError("--resume continues a run with its own data and config")
+        if Path(args.resume).is_dir():
+            check_output_dir(args.resume, "run directory")  # writable, disk not full
         trainer = Trainer.resume(args.resume, overrides, progress=not args.no_progress)
     else:
         if not args.data:
@@ -102,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{out} already holds a run; use --resume {out} to continue it or pick a new --out"
             )
         cfg = make_config(args.config, overrides)  # validated before anything else happens
+        check_output_dir(out, "run directory")  # a file, read-only, a full disk: refused now
         trainer = Trainer(cfg, args.data, out, progress=not args.no_progress)
     summary = trainer.run()
     if args.json:

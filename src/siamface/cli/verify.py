@@ -1,8 +1,10 @@
 """``siamface verify``: are two faces the same person? Similarity, decision, and the threshold
-behind it; ``--pairs-csv`` for many pairs.
+behind it; ``--pairs-csv`` for many pairs; ``--gallery G --as NAME`` for one face against a
+claimed, enrolled identity (the article's 1:1 use case: "I am Alice").
 
-Exit status (single pair): 0 = same person, 1 = different people, 2 = error (including "no
-threshold to decide with"). With ``--pairs-csv``: 0 = all pairs decided, 2 = error.
+Exit status (single pair or claim): 0 = same person, 1 = different people, 2 = error
+(including "no threshold to decide with"). With ``--pairs-csv``: 0 = all pairs decided,
+2 = error.
 """
 
 from __future__ import annotations
@@ -13,7 +15,12 @@ import json
 import sys
 from pathlib import Path
 
-from siamface.cli._model_args import add_embed_args, add_model_args, open_model_arg
+from siamface.cli._model_args import (
+    add_embed_args,
+    add_model_args,
+    open_model_arg,
+    threshold_value,
+)
 
 EXIT_SAME, EXIT_DIFFERENT = 0, 1
 
@@ -22,13 +29,17 @@ exit status: 0 = same person, 1 = different people, 2 = error (with --pairs-csv:
 
 The decision is similarity >= threshold. The threshold is the one stored in the checkpoint
 (calibrated on validation identities at a target false-accept rate, see 'siamface calibrate')
-unless --threshold is given.
+unless --threshold is given (a cosine similarity in [-1, 1]). With --gallery G --as NAME the
+face is compared with NAME as enrolled in gallery G, at the gallery's threshold; --model then
+defaults to the model the gallery was built with. Models trained with loss=bce also report
+the pair head's same-person probability beside the cosine.
 
 examples:
   siamface verify --model runs/pins a.jpg b.jpg && echo same
   siamface verify --model model.onnx a.jpg b.jpg --threshold 0.45 --json
   siamface verify --model runs/pins --pairs-csv pairs.csv --out decisions.csv
     (pairs.csv: 'image1,image2' rows; relative paths are read from the CSV's folder)
+  siamface verify --gallery staff --as "Alice Smith" door_camera.jpg && open_door
 """
 
 
@@ -40,9 +51,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_args(p)
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="two image files")
-    p.add_argument("--threshold", type=float, help="decide with this threshold instead")
+    add_model_args(p, required=False)
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="two image files (one with --as)")
+    p.add_argument(
+        "--threshold",
+        type=threshold_value,
+        help="decide with this threshold instead (a cosine similarity in [-1, 1])",
+    )
+    p.add_argument("--gallery", metavar="GALLERY", help="gallery holding the claimed person")
+    p.add_argument(
+        "--as", dest="person", metavar="NAME", help="with --gallery: the claimed identity"
+    )
     p.add_argument("--pairs-csv", metavar="FILE", help="CSV of image1,image2 rows")
     p.add_argument("--root", metavar="DIR", help="folder relative CSV paths start from")
     p.add_argument("--out", metavar="FILE", help="with --pairs-csv: write results CSV here")
@@ -54,6 +73,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from siamface.errors import SiamfaceError
 
+    if args.gallery or args.person:
+        return _run_claim(args)
+    if not args.model:
+        raise SiamfaceError("--model is required (or --gallery G --as NAME for a claimed identity)")
     if args.pairs_csv:
         if args.images:
             raise SiamfaceError("give either two images or --pairs-csv, not both")
@@ -88,11 +111,53 @@ def _run_one(args: argparse.Namespace) -> int:
         print(json.dumps(_one_json(args, model, r)))
     else:
         verdict = "same person" if r.same else "different people"
-        op = ">=" if r.same else "<"
+        print(f"{verdict}: {_because(r)}")
+    return EXIT_SAME if r.same else EXIT_DIFFERENT
+
+
+def _because(r) -> str:
+    op = ">=" if r.same else "<"
+    prob = "" if r.probability is None else f", same-person probability {r.probability:.3f}"
+    return (
+        f"similarity {r.similarity:.4f} {op} threshold {r.threshold:.4f} "
+        f"({r.threshold_source}){prob}"
+    )
+
+
+def _run_claim(args: argparse.Namespace) -> int:
+    """One face against a claimed identity enrolled in a gallery."""
+    from siamface.cli.gallery import load_gallery_model
+    from siamface.errors import SiamfaceError
+    from siamface.gallery import Gallery
+    from siamface.verify import verify_claim
+
+    if not (args.gallery and args.person):
+        raise SiamfaceError("--gallery and --as go together: --gallery G --as NAME IMAGE")
+    if args.pairs_csv or args.root or args.out:
+        raise SiamfaceError("--pairs-csv, --root and --out do not apply with --gallery/--as")
+    if len(args.images) != 1:
+        raise SiamfaceError(f"give exactly one image with --as (got {len(args.images)})")
+    image = Path(args.images[0]).expanduser()
+    if not image.is_file():
+        raise SiamfaceError(f"image not found: {image}")
+    with Gallery.open(args.gallery) as g:
+        if g.person(args.person) is None:
+            raise SiamfaceError(f"{args.person!r} is not enrolled in gallery {args.gallery}")
+        model = load_gallery_model(g, args.model)
+        emb, errors = model.embed_paths([image], progress=False)
+        if errors:
+            raise SiamfaceError(f"cannot use {image}: {errors[0]}")
+        r = verify_claim(model, g, emb[0], args.person, args.threshold)
+    if args.json:
         print(
-            f"{verdict}: similarity {r.similarity:.4f} {op} threshold {r.threshold:.4f} "
-            f"({r.threshold_source})"
+            json.dumps(
+                {"image": str(image), **r.to_dict(), "model": str(model.source)}
+                | {"fingerprint": model.fingerprint}
+            )
         )
+    else:
+        verdict = f"is {r.person}" if r.same else f"is not {r.person}"
+        print(f"{verdict}: {_because(r)}")
     return EXIT_SAME if r.same else EXIT_DIFFERENT
 
 
@@ -107,10 +172,12 @@ def _one_json(args, model, r) -> dict:
 
 
 def _run_csv(args: argparse.Namespace) -> int:
-    from siamface.fileio import atomic_write
+    from siamface.fileio import atomic_write, check_output_file
     from siamface.verify import read_pairs_csv, resolve_threshold, verify_pairs
 
     rows = read_pairs_csv(args.pairs_csv, args.root)  # checks every path before model work
+    if args.out:
+        check_output_file(args.out, "results file")
     model = open_model_arg(args)
     thr, source = resolve_threshold(model.threshold, args.threshold, args.model)
     results = verify_pairs(
@@ -134,6 +201,8 @@ def _run_csv(args: argparse.Namespace) -> int:
     ]
     if args.out:
         fields = ["image1", "image2", "similarity", "same", "threshold"]
+        if any(r.probability is not None for r in results):
+            fields.append("probability")
 
         def write(p: Path) -> None:
             with open(p, "w", newline="", encoding="utf-8") as f:

@@ -11,8 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from siamface.data.images import is_image_path
+from siamface.data.images import is_image_path, unsupported_reason
+from siamface.data.marker import PREPARE_FILES
 from siamface.errors import SiamfaceError
+
+#: Reason given for an identity folder that holds no image file.
+EMPTY_IDENTITY = "empty identity folder (no image files)"
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,8 @@ class FolderScan:
     samples: list[Sample]
     roots: list[Path]
     ignored: list[tuple[Path, str]] = field(default_factory=list)
+    #: Identity folders holding no image at all (a person with no photos is worth a word).
+    empty_identities: list[Path] = field(default_factory=list)
 
     @property
     def identities(self) -> list[str]:
@@ -40,9 +46,13 @@ class FolderScan:
 def scan_identity_folders(roots: Sequence[str | Path]) -> FolderScan:
     """List every image under ``root/<identity>/`` for each root.
 
-    Files directly under a root, hidden files and non-image suffixes are ignored and listed
-    (a stray README or ``.DS_Store`` is common). Raises :class:`SiamfaceError` for a missing
-    root, a root that is a file, or roots that contain no identity folder with images.
+    Files directly under a root and files with a non-image suffix (``.gif``, a stray README)
+    are ignored and listed in ``ignored``; identity folders without any image are listed in
+    ``empty_identities`` and in ``ignored`` (so every command that reports what it ignored
+    reports them); hidden files (``.DS_Store``) are skipped silently. Broken symbolic
+    links are kept as samples, so that decoding reports them like any unreadable file.
+    Raises :class:`SiamfaceError` for a missing root, a root that is a file, or roots that
+    contain no identity folder with images.
     """
     if not roots:
         raise SiamfaceError("no data folder given (use --data DIR)")
@@ -56,6 +66,7 @@ def scan_identity_folders(roots: Sequence[str | Path]) -> FolderScan:
         )
     samples: list[Sample] = []
     ignored: list[tuple[Path, str]] = []
+    empty: list[Path] = []
     for root, name in zip(paths, names, strict=True):
         if not root.exists():
             raise SiamfaceError(f"data folder not found: {root}")
@@ -63,26 +74,31 @@ def scan_identity_folders(roots: Sequence[str | Path]) -> FolderScan:
             raise SiamfaceError(f"data path is not a folder: {root}")
         found_in_root = 0
         for ident_dir in sorted(root.iterdir()):
-            if ident_dir.name.startswith("."):
+            if ident_dir.name.startswith(".") or ident_dir.name in PREPARE_FILES:
                 continue
             if not ident_dir.is_dir():
                 ignored.append((ident_dir, "file outside an identity folder"))
                 continue
             identity = f"{name}/{ident_dir.name}" if prefix else ident_dir.name
+            found_here = 0
             for f in sorted(ident_dir.rglob("*")):
                 if f.is_dir() or f.name.startswith("."):
                     continue
                 if not is_image_path(f):
-                    ignored.append((f, "not an image file suffix"))
+                    ignored.append((f, unsupported_reason(f)))
                     continue
                 samples.append(Sample(f, identity))
-                found_in_root += 1
+                found_here += 1
+            if not found_here:
+                empty.append(ident_dir)
+                ignored.append((ident_dir, EMPTY_IDENTITY))
+            found_in_root += found_here
         if found_in_root == 0:
             raise SiamfaceError(
                 f"no images found in {root}: expected identity folders like "
                 f"{root}/<person>/<image>.jpg"
             )
-    return FolderScan(samples=samples, roots=paths, ignored=ignored)
+    return FolderScan(samples=samples, roots=paths, ignored=ignored, empty_identities=empty)
 
 
 def scan_images(roots: Sequence[str | Path]) -> list[Path]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,10 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pbm", ".pnm", ".tif", ".tiff", ".webp"}
 )
+
+#: Images whose shorter side is below this many pixels hold no usable face (a 1x1 "photo"
+#: would otherwise be upscaled, trained on and enrolled as a face); they are skipped and listed.
+MIN_IMAGE_SIDE = 16
 
 # Refuse decompression bombs loudly rather than eating all memory, but allow large photos.
 Image.MAX_IMAGE_PIXELS = 200_000_000
@@ -33,6 +38,13 @@ class ImageLoadError(Exception):
 def is_image_path(path: Path) -> bool:
     """True when the suffix looks like an image we can decode (content is checked later)."""
     return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def unsupported_reason(path: Path) -> str:
+    """Why a file found while scanning is not used, in the words every command reports."""
+    suffix = path.suffix.lower()
+    kind = f"unsupported file type {suffix!r}" if suffix else "no file type suffix"
+    return f"{kind} (images: {', '.join(sorted(IMAGE_SUFFIXES))})"
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -62,7 +74,11 @@ def load_rgb(path: str | Path) -> Image.Image:
         if p.stat().st_size == 0:
             raise ImageLoadError("empty file")
     except FileNotFoundError as err:
+        if p.is_symlink():
+            raise ImageLoadError(f"broken symbolic link (target {os.readlink(p)} missing)") from err
         raise ImageLoadError("file not found") from err
+    except OSError as err:  # permission denied, a symlink loop, an I/O error...
+        raise ImageLoadError(f"cannot open ({err.strerror or err})") from err
     return _decode(p)
 
 
@@ -86,12 +102,15 @@ def _decode(source: Path | io.BytesIO, max_pixels: int | None = None) -> Image.I
                     raise ImageLoadError(
                         f"image too large ({img.width}x{img.height} pixels, limit {max_pixels})"
                     )
+                if img.width < MIN_IMAGE_SIDE or img.height < MIN_IMAGE_SIDE:
+                    raise ImageLoadError(
+                        f"image too small ({img.width}x{img.height} pixels; a face needs at "
+                        f"least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE})"
+                    )
                 img.load()
                 # Copy only when something changes: a 64-megapixel photo is 192 MB per copy.
                 if img.getexif().get(0x0112, 1) not in (0, 1):
                     img = ImageOps.exif_transpose(img)
-                if img.width < 1 or img.height < 1:
-                    raise ImageLoadError("image has no pixels")
                 return img if img.mode == "RGB" else _to_rgb(img)
     except UnidentifiedImageError as err:
         raise ImageLoadError("not a recognised image format") from err

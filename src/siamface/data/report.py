@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 
-from siamface.data.folders import Sample
+from siamface.data.folders import EMPTY_IDENTITY, Sample
 from siamface.data.images import file_digest
 
 
@@ -30,6 +30,7 @@ class DatasetReport:
     excluded_identities: list[str] = field(default_factory=list)
     unreadable: list[dict] = field(default_factory=list)
     ignored_files: list[dict] = field(default_factory=list)
+    empty_identities: list[str] = field(default_factory=list)
     duplicates_within_identity: list[list[str]] = field(default_factory=list)
     duplicates_across_identities: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -53,6 +54,13 @@ class DatasetReport:
         if self.unreadable:
             lines.append(f"skipped unreadable files: {len(self.unreadable)}")
             lines += [f"  - {u['path']}: {u['reason']}" for u in self.unreadable[:10]]
+        files = [u for u in self.ignored_files if u["reason"] != EMPTY_IDENTITY]
+        if files:
+            lines.append(f"ignored files (not images): {len(files)}")
+            lines += [f"  - {u['path']}: {u['reason']}" for u in files[:10]]
+        if self.empty_identities:
+            lines.append(f"empty identity folders (no image files): {len(self.empty_identities)}")
+            lines += [f"  - {p}" for p in self.empty_identities[:10]]
         if self.duplicates_within_identity:
             lines.append(
                 f"byte-identical duplicates within an identity: "
@@ -92,6 +100,7 @@ def build_report(
     ignored: Sequence[tuple[Path, str]] = (),
     min_images: int = 2,
     check_duplicates: bool = True,
+    empty_identities: Sequence[Path] = (),
 ) -> DatasetReport:
     """Describe ``samples`` (the readable images) and list the problems found on the way."""
     counts = Counter(s.identity for s in samples)
@@ -110,6 +119,7 @@ def build_report(
         excluded_identities=excluded,
         unreadable=[{"path": str(p), "reason": r} for p, r in (unreadable or {}).items()],
         ignored_files=[{"path": str(p), "reason": r} for p, r in ignored],
+        empty_identities=[str(p) for p in empty_identities],
     )
     if check_duplicates:
         _find_duplicates(samples, report)
@@ -120,6 +130,12 @@ def build_report(
         report.warnings.append(
             f"{len(excluded)} identities have fewer than {min_images} images and are excluded "
             f"from sampling: {', '.join(excluded[:5])}{' ...' if len(excluded) > 5 else ''}"
+        )
+    if report.empty_identities:
+        report.warnings.append(
+            f"{len(report.empty_identities)} identity folders hold no image file: "
+            + ", ".join(Path(p).name for p in report.empty_identities[:5])
+            + (" ..." if len(report.empty_identities) > 5 else "")
         )
     if report.duplicates_across_identities:
         report.warnings.append(

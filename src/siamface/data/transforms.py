@@ -18,6 +18,11 @@ if TYPE_CHECKING:  # torch is imported lazily so ONNX-only (torch-free) inferenc
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Allowed network input sizes (pixels per side). The upper bound is a safety limit as much
+#: as a sanity one: every image is resized to this size before embedding, so a model file
+#: declaring 100000 would make a plain ``verify`` allocate tens of gigabytes.
+MIN_IMAGE_SIZE = 16
+MAX_IMAGE_SIZE = 1024
 
 
 @dataclass(frozen=True)

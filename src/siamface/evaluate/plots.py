@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from scipy.stats import norm
 
 from siamface.evaluate.metrics import VerificationMetrics
+from siamface.fileio import atomic_write
 
 
 def resample_curve(
@@ -36,8 +37,9 @@ def resample_curve(
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    # Atomic like every output: a full disk leaves the previous plot, not half a PNG.
+    fmt = path.suffix.lstrip(".") or "png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=110, bbox_inches="tight"))
     return path
 
 

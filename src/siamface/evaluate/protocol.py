@@ -29,6 +29,7 @@ import numpy as np
 
 from siamface.data.images import is_image_path
 from siamface.errors import SiamfaceError
+from siamface.fileio import atomic_write
 
 
 @dataclass(frozen=True)
@@ -122,8 +123,6 @@ def read_pairs(path: str | Path) -> PairsFile:
 
 def write_pairs(pf: PairsFile, path: str | Path) -> Path:
     """Write ``pf`` in the LFW format (atomically)."""
-    from siamface.model.checkpoint import atomic_write  # noqa: PLC0415 - keep import light
-
     lines = [f"{pf.folds}\t{pf.per_fold}"]
     for p in pf.pairs:
         if p.same:

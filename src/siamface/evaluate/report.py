@@ -16,6 +16,7 @@ import numpy as np
 
 from siamface.evaluate.metrics import VerificationMetrics, far_key, roc_points
 from siamface.evaluate.pairs import ScoredPairs
+from siamface.fileio import atomic_write
 
 REPORT_NAME = "report.json"
 PLOT_NAMES = {"roc": "roc.png", "det": "det.png", "histogram": "scores.png"}
@@ -88,8 +89,6 @@ def write_plots(
 
 
 def write_report(out_dir: Path, report: dict) -> Path:
-    from siamface.model.checkpoint import atomic_write
-
     path = out_dir / REPORT_NAME
     text = json.dumps(report, indent=1, ensure_ascii=False, default=_jsonable)
     atomic_write(path, lambda p: p.write_text(text + "\n", encoding="utf-8"))

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from siamface import __version__
 from siamface.errors import SiamfaceError
 from siamface.evaluate.metrics import DEFAULT_FARS, VerificationMetrics
 from siamface.evaluate.pairs import (
@@ -38,6 +37,7 @@ from siamface.evaluate.report import (
     write_plots,
     write_report,
 )
+from siamface.version import __version__
 
 
 @dataclass
@@ -215,10 +215,16 @@ def evaluate_folders(
             "images_embedded": len(kept),
             "unreadable": [{"path": str(images.paths[i]), "reason": r} for i, r in errors.items()],
             "ignored_files": len(images.ignored),
+            "ignored": images.ignored,
         },
         timing={"embed_s": t1 - t0, "score_s": t2 - t1},
         extra_notes=[
-            n for n in [training_overlap_note(embedder.source, images.roots, images.labels)] if n
+            n
+            for n in [
+                training_overlap_note(embedder.source, images.roots, images.labels),
+                _ignored_note(images.ignored),
+            ]
+            if n
         ],
     )
 
@@ -285,6 +291,17 @@ def evaluate_pairs_file(
         timing={"embed_s": t1 - t0, "score_s": t2 - t1},
         kfold=kf.to_dict(),
         extra_notes=notes,
+    )
+
+
+def _ignored_note(ignored: list[dict]) -> str | None:
+    """Files and folders that were not used, said once instead of silently dropped."""
+    if not ignored:
+        return None
+    first = ignored[0]
+    return (
+        f"{len(ignored)} file(s) or folder(s) under the data were not used (not images, or "
+        f"empty identity folders), e.g. {first['path']}: {first['reason']}"
     )
 
 

@@ -32,13 +32,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from siamface import __version__
 from siamface.data.images import ImageLoadError, is_image_path, load_rgb
 from siamface.data.transforms import Preprocessing
 from siamface.errors import SiamfaceError
+from siamface.fileio import atomic_write, check_output_file
 from siamface.inference.onnx_backend import FORMAT, FORMAT_VERSION, METADATA_KEY, OnnxEmbedder
-from siamface.model.checkpoint import Checkpoint, atomic_write
+from siamface.model.checkpoint import Checkpoint
 from siamface.model.zoo import resolve_checkpoint
+from siamface.version import __version__
 
 DEFAULT_OPSET = 18
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -98,8 +99,7 @@ def export_onnx(
     out = Path(out).expanduser()
     if out.suffix != ".onnx":
         raise SiamfaceError(f"output file must end in .onnx: {out}")
-    if out.is_dir():
-        raise SiamfaceError(f"output {out} is a folder; give a file name ending in .onnx")
+    check_output_file(out, "ONNX file")  # a folder, read-only, a full disk: refused now
     t0 = time.perf_counter()
     ckpt = resolve_checkpoint(checkpoint)
     pre = ckpt.preprocessing
@@ -142,6 +142,8 @@ def _export_graph(ckpt: Checkpoint, path: Path, opset: int, exporter: str) -> st
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 _run_exporter(name, model, example, path, opset)
             return name
+        except OSError:
+            raise  # the output cannot be written (full disk...): no other exporter can either
         except Exception as err:  # noqa: BLE001 - exporters fail in many ways; try the next
             failures.append(f"{name}: {type(err).__name__}: {str(err).strip()[:500]}")
     raise SiamfaceError(

@@ -27,18 +27,25 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from siamface import __version__
 from siamface.data.folders import scan_identity_folders
 from siamface.data.images import ImageLoadError, load_rgb
-from siamface.errors import SiamfaceError
+from siamface.data.marker import (
+    MARKER_FORMAT,
+    MARKER_NAME,
+    MARKER_VERSION,
+    REPORT_NAME,
+    read_marker,
+    write_marker,
+)
+from siamface.errors import OutputError, SiamfaceError
 from siamface.faces.align import AlignParams, find_faces, select_faces, warp_face
 from siamface.faces.errors import NoFaceError
+from siamface.fileio import atomic_write, check_output_dir, output_error
+from siamface.system import usable_cpus
+from siamface.version import __version__
 
-#: Marker file in OUT_DIR; its presence means "this tree holds aligned crops".
-MARKER_NAME = "siamface_prepare.json"
-MARKER_FORMAT = "siamface-prepare"
-MARKER_VERSION = 1
-REPORT_NAME = "siamface_prepare_report.json"
+__all__ = ["MARKER_NAME", "REPORT_NAME", "PrepareOptions", "prepare_folders", "read_marker"]
+
 #: Per-image results, one JSON object per line, appended as images finish (resume state).
 #: Hidden so that folder scans never mistake it for data.
 LOG_NAME = ".siamface_prepare_log.jsonl"
@@ -80,28 +87,9 @@ class PrepareOptions:
         }
 
 
-# --------------------------------------------------------------------------- marker
-
-
-def read_marker(out_dir: str | Path) -> dict | None:
-    """The marker of a prepared tree, or None when ``out_dir`` was not made by prepare."""
-    path = Path(out_dir) / MARKER_NAME
-    if not path.is_file():
-        return None
-    try:
-        marker = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise SiamfaceError(f"{path}: unreadable prepare marker ({err})") from err
-    if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
-        raise SiamfaceError(f"{path}: not a siamface prepare marker")
-    return marker
-
-
 def _write_json(path: Path, data: dict) -> None:
     """Write JSON atomically: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=1), encoding="utf-8"))
 
 
 # --------------------------------------------------------------------------- worker side
@@ -122,14 +110,11 @@ def _init_pool_worker(options: PrepareOptions, out_dir: Path) -> None:
 
 
 def _save_atomic(arr, path: Path, image_format: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     img = Image.fromarray(arr)
     if image_format == "jpg":
-        img.save(tmp, format="JPEG", quality=95)
+        atomic_write(path, lambda tmp: img.save(tmp, format="JPEG", quality=95))
     else:
-        img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+        atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 def process_image(task: tuple[str, str, str, str]) -> dict:
@@ -147,7 +132,11 @@ def process_image(task: tuple[str, str, str, str]) -> dict:
         st = os.stat(src)
         rec["bytes"], rec["mtime_ns"] = st.st_size, st.st_mtime_ns
     except OSError as err:
-        return {**rec, "status": "unreadable", "reason": f"cannot stat ({err.strerror})"}
+        if os.path.islink(src):
+            reason = f"broken symbolic link (target {os.readlink(src)} missing)"
+        else:
+            reason = f"cannot stat ({err.strerror})"
+        return {**rec, "status": "unreadable", "reason": reason}
     try:
         img = load_rgb(src)
     except ImageLoadError as err:
@@ -177,20 +166,14 @@ def process_image(task: tuple[str, str, str, str]) -> dict:
     except NoFaceError as err:  # e.g. landmarks that fall outside the photo
         return {**rec, "status": "no_face", "reason": str(err)}
     except SiamfaceError:
-        raise  # environment problems (detector missing) stop the run with their message
+        # Environment problems (detector missing, output not writable: a full disk fails
+        # every image alike) stop the run with their message.
+        raise
     except Exception as err:  # noqa: BLE001 - one odd photo must not stop a batch
         return {**rec, "status": "error", "reason": f"{type(err).__name__}: {err}"}
 
 
 # --------------------------------------------------------------------------- main side
-
-
-def available_cpus() -> int:
-    """Cores this process may run on (a container's CPU set, not the host's core count)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _check_dirs(raw: Path, out: Path) -> None:
@@ -206,12 +189,12 @@ def _check_dirs(raw: Path, out: Path) -> None:
         )
     if o in r.parents:
         raise SiamfaceError(f"input folder {raw} is inside the output folder {out}")
-    if out.exists() and not out.is_dir():
-        raise SiamfaceError(f"output path exists and is not a folder: {out}")
+    check_output_dir(out)  # a file there, a read-only folder, a full disk: refused now
 
 
 def _plan(raw: Path) -> tuple[list[tuple[str, str, str, str]], list[tuple[Path, str]]]:
-    """(tasks, ignored files) for every image under RAW_DIR/<identity>/."""
+    """(tasks, ignored files and empty identity folders) for every image under
+    RAW_DIR/<identity>/."""
     scan = scan_identity_folders([raw])
     planned: list[tuple[str, str, Path]] = []
     for s in scan.samples:
@@ -257,7 +240,7 @@ def _is_done(task: tuple[str, str, str, str], rec: dict | None, out: Path, opts)
 
 
 def _run_tasks(tasks: list, opts: PrepareOptions, out: Path, progress: bool) -> Iterable[dict]:
-    workers = opts.workers or available_cpus()
+    workers = opts.workers or usable_cpus()
     workers = max(1, min(workers, len(tasks)))
     bar = tqdm(total=len(tasks), desc="aligning", unit="img", disable=not progress)
     try:
@@ -327,7 +310,7 @@ def prepare_folders(
         "siamface_version": __version__,
         "created": (marker or {}).get("created") or datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    _write_json(out / MARKER_NAME, {**base_marker, "complete": False})
+    write_marker(out, {**base_marker, "complete": False})
 
     previous_records = _load_log(out)
     ext = IMAGE_FORMATS[opts.image_format]
@@ -342,16 +325,21 @@ def prepare_folders(
         say(f"resuming: {len(done)} of {len(tasks)} images already done, {len(pending)} to go")
     t0 = time.perf_counter()
     records = {t[2]: {**rec, "resumed": True} for t, rec in done}
-    with open(out / LOG_NAME, "a") as logf:
-        for rec in _run_tasks([t for t, _ in pending], opts, out, progress):
-            records[rec["src"]] = rec
-            logf.write(json.dumps(rec) + "\n")
-            logf.flush()
+    try:
+        with open(out / LOG_NAME, "a") as logf:
+            for rec in _run_tasks([t for t, _ in pending], opts, out, progress):
+                records[rec["src"]] = rec
+                logf.write(json.dumps(rec) + "\n")
+                logf.flush()
+    except OutputError:
+        raise
+    except OSError as err:  # the resume log: on a full disk, stop (the crops are kept)
+        raise output_error(out / LOG_NAME, err) from err
     seconds = time.perf_counter() - t0
     ordered = [records[t[2]] for t in tasks]
     report = _build_report(raw, out, opts, ordered, ignored, seconds, len(pending))
     _write_json(out / REPORT_NAME, report)
-    _write_json(out / MARKER_NAME, {**base_marker, "complete": True, "counts": report["counts"]})
+    write_marker(out, {**base_marker, "complete": True, "counts": report["counts"]})
     if report["counts"]["crops_written"] + report["counts"]["done_before"] == 0:
         raise SiamfaceError(
             f"no face could be prepared from any of the {len(tasks)} images in {raw}; "
@@ -399,7 +387,7 @@ def _build_report(raw, out, opts, records, ignored, seconds, processed) -> dict:
         "out_dir": str(out),
         "settings": opts.settings(),
         "low_score_threshold": opts.low_score,
-        "workers": opts.workers or available_cpus(),
+        "workers": opts.workers or usable_cpus(),
         "seconds": round(seconds, 2),
         "seconds_per_image": round(seconds / processed, 4) if processed else None,
         "counts": counts,
@@ -430,6 +418,11 @@ def summary_lines(report: dict, limit: int = 5) -> list[str]:
             if len(items) > limit:
                 lines.append(f"  ... {len(items) - limit} more in the report")
 
+    listing(
+        "not used (not an image, or an empty identity folder)",
+        report.get("ignored_files", []),
+        lambda i: f"{i['path']}: {i['reason']}",
+    )
     listing("no face found (skipped)", p["no_face"], str)
     listing("unreadable (skipped)", p["unreadable"], lambda i: f"{i['path']}: {i['reason']}")
     policy = report["settings"]["align"]["face"]

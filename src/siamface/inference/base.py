@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from siamface.data.transforms import Preprocessing, resize_uint8
+from siamface.errors import SiamfaceError
 
 
 class Embedder:
@@ -20,10 +21,62 @@ class Embedder:
     embedding_size: int
     source: Path
     info: dict
+    #: The BCE pair head's two scalars ``{"scale", "bias"}`` when the model has one.
+    pair_head: dict | None = None
 
     def embed_batch(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 NCHW faces of the model's input size -> (N, D) float32 unit vectors."""
         raise NotImplementedError
+
+    def pair_probability(self, similarity: np.ndarray) -> np.ndarray | None:
+        """Same-person probability of pairs with these cosine similarities, from the pair
+        head a model trained with ``loss=bce`` carries (``sigmoid(scale * (cos - bias))``,
+        the article's BCE output); None for models without one.
+
+        The head is a monotone function of the cosine, so deciding on the probability is the
+        same as deciding on the cosine at ``bias + logit(p) / scale``; the probability is
+        reported beside the cosine, never instead of the calibrated threshold.
+        """
+        if not self.pair_head:
+            return None
+        z = float(self.pair_head["scale"]) * (
+            np.asarray(similarity, dtype=np.float64) - float(self.pair_head["bias"])
+        )
+        # Numerically stable logistic: exp of a non-positive number only.
+        e = np.exp(-np.abs(z))
+        return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+    def probe(self) -> None:
+        """Embed one grey face at load time: weights that give NaN/Inf, or a graph that
+        disagrees with its metadata, fail when the model is opened (a server refuses to
+        start) instead of in the first request. Used where the weights themselves cannot be
+        inspected cheaply (ONNX)."""
+        size = self.preprocessing.image_size
+        try:
+            emb = self.embed_batch(np.full((1, 3, size, size), 128, dtype=np.uint8))
+        except SiamfaceError:
+            raise
+        except Exception as err:  # noqa: BLE001 - runtimes raise their own types
+            raise SiamfaceError(
+                f"{self.source}: the model cannot run on a {size}x{size} face as its header "
+                f"says ({str(err).strip()[:200]})"
+            ) from err
+        if emb.shape != (1, self.embedding_size):
+            raise SiamfaceError(
+                f"{self.source}: the model returns {emb.shape[1:]}-shaped embeddings, its "
+                f"header says {self.embedding_size}"
+            )
+
+    def checked(self, emb: np.ndarray) -> np.ndarray:
+        """Refuse non-finite embeddings: a broken model must fail loudly, never answer
+        "different people, similarity nan" (or a REST 200 with null)."""
+        emb = np.asarray(emb, dtype=np.float32)
+        if emb.size and not np.isfinite(emb).all():
+            raise SiamfaceError(
+                f"model {self.source} produced non-finite embeddings (NaN/Inf): its weights "
+                "are unusable; use the original file or retrain"
+            )
+        return emb
 
     # -- conveniences shared by all backends ------------------------------------------
     def face_loader(self):

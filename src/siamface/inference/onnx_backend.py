@@ -9,7 +9,6 @@ torch: it is what the inference-only install (numpy + pillow + onnxruntime) runs
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +19,7 @@ from siamface.data.images import ImageLoadError, load_rgb
 from siamface.data.transforms import Preprocessing
 from siamface.errors import SiamfaceError
 from siamface.inference.base import Embedder
+from siamface.model.validate import check_onnx_metadata, parse_header
 from siamface.system import usable_cpus
 
 #: Key of the JSON metadata record in the ONNX file's ``metadata_props``.
@@ -63,7 +63,10 @@ class OnnxEmbedder(Embedder):
         except Exception as err:  # noqa: BLE001 - ORT raises its own pybind types
             raise SiamfaceError(f"{path} is not a readable ONNX model: {err}") from err
         meta = _parse_metadata(path, self.session.get_modelmeta().custom_metadata_map)
-        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or not outputs:
+            raise SiamfaceError(f"{path}: expected one image input, found {len(inputs)}")
+        inp, out = inputs[0], outputs[0]
         if inp.type != "tensor(uint8)":
             raise SiamfaceError(f"{path}: expected a uint8 image input, found {inp.type}")
         self.input_name, self.output_name = inp.name, out.name
@@ -74,7 +77,11 @@ class OnnxEmbedder(Embedder):
         self.embedding_size = int(meta["embedding_size"])
         self.pair_head = meta.get("pair_head")  # {"scale", "bias"} or None
         self.source = path
-        self.info = meta.get("info", {})
+        self.info = meta.get("info") or {}
+        _check_graph_matches(
+            path, inp.shape, out.shape, self.preprocessing.image_size, self.embedding_size
+        )
+        self.probe()
 
     @property
     def providers(self) -> list[str]:
@@ -88,7 +95,7 @@ class OnnxEmbedder(Embedder):
         if len(x) == 0:
             return np.zeros((0, self.embedding_size), dtype=np.float32)
         out = self.session.run([self.output_name], {self.input_name: x})[0]
-        return np.asarray(out, dtype=np.float32)
+        return self.checked(out)
 
     def embed_paths(
         self,
@@ -110,16 +117,26 @@ def _parse_metadata(path: Path, props: dict[str, str]) -> dict:
             f"{path} is an ONNX model but was not made by 'siamface export' (no siamface "
             "metadata: input size, normalisation and threshold are unknown)"
         )
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise SiamfaceError(f"{path}: corrupt siamface metadata ({err})") from err
-    if meta.get("format") != FORMAT or int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    meta = parse_header(raw, path, "metadata")
+    return check_onnx_metadata(meta, path, FORMAT, FORMAT_VERSION)
+
+
+def _check_graph_matches(path: Path, in_shape, out_shape, size: int, dim: int) -> None:
+    """Static dimensions of the graph must agree with the metadata (symbolic ones may)."""
+    want_in = [None, 3, size, size]
+    if len(in_shape) != 4 or any(
+        isinstance(g, int) and w is not None and g != w
+        for g, w in zip(in_shape, want_in, strict=True)
+    ):
         raise SiamfaceError(
-            f"{path}: unsupported siamface ONNX format {meta.get('format')!r} "
-            f"v{meta.get('format_version')}; upgrade siamface"
+            f"{path}: the graph takes {in_shape} inputs but its metadata says N x 3 x "
+            f"{size} x {size}; the file was edited or damaged"
         )
-    return meta
+    if len(out_shape) == 2 and isinstance(out_shape[1], int) and out_shape[1] != dim:
+        raise SiamfaceError(
+            f"{path}: the graph returns {out_shape[1]}-d embeddings but its metadata says "
+            f"{dim}; the file was edited or damaged"
+        )
 
 
 def embed_files_threaded(

@@ -33,6 +33,11 @@ class TorchEmbedder(Embedder):
         self.embedding_size = ckpt.model_cfg.embedding_size
         self.source = Path(path)
         self.info = ckpt.info
+        self.pair_head = (
+            {k: float(v) for k, v in ckpt.pair_head.items()} if ckpt.pair_head else None
+        )
+        # No probe face here (unlike ONNX): the checkpoint's weights were checked tensor by
+        # tensor when loaded, and a probe forward pass costs more than all those checks.
 
     def embed_batch(self, pixels: np.ndarray) -> np.ndarray:
         import torch
@@ -42,4 +47,4 @@ class TorchEmbedder(Embedder):
         with torch.inference_mode():
             x = normalize_batch(torch.as_tensor(pixels), self.preprocessing).to(self.device)
             x = x.contiguous(memory_format=torch.channels_last)
-            return self.model(x).float().cpu().numpy()
+            return self.checked(self.model(x).float().cpu().numpy())

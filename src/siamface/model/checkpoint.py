@@ -15,12 +15,18 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from siamface.data.transforms import Preprocessing
 from siamface.errors import SiamfaceError
 from siamface.fileio import atomic_write  # noqa: F401 - re-exported (moved there, torch-free)
 from siamface.model.network import EmbeddingNet, ModelConfig, PairHead, build_model
+from siamface.model.validate import (
+    check_checkpoint_header,
+    check_weights,
+    contract_digest,
+    parse_header,
+)
 
 FORMAT = "siamface.checkpoint"
 FORMAT_VERSION = 1
@@ -55,7 +61,7 @@ class Checkpoint:
         return fingerprint(self.state_dict)
 
     def metadata(self) -> dict:
-        return {
+        meta = {
             "fingerprint": self.fingerprint,
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -65,6 +71,8 @@ class Checkpoint:
             "has_pair_head": bool(self.pair_head),
             "info": self.info,
         }
+        meta["integrity"] = contract_digest(meta)  # catches later edits of the header
+        return meta
 
 
 def fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
@@ -86,7 +94,10 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
     for k, v in (ckpt.pair_head or {}).items():
         tensors[f"pair_head.{k}"] = v.detach().cpu().contiguous()
     meta = {"siamface": json.dumps(ckpt.metadata())}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    # Serialise in memory, write with Python: a full disk then raises OSError (which
+    # atomic_write reports and cleans up), not safetensors' own error type.
+    data = save(tensors, metadata=meta)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
     return path
 
 
@@ -98,16 +109,13 @@ def read_metadata(path: str | Path) -> dict:
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("siamface")
-    except (SafetensorError, OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - safetensors raises several types on bad files
         raise SiamfaceError(f"{path} is not a readable siamface checkpoint: {err}") from err
     if raw is None:
         raise SiamfaceError(
             f"{path} is a safetensors file but not a siamface checkpoint (no siamface header)"
         )
-    meta = json.loads(raw)
-    if meta.get("format") != FORMAT or int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise SiamfaceError(f"{path}: unsupported checkpoint format {meta.get('format_version')}")
-    return meta
+    return check_checkpoint_header(parse_header(raw, path), path, FORMAT, FORMAT_VERSION)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -116,18 +124,21 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     meta = read_metadata(path)
     try:
         tensors = load_file(str(path))
-    except (SafetensorError, OSError) as err:
+    except (SafetensorError, OSError, ValueError) as err:
         raise SiamfaceError(f"cannot read checkpoint {path}: {err}") from err
     model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     head_sd = {k[10:]: v for k, v in tensors.items() if k.startswith("pair_head.")}
-    return Checkpoint(
+    ckpt = Checkpoint(
         model_cfg=ModelConfig.from_dict(meta["model"]),
         preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
         state_dict=model_sd,
         threshold=meta.get("threshold"),
         pair_head=head_sd or None,
-        info=meta.get("info", {}),
+        info=meta.get("info") or {},
     )
+    stray = [k for k in tensors if not k.startswith(("model.", "pair_head."))]
+    check_weights(ckpt.model_cfg, model_sd, head_sd, path, meta, stray, ckpt.fingerprint)
+    return ckpt
 
 
 def _check_path(path: str | Path) -> Path:

@@ -19,7 +19,6 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from siamface import __version__
 from siamface.errors import SiamfaceError
 from siamface.inference import Embedder, open_model
 from siamface.serve.batcher import MicroBatcher
@@ -37,6 +36,7 @@ from siamface.serve.settings import (
     DEFAULT_MAX_PIXELS_IN_FLIGHT,
     DEFAULT_MAX_UPLOAD_MB,
 )
+from siamface.version import __version__
 
 log = logging.getLogger("siamface.serve")
 

@@ -12,11 +12,11 @@ from typing import Any
 
 from torch import nn
 
-from siamface import __version__
 from siamface.data.transforms import Preprocessing
 from siamface.evaluate.metrics import VerificationMetrics, threshold_record
 from siamface.model.checkpoint import Checkpoint, save_checkpoint
 from siamface.model.network import ModelConfig
+from siamface.version import __version__
 
 BEST = "best.safetensors"
 LAST = "last.safetensors"

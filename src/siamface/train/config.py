@@ -512,6 +512,8 @@ def config_help() -> str:
 
 
 def _yaml_value(v: Any) -> str:
+    if isinstance(v, float) and "e" in repr(v) and "." not in repr(v).split("e")[0]:
+        return repr(v).replace("e", ".0e")  # YAML 1.1 reads 1e-05 as a string, 1.0e-05 not
     return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
 

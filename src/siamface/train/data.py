@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from siamface.data.dataset import (
     decode_images,
 )
 from siamface.data.folders import Sample, scan_identity_folders, scan_images
+from siamface.data.marker import MARKER_NAME, check_complete, read_marker
 from siamface.data.report import DatasetReport, build_report
 from siamface.data.split import split_identities
 from siamface.data.transforms import Preprocessing, train_augmentation
@@ -25,8 +25,6 @@ from siamface.faces.cache import CachedAlignedDecoder
 from siamface.model.network import backbone_default_norm
 from siamface.system import usable_cpus
 from siamface.train.config import TrainConfig
-
-PREPARE_MARKER = "siamface_prepare.json"
 
 
 def alignment_for(
@@ -40,22 +38,26 @@ def alignment_for(
     starting model (``init``) was trained on aligned faces: a face model fed unaligned crops
     is a different, worse model.
     """
-    markers = [Path(d) / PREPARE_MARKER for d in data_dirs]
-    found = [m for m in markers if m.is_file()]
     if cfg.align == "false":
         return False, {}, False
+    markers = {d: read_marker(d) for d in data_dirs}
+    found = {d: m for d, m in markers.items() if m is not None}
     if found and len(found) != len(markers):
         raise SiamfaceError(
             "some data folders were prepared (aligned) by 'siamface prepare' and some were not: "
-            f"{', '.join(str(m.parent) for m in markers if not m.is_file())} lack "
-            f"{PREPARE_MARKER}. Prepare them too, or set align=false to treat all as plain crops"
+            f"{', '.join(str(d) for d, m in markers.items() if m is None)} lack "
+            f"{MARKER_NAME}. Prepare them too, or set align=false to treat all as plain crops"
         )
     if found:
-        try:
-            params = json.loads(found[0].read_text()).get("align", {})
-        except (OSError, ValueError) as err:
-            raise SiamfaceError(f"cannot read {found[0]}: {err}") from err
-        return True, params, False
+        for d, m in found.items():
+            check_complete(d, m)
+        aligns = [m.get("align", {}) for m in found.values()]
+        if any(a != aligns[0] for a in aligns):
+            raise SiamfaceError(
+                "the data folders were prepared with different alignment settings; prepare "
+                "them with the same options (one model expects one kind of crop)"
+            )
+        return True, dict(aligns[0]), False
     if cfg.align == "true" or model_aligned:
         return True, {}, True
     return False, {}, False
@@ -125,7 +127,11 @@ def prepare_run_data(
     good: list[int] = decoded.ok
     unreadable = {scan.samples[i].path: r for i, r in decoded.errors.items()}
     report = build_report(
-        [scan.samples[i] for i in good], unreadable, scan.ignored, cfg.min_images_per_identity
+        [scan.samples[i] for i in good],
+        unreadable,
+        scan.ignored,
+        cfg.min_images_per_identity,
+        empty_identities=scan.empty_identities,
     )
     # Files that appear under two identities are label errors: keep them out of both sets.
     cross = {Path(f) for d in report.duplicates_across_identities for f in d["files"]}

@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from siamface import __version__
 from siamface.errors import SiamfaceError
 from siamface.evaluate.metrics import VerificationMetrics
 from siamface.faces.cache import file_digest
@@ -67,6 +66,7 @@ from siamface.train.state import (
 from siamface.train.step import StepResult, TrainStep
 from siamface.train.validation import Validator, is_better, metric_value, recalibrate_bn
 from siamface.train.weights import load_weights
+from siamface.version import __version__
 
 #: Keys a resume may change: budgets and machine sizing, nothing that alters the model.
 RESUME_OVERRIDABLE = frozenset({"epochs", "time_budget_min", "save_every_min", "num_workers"})

@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
-from siamface import __version__
 from siamface.serve.routes.deps import get_service
 from siamface.serve.schemas import HealthOut
 from siamface.serve.service import Service
+from siamface.version import __version__
 
 router = APIRouter(tags=["service"])
 
