@@ -104,6 +104,12 @@ class FaceImageDataset(Dataset):
 
     ``transform`` runs per image on uint8 tensors (augmentation); normalisation to float
     happens per batch in the training loop, which is cheaper than per image.
+
+    An item key may be an index or ``(index, seed)``. With a seed, the augmentation draws its
+    randomness from a generator seeded with it (the process's own RNG is left untouched), so an
+    image's augmentation depends only on its seed: not on which loader worker decodes it, how
+    many images were skipped before it on a resume, or how many processes share the epoch.
+    That is what makes a resumed or data-parallel run replay the same augmented batches.
     """
 
     def __init__(
@@ -135,8 +141,15 @@ class FaceImageDataset(Dataset):
         arr = self.decoder(path) if self.decoder else resize_uint8(load_rgb(path), self.size)
         return hwc_to_chw(arr)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i, seed = key if isinstance(key, tuple) else (key, None)
         img = self.raw(i)
         if self.transform is not None:
-            img = self.transform(img)
+            if seed is None:
+                img = self.transform(img)
+            else:
+                # torchvision's transforms draw from the global torch RNG: fork it, seed it.
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    img = self.transform(img)
         return img, self.labels[i]

@@ -38,6 +38,7 @@ from siamface.train.checkpoints import build_checkpoint, save_epoch_checkpoints
 from siamface.train.config import TrainConfig, make_config
 from siamface.train.data import RunData, prepare_run_data
 from siamface.train.device import autocast_dtype, pick_device, use_bf16  # noqa: F401
+from siamface.train.interrupt import GracefulStop
 from siamface.train.losses import build_loss
 from siamface.train.miners import build_miner
 from siamface.train.objective import MetricLossTerm, Objective
@@ -65,7 +66,12 @@ class TrainingInterrupted(SiamfaceError):
 
 
 def _worker_init(_: int) -> None:
+    import signal
+
     torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group; the main process decides when to stop (at a
+    # step boundary) and shuts the workers down itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class Trainer:
@@ -125,7 +131,6 @@ class Trainer:
         self.bf16 = self.autocast is torch.bfloat16
         if self._resume_state is None:
             seed_everything(cfg.seed)
-        self.files.create()
         self.log(f"run directory: {self.run_dir}")
         # Model and weights first: a bad backbone name or an unreachable hub must fail before
         # minutes are spent decoding the dataset.
@@ -237,10 +242,20 @@ class Trainer:
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         return self.step_fn(x, y)
 
+    def _epoch_order(self) -> list[tuple[int, int]]:
+        """This epoch's ``(image index, augmentation seed)`` sequence.
+
+        Both are drawn from the RNG state at the epoch's start, which a resume restores: the
+        same order and the same augmentation of every image, however many batches are then
+        skipped as already trained.
+        """
+        order = list(iter(self.sampler))
+        epoch_seed = int(torch.randint(0, 2**62, (1,)).item())
+        return [(int(i), epoch_seed + k) for k, i in enumerate(order)]
+
     def _epoch_loader(self) -> DataLoader:
-        """This epoch's batches from the current step on (the sampler's order is fixed by
-        the RNG state at the epoch's start, so a resume replays it and skips what was done)."""
-        order = list(iter(self.sampler))[self.state.step_in_epoch * self.cfg.batch_size :]
+        """This epoch's batches from the current step on."""
+        order = self._epoch_order()[self.state.step_in_epoch * self.cfg.batch_size :]
         return DataLoader(
             self.data.train,
             batch_size=self.cfg.batch_size,
@@ -264,6 +279,8 @@ class Trainer:
             self.steps_per_epoch, s.step_in_epoch, f"epoch {s.epoch + 1}/{cfg.epochs}"
         )
         for x, y in loader:
+            if self.stop.requested:
+                break
             result = self._train_step(x, y)
             if not math.isfinite(result.loss):
                 raise SiamfaceError(
@@ -274,7 +291,7 @@ class Trainer:
             s.global_step += 1
             self.reporter.step(meter, result, self.opt.lr(), s.global_step)
             self.callbacks.on_step_end(self, result)
-            if self._out_of_time():
+            if self._out_of_time() or self.stop.requested:
                 break
             if time.perf_counter() - last_save[0] > cfg.save_every_min * 60:
                 self.save_state(epoch_start_rng)
@@ -284,7 +301,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
-        self._setup()
+        """Train until the epochs or the time budget are done; returns the summary.
+
+        The run directory is locked for the whole run; Ctrl-C or SIGTERM stop at the next step
+        boundary, save the state and raise :class:`TrainingInterrupted`.
+        """
+        self.files.create()
+        with self.files.lock(), GracefulStop(self.log) as self.stop:
+            try:
+                self._setup()
+                return self._train()
+            finally:
+                self.reporter.close()
+
+    def _train(self) -> dict[str, Any]:
         cfg, s = self.cfg, self.state
         self.log(
             f"model: {cfg.backbone} ({self.weights_source}) -> {cfg.embedding_size}-d, "
@@ -309,6 +339,8 @@ class Trainer:
                     epoch_start_rng = capture_rng()
                     s.step_in_epoch = 0
                 meter = self._run_epoch(epoch_start_rng, last_save)
+                if self.stop.requested:
+                    raise KeyboardInterrupt
                 finished = s.step_in_epoch >= self.steps_per_epoch
                 if finished:
                     s.epoch += 1
@@ -326,8 +358,13 @@ class Trainer:
                     stop_reason = f"time budget of {cfg.time_budget_min} min reached"
                     break
         except KeyboardInterrupt:
+            if self.step_fn.in_step:
+                # A second Ctrl-C landed inside a step: the weights are half-updated.
+                raise TrainingInterrupted(
+                    f"aborted during step {s.global_step + 1}; nothing saved now, the last "
+                    f"saved state is kept. Continue with: siamface train --resume {self.run_dir}"
+                ) from None
             self.save_state(epoch_start_rng or capture_rng())
-            self.reporter.close()
             raise TrainingInterrupted(
                 f"interrupted at epoch {s.epoch + 1}, step {s.step_in_epoch}; state saved. "
                 f"Continue with: siamface train --resume {self.run_dir}"

@@ -47,6 +47,8 @@ class TrainStep:
         self.pre = pre
         self.channels_last = channels_last
         self.autocast_dtype = autocast_dtype
+        #: True while a step runs: an exception then may have left the weights half-updated.
+        self.in_step = False
 
     def inputs(self, x_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 NCHW batch -> normalised float on the device, in the model's memory layout."""
@@ -66,6 +68,12 @@ class TrainStep:
         return emb.float()
 
     def __call__(self, x_uint8: torch.Tensor, y: torch.Tensor) -> StepResult:
+        self.in_step = True
+        result = self._step(x_uint8, y)
+        self.in_step = False
+        return result
+
+    def _step(self, x_uint8: torch.Tensor, y: torch.Tensor) -> StepResult:
         x = self.inputs(x_uint8)
         y = y.to(self.device)
         batch = Batch(inputs=x, labels=y, embeddings=self.embed(x))
