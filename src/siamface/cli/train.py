@@ -77,12 +77,15 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
+    from siamface.train.distributed import launch, launched_by_torchrun
     from siamface.train.loop import Trainer
 
     if args.resume:
         if args.data or args.config:
             raise SiamfaceError("--resume continues a run with its own data and config")
         trainer = Trainer.resume(args.resume, overrides, progress=not args.no_progress)
+        if trainer.cfg.nproc > 1 and not launched_by_torchrun():
+            return launch(trainer.cfg.nproc, _argv(args))
     else:
         if not args.data:
             raise SiamfaceError("--data DIR is required (identity folders: DIR/<person>/<img>)")
@@ -94,8 +97,28 @@ def run(args: argparse.Namespace) -> int:
                 f"{out} already holds a run; use --resume {out} to continue it or pick a new --out"
             )
         cfg = make_config(args.config, overrides)  # validated before anything else happens
+        if cfg.nproc > 1 and not launched_by_torchrun():
+            return launch(cfg.nproc, _argv(args))
         trainer = Trainer(cfg, args.data, out, progress=not args.no_progress)
     summary = trainer.run()
     if args.json:
         print(json.dumps(summary, indent=1))
     return 0
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    """This command line again, for the processes torchrun starts (each sees WORLD_SIZE and
+    joins the group instead of launching again)."""
+    argv = ["train"]
+    for d in args.data or []:
+        argv += ["--data", d]
+    for flag in ("config", "out", "resume"):
+        if getattr(args, flag):
+            argv += [f"--{flag}", getattr(args, flag)]
+    if args.seed is not None:
+        argv += ["--seed", str(args.seed)]
+    if args.json:
+        argv.append("--json")
+    if args.no_progress:
+        argv.append("--no-progress")
+    return argv + list(args.overrides)

@@ -5,21 +5,23 @@ from __future__ import annotations
 import functools
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from siamface.data.dataset import DecodedImages, FaceImageDataset, decode_images
+from siamface.data.dataset import FaceImageDataset
 from siamface.data.folders import Sample, scan_identity_folders
 from siamface.data.report import DatasetReport, build_report
+from siamface.data.scan_index import ScanIndex, index_path, scan_files
 from siamface.data.split import split_identities
 from siamface.data.transforms import Preprocessing, train_augmentation
 from siamface.errors import SiamfaceError
 from siamface.model.network import backbone_default_norm
 from siamface.system import usable_cpus
 from siamface.train.config import TrainConfig
+from siamface.train.distributed import DistContext, barrier
 
 PREPARE_MARKER = "siamface_prepare.json"
 
@@ -72,36 +74,82 @@ class RunData:
     report: DatasetReport
     excluded_cross_duplicates: int
     preprocessing: Preprocessing
+    scan: dict = field(default_factory=dict)  # how the file check went (for the log/bench)
 
 
-def _rows(decoded: DecodedImages, picks: list[int]) -> torch.Tensor | None:
-    if decoded.pixels is None:
-        return None
-    pos = {idx: row for row, idx in enumerate(decoded.ok)}
-    return decoded.pixels[[pos[i] for i in picks]]
+def cache_bytes(cfg: TrainConfig, local_world: int) -> int:
+    """Decoded-pixel budget of one process: ``cache_gb`` is per machine."""
+    return int(cfg.cache_gb * 1024**3) // max(1, local_world)
+
+
+def cap_validation(val_ids: list[str], counts: Counter, cap: int, seed: int) -> list[str]:
+    """Whole validation identities, in a seeded order, until ``cap`` images (0 = no cap).
+
+    Validation embeds every image and scores its pairs; past a few tens of thousands of
+    images that costs minutes per epoch and adds nothing the metric needs.
+    """
+    if not cap or sum(counts[i] for i in val_ids) <= cap:
+        return val_ids
+    order = list(val_ids)
+    np.random.default_rng(seed).shuffle(order)
+    kept, total = [], 0
+    for ident in order:
+        if total + counts[ident] > cap and len(kept) >= 2:
+            break
+        kept.append(ident)
+        total += counts[ident]
+    return sorted(kept)
 
 
 def prepare_run_data(
-    cfg: TrainConfig, data_dirs: list[str], progress: bool = True, workers: int | None = None
+    cfg: TrainConfig,
+    data_dirs: list[str],
+    progress: bool = True,
+    workers: int | None = None,
+    ctx: DistContext | None = None,
 ) -> RunData:
-    """Scan, decode (listing unreadable files), report, split by identity, build datasets."""
+    """Scan (cached), check every file, report, split by identity, build the datasets.
+
+    Under data parallelism rank 0 scans first and fills the index; the other processes then
+    find every file in it.
+    """
+    ctx = ctx or DistContext()
     scan = scan_identity_folders(data_dirs)
     aligned, align_params, on_the_fly = alignment_for(cfg, data_dirs)
     mean, std = backbone_default_norm(cfg.backbone)
     pre = Preprocessing(cfg.image_size, mean, std, aligned=aligned, align=align_params)
     decoder = functools.partial(_aligned_decode, pre) if on_the_fly else None
-    decoded = decode_images(
-        [s.path for s in scan.samples],
-        cfg.image_size,
-        workers=workers or usable_cpus(),
-        progress=progress,
-        desc="detecting + aligning faces" if on_the_fly else "decoding images",
-        decoder=decoder,
-    )
-    good: list[int] = decoded.ok
-    unreadable = {scan.samples[i].path: r for i, r in decoded.errors.items()}
+    check = f"align:{json.dumps(align_params, sort_keys=True)}" if on_the_fly else "decode"
+    paths = [s.path for s in scan.samples]
+    keep = len(paths) * 3 * cfg.image_size**2 <= cache_bytes(cfg, ctx.local_world_size)
+    index = ScanIndex(index_path(cfg.scan_cache))
+    try:
+        if ctx.enabled and not ctx.is_main:
+            barrier(ctx)  # wait for rank 0 to fill the index
+        result = scan_files(
+            paths,
+            cfg.image_size,
+            check,
+            index,
+            keep_pixels=keep,
+            decoder=decoder,
+            workers=workers or usable_cpus(),
+            progress=progress,
+            desc="detecting + aligning faces" if on_the_fly else "checking images",
+        )
+        if ctx.enabled and ctx.is_main:
+            barrier(ctx)
+    finally:
+        index.close()
+    good = [i for i, f in enumerate(result.facts) if f.ok]
+    unreadable = {paths[i]: f.error or "unreadable" for i, f in enumerate(result.facts) if not f.ok}
+    digests = {paths[i]: f.sha256 for i, f in enumerate(result.facts) if f.sha256}
     report = build_report(
-        [scan.samples[i] for i in good], unreadable, scan.ignored, cfg.min_images_per_identity
+        [scan.samples[i] for i in good],
+        unreadable,
+        scan.ignored,
+        cfg.min_images_per_identity,
+        digests=digests,
     )
     # Files that appear under two identities are label errors: keep them out of both sets.
     cross = {Path(f) for d in report.duplicates_across_identities for f in d["files"]}
@@ -114,6 +162,7 @@ def prepare_run_data(
             f"found {len(kept_ids)}"
         )
     train_ids, val_ids = split_identities(kept_ids, cfg.val_identities, cfg.seed)
+    val_ids = cap_validation(val_ids, counts, cfg.val_max_images, cfg.seed)
     if len(train_ids) * cfg.m_per_class < cfg.batch_size:
         raise SiamfaceError(
             f"m_per_class ({cfg.m_per_class}) x training identities ({len(train_ids)}) must be "
@@ -124,10 +173,12 @@ def prepare_run_data(
     va_idx = [i for i in good if scan.samples[i].identity in va_set]
     label_of = {ident: k for k, ident in enumerate(train_ids)}
     samples: list[Sample] = scan.samples
+    pixels = result.pixels
     train = FaceImageDataset(
         labels=[label_of[samples[i].identity] for i in tr_idx],
         size=cfg.image_size,
-        pixels=_rows(decoded, tr_idx),
+        pixels=pixels,
+        rows=tr_idx if pixels is not None else None,
         paths=[samples[i].path for i in tr_idx],
         transform=train_augmentation(cfg.image_size, cfg.augment),
         decoder=decoder,
@@ -136,11 +187,38 @@ def prepare_run_data(
     return RunData(
         train=train,
         train_identities=train_ids,
-        val_pixels=_rows(decoded, va_idx),
+        val_pixels=_RowView(pixels, va_idx) if pixels is not None else None,
         val_paths=[samples[i].path for i in va_idx],
         val_labels=np.array([val_label_of[samples[i].identity] for i in va_idx], dtype=np.int64),
         val_identities=val_ids,
         report=report,
         excluded_cross_duplicates=len(cross),
         preprocessing=pre,
+        scan={
+            "files": len(paths),
+            "checked_now": result.checked,
+            "from_index": len(paths) - result.checked,
+            "seconds": round(result.seconds, 2),
+            "pixels_in_ram": keep,
+        },
     )
+
+
+class _RowView:
+    """Rows of a shared pixel tensor, sliced in batches without copying the whole set.
+
+    Validation embeds ``view[a:b]``; only that batch is materialised."""
+
+    def __init__(self, pixels: torch.Tensor, rows: list[int]) -> None:
+        self.pixels = pixels
+        self.rows = torch.as_tensor(rows, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.pixels.shape[1:])
+
+    def __getitem__(self, key: slice) -> torch.Tensor:
+        return self.pixels[self.rows[key]]

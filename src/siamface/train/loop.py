@@ -18,6 +18,7 @@ build_objective`, :meth:`Trainer.build_param_groups` and :meth:`Trainer.evaluate
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -28,23 +29,39 @@ import torch
 from torch.utils.data import DataLoader
 
 from siamface import __version__
+from siamface.data.batch_augment import BatchAugment
+from siamface.data.batches import rank_order
 from siamface.errors import SiamfaceError
 from siamface.evaluate.metrics import VerificationMetrics
 from siamface.model.checkpoint import Checkpoint
 from siamface.model.network import ModelConfig, build_model
-from siamface.system import loader_workers, usable_cpus
 from siamface.train.callbacks import Callback, CallbackList
 from siamface.train.checkpoints import build_checkpoint, save_epoch_checkpoints
 from siamface.train.config import TrainConfig, make_config
 from siamface.train.data import RunData, prepare_run_data
-from siamface.train.device import autocast_dtype, pick_device, use_bf16  # noqa: F401
+from siamface.train.device import (  # noqa: F401 - use_bf16 re-exported
+    pick_device,
+    precision_for,
+    threads_for,
+    use_bf16,
+    workers_for,
+)
+from siamface.train.distributed import (
+    DistContext,
+    agree,
+    broadcast_object,
+    check_world,
+    convert_sync_batchnorm,
+    init_distributed,
+    shutdown,
+)
 from siamface.train.interrupt import GracefulStop
 from siamface.train.losses import build_loss
 from siamface.train.miners import build_miner
 from siamface.train.objective import MetricLossTerm, Objective
 from siamface.train.optim import build_optimizer, param_groups
 from siamface.train.reporting import EpochMeter, Reporter
-from siamface.train.rundir import RunDir
+from siamface.train.rundir import OutputError, RunDir
 from siamface.train.state import (
     Progress,
     capture_rng,
@@ -58,11 +75,17 @@ from siamface.train.validation import Validator, is_better, metric_value, recali
 from siamface.train.weights import load_weights
 
 #: Keys a resume may change: budgets and machine sizing, nothing that alters the model.
-RESUME_OVERRIDABLE = frozenset({"epochs", "time_budget_min", "save_every_min", "num_workers"})
+RESUME_OVERRIDABLE = frozenset(
+    {"epochs", "time_budget_min", "save_every_min", "num_workers", "nproc", "grad_accum"}
+)
 
 
 class TrainingInterrupted(SiamfaceError):
     """Raised after Ctrl-C once the resumable state has been saved."""
+
+
+def _quiet(_: str) -> None:
+    """The log of processes other than rank 0."""
 
 
 def _worker_init(_: int) -> None:
@@ -95,8 +118,10 @@ class Trainer:
         self.reporter = Reporter(self.files, log, progress)
         self.callbacks = CallbackList(callbacks)
         self.state = Progress()
+        self.ctx = DistContext()
         self._resume_state: dict | None = None
         self._t0: float | None = None
+        self._step_seeds: torch.Tensor | None = None
 
     @classmethod
     def resume(
@@ -123,12 +148,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
-        cfg = self.cfg
-        self.device = pick_device(cfg.device)
+        cfg, ctx = self.cfg, self.ctx
+        self.device = pick_device(cfg.device, ctx.local_rank)
         if self.device.type == "cpu":
-            torch.set_num_threads(usable_cpus())
-        self.autocast = autocast_dtype(cfg.precision, self.device)
+            torch.set_num_threads(threads_for(self.device, ctx.local_world_size))
+        self.precision = precision_for(cfg.precision, self.device)
+        self.autocast = self.precision.dtype
         self.bf16 = self.autocast is torch.bfloat16
+        self.micro_batch = check_world(ctx, cfg.batch_size, cfg.m_per_class, cfg.grad_accum)
         if self._resume_state is None:
             seed_everything(cfg.seed)
         self.log(f"run directory: {self.run_dir}")
@@ -140,23 +167,37 @@ class Trainer:
             self.weights_source = load_weights(self.model.backbone, cfg.backbone, cfg.pretrained)
         else:
             self.weights_source = "resumed"
-        self.data: RunData = prepare_run_data(cfg, self.data_dirs, progress=self.show_progress)
+        self.data: RunData = prepare_run_data(
+            cfg, self.data_dirs, progress=self.show_progress and ctx.is_main, ctx=ctx
+        )
         self.reporter.dataset(self.data)
         self.pre = self.data.preprocessing
+        if ctx.enabled and cfg.sync_bn:
+            self.model = convert_sync_batchnorm(self.model, self.device)
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.train_model = self._wrap(self.model)
         self.objective = self.build_objective().to(self.device)
+        self.objective.set_world(ctx.world_size)
         self.steps_per_epoch = max(1, len(self.data.train) // cfg.batch_size)
         self.opt = build_optimizer(self.build_param_groups(), cfg, self._schedule_progress)
+        on_device = cfg.augment_on == "device" or (
+            cfg.augment_on == "auto" and self.device.type == "cuda"
+        )
+        if on_device:
+            self.data.train.transform = None  # the step augments whole batches instead
         self.step_fn = TrainStep(
-            self.model,
+            self.train_model,
             self.objective,
             self.opt,
             self.device,
             self.pre,
             cfg.channels_last,
             self.autocast,
+            grad_scaler=self.precision.scaler,
+            grad_accum=cfg.grad_accum,
+            augment=BatchAugment(cfg.augment) if on_device else None,
         )
         self.validator = Validator(
             self.data, self.pre, self.device, cfg.channels_last, cfg.calib_far
@@ -169,12 +210,28 @@ class Trainer:
             batch_size=cfg.batch_size,
             length_before_new_iter=self.steps_per_epoch * cfg.batch_size,
         )
-        self.workers = cfg.num_workers if cfg.num_workers >= 0 else loader_workers()
+        self.workers = (
+            cfg.num_workers
+            if cfg.num_workers >= 0
+            else workers_for(self.device, ctx.local_world_size)
+        )
         if self._resume_state is not None:
             self.load_state_dict(self._resume_state)
-        else:
+        elif ctx.is_main:
             self.files.write_meta(cfg.to_dict(), self.data_dirs, __version__)
         self.reporter.open_tensorboard()
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module the steps call: DDP across processes, torch.compile if asked."""
+        wrapped = model
+        if self.ctx.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(model, device_ids=ids)
+        if self.cfg.compile:
+            wrapped = torch.compile(wrapped)
+        return wrapped
 
     @property
     def loss_fn(self) -> torch.nn.Module:
@@ -203,11 +260,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self, epoch_start_rng: dict) -> dict[str, Any]:
-        """Everything a resume needs to continue exactly where this run is now."""
+        """Everything a resume needs to continue exactly where this run is now (the same
+        whatever the number of processes: batches and counters are global)."""
         return {
             "model": self.model.state_dict(),
             "loss": self.objective.state_dict(),
             "optim": self.opt.state_dict(),
+            "grad_scaler": self.step_fn.scaler.state_dict(),
             **self.state.to_state(self._elapsed()),
             "epoch_start_rng": epoch_start_rng,
             # MPerClassSampler shuffles its label list in place every epoch, so its order is
@@ -219,6 +278,8 @@ class Trainer:
         self.model.load_state_dict(st["model"])
         self.objective.load_state_dict(st["loss"])
         self.opt.load_state_dict(st["optim"])
+        if st.get("grad_scaler"):
+            self.step_fn.scaler.load_state_dict(st["grad_scaler"])
         self.state = Progress.from_state(st)
         self._epoch_start_rng = st["epoch_start_rng"]
         # Replaying the epoch from its start needs the sampler as it was then.
@@ -229,7 +290,18 @@ class Trainer:
         )
 
     def save_state(self, epoch_start_rng: dict) -> None:
-        save_state(self.run_dir, self.state_dict(epoch_start_rng))
+        """Rank 0 writes the state; every rank learns whether that worked."""
+        error: OutputError | None = None
+        if self.ctx.is_main:
+            try:
+                save_state(self.run_dir, self.state_dict(epoch_start_rng))
+            except OutputError as err:
+                error = err
+        message = broadcast_object(self.ctx, str(error) if error else None)
+        if error is not None:
+            raise error
+        if message:
+            raise OutputError(message)
 
     def _elapsed(self) -> float:
         return time.perf_counter() - self._t0 if self._t0 is not None else 0.0
@@ -240,48 +312,60 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
-        return self.step_fn(x, y)
+        return self.step_fn(x, y, self._step_seeds)
 
     def _epoch_order(self) -> list[tuple[int, int]]:
-        """This epoch's ``(image index, augmentation seed)`` sequence.
+        """This epoch's global ``(image index, augmentation seed)`` sequence.
 
         Both are drawn from the RNG state at the epoch's start, which a resume restores: the
         same order and the same augmentation of every image, however many batches are then
-        skipped as already trained.
+        skipped as already trained and however many processes share them.
         """
         order = list(iter(self.sampler))
         epoch_seed = int(torch.randint(0, 2**62, (1,)).item())
         return [(int(i), epoch_seed + k) for k, i in enumerate(order)]
 
-    def _epoch_loader(self) -> DataLoader:
-        """This epoch's batches from the current step on."""
+    def _epoch_items(self) -> list[tuple[int, int]]:
+        """What this process trains on in the rest of the epoch, step after step."""
         order = self._epoch_order()[self.state.step_in_epoch * self.cfg.batch_size :]
+        ctx = self.ctx
+        return rank_order(order, self.cfg.batch_size, ctx.world_size, ctx.rank, self.cfg.grad_accum)
+
+    def _loader(self, items: list[tuple[int, int]]) -> DataLoader:
         return DataLoader(
             self.data.train,
-            batch_size=self.cfg.batch_size,
-            sampler=order,
+            batch_size=self.cfg.batch_size // self.ctx.world_size,
+            sampler=items,
             drop_last=True,
             num_workers=self.workers,
             worker_init_fn=_worker_init,
             prefetch_factor=4 if self.workers else None,
             persistent_workers=False,
+            pin_memory=self.device.type == "cuda",
         )
 
     def _run_epoch(self, epoch_start_rng: dict, last_save: list[float]) -> EpochMeter:
         """Train through the rest of the current epoch (or until the time budget ends)."""
-        cfg, s = self.cfg, self.state
+        cfg, s, ctx = self.cfg, self.state, self.ctx
         self._sampler_labels_at_epoch_start = list(map(int, self.sampler.labels))
-        loader = self._epoch_loader()
+        items = self._epoch_items()
+        per_step = cfg.batch_size // ctx.world_size
+        loader = self._loader(items)
         self.model.train()
         self.opt.train_mode()
         self.callbacks.on_epoch_start(self)
         meter = self.reporter.epoch_meter(
             self.steps_per_epoch, s.step_in_epoch, f"epoch {s.epoch + 1}/{cfg.epochs}"
         )
-        for x, y in loader:
-            if self.stop.requested:
+        for j, (x, y) in enumerate(loader):
+            # (mid-epoch, the all-reduce after each step already agreed on this)
+            if (j == 0 or not ctx.enabled) and agree(ctx, [self.stop.requested], self.device)[0]:
+                self.stop.requested = self.stop.requested or "a signal to another process"
                 break
+            if self.step_fn.augment is not None:
+                self._step_seeds = torch.tensor([sd for _, sd in items[j * per_step :][:per_step]])
             result = self._train_step(x, y)
+            result.images *= ctx.world_size
             if not math.isfinite(result.loss):
                 raise SiamfaceError(
                     f"loss became {result.loss} at step {s.global_step}: lower lr "
@@ -291,9 +375,20 @@ class Trainer:
             s.global_step += 1
             self.reporter.step(meter, result, self.opt.lr(), s.global_step)
             self.callbacks.on_step_end(self, result)
-            if self._out_of_time() or self.stop.requested:
+            stop, out_of_time, save_due = agree(
+                ctx,
+                [
+                    bool(self.stop.requested),
+                    self._out_of_time(),
+                    time.perf_counter() - last_save[0] > cfg.save_every_min * 60,
+                ],
+                self.device,
+            )
+            if stop:
+                self.stop.requested = self.stop.requested or "a signal to another process"
+            if stop or out_of_time:
                 break
-            if time.perf_counter() - last_save[0] > cfg.save_every_min * 60:
+            if save_due:
                 self.save_state(epoch_start_rng)
                 last_save[0] = time.perf_counter()
         meter.close()
@@ -304,22 +399,45 @@ class Trainer:
         """Train until the epochs or the time budget are done; returns the summary.
 
         The run directory is locked for the whole run; Ctrl-C or SIGTERM stop at the next step
-        boundary, save the state and raise :class:`TrainingInterrupted`.
+        boundary, save the state and raise :class:`TrainingInterrupted`. Under torchrun every
+        process calls this; rank 0 writes the files.
         """
-        self.files.create()
-        with self.files.lock(), GracefulStop(self.log) as self.stop:
-            try:
-                self._setup()
-                return self._train()
-            finally:
-                self.reporter.close()
+        self.ctx = init_distributed(self.cfg.device)
+        if not self.ctx.is_main:
+            self.log = _quiet
+            self.reporter = Reporter(self.files, _quiet, False, enabled=False)
+        try:
+            with contextlib.ExitStack() as stack:
+                error: SiamfaceError | None = None
+                if self.ctx.is_main:
+                    try:
+                        self.files.create()
+                        stack.enter_context(self.files.lock())
+                    except SiamfaceError as err:
+                        error = err
+                message = broadcast_object(self.ctx, str(error) if error else None)
+                if error is not None:
+                    raise error
+                if message:
+                    raise SiamfaceError(message)
+                self.stop = stack.enter_context(GracefulStop(self.log))
+                try:
+                    self._setup()
+                    return self._train()
+                finally:
+                    self.reporter.close()
+        finally:
+            shutdown(self.ctx)
 
     def _train(self) -> dict[str, Any]:
         cfg, s = self.cfg, self.state
+        ctx = self.ctx
+        procs = f", {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else ""
         self.log(
             f"model: {cfg.backbone} ({self.weights_source}) -> {cfg.embedding_size}-d, "
             f"{cfg.image_size}px; loss {cfg.loss}, miner {cfg.miner}, {cfg.optimizer}; "
-            f"device {self.device}{' bf16' if self.bf16 else ''}, {self.workers} loader worker(s)"
+            f"device {self.device} {self.precision.name}{procs}, "
+            f"{self.workers} loader worker(s)"
         )
         self._t0 = time.perf_counter()
         epoch_start_rng = getattr(self, "_epoch_start_rng", None)
@@ -328,7 +446,7 @@ class Trainer:
         self.callbacks.on_train_start(self)
         try:
             while s.epoch < cfg.epochs:
-                if self._out_of_time():
+                if agree(ctx, [self._out_of_time()], self.device)[0]:
                     stop_reason = f"time budget of {cfg.time_budget_min} min reached"
                     break
                 if epoch_start_rng is not None:
@@ -387,7 +505,9 @@ class Trainer:
 
         Leaves the model in eval mode (and a schedule-free optimizer at its averaged
         weights); the next epoch switches both back. Callable from a callback, e.g. to
-        score the starting weights before the first epoch.
+        score the starting weights before the first epoch. Every process must call it (the
+        BatchNorm re-estimation of schedule-free is collective); rank 0 validates, the
+        others get ``None``.
         """
         if self.opt.schedule_free:
             self.opt.eval_mode()
@@ -396,12 +516,14 @@ class Trainer:
                 self.data,
                 self.pre,
                 self.device,
-                self.cfg.batch_size,
+                self.micro_batch,
                 self.state.global_step,
                 self.cfg.channels_last,
                 self.autocast,
             )
         self.model.eval()
+        if not self.ctx.is_main:
+            return None, 0.0
         t = time.perf_counter()
         m = self.validator.run(self.model)
         return m, time.perf_counter() - t
@@ -429,9 +551,23 @@ class Trainer:
         )
 
     def end_epoch(self, meter: EpochMeter, finished: bool) -> VerificationMetrics | None:
-        """Validate, keep best/last checkpoints, record the epoch, step epoch schedules."""
+        """Validate, keep best/last checkpoints, record the epoch, step epoch schedules.
+
+        Rank 0 validates and writes; the other processes receive the record, so every
+        process steps its schedule with the same metric and keeps the same history."""
         cfg, s = self.cfg, self.state
         m, val_time = self.evaluate()
+        if not self.ctx.is_main:
+            record, best, eer, failed = broadcast_object(self.ctx, None)
+            if failed:
+                raise OutputError(failed)
+            s.best_value, s.best_epoch = best
+            if eer is not None:
+                self.opt.epoch_schedule(eer)
+            s.history.append(record)
+            self.opt.train_mode()
+            self.callbacks.on_epoch_end(self, record)
+            return None
         record: dict[str, Any] = {
             "epoch": s.epoch if finished else s.epoch + 1,
             "complete": finished,
@@ -455,8 +591,24 @@ class Trainer:
             improved = is_better(value, s.best_value, cfg.select_metric)
             if improved:
                 s.best_value, s.best_epoch = value, record["epoch"]
+        error: OutputError | None = None
+        try:
+            save_epoch_checkpoints(ckpt, self.run_dir, best=improved)
+        except OutputError as err:
+            error = err
+        broadcast_object(
+            self.ctx,
+            (
+                record,
+                (s.best_value, s.best_epoch),
+                m.eer if m is not None else None,
+                str(error) if error else None,
+            ),
+        )
+        if error is not None:
+            raise error
+        if m is not None:
             self.opt.epoch_schedule(m.eer)
-        save_epoch_checkpoints(ckpt, self.run_dir, best=improved)
         s.history.append(record)
         self.reporter.epoch(record, m, improved and m is not None, s.history, s.global_step)
         self.opt.train_mode()

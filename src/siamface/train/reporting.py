@@ -67,13 +67,23 @@ class EpochMeter:
 class Reporter:
     """Log lines, TensorBoard scalars and the run's JSON files."""
 
-    def __init__(self, run_dir: RunDir, log: Callable[[str], None], show_progress: bool) -> None:
+    def __init__(
+        self,
+        run_dir: RunDir,
+        log: Callable[[str], None],
+        show_progress: bool,
+        enabled: bool = True,
+    ) -> None:
         self.run_dir = run_dir
         self.log = log
-        self.show_progress = show_progress
+        self.show_progress = show_progress and enabled
+        #: False in data-parallel processes other than rank 0: they report nothing.
+        self.enabled = enabled
         self.tb = None
 
     def open_tensorboard(self) -> None:
+        if not self.enabled:
+            return
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(log_dir=str(self.run_dir.tensorboard))
@@ -90,6 +100,8 @@ class Reporter:
     # ---------------------------------------------------------------- dataset
     def dataset(self, d: RunData) -> None:
         """dataset_report.json plus its summary in the log."""
+        if not self.enabled:
+            return
         rep = d.report.to_dict() | {
             "train_identities": len(d.train_identities),
             "val_identities": len(d.val_identities),
@@ -137,6 +149,8 @@ class Reporter:
         global_step: int,
     ) -> None:
         """TensorBoard scalars, history.json and the epoch's log line."""
+        if not self.enabled:
+            return
         self.scalar("train/epoch_loss", record["train_loss"], global_step)
         for k in ("val_auc", "val_eer", "val_tar_at_far_1e-3", "val_accuracy"):
             if record.get(k) is not None:
@@ -161,6 +175,8 @@ class Reporter:
     ) -> dict[str, Any]:
         """summary.json and the closing lines of the log."""
         s = progress
+        if not self.enabled:
+            return {"run_dir": str(self.run_dir.path), "stopped": stop_reason, "rank": "other"}
         best_rec = next((h for h in s.history if h["epoch"] == s.best_epoch), None)
         best_path = self.run_dir / "best.safetensors"
         summary = {
