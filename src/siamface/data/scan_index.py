@@ -206,7 +206,7 @@ def scan_files(
                     index.record(check, pending)
                     pending = []
             if arr is not None and pixels is not None:
-                pixels[i] = torch.from_numpy(arr).permute(2, 0, 1)
+                pixels[i] = torch.from_numpy(np.require(arr, requirements="W")).permute(2, 0, 1)
     finally:
         if pending:
             index.record(check, pending)

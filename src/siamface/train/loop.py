@@ -60,6 +60,7 @@ from siamface.train.losses import build_loss
 from siamface.train.miners import build_miner
 from siamface.train.objective import MetricLossTerm, Objective
 from siamface.train.optim import build_optimizer, param_groups
+from siamface.train.partial_fc import reshard_optimizer_state
 from siamface.train.reporting import EpochMeter, Reporter
 from siamface.train.rundir import OutputError, RunDir
 from siamface.train.state import (
@@ -179,7 +180,7 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.train_model = self._wrap(self.model)
         self.objective = self.build_objective().to(self.device)
-        self.objective.set_world(ctx.world_size)
+        self.objective.set_world(ctx.world_size, ctx.rank)
         self.steps_per_epoch = max(1, len(self.data.train) // cfg.batch_size)
         self.opt = build_optimizer(self.build_param_groups(), cfg, self._schedule_progress)
         on_device = cfg.augment_on == "device" or (
@@ -262,10 +263,12 @@ class Trainer:
     def state_dict(self, epoch_start_rng: dict) -> dict[str, Any]:
         """Everything a resume needs to continue exactly where this run is now (the same
         whatever the number of processes: batches and counters are global)."""
+        optim = self.opt.state_dict()
+        reshard_optimizer_state(optim["optimizer"], self.opt.optimizer, self.objective, True)
         return {
             "model": self.model.state_dict(),
             "loss": self.objective.state_dict(),
-            "optim": self.opt.state_dict(),
+            "optim": optim,
             "grad_scaler": self.step_fn.scaler.state_dict(),
             **self.state.to_state(self._elapsed()),
             "epoch_start_rng": epoch_start_rng,
@@ -277,6 +280,7 @@ class Trainer:
     def load_state_dict(self, st: dict[str, Any]) -> None:
         self.model.load_state_dict(st["model"])
         self.objective.load_state_dict(st["loss"])
+        reshard_optimizer_state(st["optim"]["optimizer"], self.opt.optimizer, self.objective, False)
         self.opt.load_state_dict(st["optim"])
         if st.get("grad_scaler"):
             self.step_fn.scaler.load_state_dict(st["grad_scaler"])
@@ -292,9 +296,10 @@ class Trainer:
     def save_state(self, epoch_start_rng: dict) -> None:
         """Rank 0 writes the state; every rank learns whether that worked."""
         error: OutputError | None = None
+        state = self.state_dict(epoch_start_rng)  # collective when centres are sharded
         if self.ctx.is_main:
             try:
-                save_state(self.run_dir, self.state_dict(epoch_start_rng))
+                save_state(self.run_dir, state)
             except OutputError as err:
                 error = err
         message = broadcast_object(self.ctx, str(error) if error else None)

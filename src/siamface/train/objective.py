@@ -51,7 +51,7 @@ class LossTerm(nn.Module):
     def compute(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
 
-    def set_world(self, world_size: int) -> None:
+    def set_world(self, world_size: int, rank: int = 0) -> None:
         """Called once when training runs in ``world_size`` processes."""
 
 
@@ -63,8 +63,10 @@ class MetricLossTerm(LossTerm):
         self.loss_fn = loss_fn
         self.miner = miner
 
-    def set_world(self, world_size: int) -> None:
+    def set_world(self, world_size: int, rank: int = 0) -> None:
         self.world_size = world_size
+        if world_size > 1 and hasattr(self.loss_fn, "shard"):
+            self.loss_fn.shard(world_size, rank)  # class centres split across processes
         if world_size > 1 and not getattr(self.loss_fn, "gathers_itself", False):
             self.backward_scale = float(world_size)
 
@@ -87,13 +89,13 @@ class Objective(nn.Module):
         if not terms:
             raise ValueError("an objective needs at least one term")
         self.terms = nn.ModuleList(terms)
-        self.world_size = 1
+        self.world_size, self.rank = 1, 0
 
-    def set_world(self, world_size: int) -> None:
-        """Train in ``world_size`` processes (call before the first step)."""
-        self.world_size = world_size
+    def set_world(self, world_size: int, rank: int = 0) -> None:
+        """Train in ``world_size`` processes (call before building the optimizer)."""
+        self.world_size, self.rank = world_size, rank
         for term in self.terms:
-            term.set_world(world_size)
+            term.set_world(world_size, rank)
 
     @property
     def metric(self) -> MetricLossTerm:
@@ -101,7 +103,7 @@ class Objective(nn.Module):
 
     def add(self, term: LossTerm) -> None:
         """Add a term (e.g. distillation) after the objective was built."""
-        term.set_world(self.world_size)
+        term.set_world(self.world_size, self.rank)
         self.terms.append(term)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, float, dict[str, float]]:
