@@ -138,6 +138,10 @@ def test_scan_index_is_reused_and_rechecks_changed_files(pins_small, tmp_path):
     assert first.pixels[0].float().std() > 0
     again = scan_files(files, 32, "decode", ScanIndex(db), keep_pixels=False, progress=False)
     assert again.checked == 0 and again.facts == first.facts
+    # Decoded pixels were saved beside the index: the next run maps them, decoding nothing.
+    mapped = scan_files(files, 32, "decode", ScanIndex(db), keep_pixels=True, progress=False)
+    assert mapped.pixels_from_disk and mapped.checked == 0
+    assert torch.equal(mapped.pixels, first.pixels)
     bad.write_bytes(paths[1].read_bytes())  # repaired: size changed, checked again
     os.utime(bad, ns=(1, 1))
     third = scan_files(files, 32, "decode", ScanIndex(db), keep_pixels=False, progress=False)

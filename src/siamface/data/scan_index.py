@@ -10,7 +10,9 @@ way resumes where it stopped. The work runs in a process pool on all usable core
 
 The same pass can also decode and resize the pixels kept in RAM for training, straight into
 one preallocated tensor (no list of arrays stacked at the end, whose peak was three times the
-final size).
+final size). Those pixels are also saved next to the index (one ``.npy`` per dataset, size and
+file state), so the next run or resume maps them from disk instead of decoding every image
+again; any change to a file gives a new key, and only the most recent few are kept.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from siamface.data.transforms import resize_uint8
 from siamface.system import usable_cpus
 
 INDEX_FILE = "scan-index.sqlite"
+#: Decoded-pixel files kept beside the index (the most recently used ones).
+PIXEL_CACHES_KEPT = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     path TEXT NOT NULL,
@@ -82,6 +86,7 @@ class ScanResult:
 
     facts: list[FileFacts]
     pixels: torch.Tensor | None  # (len(paths), 3, S, S) uint8; rows of bad files are zero
+    pixels_from_disk: bool  # mapped from the pixel file an earlier run saved
     checked: int  # files actually opened in this scan (the rest came from the index)
     seconds: float
 
@@ -111,6 +116,43 @@ class ScanIndex:
 
     def close(self) -> None:
         self.db.close()
+
+    def pixel_file(self, key: str) -> Path | None:
+        return self.path.parent / f"pixels-{key}.npy" if self.path is not None else None
+
+    def load_pixels(self, key: str, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """Pixels saved by an earlier run for exactly these files, mapped copy-on-write."""
+        f = self.pixel_file(key)
+        if f is None or not f.is_file():
+            return None
+        try:
+            arr = np.load(f, mmap_mode="c")
+        except (OSError, ValueError):
+            return None
+        if arr.shape != shape or arr.dtype != np.uint8:
+            return None
+        os.utime(f)  # most recently used
+        return torch.from_numpy(arr)
+
+    def save_pixels(self, key: str, pixels: torch.Tensor) -> None:
+        """Keep decoded pixels for the next run (skipped when the disk is short of room)."""
+        f = self.pixel_file(key)
+        if f is None:
+            return
+        import shutil
+
+        try:
+            if shutil.disk_usage(f.parent).free < 2 * pixels.numel() + (1 << 30):
+                return
+            tmp = f.with_suffix(".tmp")
+            with open(tmp, "wb") as fh:
+                np.save(fh, pixels.numpy(), allow_pickle=False)
+            os.replace(tmp, f)
+            old = sorted(f.parent.glob("pixels-*.npy"), key=lambda p: p.stat().st_mtime)
+            for stale in old[:-PIXEL_CACHES_KEPT]:
+                stale.unlink(missing_ok=True)
+        except OSError:
+            pass  # a cache that cannot be written costs speed only
 
     def known(self, check: str, stats: dict[str, tuple[int, int]]) -> dict[str, FileFacts]:
         """Facts recorded for files whose (size, mtime_ns) still match."""
@@ -165,6 +207,13 @@ def _stat(path: str) -> tuple[int, int]:
     return (st.st_size, st.st_mtime_ns)
 
 
+def _pixel_key(names: list[str], stats: dict, size: int, check: str) -> str:
+    h = hashlib.sha256(f"{size}|{check}".encode())
+    for p in names:
+        h.update(f"{p}|{stats[p][0]}|{stats[p][1]}\n".encode())
+    return h.hexdigest()[:24]
+
+
 def scan_files(
     paths: Sequence[Path],
     size: int,
@@ -185,10 +234,17 @@ def scan_files(
     names = [str(p) for p in paths]
     stats = {p: _stat(p) for p in names}
     known = index.known(check, stats)
-    pixels = torch.zeros(len(names), 3, size, size, dtype=torch.uint8) if keep_pixels else None
     facts: list[FileFacts | None] = [known.get(p) for p in names]
-    todo = [i for i, p in enumerate(names) if facts[i] is None or (keep_pixels and facts[i].ok)]
-    jobs = [(names[i], size, facts[i] is None, keep_pixels, decoder) for i in todo]
+    pixels, from_disk = None, False
+    key = _pixel_key(names, stats, size, check)
+    if keep_pixels and all(f is not None for f in facts):
+        pixels = index.load_pixels(key, (len(names), 3, size, size))
+        from_disk = pixels is not None
+    if keep_pixels and pixels is None:
+        pixels = torch.zeros(len(names), 3, size, size, dtype=torch.uint8)
+    decode = keep_pixels and not from_disk
+    todo = [i for i in range(len(names)) if facts[i] is None or (decode and facts[i].ok)]
+    jobs = [(names[i], size, facts[i] is None, decode, decoder) for i in todo]
     workers = workers or usable_cpus()
     pending: list[tuple[str, int, int, FileFacts]] = []
     bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress or not jobs)
@@ -213,9 +269,12 @@ def scan_files(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
         bar.close()
+    if pixels is not None and not from_disk and todo:
+        index.save_pixels(key, pixels)
     return ScanResult(
         facts=[f for f in facts if f is not None],
         pixels=pixels,
+        pixels_from_disk=from_disk,
         checked=len([j for j in jobs if j[2]]),
         seconds=time.perf_counter() - t0,
     )

@@ -200,6 +200,7 @@ def prepare_run_data(
             "from_index": len(paths) - result.checked,
             "seconds": round(result.seconds, 2),
             "pixels_in_ram": keep,
+            "pixels_from_disk_cache": result.pixels_from_disk,
         },
     )
 

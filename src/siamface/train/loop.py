@@ -123,6 +123,8 @@ class Trainer:
         self._resume_state: dict | None = None
         self._t0: float | None = None
         self._step_seeds: torch.Tensor | None = None
+        self._started_unix: float | None = None
+        self.first_step_unix: float | None = None  # when this process finished its first step
 
     @classmethod
     def resume(
@@ -378,6 +380,11 @@ class Trainer:
                 )
             s.step_in_epoch += 1
             s.global_step += 1
+            if self.first_step_unix is None:
+                self.first_step_unix = time.time()
+                self.log(
+                    f"first step after {self.first_step_unix - (self._started_unix or 0):.1f} s"
+                )
             self.reporter.step(meter, result, self.opt.lr(), s.global_step)
             self.callbacks.on_step_end(self, result)
             stop, out_of_time, save_due = agree(
@@ -407,6 +414,7 @@ class Trainer:
         boundary, save the state and raise :class:`TrainingInterrupted`. Under torchrun every
         process calls this; rank 0 writes the files.
         """
+        self._started_unix = time.time()
         self.ctx = init_distributed(self.cfg.device)
         if not self.ctx.is_main:
             self.log = _quiet
@@ -500,6 +508,7 @@ class Trainer:
             cfg.select_metric,
             cfg.calib_far,
             len(self.data.val_identities),
+            extra={"first_step_unix": self.first_step_unix, "data_scan": self.data.scan},
         )
         self.callbacks.on_train_end(self, summary)
         return summary
@@ -579,6 +588,7 @@ class Trainer:
             "train_loss": meter.mean_loss,
             "lr": self.opt.lr(),
             "images_per_s": meter.seen / meter.seconds if meter.seconds > 0 else None,
+            "images_per_s_steady": meter.steady_images_per_s,
             "epoch_seconds": meter.seconds,
             "val_seconds": val_time,
         }

@@ -20,6 +20,8 @@ from siamface.train.step import StepResult
 
 #: TensorBoard scalars of the training loss are written every this many steps.
 TB_EVERY = 10
+#: Steps left out of the steady images/s (first-step allocations, torch.compile compiling).
+WARMUP_STEPS = 3
 
 
 class EpochMeter:
@@ -34,10 +36,13 @@ class EpochMeter:
         self.seen = 0
         self.losses: list[float] = []
         self.running = 0.0
+        self._warm: tuple[float, int] | None = None  # (time, images) after the warm-up steps
 
     def update(self, result: StepResult, lr: float) -> None:
         self.losses.append(result.loss)
         self.seen += result.images
+        if len(self.losses) == WARMUP_STEPS:
+            self._warm = (time.perf_counter(), self.seen)
         if len(self.losses) > 1:
             self.running = 0.9 * self.running + 0.1 * result.loss
         else:
@@ -54,6 +59,14 @@ class EpochMeter:
     @property
     def images_per_s(self) -> float:
         return self.seen / max(self.seconds, 1e-9)
+
+    @property
+    def steady_images_per_s(self) -> float | None:
+        """Images/s after the first few steps of this epoch, None if too few steps."""
+        if self._warm is None or self.seen == self._warm[1]:
+            return None
+        t = (self.t_end or time.perf_counter()) - self._warm[0]
+        return (self.seen - self._warm[1]) / max(t, 1e-9)
 
     @property
     def mean_loss(self) -> float:
@@ -172,6 +185,7 @@ class Reporter:
         select_metric: str,
         calib_far: float,
         val_identities: int,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """summary.json and the closing lines of the log."""
         s = progress
@@ -191,6 +205,7 @@ class Reporter:
             "last": s.history[-1] if s.history else None,
             "best_checkpoint": str(best_path),
             "tensorboard": f"tensorboard --logdir {self.run_dir.tensorboard}",
+            **(extra or {}),
         }
         self.run_dir.write_json("summary.json", summary)
         self.log("")
