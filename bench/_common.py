@@ -62,3 +62,23 @@ def last_json(stdout: str) -> dict:
     """The last top-level JSON object in a command's stdout (``--json`` output)."""
     start = stdout.rfind("\n{")
     return json.loads(stdout[start + 1 :] if start >= 0 else stdout[stdout.find("{") :])
+
+
+def seed_checkpoint_to_siamface(pth: Path, out: Path) -> Path:
+    """Wrap the article's state dict (backbone.* + embedder.*) as a siamface checkpoint so its
+    model is embedded and scored by exactly the same code as siamface's. Cosine similarity is
+    unchanged by siamface's L2 normalisation."""
+    import torch
+
+    from siamface.data.transforms import Preprocessing
+    from siamface.model.checkpoint import Checkpoint, save_checkpoint
+    from siamface.model.network import ModelConfig
+
+    sd = torch.load(pth, map_location="cpu", weights_only=True)
+    sd = {("head." + k[9:] if k.startswith("embedder.") else k): v for k, v in sd.items()}
+    ckpt = Checkpoint(
+        model_cfg=ModelConfig(backbone="tf_efficientnetv2_b0", embedding_size=512),
+        preprocessing=Preprocessing(image_size=224),  # Resize 224 + ImageNet mean/std
+        state_dict=sd,
+    )
+    return save_checkpoint(ckpt, out)

@@ -1,14 +1,21 @@
-"""Verification quality on unseen people: siamface defaults vs the article's recipe.
+"""Verification quality on unseen people: face models zero-shot, fine-tuned, distilled, and the
+article's recipe, all scored by the same code on the same held-out identities.
 
-Both train for the same wall-clock budget on the same identities (``pins90`` + ``celeba_wild``
-by default) and are scored by the same code on the same held-out *test* identities, which
-neither run sees: siamface chooses its best epoch on a validation split carved from its own
-training identities, and the article's script keeps its lowest-training-loss checkpoint.
+Arms (``--arms``, default all):
+  a  sface zero-shot (the starting model)
+  b  dlib zero-shot (when ``siamface[dlib]`` is installed)
+  c  the README's main job: ``--config finetune`` (fine-tuned from sface) for --budget-min
+  d  a tf_efficientnet_lite0 student distilled from sface (+ dlib when installed)
+  e  the article's script as written (../shared/tools/seed_recipe.py) for --budget-min
+  att40  a domain sface has not seen (grayscale AT&T faces): fine-tuned on 20 people,
+         tested on the other 20, against zero-shot
 
-The article's recipe (triplet, margin 0.1, AdamW 1e-4, 224 px, tf_efficientnetv2_b0, no
-pretrained weights offline) runs as written through ../shared/tools/seed_recipe.py.
-Prints JSON: AUC, EER, TAR@FAR=1e-3, best accuracy for both, and siamface's accuracy at the
-threshold it stored in its checkpoint (the number a deployment would actually get).
+pins90 + celeba_wild are split by identity (seeded): the test identities are never trained on
+(every training arm carves its own validation split from the rest). Each model is scored on all
+pairs of the test identities (AUC, EER, TAR@FAR=1e-3 and 1e-4) and on an LFW-format pairs file
+made from them with ``siamface pairs make`` (10-fold accuracy), by ``siamface evaluate``.
+Training arms run side by side (``--parallel``, default) so that a shared machine's load falls
+on all of them alike. Prints JSON with every arm and the deltas against sface zero-shot.
 """
 
 from __future__ import annotations
@@ -19,22 +26,36 @@ import os
 import random
 import sys
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import SEED_RECIPE, SHARED, SIAMFACE, machine, run_child, seed_result
+from _common import (
+    SEED_RECIPE,
+    SHARED,
+    SIAMFACE,
+    last_json,
+    machine,
+    run_child,
+    seed_checkpoint_to_siamface,
+    seed_result,
+)
+
+METRICS = ("auc", "eer", "tar_at_far_1e-3", "tar_at_far_1e-4", "accuracy_10fold")
+HIGHER = {"auc": True, "eer": False, "tar_at_far_1e-3": True, "tar_at_far_1e-4": True}
 
 
-def build_split(roots: list[Path], work: Path, test_fraction: float, seed: int) -> dict:
+def split_identities(
+    roots: list[Path], work: Path, test_fraction: float, seed: int, n_test: int | None = None
+) -> dict:
     """Symlink trees work/train/<root>__<id> and work/test/<root>__<id>, split by identity."""
-    ids = []
-    for root in roots:
-        for d in sorted(p for p in root.iterdir() if p.is_dir()):
-            ids.append((root.name, d))
-    rng = random.Random(seed)
+    ids = [
+        (root.name, d) for root in roots for d in sorted(p for p in root.iterdir() if p.is_dir())
+    ]
     order = ids[:]
-    rng.shuffle(order)
-    n_test = round(len(order) * test_fraction)
-    test = {d for _, d in order[:n_test]}
+    random.Random(seed).shuffle(order)
+    k = n_test if n_test is not None else round(len(order) * test_fraction)
+    test = {d for _, d in order[:k]}
     counts = {"train": 0, "test": 0}
     for root_name, d in ids:
         part = "test" if d in test else "train"
@@ -47,194 +68,313 @@ def build_split(roots: list[Path], work: Path, test_fraction: float, seed: int) 
     return {"train_identities": counts["train"], "test_identities": counts["test"]}
 
 
-def seed_checkpoint_to_siamface(pth: Path, out: Path) -> Path:
-    """Wrap the article's state dict (backbone.* + embedder.*) as a siamface checkpoint so both
-    models are embedded and scored by exactly the same code. Cosine similarity is unchanged
-    by siamface's L2 normalisation."""
-    import torch
-
-    from siamface.data.transforms import Preprocessing
-    from siamface.model.checkpoint import Checkpoint, save_checkpoint
-    from siamface.model.network import ModelConfig
-
-    sd = torch.load(pth, map_location="cpu", weights_only=True)
-    sd = {("head." + k[9:] if k.startswith("embedder.") else k): v for k, v in sd.items()}
-    ckpt = Checkpoint(
-        model_cfg=ModelConfig(backbone="tf_efficientnetv2_b0", embedding_size=512),
-        preprocessing=Preprocessing(image_size=224),  # Resize 224 + ImageNet mean/std
-        state_dict=sd,
+def make_pairs(test_dir: Path, out: Path, per_fold: int) -> dict:
+    r = run_child(
+        [
+            *SIAMFACE,
+            "pairs",
+            "make",
+            str(test_dir),
+            "--out",
+            str(out),
+            "--per-fold",
+            str(per_fold),
+            "--json",
+        ]
     )
-    return save_checkpoint(ckpt, out)
+    if r["rc"] != 0:
+        raise RuntimeError(f"pairs make failed: {r['stdout'][-500:]}")
+    return last_json(r["stdout"])
 
 
-def score(model_path: Path, test_dir: Path) -> dict:
-    """Embed every test image, score all pairs, return the verification metrics."""
-    import numpy as np
-
-    from siamface.data.folders import scan_identity_folders
-    from siamface.evaluate.metrics import all_pair_scores, verification_metrics
-    from siamface.inference import open_model
-
-    model = open_model(model_path, device="cpu")
-    scan = scan_identity_folders([test_dir])
-    paths = [s.path for s in scan.samples]
-    emb, errors = model.embed_paths(paths, batch_size=64, progress=False)
-    labels = np.array([s.identity for i, s in enumerate(scan.samples) if i not in errors])
-    scores, same = all_pair_scores(emb, labels)
-    m = verification_metrics(scores, same)
-    out = {
-        "auc": round(m.auc, 4),
-        "eer": round(m.eer, 4),
-        "tar_at_far_1e-3": m.tar_at_far.get("1e-03"),
-        "best_accuracy": round(m.best_accuracy, 4),
-        "images": int(len(labels)),
-        "unreadable": len(errors),
-        "genuine_pairs": m.n_genuine,
-        "impostor_pairs": m.n_impostor,
+def evaluate(model: str, test_dir: Path, pairs: Path, out: Path) -> dict:
+    """All-pairs metrics + 10-fold accuracy on the pairs file, both from siamface evaluate."""
+    res: dict = {}
+    for name, extra in (("all_pairs", []), ("pairs", ["--pairs", str(pairs)])):
+        r = run_child(
+            [
+                *SIAMFACE,
+                "evaluate",
+                "--model",
+                model,
+                "--data",
+                str(test_dir),
+                *extra,
+                "--json",
+                "--no-progress",
+                "--no-plots",
+                "--out",
+                str(out / name),
+            ],
+            log=out.with_suffix(f".{name}.log"),
+        )
+        if r["rc"] != 0:
+            return {"error": f"evaluate ({name}) exit {r['rc']}, see {out}.{name}.log"}
+        res[name] = last_json(r["stdout"])
+    m, k = res["all_pairs"]["metrics"], res["pairs"]["kfold"]
+    d = res["all_pairs"]["data"]
+    return {
+        "auc": round(m["auc"], 5),
+        "eer": round(m["eer"], 5),
+        "tar_at_far_1e-3": m["tar_at_far"].get("1e-03"),
+        "tar_at_far_1e-4": m["tar_at_far"].get("1e-04"),
+        "accuracy_10fold": round(k["accuracy_mean"], 5),
+        "accuracy_10fold_std": round(k["accuracy_std"], 5),
+        "images_embedded": d.get("images_embedded"),
+        "images": d.get("images"),
+        "genuine_pairs": m["n_genuine"],
+        "impostor_pairs": m["n_impostor"],
+        "embed_seconds": res["all_pairs"].get("timing_s", {}).get("embed"),
     }
-    if model.threshold:
-        thr = model.threshold["value"]
-        tar = float((scores[same] >= thr).mean())
-        far = float((scores[~same] >= thr).mean())
-        out["stored_threshold"] = round(thr, 4)
-        out["at_stored_threshold"] = {
-            "tar": round(tar, 4),
-            "far": round(far, 6),
-            "balanced_accuracy": round((tar + 1 - far) / 2, 4),
-        }
+
+
+def deltas(arm: dict, ref: dict) -> dict:
+    out = {}
+    for k in METRICS:
+        a, b = arm.get(k), ref.get(k)
+        if a is not None and b is not None:
+            out[k] = round(a - b, 5)
     return out
 
 
-def run_jobs(jobs: dict, parallel: bool) -> dict:
-    """Run the training commands one after the other on all cores, or side by side with one
-    core and one thread each (both then see the same background load: a fair comparison on a
-    shared machine)."""
-    if not parallel:
-        out = {}
-        for name, (cmd, log) in jobs.items():
-            load0 = os.getloadavg()[1]
-            r = run_child(cmd, log=log)
-            out[name] = (r, [round(load0, 2), round(os.getloadavg()[1], 2)])
-        return out
-    from concurrent.futures import ThreadPoolExecutor
+def never_worse(arm: dict, ref: dict) -> bool:
+    for k in METRICS:
+        a, b = arm.get(k), ref.get(k)
+        if a is None or b is None:
+            continue
+        if (a < b) if HIGHER.get(k, True) else (a > b):
+            return False
+    return True
 
-    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cores = sorted(os.sched_getaffinity(0))
-    load0 = os.getloadavg()[1]
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        futures = {
-            name: pool.submit(
-                run_child, ["taskset", "-c", str(cores[i % len(cores)]), *cmd], log, env
-            )
-            for i, (name, (cmd, log)) in enumerate(jobs.items())
-        }
-        results = {name: f.result() for name, f in futures.items()}
-    load = [round(load0, 2), round(os.getloadavg()[1], 2)]
-    return {name: (r, load) for name, r in results.items()}
+
+def train_job(name: str, work: Path, data: Path, budget: float, args: list[str], seed: int):
+    run = work / f"run_{name}"
+    cmd = [
+        *SIAMFACE,
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--no-progress",
+        f"time_budget_min={budget}",
+        f"seed={seed}",
+        *args,
+    ]
+    return name, cmd, run
+
+
+def summary_of(run: Path) -> dict:
+    s = json.loads((run / "summary.json").read_text())
+    keep = ("epochs_completed", "steps", "best_epoch", "train_minutes", "stopped", "vs_start")
+    return {k: s.get(k) for k in keep if k in s}
+
+
+def embed_speed(models: list[str], folder: Path, n: int = 128) -> dict:
+    """Images/s of each model's network on the same pre-aligned uint8 batches (decode and
+    alignment excluded), measured alternately in rounds so load falls on all alike."""
+    import numpy as np
+
+    from siamface.inference import open_model
+
+    opened = {m: open_model(m, device="cpu") for m in models}
+    rng = np.random.default_rng(0)
+    rates: dict[str, list[float]] = {m: [] for m in models}
+    for _ in range(3):
+        for m, e in opened.items():
+            s = e.preprocessing.image_size
+            x = rng.integers(0, 255, (n, 3, s, s), dtype=np.uint8)
+            e.embed_batch(x[:8])
+            t = time.perf_counter()
+            for i in range(0, n, 32):
+                e.embed_batch(x[i : i + 32])
+            rates[m].append(n / (time.perf_counter() - t))
+    return {m: round(float(np.median(r)), 1) for m, r in rates.items()}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--data", action="append", help="identity-folder roots (default: pins90 + celeba_wild)"
-    )
-    ap.add_argument("--budget-min", type=float, default=20.0, help="training budget per recipe")
+    ap.add_argument("--arms", default="a,b,c,d,e,att40", help="comma-separated arms to run")
+    ap.add_argument("--budget-min", type=float, default=20.0, help="training budget per arm")
+    ap.add_argument("--att40-budget-min", type=float, default=5.0)
     ap.add_argument("--test-fraction", type=float, default=0.2)
+    ap.add_argument("--per-fold", type=int, default=300, help="pairs file: pairs per fold")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", help="work directory (default: a new temp dir)")
-    ap.add_argument("--skip-seed", action="store_true")
-    ap.add_argument("--skip-siamface", action="store_true")
-    ap.add_argument(
-        "--parallel",
-        action="store_true",
-        help="train both recipes at the same time, one core each (fair on a shared machine)",
-    )
-    ap.add_argument("overrides", nargs="*", help="extra siamface key=value settings")
+    ap.add_argument("--sequential", action="store_true", help="train arms one after another")
+    ap.add_argument("--c-args", default="", help="extra key=value for arm c (space-separated)")
+    ap.add_argument("--d-args", default="", help="extra key=value for arm d (space-separated)")
     args = ap.parse_args()
-    roots = [Path(d) for d in (args.data or [SHARED / "data/pins90", SHARED / "data/celeba_wild"])]
+    arms = set(args.arms.split(","))
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_train_quality_"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("SIAMFACE_CACHE", str(work / "cache"))
+    data = SHARED / "data"
     res: dict = {"bench": "train_quality", "machine": machine(), "workdir": str(work)}
-    res["split"] = build_split(roots, work, args.test_fraction, args.seed)
-    res["budget_min_each"] = args.budget_min
-    run = work / "siamface_run"
-    sf_cmd = [
-        *SIAMFACE,
-        "train",
-        "--data",
-        str(work / "train"),
-        "--out",
-        str(run),
-        "--no-progress",
-        f"time_budget_min={args.budget_min}",
-        f"seed={args.seed}",
-        *args.overrides,
-    ]
-    seed_cmd = [
-        sys.executable,
-        str(SEED_RECIPE),
-        "train",
-        "--data",
-        str(work / "train"),
-        "--epochs",
-        "1000",
-        "--max-seconds",
-        str(args.budget_min * 60),
-        "--workdir",
-        str(work / "seed"),
-        "--seed",
-        str(args.seed),
-    ]
-    jobs = {}
-    if not args.skip_siamface:
-        jobs["siamface"] = (sf_cmd, work / "siamface_train.log")
-    if not args.skip_seed:
-        jobs["seed"] = (seed_cmd, work / "seed_train.log")
-    res["mode"] = "parallel, one core each" if args.parallel else "sequential, all cores each"
-    results = run_jobs(jobs, args.parallel)
-    if "siamface" in results:
-        r, load = results["siamface"]
-        entry: dict = {
-            "rc": r["rc"],
-            "wall_s": r["wall_s"],
-            "peak_rss_mb": r["peak_rss_mb"],
-            "loadavg_before_after": load,
-        }
-        if r["rc"] == 0:
-            summary = json.loads((run / "summary.json").read_text())
-            entry["recipe"] = "siamface defaults" + (
-                f" + {args.overrides}" if args.overrides else ""
+    res["split"] = split_identities(
+        [data / "pins90", data / "celeba_wild"], work / "main", args.test_fraction, args.seed
+    )
+    test, train = work / "main" / "test", work / "main" / "train"
+    pairs = work / "main" / "pairs.txt"
+    res["pairs"] = make_pairs(test, pairs, args.per_fold)
+    try:
+        import dlib  # noqa: F401
+
+        has_dlib = True
+    except ImportError:
+        has_dlib = False
+    jobs = []
+    if "c" in arms:
+        jobs.append(
+            train_job(
+                "c",
+                work,
+                train,
+                args.budget_min,
+                ["--config", "finetune", *args.c_args.split()],
+                args.seed,
             )
-            entry["epochs_completed"] = summary["epochs_completed"]
-            entry["steps"] = summary["steps"]
-            entry["best_epoch"] = summary["best_epoch"]
-            entry["test"] = score(run / "best.safetensors", work / "test")
-        res["siamface"] = entry
-    if "seed" in results:
-        r, load = results["seed"]
-        s = seed_result(r["stdout"])
+        )
+    if "d" in arms:
+        teachers = "sface,dlib" if has_dlib else "sface"
+        jobs.append(
+            train_job(
+                "d",
+                work,
+                train,
+                args.budget_min,
+                ["--config", "distill", f"teacher={teachers}", *args.d_args.split()],
+                args.seed,
+            )
+        )
+    att = work / "att40"
+    if "att40" in arms:
+        res["att40_split"] = split_identities([data / "att40"], att, 0.0, args.seed, n_test=20)
+        jobs.append(
+            train_job(
+                "att40",
+                work,
+                att / "train",
+                args.att40_budget_min,
+                ["--config", "finetune", "val_identities=5"],
+                args.seed,
+            )
+        )
+    seed_run = None
+    if "e" in arms:
+        seed_run = [
+            sys.executable,
+            str(SEED_RECIPE),
+            "train",
+            "--data",
+            str(train),
+            "--epochs",
+            "1000",
+            "--max-seconds",
+            str(args.budget_min * 60),
+            "--workdir",
+            str(work / "seed"),
+            "--seed",
+            str(args.seed),
+        ]
+    load0 = os.getloadavg()[1]
+    t0 = time.perf_counter()
+    results: dict = {}
+    todo = [(n, cmd, work / f"{n}_train.log") for n, cmd, _ in jobs]
+    if seed_run:
+        todo.append(("e", seed_run, work / "e_train.log"))
+    if args.sequential:
+        for n, cmd, log in todo:
+            results[n] = run_child(cmd, log=log)
+    else:
+        with ThreadPoolExecutor(max(1, len(todo))) as pool:
+            fut = {n: pool.submit(run_child, cmd, log) for n, cmd, log in todo}
+            results = {n: f.result() for n, f in fut.items()}
+    res["training"] = {
+        "mode": "sequential" if args.sequential else "parallel",
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "loadavg_before_after": [round(load0, 2), round(os.getloadavg()[1], 2)],
+    }
+    arms_out: dict = {}
+    if "a" in arms or "c" in arms or "d" in arms:
+        arms_out["a_sface_zero_shot"] = evaluate("sface", test, pairs, work / "eval_a")
+    if "b" in arms and has_dlib:
+        arms_out["b_dlib_zero_shot"] = evaluate("dlib", test, pairs, work / "eval_b")
+    elif "b" in arms:
+        arms_out["b_dlib_zero_shot"] = {"skipped": "dlib not installed (siamface[dlib])"}
+    for n, key in (("c", "c_finetuned_from_sface"), ("d", "d_student_distilled")):
+        if n in results:
+            r = results[n]
+            run = next(run for jn, _, run in jobs if jn == n)
+            entry = {"rc": r["rc"], "wall_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"]}
+            if r["rc"] == 0:
+                entry["train"] = summary_of(run)
+                entry["test"] = evaluate(
+                    str(run / "best.safetensors"), test, pairs, work / f"eval_{n}"
+                )
+            else:
+                entry["log"] = str(work / f"{n}_train.log")
+            arms_out[key] = entry
+    if "e" in results:
+        s = seed_result(results["e"]["stdout"])
         entry = {
-            "recipe": "article script as written (triplet m=0.1, AdamW 1e-4, 224 px, "
-            "tf_efficientnetv2_b0, pretrained=False offline)",
-            "rc": s.get("rc"),
+            "recipe": "article script as written",
             "batches": s.get("batches"),
             "images_per_s": s.get("images_per_s"),
-            "checkpoint": s.get("checkpoint"),
-            "peak_rss_mb": s.get("peak_rss_mb"),
-            "loadavg_before_after": load,
+            "rc": s.get("rc"),
         }
         if s.get("checkpoint"):
-            ck = seed_checkpoint_to_siamface(
-                Path(s["checkpoint"]), work / "seed_as_siamface.safetensors"
+            ck = seed_checkpoint_to_siamface(Path(s["checkpoint"]), work / "seed.safetensors")
+            entry["test"] = evaluate(str(ck), test, pairs, work / "eval_e")
+        arms_out["e_article_recipe"] = entry
+    ref = arms_out.get("a_sface_zero_shot")
+    if ref and "error" not in ref:
+        for key, entry in arms_out.items():
+            t = entry.get("test", entry) if isinstance(entry, dict) else None
+            if key != "a_sface_zero_shot" and t and "auc" in t:
+                entry["delta_vs_sface"] = deltas(t, ref)
+        c = arms_out.get("c_finetuned_from_sface", {}).get("test")
+        if c and "auc" in c:
+            res["target_c_never_worse_than_a"] = never_worse(c, ref)
+    d = arms_out.get("d_student_distilled", {})
+    if d.get("test") and ref and "auc" in d["test"]:
+        gap = ref["accuracy_10fold"] - d["test"]["accuracy_10fold"]
+        speed = embed_speed(["sface", str(work / "run_d" / "best.safetensors")], test)
+        d["embed_images_per_s"] = speed
+        vals = list(speed.values())
+        d["speedup_vs_teacher"] = round(vals[1] / vals[0], 2)
+        res["target_d_within_2_points_and_3x"] = bool(gap <= 0.02 and vals[1] >= 3 * vals[0])
+    if "att40" in results:
+        r = results["att40"]
+        entry = {"rc": r["rc"], "wall_s": r["wall_s"]}
+        att_pairs = att / "pairs.txt"
+        res["att40_pairs"] = make_pairs(att / "test", att_pairs, 50)
+        entry["zero_shot"] = evaluate("sface", att / "test", att_pairs, work / "eval_att_a")
+        if r["rc"] == 0:
+            entry["train"] = summary_of(work / "run_att40")
+            entry["finetuned"] = evaluate(
+                str(work / "run_att40" / "best.safetensors"),
+                att / "test",
+                att_pairs,
+                work / "eval_att_c",
             )
-            entry["test"] = score(ck, work / "test")
-        res["seed"] = entry
-    a, b = res.get("siamface", {}).get("test"), res.get("seed", {}).get("test")
-    if a and b:
-        res["delta_siamface_minus_seed"] = {
-            k: round(a[k] - b[k], 4)
-            for k in ("auc", "eer", "tar_at_far_1e-3", "best_accuracy")
-            if a.get(k) is not None and b.get(k) is not None
-        }
+            if "auc" in entry["finetuned"] and "auc" in entry["zero_shot"]:
+                entry["delta"] = deltas(entry["finetuned"], entry["zero_shot"])
+                entry["never_worse"] = never_worse(entry["finetuned"], entry["zero_shot"])
+        else:
+            entry["log"] = str(work / "att40_train.log")
+        arms_out["att40"] = entry
+    res["arms"] = arms_out
+    tars = []
+    if (
+        "c_finetuned_from_sface" in arms_out
+        and "delta_vs_sface" in arms_out["c_finetuned_from_sface"]
+    ):
+        tars.append(arms_out["c_finetuned_from_sface"]["delta_vs_sface"].get("tar_at_far_1e-3", 0))
+    if "att40" in arms_out and "delta" in arms_out["att40"]:
+        tars.append(arms_out["att40"]["delta"].get("tar_at_far_1e-3", 0))
+    if tars:
+        res["target_c_beats_a_on_tar_1e-3_somewhere"] = any(t > 0 for t in tars)
     print(json.dumps(res, indent=1))
     return 0
 

@@ -126,7 +126,8 @@ for _ in range(3):
     loss(emb.requires_grad_(), y).backward()
     opt.step()
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"rank": int(os.environ.get("RANK", 0)), "extra_mb": round((peak - base) / 1024, 1)}))
+rank = int(os.environ.get("RANK", 0))
+print(json.dumps({"rank": rank, "extra_mb": round((peak - base) / 1024, 1)}))
 """
 
 VAL_CHILD = r"""
@@ -136,16 +137,22 @@ from siamface.train.validation import VAL_MAX_IMPOSTORS
 n, ids = int(sys.argv[1]), int(sys.argv[2])
 rng = np.random.default_rng(0)
 labels = np.repeat(np.arange(ids), n // ids)
-emb = rng.normal(size=(len(labels), 512)).astype(np.float32) + 0.5 * rng.normal(size=(ids, 512)).astype(np.float32)[labels]
+centres = rng.normal(size=(ids, 512)).astype(np.float32)
+emb = rng.normal(size=(len(labels), 512)).astype(np.float32) + 0.5 * centres[labels]
 emb /= np.linalg.norm(emb, axis=1, keepdims=True)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 pairs = score_all_pairs(emb, labels, max_impostors=VAL_MAX_IMPOSTORS, sample_size=VAL_MAX_IMPOSTORS)
 m = pairs.metrics((1e-3,))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"images": int(len(labels)), "identities": ids, "embeddings_mb": round(emb.nbytes / 2**20, 1),
-  "extra_mb_scoring": round((peak - base) / 1024, 1), "seconds": round(time.perf_counter() - t, 1),
-  "genuine_pairs": pairs.genuine.n, "impostor_pairs_scored": pairs.impostor.n, "auc": round(m.auc, 4)}))
+print(json.dumps({
+  "images": int(len(labels)), "identities": ids,
+  "embeddings_mb": round(emb.nbytes / 2**20, 1),
+  "extra_mb_scoring": round((peak - base) / 1024, 1),
+  "seconds": round(time.perf_counter() - t, 1),
+  "genuine_pairs": pairs.genuine.n, "impostor_pairs_scored": pairs.impostor.n,
+  "auc": round(m.auc, 4),
+}))
 """
 
 

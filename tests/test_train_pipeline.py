@@ -160,7 +160,7 @@ def test_bad_images_are_skipped_and_listed(pins_small, tmp_path):
     [
         (["lr=-3"], "lr must be > 0"),
         (["batch_size=20", "m_per_class=8"], "multiple of m_per_class"),
-        (["backbone=resnet_nope"], "unknown timm backbone"),
+        (["backbone=resnet_nope"], "unknown backbone"),
         (["batch_size=64", "m_per_class=8", "val_identities=6"], "m_per_class"),
     ],
 )

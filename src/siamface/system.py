@@ -9,6 +9,7 @@ slower). The usable count comes from the scheduler's affinity mask instead.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def usable_cpus() -> int:
@@ -26,3 +27,16 @@ def loader_workers() -> int:
     if n == 1:
         return 0
     return 1 if n <= 4 else min(6, n - 2)
+
+
+def cache_dir(kind: str) -> Path:
+    """Where siamface keeps derived data that is costly to recompute (aligned faces, teacher
+    embeddings): ``$SIAMFACE_CACHE/<kind>``, else ``$XDG_CACHE_HOME/siamface/<kind>``, else
+    ``~/.cache/siamface/<kind>``. Everything there can be deleted at any time."""
+    root = os.environ.get("SIAMFACE_CACHE")
+    if root:
+        base = Path(root)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = (Path(xdg) if xdg else Path.home() / ".cache") / "siamface"
+    return base / kind

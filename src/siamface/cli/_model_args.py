@@ -11,7 +11,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--model",
         required=True,
         metavar="MODEL",
-        help="checkpoint (.safetensors), training run directory, or exported .onnx",
+        help="checkpoint (.safetensors), training run directory, exported .onnx, or a "
+        "built-in face model: sface (OpenCV Zoo SFace, installed with siamface), dlib "
+        "(pip install 'siamface[dlib]')",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
 

@@ -98,8 +98,16 @@ def run(args: argparse.Namespace) -> int:
     from siamface.evaluate import run as ev
     from siamface.evaluate.metrics import DEFAULT_FARS, threshold_record
     from siamface.model.checkpoint import load_checkpoint, save_checkpoint
+    from siamface.model.zoo import get_pretrained, resolve_checkpoint
 
-    src = checkpoint_path(args.model)
+    builtin = not Path(args.model).expanduser().exists() and get_pretrained(args.model)
+    if builtin and not args.out:
+        from siamface.errors import SiamfaceError
+
+        raise SiamfaceError(
+            f"{args.model} is a built-in model: give --out FILE.safetensors for the calibrated copy"
+        )
+    src = None if builtin else checkpoint_path(args.model)
     out = Path(args.out).expanduser() if args.out else src
     ids = None
     if args.identities:
@@ -153,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
             f"only {above} impostor pairs score above this threshold: the FAR estimate is "
             "noisy; calibrate on more identities for a target this low"
         )
-    ckpt = load_checkpoint(src)
+    ckpt = resolve_checkpoint(args.model) if src is None else load_checkpoint(src)
     old = ckpt.threshold
     if ckpt.fingerprint != model.fingerprint:  # the file changed under us
         from siamface.errors import SiamfaceError

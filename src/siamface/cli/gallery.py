@@ -100,11 +100,11 @@ def _open(path: str):
 def load_gallery_model(gallery, model: str | None):
     """The model to embed images for ``gallery``: ``--model`` or the one it records."""
     from siamface.errors import SiamfaceError
-    from siamface.inference import open_model
+    from siamface.inference import model_available, open_model
 
     if model is None:
         src = gallery.model_source
-        if not src or not Path(src).exists():
+        if not model_available(src):
             raise SiamfaceError(
                 f"give --model: the gallery's model ({src or 'not recorded'}) is not available"
             )
@@ -118,7 +118,7 @@ def run_enroll(args: argparse.Namespace) -> int:
     from siamface.errors import SiamfaceError
     from siamface.gallery import Gallery
     from siamface.gallery.enroll import embed_plan, plan_enrollment
-    from siamface.inference import open_model
+    from siamface.inference import model_reference, open_model
 
     metadata = {}
     if args.metadata:
@@ -173,7 +173,7 @@ def run_enroll(args: argparse.Namespace) -> int:
             fingerprint=embedder.fingerprint,
             embedding_size=embedder.embedding_size,
             threshold=threshold,
-            model_source=str(Path(args.model).expanduser().resolve()),
+            model_source=model_reference(args.model),
             aggregation=args.aggregation or "mean",
         )
         created = True

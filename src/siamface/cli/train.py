@@ -53,6 +53,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="configuration file, or a preset shipped with siamface (listed below)",
     )
     p.add_argument("--out", metavar="RUN_DIR", help="run directory to create")
+    p.add_argument(
+        "--unlabeled",
+        action="append",
+        metavar="DIR",
+        help="face images without identities, for distillation (repeatable; needs teacher=)",
+    )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--seed", type=int, help="random seed (same as seed=N)")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
@@ -75,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
             print(path.read_text(), end="")
         return 0
     overrides = list(args.overrides)
+    if args.unlabeled:
+        overrides.append("unlabeled=" + ",".join(str(Path(d).resolve()) for d in args.unlabeled))
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     from siamface.train.distributed import launch, launched_by_torchrun
@@ -112,6 +120,8 @@ def _argv(args: argparse.Namespace) -> list[str]:
     argv = ["train"]
     for d in args.data or []:
         argv += ["--data", d]
+    for d in args.unlabeled or []:
+        argv += ["--unlabeled", d]
     for flag in ("config", "out", "resume"):
         if getattr(args, flag):
             argv += [f"--{flag}", getattr(args, flag)]

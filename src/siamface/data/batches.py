@@ -34,3 +34,39 @@ def rank_order(
             c = start + (a * world_size + rank) * chunk
             out.extend(order[c : c + chunk])
     return out
+
+
+def rank_steps(
+    order: Sequence[T],
+    batch_size: int,
+    world_size: int = 1,
+    rank: int = 0,
+    grad_accum: int = 1,
+    extra: Sequence[Sequence[T]] | None = None,
+) -> list[list[T]]:
+    """Process ``rank``'s items for each step, as one list per step.
+
+    ``extra`` (optional) holds further items per global batch (e.g. unlabeled faces for
+    distillation); they are cut like the batch, so every micro-batch of every process gets
+    its share right after its labelled chunk.
+    """
+    mine = rank_order(order, batch_size, world_size, rank, grad_accum)
+    per = batch_size // world_size
+    steps = [mine[i : i + per] for i in range(0, len(mine) - per + 1, per)]
+    if not extra:
+        return steps
+    parts = world_size * grad_accum
+    chunk = batch_size // parts
+    out: list[list[T]] = []
+    for j, step in enumerate(steps):
+        u = list(extra[j])
+        if len(u) % parts:
+            raise ValueError(f"{len(u)} extra items per batch do not split into {parts} parts")
+        uc = len(u) // parts
+        items: list[T] = []
+        for a in range(grad_accum):
+            items += step[a * chunk : (a + 1) * chunk]
+            k = a * world_size + rank
+            items += u[k * uc : (k + 1) * uc]
+        out.append(items)
+    return out

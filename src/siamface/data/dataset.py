@@ -57,6 +57,10 @@ class FaceImageDataset(Dataset):
         self.paths = list(paths) if paths is not None else None
         self.transform = transform
         self.decoder = decoder
+        # Loss terms with per-image targets (distillation) need each image's index.
+        self.with_index = False
+        # Images [n_labeled:] have no identity (label -1): distillation-only faces.
+        self.n_labeled = len(self.labels)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -69,7 +73,7 @@ class FaceImageDataset(Dataset):
         arr = self.decoder(path) if self.decoder else resize_uint8(load_rgb(path), self.size)
         return hwc_to_chw(arr)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
         i, seed = key if isinstance(key, tuple) else (key, None)
         img = self.raw(i)
         if self.transform is not None:
@@ -80,4 +84,6 @@ class FaceImageDataset(Dataset):
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(seed)
                     img = self.transform(img)
+        if self.with_index:
+            return img, self.labels[i], torch.tensor(i)
         return img, self.labels[i]

@@ -83,3 +83,22 @@ def scan_identity_folders(roots: Sequence[str | Path]) -> FolderScan:
                 f"{root}/<person>/<image>.jpg"
             )
     return FolderScan(samples=samples, roots=paths, ignored=ignored)
+
+
+def scan_images(roots: Sequence[str | Path]) -> list[Path]:
+    """Every image file under ``roots`` (any layout; no identities): unlabeled faces for
+    distillation. Raises :class:`SiamfaceError` for a missing root or one without images."""
+    out: list[Path] = []
+    for r in roots:
+        root = Path(r).expanduser()
+        if not root.is_dir():
+            raise SiamfaceError(f"unlabeled folder not found: {root}")
+        found = [
+            f
+            for f in sorted(root.rglob("*"))
+            if f.is_file() and not f.name.startswith(".") and is_image_path(f)
+        ]
+        if not found:
+            raise SiamfaceError(f"no images found in unlabeled folder {root}")
+        out.extend(found)
+    return out

@@ -18,6 +18,7 @@ again; any change to a file gives a new key, and only the most recent few are ke
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import sqlite3
 import time
@@ -248,7 +249,13 @@ def scan_files(
     workers = workers or usable_cpus()
     pending: list[tuple[str, int, int, FileFacts]] = []
     bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress or not jobs)
-    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 and len(jobs) > 64 else None
+    pool = None
+    if workers > 1 and len(jobs) > 64:
+        # A custom decoder (face detection) may run OpenMP code, which deadlocks in a child
+        # forked from a parent that already ran OpenMP (torch): start such workers from a
+        # clean fork server instead (seen: YuNet hanging in libgomp in every worker).
+        mp = multiprocessing.get_context("forkserver") if decoder is not None else None
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp)
     try:
         results = (
             pool.map(_check_one, jobs, chunksize=64) if pool else (_check_one(j) for j in jobs)

@@ -37,7 +37,8 @@ from siamface.data.images import ImageLoadError, is_image_path, load_rgb
 from siamface.data.transforms import Preprocessing
 from siamface.errors import SiamfaceError
 from siamface.inference.onnx_backend import FORMAT, FORMAT_VERSION, METADATA_KEY, OnnxEmbedder
-from siamface.model.checkpoint import Checkpoint, atomic_write, load_checkpoint
+from siamface.model.checkpoint import Checkpoint, atomic_write
+from siamface.model.zoo import resolve_checkpoint
 
 DEFAULT_OPSET = 18
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -100,7 +101,7 @@ def export_onnx(
     if out.is_dir():
         raise SiamfaceError(f"output {out} is a folder; give a file name ending in .onnx")
     t0 = time.perf_counter()
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = resolve_checkpoint(checkpoint)
     pre = ckpt.preprocessing
     faces, sample_source = _sample_faces(samples, ckpt)
     result: dict = {}

@@ -158,16 +158,22 @@ def _info(name: str) -> DetectorInfo:
     return _REGISTRY[name]
 
 
-@functools.lru_cache(maxsize=8)
-def get_detector(name: str = DEFAULT_DETECTOR, min_score: float = 0.5) -> FaceDetector:
-    """The backend ``name``, loaded once per process (model weights load on first use)."""
+def check_detector_available(name: str = DEFAULT_DETECTOR) -> None:
+    """Raise :class:`DetectorUnavailable` when ``name`` is unknown or its package is missing,
+    without creating the detector (safe before forking worker processes)."""
     info = _info(name)
     if importlib.util.find_spec(info.module) is None:
         raise DetectorUnavailable(
             f"face detector {name!r} needs the package '{info.module}', which is not "
             f"installed; install it with: {info.install}"
         )
-    return info.cls(min_score=float(min_score))
+
+
+@functools.lru_cache(maxsize=8)
+def get_detector(name: str = DEFAULT_DETECTOR, min_score: float = 0.5) -> FaceDetector:
+    """The backend ``name``, loaded once per process (model weights load on first use)."""
+    check_detector_available(name)
+    return _info(name).cls(min_score=float(min_score))
 
 
 def _unrotate(k: int, width: int, height: int) -> Callable[[np.ndarray], np.ndarray]:

@@ -16,15 +16,62 @@ from pathlib import Path
 from siamface.errors import SiamfaceError
 from siamface.inference.base import Embedder
 
-__all__ = ["Embedder", "TorchEmbedder", "OnnxEmbedder", "open_model"]
+__all__ = [
+    "Embedder",
+    "TorchEmbedder",
+    "OnnxEmbedder",
+    "builtin_model_names",
+    "model_available",
+    "model_reference",
+    "open_model",
+]
+
+
+#: Built-in models that another library computes (not a siamface network): name -> module
+#: and class of their backend. Built-in siamface networks (``sface``) live in the model zoo.
+EXTERNAL_MODELS = {"dlib": ("siamface.inference.dlib_backend", "DlibEmbedder")}
+
+
+def builtin_model_names() -> list[str]:
+    """Names ``open_model`` accepts besides paths (imports torch for the zoo's list)."""
+    try:
+        from siamface.model.zoo import pretrained_names
+    except ImportError:  # the torch-free inference install has no zoo
+        return sorted(EXTERNAL_MODELS)
+    return sorted(set(pretrained_names()) | set(EXTERNAL_MODELS))
+
+
+def model_reference(spec: str | Path) -> str:
+    """What to record (in a gallery, a report) so that the model can be opened again later:
+    the absolute path of a file, or the name of a built-in model."""
+    p = Path(spec).expanduser()
+    if not p.exists() and str(spec) in builtin_model_names():
+        return str(spec)
+    return str(p.resolve())
+
+
+def model_available(reference: str | None) -> bool:
+    """True when :func:`open_model` can find ``reference`` (a recorded model)."""
+    return bool(reference) and (Path(reference).exists() or str(reference) in builtin_model_names())
 
 
 def open_model(path: str | Path, device: str = "auto") -> Embedder:
-    """Open a siamface checkpoint (``.safetensors`` or a run directory) or an exported
-    ``.onnx`` model."""
+    """Open a siamface checkpoint (``.safetensors`` or a run directory), an exported
+    ``.onnx`` model, or a built-in face model by name (``sface``; ``dlib`` when installed)."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise SiamfaceError(f"model not found: {p}")
+        name = str(path)
+        if name in EXTERNAL_MODELS:
+            import importlib
+
+            module, cls = EXTERNAL_MODELS[name]
+            return getattr(importlib.import_module(module), cls)()
+        names = builtin_model_names()
+        if name in names:
+            from siamface.inference.torch_backend import TorchEmbedder
+
+            return TorchEmbedder(name, device=device)
+        raise SiamfaceError(f"model not found: {p} (built-in models: {', '.join(names)})")
     if p.suffix == ".onnx":
         try:
             from siamface.inference.onnx_backend import OnnxEmbedder

@@ -26,6 +26,14 @@ class Embedder:
         raise NotImplementedError
 
     # -- conveniences shared by all backends ------------------------------------------
+    def face_loader(self):
+        """Image path -> HWC uint8 face as this model wants it (a picklable callable).
+        Models with their own face geometry (dlib's chips) override this and
+        :meth:`face_array` together."""
+        from siamface.embed import default_loader
+
+        return default_loader(self.preprocessing)
+
     def face_array(self, img: Image.Image) -> np.ndarray:
         """An already-decoded RGB image -> HWC uint8 face of the input size (aligned first
         when the model was trained on aligned faces)."""
@@ -66,6 +74,7 @@ class Embedder:
             self.preprocessing,
             batch_size=batch_size,
             workers=workers,
+            loader=self.face_loader(),
             progress=progress,
         )
 

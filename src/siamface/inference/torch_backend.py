@@ -1,4 +1,4 @@
-"""PyTorch backend: runs a siamface ``.safetensors`` checkpoint."""
+"""PyTorch backend: runs a siamface ``.safetensors`` checkpoint or a built-in face model."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ from siamface.system import usable_cpus
 
 
 class TorchEmbedder(Embedder):
-    """A siamface ``.safetensors`` checkpoint run with PyTorch."""
+    """A siamface ``.safetensors`` checkpoint (or a built-in face model such as ``sface``)
+    run with PyTorch."""
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None):
         import torch
 
-        from siamface.model.checkpoint import load_checkpoint
+        from siamface.model.zoo import resolve_checkpoint
 
-        ckpt = load_checkpoint(path)
+        ckpt = resolve_checkpoint(path)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cpu":

@@ -1,4 +1,7 @@
-"""The Siamese embedding network: one shared timm backbone + linear head + L2 normalisation.
+"""The Siamese embedding network: one shared backbone + embedding head + L2 normalisation.
+
+The backbone is any timm model (pooled features, topped with a linear head) or a registered
+face architecture that brings its own head (``sface``; see :mod:`siamface.model.registry`).
 
 "Siamese" means both images of a pair go through the same weights; in practice that is one
 network applied to a batch, with the pair/triplet structure living in the loss. The output is
@@ -16,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from siamface.errors import SiamfaceError
+from siamface.model.registry import architecture_names, get_architecture
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,9 @@ class ModelConfig:
 
 
 def check_backbone_name(name: str) -> None:
-    """Refuse unknown timm model names early, with close matches as hints."""
+    """Refuse unknown model names early, with close matches as hints."""
+    if get_architecture(name) is not None:
+        return
     if name in timm.list_models() or timm.is_model(name):
         return
     base = name.split(".")[0]
@@ -47,16 +53,29 @@ def check_backbone_name(name: str) -> None:
         return
     hints = timm.list_models(f"*{base.split('_')[0]}*")[:8]
     hint = f" Similar names: {', '.join(hints)}" if hints else ""
-    raise SiamfaceError(f"unknown timm backbone {name!r}.{hint}")
+    raise SiamfaceError(
+        f"unknown backbone {name!r}: neither a timm model nor one of siamface's face "
+        f"architectures ({', '.join(architecture_names())}).{hint}"
+    )
 
 
 class EmbeddingNet(nn.Module):
-    """Backbone features -> ``embedding_size``-d unit vectors."""
+    """Backbone features -> ``embedding_size``-d unit vectors.
+
+    Every architecture has the same two parts, ``backbone`` (the trunk) and ``head`` (features
+    to embedding), so freezing policies and per-part learning rates mean the same thing for a
+    timm ImageNet backbone and for a face model.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         check_backbone_name(cfg.backbone)
         self.cfg = cfg
+        arch = get_architecture(cfg.backbone)
+        if arch is not None:
+            self.backbone = arch.backbone()
+            self.head = arch.head(cfg.embedding_size)
+            return
         # pretrained weights are loaded separately (see model.pretrained) so that hub access,
         # local files and offline packages all go through one checked path.
         self.backbone = timm.create_model(
@@ -101,6 +120,9 @@ def build_model(cfg: ModelConfig) -> EmbeddingNet:
 
 def backbone_default_norm(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean/std the backbone's pretrained weights expect (timm's pretrained config)."""
+    arch = get_architecture(name)
+    if arch is not None:
+        return arch.mean, arch.std
     try:
         cfg = timm.get_pretrained_cfg(name.split(".")[0] if "." not in name else name)
     except Exception:  # noqa: BLE001 - unknown tags just fall back to ImageNet stats

@@ -57,11 +57,19 @@ def _offline_file(backbone: str) -> Path | None:
         return None
 
 
+def _is_face_architecture(name: str) -> bool:
+    from siamface.model.registry import get_architecture
+
+    return get_architecture(name) is not None
+
+
 def describe_source(spec: str, backbone: str) -> str:
     """Human-readable description of where weights will come from (for the run summary)."""
     if spec == "none":
         return "random initialisation"
     if spec == "auto":
+        if _is_face_architecture(backbone):
+            return "face-model weights from its package"
         f = _offline_file(backbone)
         return f"offline package weights ({f.name})" if f else "timm hub"
     return "timm hub" if spec == "hub" else f"file {spec}"
@@ -182,6 +190,17 @@ def load_pretrained(backbone: nn.Module, name: str, spec: str) -> str:
     """Fill ``backbone`` according to ``spec``; returns a description of the source used."""
     if spec == "none":
         return "random initialisation"
+    if spec == "auto" and _is_face_architecture(name):
+        from siamface.model.zoo import default_backbone_weights
+
+        found = default_backbone_weights(name)
+        if found is None:
+            raise SiamfaceError(f"no packaged weights for the {name} architecture; pretrained=none")
+        source, sd = found
+        backbone.load_state_dict(sd)
+        return source
+    if spec == "hub" and _is_face_architecture(name):
+        raise SiamfaceError(f"{name} is a siamface face architecture, not a timm hub model")
     if spec == "auto":
         f = _offline_file(name)
         return load_backbone_file(backbone, f) if f else load_from_hub(backbone, name)

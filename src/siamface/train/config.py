@@ -37,6 +37,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENT_ON = ("auto", "loader", "device")
 DEVICES = ("auto", "cpu", "cuda")
 ALIGN = ("auto", "true", "false")
+BN_POLICIES = ("auto", "train", "frozen")
+SELECT_RULES = ("auto", "best", "not_worse")
+CENTRE_INITS = ("auto", "random", "class_mean")
 
 #: Allowed values of each choice key, read at validation / help time (registries can grow).
 CHOICES: dict[str, Callable[[], tuple[str, ...]]] = {
@@ -49,6 +52,9 @@ CHOICES: dict[str, Callable[[], tuple[str, ...]]] = {
     "precision": lambda: PRECISIONS,
     "augment_on": lambda: AUGMENT_ON,
     "device": lambda: DEVICES,
+    "bn": lambda: BN_POLICIES,
+    "select_rule": lambda: SELECT_RULES,
+    "centre_init": lambda: CENTRE_INITS,
 }
 
 # Snapshots of the registries' names at import, for callers that want a plain tuple.
@@ -74,6 +80,64 @@ class TrainConfig(BaseModel):
     pretrained: str = _opt("auto", "{choices} | /path/to/weights.(pth|safetensors)")
     embedding_size: int = _opt(512, "output embedding dimension (article: 512)", ge=2, le=8192)
     image_size: int = _opt(112, "square input size in pixels (article: 224)", ge=32, le=1024)
+    # --- starting model / distillation ---
+    init: str | None = _opt(
+        None,
+        "start from a whole face model: sface (built in), a checkpoint or a run directory; "
+        "sets backbone, embedding_size, image_size and preprocessing; null = from backbone "
+        "+ pretrained",
+    )
+    trainable: str = _opt(
+        "all",
+        "what trains after freeze_epochs: all | head | N (the head and the backbone's last N "
+        "stages)",
+    )
+    freeze_epochs: int = _opt(
+        0, "first epochs with the backbone frozen (only head and loss train)", ge=0, le=1_000_000
+    )
+    backbone_lr_mult: float = _opt(
+        1.0, "lr multiplier for the backbone (fine-tuning: < 1)", gt=0, le=1000
+    )
+    bn: str = _opt(
+        "auto", "{choices}: BatchNorm statistics update in training (auto: frozen with init)"
+    )
+    keep_close: float = _opt(
+        0.0,
+        "weight of a term keeping embeddings close to the starting model's (init), "
+        "1 - cosine to its cached embedding of each image",
+        ge=0,
+        le=1000,
+    )
+    teacher: str | None = _opt(
+        None,
+        "distil from: sface | dlib | a checkpoint | a .onnx model; comma-separated = an "
+        "ensemble; teacher embeddings are computed once and cached",
+    )
+    unlabeled: str | None = _opt(
+        None,
+        "folders of face images without identities (comma-separated; any layout): they add "
+        "to the distillation terms only (CLI: --unlabeled DIR)",
+    )
+    unlabeled_per_batch: int = _opt(
+        16,
+        "unlabeled images added to each batch when unlabeled folders are given",
+        ge=1,
+        le=65_536,
+    )
+    distill_embedding: float = _opt(
+        1.0, "weight of the embedding distillation term (1 - cosine to the teacher)", ge=0, le=1000
+    )
+    distill_relational: float = _opt(
+        1.0,
+        "weight of the relational term (student vs teacher similarity matrix, MSE)",
+        ge=0,
+        le=1000,
+    )
+    centre_init: str = _opt(
+        "auto",
+        "{choices}: ArcFace/CosFace class centres start at each identity's mean embedding under "
+        "the starting model (auto: class_mean with init)",
+    )
     # --- data ---
     val_identities: float = _opt(
         0.2,
@@ -164,6 +228,11 @@ class TrainConfig(BaseModel):
     )
     # --- validation / checkpoints ---
     select_metric: str = _opt("auc", "picks best.safetensors: {choices}")
+    select_rule: str = _opt(
+        "auto",
+        "{choices}: not_worse = an epoch becomes best only if no validation metric is worse "
+        "than the starting model's (epoch 0); auto: not_worse with init",
+    )
     calib_far: float = _opt(
         1e-3, "target false-accept rate of the stored decision threshold", gt=0, lt=1
     )
@@ -207,6 +276,30 @@ class TrainConfig(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
+
+    @property
+    def bn_frozen(self) -> bool:
+        """BatchNorm statistics kept fixed: the default when fine-tuning, because a few
+        identities per batch give statistics far noisier than the ones the model learned."""
+        return self.bn == "frozen" or (self.bn == "auto" and self.init is not None)
+
+    @property
+    def not_worse(self) -> bool:
+        return self.select_rule == "not_worse" or (
+            self.select_rule == "auto" and self.init is not None
+        )
+
+    @property
+    def class_mean_centres(self) -> bool:
+        return self.centre_init == "class_mean" or (
+            self.centre_init == "auto" and self.init is not None
+        )
+
+    def teachers(self) -> list[str]:
+        return [t.strip() for t in (self.teacher or "").split(",") if t.strip()]
+
+    def unlabeled_dirs(self) -> list[str]:
+        return [t.strip() for t in (self.unlabeled or "").split(",") if t.strip()]
 
     # ---------------------------------------------------------------- validation
     @field_validator("*", mode="before")
@@ -285,6 +378,15 @@ class TrainConfig(BaseModel):
             )
         if self.val_identities >= 1 and not float(self.val_identities).is_integer():
             raise ValueError("val_identities >= 1 is a count and must be a whole number")
+        if self.unlabeled and not self.teacher:
+            raise ValueError(
+                "unlabeled images only train through distillation: set teacher=... too"
+            )
+        t = self.trainable
+        if t not in ("all", "head") and not (t.isdigit() and int(t) >= 1):
+            raise ValueError(
+                f"trainable must be all, head or a positive number of backbone stages; got {t!r}"
+            )
         if self.pretrained not in named_sources():
             p = Path(self.pretrained).expanduser()
             if not p.is_file():
@@ -437,6 +539,7 @@ def make_config(
 #: Section headings in --help and the default YAML, keyed by each section's first field.
 SECTIONS = {
     "backbone": "MODEL",
+    "init": "STARTING MODEL / FINE-TUNING / DISTILLATION",
     "val_identities": "DATA",
     "batch_size": "SAMPLING",
     "loss": "LOSS",

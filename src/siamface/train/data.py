@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -12,12 +11,13 @@ import numpy as np
 import torch
 
 from siamface.data.dataset import FaceImageDataset
-from siamface.data.folders import Sample, scan_identity_folders
+from siamface.data.folders import Sample, scan_identity_folders, scan_images
 from siamface.data.report import DatasetReport, build_report
 from siamface.data.scan_index import ScanIndex, index_path, scan_files
 from siamface.data.split import split_identities
 from siamface.data.transforms import Preprocessing, train_augmentation
 from siamface.errors import SiamfaceError
+from siamface.faces.cache import CachedAlignedDecoder
 from siamface.model.network import backbone_default_norm
 from siamface.system import usable_cpus
 from siamface.train.config import TrainConfig
@@ -26,19 +26,16 @@ from siamface.train.distributed import DistContext, barrier
 PREPARE_MARKER = "siamface_prepare.json"
 
 
-def _aligned_decode(pre: Preprocessing, path: str) -> np.ndarray:
-    # Module-level so that functools.partial of it pickles into decode worker processes.
-    from siamface.faces.align import aligned_loader
-
-    return aligned_loader(pre)(Path(path))
-
-
-def alignment_for(cfg: TrainConfig, data_dirs: list[str]) -> tuple[bool, dict, bool]:
+def alignment_for(
+    cfg: TrainConfig, data_dirs: list[str], model_aligned: bool = False
+) -> tuple[bool, dict, bool]:
     """Decide (aligned, align params, align on the fly) for a run.
 
     Folders written by ``siamface prepare`` carry a marker with the alignment they used; the
     checkpoint then records it, so verify/embed align raw photos the same way. ``align=true``
-    aligns raw folders during the decode pass instead.
+    aligns raw folders during the decode pass instead, and so does ``align=auto`` when the
+    starting model (``init``) was trained on aligned faces: a face model fed unaligned crops
+    is a different, worse model.
     """
     markers = [Path(d) / PREPARE_MARKER for d in data_dirs]
     found = [m for m in markers if m.is_file()]
@@ -56,7 +53,7 @@ def alignment_for(cfg: TrainConfig, data_dirs: list[str]) -> tuple[bool, dict, b
         except (OSError, ValueError) as err:
             raise SiamfaceError(f"cannot read {found[0]}: {err}") from err
         return True, params, False
-    if cfg.align == "true":
+    if cfg.align == "true" or model_aligned:
         return True, {}, True
     return False, {}, False
 
@@ -107,28 +104,50 @@ def prepare_run_data(
     progress: bool = True,
     workers: int | None = None,
     ctx: DistContext | None = None,
+    base: Preprocessing | None = None,
 ) -> RunData:
     """Scan (cached), check every file, report, split by identity, build the datasets.
 
+    ``base``: the starting model's preprocessing (``init``), whose size, normalisation and
+    alignment the run must keep; otherwise they come from the config and the backbone.
     Under data parallelism rank 0 scans first and fills the index; the other processes then
     find every file in it.
     """
     ctx = ctx or DistContext()
     scan = scan_identity_folders(data_dirs)
-    aligned, align_params, on_the_fly = alignment_for(cfg, data_dirs)
-    mean, std = backbone_default_norm(cfg.backbone)
-    pre = Preprocessing(cfg.image_size, mean, std, aligned=aligned, align=align_params)
-    decoder = functools.partial(_aligned_decode, pre) if on_the_fly else None
-    check = f"align:{json.dumps(align_params, sort_keys=True)}" if on_the_fly else "decode"
+    aligned, align_params, on_the_fly = alignment_for(
+        cfg, data_dirs, model_aligned=bool(base and base.aligned)
+    )
+    if base is not None:
+        prepared_other = aligned and not on_the_fly and align_params and base.align
+        if prepared_other and align_params != base.align:
+            raise SiamfaceError(
+                "the data folders were prepared with other alignment settings than the "
+                f"starting model uses ({align_params} vs {base.align}); prepare them again "
+                "with the model's settings, or set align=false"
+            )
+        pre = Preprocessing(
+            base.image_size, base.mean, base.std, aligned=aligned, align=dict(base.align)
+        )
+    else:
+        mean, std = backbone_default_norm(cfg.backbone)
+        pre = Preprocessing(cfg.image_size, mean, std, aligned=aligned, align=align_params)
+    decoder = CachedAlignedDecoder(pre) if on_the_fly else None
+    check = f"align:{json.dumps(pre.align, sort_keys=True)}" if on_the_fly else "decode"
+    # Faces without identities (distillation only) are checked in the same pass and share
+    # the pixel store; they come after the labelled files.
+    extra = scan_images(cfg.unlabeled_dirs()) if cfg.unlabeled_dirs() else []
     paths = [s.path for s in scan.samples]
-    keep = len(paths) * 3 * cfg.image_size**2 <= cache_bytes(cfg, ctx.local_world_size)
+    n_samples = len(paths)
+    all_paths = paths + list(extra)
+    keep = len(all_paths) * 3 * pre.image_size**2 <= cache_bytes(cfg, ctx.local_world_size)
     index = ScanIndex(index_path(cfg.scan_cache))
     try:
         if ctx.enabled and not ctx.is_main:
             barrier(ctx)  # wait for rank 0 to fill the index
         result = scan_files(
-            paths,
-            cfg.image_size,
+            all_paths,
+            pre.image_size,
             check,
             index,
             keep_pixels=keep,
@@ -141,9 +160,10 @@ def prepare_run_data(
             barrier(ctx)
     finally:
         index.close()
-    good = [i for i, f in enumerate(result.facts) if f.ok]
-    unreadable = {paths[i]: f.error or "unreadable" for i, f in enumerate(result.facts) if not f.ok}
-    digests = {paths[i]: f.sha256 for i, f in enumerate(result.facts) if f.sha256}
+    facts = result.facts[:n_samples]
+    good = [i for i, f in enumerate(facts) if f.ok]
+    unreadable = {paths[i]: f.error or "unreadable" for i, f in enumerate(facts) if not f.ok}
+    digests = {paths[i]: f.sha256 for i, f in enumerate(facts) if f.sha256}
     report = build_report(
         [scan.samples[i] for i in good],
         unreadable,
@@ -173,16 +193,30 @@ def prepare_run_data(
     va_idx = [i for i in good if scan.samples[i].identity in va_set]
     label_of = {ident: k for k, ident in enumerate(train_ids)}
     samples: list[Sample] = scan.samples
+    labels = [label_of[samples[i].identity] for i in tr_idx]
+    rows, train_paths = list(tr_idx), [samples[i].path for i in tr_idx]
+    n_unlabeled = 0
+    if extra:
+        # Appended after the labelled images with label -1; only the distillation terms use
+        # them (the sampler and the metric loss skip them).
+        ok_extra = [j for j, f in enumerate(result.facts[n_samples:]) if f.ok]
+        if not ok_extra:
+            raise SiamfaceError("none of the unlabeled images could be used")
+        n_unlabeled = len(ok_extra)
+        labels += [-1] * n_unlabeled
+        rows += [n_samples + j for j in ok_extra]
+        train_paths += [extra[j] for j in ok_extra]
     pixels = result.pixels
     train = FaceImageDataset(
-        labels=[label_of[samples[i].identity] for i in tr_idx],
-        size=cfg.image_size,
+        labels=labels,
+        size=pre.image_size,
         pixels=pixels,
-        rows=tr_idx if pixels is not None else None,
-        paths=[samples[i].path for i in tr_idx],
-        transform=train_augmentation(cfg.image_size, cfg.augment),
+        rows=rows if pixels is not None else None,
+        paths=train_paths,
+        transform=train_augmentation(pre.image_size, cfg.augment),
         decoder=decoder,
     )
+    train.n_labeled = len(train) - n_unlabeled
     val_label_of = {ident: k for k, ident in enumerate(val_ids)}
     return RunData(
         train=train,
@@ -195,9 +229,9 @@ def prepare_run_data(
         excluded_cross_duplicates=len(cross),
         preprocessing=pre,
         scan={
-            "files": len(paths),
+            "files": len(all_paths),
             "checked_now": result.checked,
-            "from_index": len(paths) - result.checked,
+            "from_index": len(all_paths) - result.checked,
             "seconds": round(result.seconds, 2),
             "pixels_in_ram": keep,
             "pixels_from_disk_cache": result.pixels_from_disk,

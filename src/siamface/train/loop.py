@@ -30,9 +30,10 @@ from torch.utils.data import DataLoader
 
 from siamface import __version__
 from siamface.data.batch_augment import BatchAugment
-from siamface.data.batches import rank_order
+from siamface.data.batches import rank_steps
 from siamface.errors import SiamfaceError
 from siamface.evaluate.metrics import VerificationMetrics
+from siamface.faces.cache import file_digest
 from siamface.model.checkpoint import Checkpoint
 from siamface.model.network import ModelConfig, build_model
 from siamface.train.callbacks import Callback, CallbackList
@@ -46,6 +47,7 @@ from siamface.train.device import (  # noqa: F401 - use_bf16 re-exported
     use_bf16,
     workers_for,
 )
+from siamface.train.distill import DistillationTerm, ensemble, teacher_embeddings
 from siamface.train.distributed import (
     DistContext,
     agree,
@@ -55,14 +57,24 @@ from siamface.train.distributed import (
     init_distributed,
     shutdown,
 )
+from siamface.train.feature_cache import FeatureCacheSwitch, cache_possible
+from siamface.train.freeze import FreezeSchedule
 from siamface.train.interrupt import GracefulStop
-from siamface.train.losses import build_loss
+from siamface.train.losses import build_loss, is_classifier
 from siamface.train.miners import build_miner
 from siamface.train.objective import MetricLossTerm, Objective
 from siamface.train.optim import build_optimizer, param_groups
 from siamface.train.partial_fc import reshard_optimizer_state
 from siamface.train.reporting import EpochMeter, Reporter
 from siamface.train.rundir import OutputError, RunDir
+from siamface.train.start import (
+    StartingModel,
+    class_means,
+    compare_with_start,
+    embed_dataset,
+    init_class_centres,
+    not_worse,
+)
 from siamface.train.state import (
     Progress,
     capture_rng,
@@ -159,19 +171,37 @@ class Trainer:
         self.autocast = self.precision.dtype
         self.bf16 = self.autocast is torch.bfloat16
         self.micro_batch = check_world(ctx, cfg.batch_size, cfg.m_per_class, cfg.grad_accum)
+        parts = ctx.world_size * cfg.grad_accum
+        if cfg.unlabeled_dirs() and cfg.unlabeled_per_batch % parts:
+            raise SiamfaceError(
+                f"unlabeled_per_batch ({cfg.unlabeled_per_batch}) must be a multiple of "
+                f"processes x grad_accum ({parts}): each micro-batch gets an equal share"
+            )
         if self._resume_state is None:
             seed_everything(cfg.seed)
+        # The starting model (init) decides architecture, sizes and preprocessing; it is
+        # resolved first so that a bad name or file fails before any work.
+        self.start = StartingModel.resolve(cfg.init) if cfg.init else None
+        if self.start is not None:
+            cfg = self.cfg = self.start.apply(cfg)
         self.log(f"run directory: {self.run_dir}")
         # Model and weights first: a bad backbone name or an unreachable hub must fail before
         # minutes are spent decoding the dataset.
         self.model_cfg = ModelConfig(backbone=cfg.backbone, embedding_size=cfg.embedding_size)
         self.model = build_model(self.model_cfg)
-        if self._resume_state is None:
-            self.weights_source = load_weights(self.model.backbone, cfg.backbone, cfg.pretrained)
-        else:
+        if self._resume_state is not None:
             self.weights_source = "resumed"
+        elif self.start is not None:
+            self.model.load_state_dict(self.start.checkpoint.state_dict)
+            self.weights_source = f"init {self.start.name}"
+        else:
+            self.weights_source = load_weights(self.model.backbone, cfg.backbone, cfg.pretrained)
         self.data: RunData = prepare_run_data(
-            cfg, self.data_dirs, progress=self.show_progress and ctx.is_main, ctx=ctx
+            cfg,
+            self.data_dirs,
+            progress=self.show_progress and ctx.is_main,
+            ctx=ctx,
+            base=self.start.preprocessing if self.start is not None else None,
         )
         self.reporter.dataset(self.data)
         self.pre = self.data.preprocessing
@@ -182,8 +212,9 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.train_model = self._wrap(self.model)
         self.objective = self.build_objective().to(self.device)
-        self.objective.set_world(ctx.world_size, ctx.rank)
-        self.steps_per_epoch = max(1, len(self.data.train) // cfg.batch_size)
+        self._add_reference_terms()
+        self.objective.set_world(ctx.world_size, ctx.rank)  # after centres got their values
+        self.steps_per_epoch = max(1, self.data.train.n_labeled // cfg.batch_size)
         self.opt = build_optimizer(self.build_param_groups(), cfg, self._schedule_progress)
         on_device = cfg.augment_on == "device" or (
             cfg.augment_on == "auto" and self.device.type == "cuda"
@@ -208,7 +239,7 @@ class Trainer:
         from pytorch_metric_learning.samplers import MPerClassSampler
 
         self.sampler = MPerClassSampler(
-            self.data.train.labels.tolist(),
+            self.data.train.labels[: self.data.train.n_labeled].tolist(),
             m=cfg.m_per_class,
             batch_size=cfg.batch_size,
             length_before_new_iter=self.steps_per_epoch * cfg.batch_size,
@@ -218,6 +249,13 @@ class Trainer:
             if cfg.num_workers >= 0
             else workers_for(self.device, ctx.local_world_size)
         )
+        if self._freezes():
+            schedule = FreezeSchedule(cfg.freeze_epochs, cfg.trainable, cfg.bn_frozen)
+            self.callbacks.callbacks.append(schedule)
+            # Cached frozen-layer features bypass DDP's forward: one process only.
+            if cache_possible(cfg) and not ctx.enabled:
+                self.callbacks.callbacks.append(FeatureCacheSwitch(schedule))
+                self.data.train.with_index = True
         if self._resume_state is not None:
             self.load_state_dict(self._resume_state)
         elif ctx.is_main:
@@ -231,10 +269,17 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = DistributedDataParallel(model, device_ids=ids)
+            # A freeze schedule leaves parameters without gradients in some epochs.
+            wrapped = DistributedDataParallel(
+                model, device_ids=ids, find_unused_parameters=self._freezes()
+            )
         if self.cfg.compile:
             wrapped = torch.compile(wrapped)
         return wrapped
+
+    def _freezes(self) -> bool:
+        cfg = self.cfg
+        return bool(cfg.freeze_epochs or cfg.trainable != "all" or cfg.bn_frozen)
 
     @property
     def loss_fn(self) -> torch.nn.Module:
@@ -246,6 +291,84 @@ class Trainer:
         (``objective.add(term)``) to train with extra terms such as distillation."""
         loss_fn = build_loss(self.cfg, len(self.data.train_identities))
         return Objective([MetricLossTerm(loss_fn, build_miner(self.cfg))])
+
+    def _add_reference_terms(self) -> None:
+        """Loss terms and initial values that need other models' embeddings of the training
+        images: the starting model's (``keep_close``, class-mean centres) and the teachers'
+        (distillation). Computed once per run; teacher embeddings are cached on disk."""
+        cfg = self.cfg
+        train = self.data.train
+        dim = cfg.embedding_size
+        classifier = is_classifier(cfg.loss)
+        need_start = self.start is not None and (
+            cfg.keep_close > 0 or (classifier and cfg.class_mean_centres)
+        )
+        if need_start:
+            ref = self._start_embeddings()
+            if classifier and cfg.class_mean_centres and self._resume_state is None:
+                n = train.n_labeled
+                centres = class_means(ref[:n], train.labels[:n], len(self.data.train_identities))
+                if init_class_centres(self.loss_fn, centres):
+                    self.log("class centres start at each identity's mean embedding")
+            if cfg.keep_close > 0:
+                self.objective.add(
+                    DistillationTerm(
+                        "keep_close",
+                        ref,
+                        torch.ones(len(ref), dtype=torch.bool),
+                        dim,
+                        cfg.keep_close,
+                        0.0,
+                    ).to(self.device)
+                )
+        teachers = cfg.teachers()
+        if teachers:
+            if train.paths is None:
+                raise SiamfaceError("distillation needs the training images' file paths")
+            digests = [file_digest(p) for p in train.paths]
+            parts, masks = [], []
+            for spec in teachers:
+                emb, ok = teacher_embeddings(
+                    spec, train.paths, digests, progress=self.show_progress, log_fn=self.log
+                )
+                parts.append(emb)
+                masks.append(ok)
+                self.log(f"teacher {spec}: {int(ok.sum())}/{len(ok)} training images embedded")
+            targets, valid = ensemble(parts, masks)
+            self.objective.add(
+                DistillationTerm(
+                    "distill",
+                    torch.from_numpy(targets),
+                    torch.from_numpy(valid),
+                    dim,
+                    cfg.distill_embedding,
+                    cfg.distill_relational,
+                ).to(self.device)
+            )
+        if any(isinstance(t, DistillationTerm) for t in self.objective.terms):
+            self.data.train.with_index = True
+
+    def _start_embeddings(self) -> torch.Tensor:
+        """The starting model's embedding of every training image (kept in the run folder,
+        so a resume, whose model is no longer the start, reuses them)."""
+        from safetensors.torch import load_file, save_file
+
+        path = self.run_dir / "start_embeddings.safetensors"
+        if path.is_file():
+            t = load_file(str(path))["embeddings"]
+            if len(t) == len(self.data.train):
+                return t
+        if self._resume_state is not None:
+            model = build_model(self.model_cfg)
+            model.load_state_dict(self.start.checkpoint.state_dict)
+            model.to(self.device)
+        else:
+            model = self.model
+        self.log(f"embedding {len(self.data.train)} training images with the starting model")
+        t = embed_dataset(model, self.data.train, self.pre, self.device).contiguous()
+        if self.ctx.is_main:
+            save_file({"embeddings": t}, str(path))
+        return t
 
     def build_param_groups(self) -> list[dict[str, Any]]:
         """Named optimizer groups (``backbone``, ``head``, ``loss``) with their lr. Override
@@ -318,32 +441,47 @@ class Trainer:
         return bool(b) and self.state.train_seconds + self._elapsed() >= b * 60
 
     # ------------------------------------------------------------------ steps
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
-        return self.step_fn(x, y, self._step_seeds)
+    def _train_step(
+        self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None
+    ) -> StepResult:
+        if self._step_seeds is None:
+            return self.step_fn(x, y, index)
+        return self.step_fn(x, y, index, seeds=self._step_seeds)
 
-    def _epoch_order(self) -> list[tuple[int, int]]:
-        """This epoch's global ``(image index, augmentation seed)`` sequence.
+    def _epoch_steps(self) -> list[list[tuple[int, int]]]:
+        """This process's ``(image index, augmentation seed)`` lists, one per remaining step.
 
-        Both are drawn from the RNG state at the epoch's start, which a resume restores: the
-        same order and the same augmentation of every image, however many batches are then
-        skipped as already trained and however many processes share them.
+        The epoch's global order, the unlabeled faces added to each batch (distillation) and
+        one augmentation seed per image are all drawn from the RNG state at the epoch's start,
+        which a resume restores: the same batches and the same augmentation of every image,
+        however many batches are then skipped as already trained and however many processes
+        share them.
         """
-        order = list(iter(self.sampler))
+        cfg, ctx, train = self.cfg, self.ctx, self.data.train
+        order = [int(i) for i in iter(self.sampler)]
+        extra = None
+        if train.n_labeled < len(train):
+            n_batches = len(order) // cfg.batch_size
+            u = cfg.unlabeled_per_batch
+            extra = torch.randint(train.n_labeled, len(train), (n_batches, u)).tolist()
         epoch_seed = int(torch.randint(0, 2**62, (1,)).item())
-        return [(int(i), epoch_seed + k) for k, i in enumerate(order)]
+        keyed = [(i, epoch_seed + k) for k, i in enumerate(order)]
+        extra_keyed = None
+        if extra is not None:
+            base = epoch_seed + len(order)
+            extra_keyed = [
+                [(i, base + j * len(row) + t) for t, i in enumerate(row)]
+                for j, row in enumerate(extra)
+            ]
+        steps = rank_steps(
+            keyed, cfg.batch_size, ctx.world_size, ctx.rank, cfg.grad_accum, extra_keyed
+        )
+        return steps[self.state.step_in_epoch :]
 
-    def _epoch_items(self) -> list[tuple[int, int]]:
-        """What this process trains on in the rest of the epoch, step after step."""
-        order = self._epoch_order()[self.state.step_in_epoch * self.cfg.batch_size :]
-        ctx = self.ctx
-        return rank_order(order, self.cfg.batch_size, ctx.world_size, ctx.rank, self.cfg.grad_accum)
-
-    def _loader(self, items: list[tuple[int, int]]) -> DataLoader:
+    def _loader(self, steps: list[list[tuple[int, int]]]) -> DataLoader:
         return DataLoader(
             self.data.train,
-            batch_size=self.cfg.batch_size // self.ctx.world_size,
-            sampler=items,
-            drop_last=True,
+            batch_sampler=steps,
             num_workers=self.workers,
             worker_init_fn=_worker_init,
             prefetch_factor=4 if self.workers else None,
@@ -355,23 +493,22 @@ class Trainer:
         """Train through the rest of the current epoch (or until the time budget ends)."""
         cfg, s, ctx = self.cfg, self.state, self.ctx
         self._sampler_labels_at_epoch_start = list(map(int, self.sampler.labels))
-        items = self._epoch_items()
-        per_step = cfg.batch_size // ctx.world_size
-        loader = self._loader(items)
+        steps = self._epoch_steps()
+        loader = self._loader(steps)
         self.model.train()
         self.opt.train_mode()
         self.callbacks.on_epoch_start(self)
         meter = self.reporter.epoch_meter(
             self.steps_per_epoch, s.step_in_epoch, f"epoch {s.epoch + 1}/{cfg.epochs}"
         )
-        for j, (x, y) in enumerate(loader):
+        for j, batch in enumerate(loader):
             # (mid-epoch, the all-reduce after each step already agreed on this)
             if (j == 0 or not ctx.enabled) and agree(ctx, [self.stop.requested], self.device)[0]:
                 self.stop.requested = self.stop.requested or "a signal to another process"
                 break
-            if self.step_fn.augment is not None:
-                self._step_seeds = torch.tensor([sd for _, sd in items[j * per_step :][:per_step]])
-            result = self._train_step(x, y)
+            if self.step_fn.augment is not None and self.step_fn.augment.enabled:
+                self._step_seeds = torch.tensor([sd for _, sd in steps[j]])
+            result = self._train_step(*batch)  # (images, labels[, dataset indices])
             result.images *= ctx.world_size
             if not math.isfinite(result.loss):
                 raise SiamfaceError(
@@ -457,6 +594,8 @@ class Trainer:
         last_save = [time.perf_counter()]
         stop_reason = f"{cfg.epochs} epochs done"
         self.callbacks.on_train_start(self)
+        if self.start is not None and not s.history:
+            self.validate_start()
         try:
             while s.epoch < cfg.epochs:
                 if agree(ctx, [self._out_of_time()], self.device)[0]:
@@ -510,8 +649,58 @@ class Trainer:
             len(self.data.val_identities),
             extra={"first_step_unix": self.first_step_unix, "data_scan": self.data.scan},
         )
+        start = self.start_record()
+        if start is not None and summary.get("best"):
+            summary["vs_start"] = compare_with_start(summary["best"], start)
+            summary["init"] = self.start.info()
+            self.files.write_json("summary.json", summary)
+            self.log(summary["vs_start"]["verdict"])
         self.callbacks.on_train_end(self, summary)
         return summary
+
+    def start_record(self) -> dict[str, Any] | None:
+        """The history entry of the starting model (epoch 0), if this run has one."""
+        return next((h for h in self.state.history if h.get("epoch") == 0), None)
+
+    def validate_start(self) -> None:
+        """Epoch 0: the starting model on the validation identities, saved as the first
+        ``best`` so that a fine-tune that never beats it leaves the start as the result."""
+        s = self.state
+        m, val_time = self.evaluate()
+        if not self.ctx.is_main:  # rank 0 validates and writes; the others get the record
+            record, s.best_value, s.best_epoch = broadcast_object(self.ctx, None)
+            s.history.append(record)
+            self.opt.train_mode()
+            return
+        record: dict[str, Any] = {
+            "epoch": 0,
+            "complete": True,
+            "train_loss": None,
+            "lr": None,
+            "images_per_s": None,
+            "epoch_seconds": 0.0,
+            "val_seconds": val_time,
+            "starting_model": self.start.name,
+        }
+        ckpt = self.checkpoint(m, 0)
+        if m is not None:
+            record |= {
+                "val_auc": m.auc,
+                "val_eer": m.eer,
+                "val_tar_at_far_1e-3": m.tar_at_far.get("1e-03"),
+                "val_accuracy": m.best_accuracy,
+                "val_threshold": ckpt.threshold["value"] if ckpt.threshold else None,
+            }
+            s.best_value, s.best_epoch = metric_value(m, self.cfg.select_metric), 0
+        broadcast_object(self.ctx, (record, s.best_value, s.best_epoch))
+        save_epoch_checkpoints(ckpt, self.run_dir, best=True)
+        s.history.append(record)
+        self.files.write_json("history.json", s.history)
+        self.log(
+            f"epoch 0 (starting model {self.start.name})"
+            + (f": val {m.headline()}" if m is not None else "")
+        )
+        self.opt.train_mode()
 
     # ------------------------------------------------------------------ epoch end
     def evaluate(self) -> tuple[VerificationMetrics | None, float]:
@@ -557,6 +746,10 @@ class Trainer:
                 "loss": self.cfg.loss,
                 "optimizer": self.cfg.optimizer,
                 "weights_source": self.weights_source,
+                "init": self.start.info() if self.start is not None else None,
+                "train_identities": len(self.data.train_identities),
+                "train_images": self.data.train.n_labeled,
+                "unlabeled_images": len(self.data.train) - self.data.train.n_labeled,
                 "data": self.data_dirs,
                 "val_identities": len(self.data.val_identities),
                 "val_metrics": m.to_dict() if m else None,
@@ -604,6 +797,13 @@ class Trainer:
             }
             value = metric_value(m, cfg.select_metric)
             improved = is_better(value, s.best_value, cfg.select_metric)
+            start = self.start_record()
+            if improved and cfg.not_worse and start is not None and not not_worse(record, start):
+                improved = False
+                self.log(
+                    f"epoch {record['epoch']} is worse than the starting model on a validation "
+                    "metric: not kept as best"
+                )
             if improved:
                 s.best_value, s.best_epoch = value, record["epoch"]
         error: OutputError | None = None

@@ -74,9 +74,12 @@ class MetricLossTerm(LossTerm):
         emb, y = batch.embeddings, batch.labels
         if self.backward_scale != 1.0:
             # Whole global batch: the local rows keep their gradient, the others are copies.
+            # (Gathered before dropping unlabeled rows: every process sends the same shape.)
             from pytorch_metric_learning.utils.distributed import gather
 
             emb, y, _ = gather(emb, y)
+        if bool((y < 0).any()):  # unlabeled faces (distillation only) carry label -1
+            emb, y = emb[y >= 0], y[y >= 0]
         indices = self.miner(emb, y) if self.miner is not None else None
         return self.loss_fn(emb, y, indices) if indices is not None else self.loss_fn(emb, y)
 

@@ -92,7 +92,7 @@ def param_groups(model: nn.Module, loss: nn.Module, cfg: TrainConfig) -> list[di
         {"name": "head", "params": [p for p in model.parameters() if id(p) not in bb_ids]},
         {"name": "loss", "params": [p for p in loss.parameters() if p.requires_grad]},
     ]
-    mult = {"backbone": 1.0, "head": 1.0, "loss": cfg.head_lr_mult}
+    mult = {"backbone": cfg.backbone_lr_mult, "head": 1.0, "loss": cfg.head_lr_mult}
     return [g | {"lr": cfg.lr * mult[g["name"]]} for g in groups if g["params"]]
 
 

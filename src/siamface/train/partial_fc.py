@@ -106,6 +106,15 @@ class PartialFCLoss(nn.Module):
             self.weight = nn.Parameter(self.weight[self.lo : self.hi].clone())
         self.weight.sharded = True  # type: ignore[attr-defined]
 
+    def set_centres(self, centres: torch.Tensor) -> bool:
+        """Start the centres at given values (num_classes, D), e.g. each identity's mean
+        embedding under a starting model. Returns False if the shape does not fit."""
+        if tuple(centres.shape) != (self.num_classes, self.embedding_size):
+            return False
+        with torch.no_grad():
+            self.weight.copy_(self.local_rows(centres).to(self.weight.device, self.weight.dtype))
+        return True
+
     def gather_rows(self, t: torch.Tensor) -> torch.Tensor:
         """The whole (classes, ...) tensor from every process's block (collective)."""
         if self.world_size == 1:

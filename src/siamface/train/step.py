@@ -95,27 +95,49 @@ class TrainStep:
         return emb.float()
 
     def __call__(
-        self, x_uint8: torch.Tensor, y: torch.Tensor, seeds: torch.Tensor | None = None
+        self,
+        x_uint8: torch.Tensor,
+        y: torch.Tensor,
+        index: torch.Tensor | None = None,
+        seeds: torch.Tensor | None = None,
     ) -> StepResult:
+        """One step on a batch; ``index`` (dataset indices, for per-image loss targets such as
+        distillation) and ``seeds`` (per-image augmentation seeds, for device-side
+        augmentation) travel with the images."""
         self.in_step = True
-        result = self._step(x_uint8, y, seeds)
+        result = self._step(x_uint8, y, index, seeds)
         self.in_step = False
         return result
 
+    def forward_embeddings(self, x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        """The batch's embeddings (float32). Subclasses override this one method to compute
+        them differently (e.g. from cached features of frozen layers)."""
+        return self.embed(x)
+
     def _step(
-        self, x_uint8: torch.Tensor, y: torch.Tensor, seeds: torch.Tensor | None
+        self,
+        x_uint8: torch.Tensor,
+        y: torch.Tensor,
+        index: torch.Tensor | None,
+        seeds: torch.Tensor | None,
     ) -> StepResult:
         self.opt.optimizer.zero_grad(set_to_none=True)
         n = self.grad_accum
         xs, ys = x_uint8.chunk(n), y.chunk(n)
         ss = seeds.chunk(n) if seeds is not None else [None] * n
+        ix = index.chunk(n) if index is not None else [None] * n
         total, parts = 0.0, {}
-        for a, (xa, ya, sa) in enumerate(zip(xs, ys, ss, strict=True)):
+        for a, (xa, ya, sa, ia) in enumerate(zip(xs, ys, ss, ix, strict=True)):
             last = a == n - 1
             sync = self.model.no_sync() if (not last and hasattr(self.model, "no_sync")) else None
             with sync or contextlib.nullcontext():
                 x = self.inputs(xa, sa)
-                batch = Batch(inputs=x, labels=ya.to(self.device), embeddings=self.embed(x))
+                batch = Batch(
+                    inputs=x,
+                    labels=ya.to(self.device),
+                    embeddings=self.forward_embeddings(x, ia),
+                    extras={"index": ia} if ia is not None else {},
+                )
                 loss, report, p = self.objective(batch)
                 self.scaler.scale(loss / n).backward()
             total += report / n

