@@ -180,7 +180,7 @@ def main() -> int:
                     ips = compute_limit(args.backbone, args.image_size, args.batch_size, s, cl)
                     got[key] = {"images_per_s": ips}
             else:
-                secs = args.seconds * (4 if arm == "siamface_compile" else 1)
+                secs = args.seconds * (3 if arm == "siamface_compile" else 1)
                 got[arm] = siamface_run(args, ARMS[arm], secs, work, name)
             print(json.dumps({"round": rnd, arm: got.get(arm)}), file=sys.stderr, flush=True)
         per_round.append(got)

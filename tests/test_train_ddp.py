@@ -2,8 +2,9 @@
 
 Tolerance, stated in the README: after an epoch of 2 SGD steps the weights agree to float
 rounding (max |dw| < 1e-5) and the loss to 1e-6; over more steps training amplifies the rounding
-differences (summation order of the all-reduce and of the gathered loss), so the loss curve
-agrees to 2 % and the weights to 2 % (relative L2 norm of the difference).
+differences (summation order of the all-reduce and of the gathered loss): after a second epoch
+(resumed in one process) the loss curve and the weights (relative L2 norm of the difference)
+agree to 1e-3 (measured: 6e-6 and 7e-7).
 """
 
 from __future__ import annotations
@@ -101,4 +102,4 @@ def test_two_processes_follow_the_one_process_run(pins_small, tmp_path):
     Trainer.resume(one, ["epochs=2"], **QUIET).run()
     Trainer.resume(two, ["epochs=2", "nproc=1"], **QUIET).run()
     max_abs, rel_l2, loss_rel = _compare(one, two)
-    assert rel_l2 < 0.02 and loss_rel < 0.02, (max_abs, rel_l2, loss_rel)
+    assert rel_l2 < 1e-3 and loss_rel < 1e-3, (max_abs, rel_l2, loss_rel)

@@ -255,3 +255,18 @@ def test_partial_fc_sharded_over_two_processes_matches_one(tmp_path):
         assert torch.allclose(p["full"], ref.weight.detach())
     w_grad = torch.cat([p["w_grad"] for p in parts])  # each process holds 5 of the 10 centres
     assert torch.allclose(w_grad, ref.weight.grad, atol=1e-5)
+
+
+def test_gpu_path_options_train_on_cpu(pins_small, tmp_path):
+    """bf16 autocast, per-batch augmentation on the device and 2 accumulation micro-batches,
+    end to end (on CPU here: the same code runs on CUDA)."""
+    cfg = [*FAST, "epochs=1", "precision=bf16", "augment_on=device", "grad_accum=2"]
+    t = Trainer(make_config(None, cfg), [pins_small], tmp_path / "run", **QUIET)
+    summary = t.run()
+    assert t.precision.name == "bf16" and t.step_fn.augment is not None
+    assert t.data.train.transform is None  # augmented per batch in the step instead
+    assert summary["steps"] == 4
+    rec = json.loads((tmp_path / "run" / "history.json").read_text())[0]
+    assert rec["train_loss"] == rec["train_loss"] and rec["val_auc"] is not None  # not NaN
+    with pytest.raises(Exception, match="multiple of grad_accum"):
+        make_config(None, [*FAST, "grad_accum=3"])

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             return launch(cfg.nproc, _argv(args))
         trainer = Trainer(cfg, args.data, out, progress=not args.no_progress)
     summary = trainer.run()
-    if args.json:
+    if args.json and summary.get("rank") != "other":  # one summary, from rank 0
         print(json.dumps(summary, indent=1))
     return 0
 

@@ -22,6 +22,7 @@ agreed on with one small all-reduce per step, so all processes stop at the same 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -126,10 +127,15 @@ def launch(nproc: int, argv: list[str]) -> int:
         *argv,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.Popen(cmd, env=env)
+    # Ctrl-C reaches every process of the terminal's group: the workers stop at a step
+    # boundary and save. This process only waits for them (killing torchrun here would take
+    # the workers down mid-save).
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        return subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:  # torchrun forwards the signal to the workers, which save
-        return 130
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # ---------------------------------------------------------------------- BatchNorm
