@@ -35,7 +35,7 @@ from pathlib import Path
 from _common import SIAMFACE, last_json, machine, run_child
 
 TRAIN = [
-    "backbone=mobilenetv3_small_050",
+    "backbone=mobilenetv2_050",
     "pretrained=none",
     "image_size=64",
     "embedding_size=128",

@@ -11,8 +11,8 @@ Arms:
 * ``siamface``: ``siamface train`` at the article's settings (``--config article`` minus the
   hub weights), with its CPU defaults (fp32, channels-last, pixels in RAM, a loader worker).
 * ``siamface_bf16``: the same with ``precision=bf16`` (autocast).
-* ``siamface_compile``: the same with ``compile=true`` (torch.compile; its compile time is
-  outside the steady img/s, reported separately).
+* ``siamface_compile``: the same with ``compile=true`` (torch.compile; it gets 3x the time
+  budget, and its compile time falls in the first steps, outside the steady img/s).
 * ``limit_eager`` / ``limit_channels_last``: forward + backward + AdamW on random tensors, no
   data loading: the ceiling of an eager PyTorch loop in either memory layout.
 
