@@ -3,7 +3,6 @@ folders written by `siamface prepare` (complete or not), and bf16 autocast."""
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 
@@ -13,10 +12,10 @@ import torch
 from conftest import SHARED_DATA, TINY_BACKBONE, copy_identities, needs_data
 from safetensors.torch import load_file, save_file
 
-import siamface.train.data as train_data
 from siamface.cli.main import main
-from siamface.data.dataset import FaceImageDataset, decode_images
+from siamface.data.dataset import FaceImageDataset
 from siamface.data.marker import read_marker, write_marker
+from siamface.data.scan_index import ScanIndex, scan_files
 from siamface.errors import SiamfaceError
 from siamface.model.checkpoint import read_metadata
 from siamface.model.network import ModelConfig, build_model
@@ -45,29 +44,26 @@ def _quiet(cfg, data, run) -> Trainer:
 
 
 # ----------------------------------------------------------------------------- streaming
-def test_streamed_dataset_serves_the_decoded_pixels(pins_small):
+def test_streamed_dataset_serves_the_decoded_pixels(pins_small, tmp_path):
     paths = sorted(pins_small.rglob("*.jpg"))[:10]
-    mem = decode_images(paths, 32, workers=1, progress=False)
-    assert mem.pixels is not None
-    disk = decode_images(paths, 32, workers=1, progress=False, cache_limit_bytes=0)
-    assert disk.pixels is None and disk.ok == mem.ok  # too big for memory: kept on disk
+    index = ScanIndex(tmp_path / "index.sqlite")
+    mem = scan_files(paths, 32, "decode", index, keep_pixels=True, workers=1, progress=False)
+    assert mem.pixels is not None and all(f.ok for f in mem.facts)
     streamed = FaceImageDataset(labels=[0] * 10, size=32, paths=paths)
     for i in range(10):
         assert torch.equal(streamed.raw(i), mem.pixels[i])
 
 
-def test_training_streamed_from_disk_equals_training_in_memory(pins_small, tmp_path, monkeypatch):
+def test_training_streamed_from_disk_equals_training_in_memory(pins_small, tmp_path):
     _quiet(FAST, pins_small, tmp_path / "mem").run()
-    streaming = functools.partial(decode_images, cache_limit_bytes=0)  # force the disk path
-    monkeypatch.setattr(train_data, "decode_images", streaming)
-    t = _quiet(FAST, pins_small, tmp_path / "disk")
+    t = _quiet([*FAST, "cache_gb=0"], pins_small, tmp_path / "disk")  # no pixels in memory
     t.run()
     assert t.data.train.pixels is None and t.data.val_pixels is None
     a = load_file(str(tmp_path / "mem" / "last.safetensors"))
     b = load_file(str(tmp_path / "disk" / "last.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ha = json.loads((tmp_path / "mem" / "history.json").read_text())[0]
-    hb = json.loads((tmp_path / "disk" / "history.json").read_text())[0]
+    ha = json.loads((tmp_path / "mem" / "history.json").read_text())[-1]
+    hb = json.loads((tmp_path / "disk" / "history.json").read_text())[-1]
     assert ha["val_auc"] == hb["val_auc"]  # validation embedded from disk gives the same
 
 

@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append("unlabeled=" + ",".join(str(Path(d).resolve()) for d in args.unlabeled))
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
+    from siamface.train.distributed import launch, launched_by_torchrun
     from siamface.train.loop import Trainer
 
     if args.resume:
@@ -94,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         if Path(args.resume).is_dir():
             check_output_dir(args.resume, "run directory")  # writable, disk not full
         trainer = Trainer.resume(args.resume, overrides, progress=not args.no_progress)
+        if trainer.cfg.nproc > 1 and not launched_by_torchrun():
+            return launch(trainer.cfg.nproc, _argv(args))
     else:
         if not args.data:
             raise SiamfaceError("--data DIR is required (identity folders: DIR/<person>/<img>)")
@@ -106,8 +109,30 @@ def run(args: argparse.Namespace) -> int:
             )
         cfg = make_config(args.config, overrides)  # validated before anything else happens
         check_output_dir(out, "run directory")  # a file, read-only, a full disk: refused now
+        if cfg.nproc > 1 and not launched_by_torchrun():
+            return launch(cfg.nproc, _argv(args))
         trainer = Trainer(cfg, args.data, out, progress=not args.no_progress)
     summary = trainer.run()
-    if args.json:
+    if args.json and summary.get("rank") != "other":  # one summary, from rank 0
         print(json.dumps(summary, indent=1))
     return 0
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    """This command line again, for the processes torchrun starts (each sees WORLD_SIZE and
+    joins the group instead of launching again)."""
+    argv = ["train"]
+    for d in args.data or []:
+        argv += ["--data", d]
+    for d in args.unlabeled or []:
+        argv += ["--unlabeled", d]
+    for flag in ("config", "out", "resume"):
+        if getattr(args, flag):
+            argv += [f"--{flag}", getattr(args, flag)]
+    if args.seed is not None:
+        argv += ["--seed", str(args.seed)]
+    if args.json:
+        argv.append("--json")
+    if args.no_progress:
+        argv.append("--no-progress")
+    return argv + list(args.overrides)

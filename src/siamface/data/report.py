@@ -101,8 +101,12 @@ def build_report(
     min_images: int = 2,
     check_duplicates: bool = True,
     empty_identities: Sequence[Path] = (),
+    digests: dict[Path, str] | None = None,
 ) -> DatasetReport:
-    """Describe ``samples`` (the readable images) and list the problems found on the way."""
+    """Describe ``samples`` (the readable images) and list the problems found on the way.
+
+    ``digests`` are SHA-256 hex digests already computed (e.g. by a cached scan); files
+    missing from it are hashed here."""
     counts = Counter(s.identity for s in samples)
     excluded = sorted(i for i, n in counts.items() if n < min_images)
     kept = {i: n for i, n in counts.items() if n >= min_images}
@@ -122,7 +126,7 @@ def build_report(
         empty_identities=[str(p) for p in empty_identities],
     )
     if check_duplicates:
-        _find_duplicates(samples, report)
+        _find_duplicates(samples, report, digests or {})
     guidance = id_count_guidance(len(kept))
     if guidance:
         report.warnings.append(guidance)
@@ -145,10 +149,12 @@ def build_report(
     return report
 
 
-def _find_duplicates(samples: Sequence[Sample], report: DatasetReport) -> None:
+def _find_duplicates(
+    samples: Sequence[Sample], report: DatasetReport, digests: dict[Path, str]
+) -> None:
     by_digest: dict[str, list[Sample]] = defaultdict(list)
     for s in samples:
-        by_digest[file_digest(s.path)].append(s)
+        by_digest[digests.get(s.path) or file_digest(s.path)].append(s)
     for group in by_digest.values():
         if len(group) < 2:
             continue

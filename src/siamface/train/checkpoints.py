@@ -48,6 +48,9 @@ def build_checkpoint(
 
 def save_epoch_checkpoints(ckpt: Checkpoint, run_dir: Path, best: bool) -> None:
     """Always ``last``; ``best`` too when this epoch is the best so far."""
-    if best:
-        save_checkpoint(ckpt, run_dir / BEST)
-    save_checkpoint(ckpt, run_dir / LAST)
+    from siamface.train.rundir import writing
+
+    for name, wanted in ((BEST, best), (LAST, True)):
+        if wanted:
+            with writing(run_dir / name, "a checkpoint"):
+                save_checkpoint(ckpt, run_dir / name)

@@ -33,7 +33,8 @@ from siamface.train.weights import named_sources
 
 AUGMENT = ("default", "article", "none")
 SELECT_METRICS = ("auc", "eer", "tar_at_far_1e-3", "accuracy")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUGMENT_ON = ("auto", "loader", "device")
 DEVICES = ("auto", "cpu", "cuda")
 ALIGN = ("auto", "true", "false")
 BN_POLICIES = ("auto", "train", "frozen")
@@ -49,6 +50,7 @@ CHOICES: dict[str, Callable[[], tuple[str, ...]]] = {
     "align": lambda: ALIGN,
     "select_metric": lambda: SELECT_METRICS,
     "precision": lambda: PRECISIONS,
+    "augment_on": lambda: AUGMENT_ON,
     "device": lambda: DEVICES,
     "bn": lambda: BN_POLICIES,
     "select_rule": lambda: SELECT_RULES,
@@ -147,10 +149,27 @@ class TrainConfig(BaseModel):
         2, "identities with fewer images are excluded", ge=2, le=1_000_000
     )
     augment: str = _opt("default", "{choices}")
+    augment_on: str = _opt(
+        "auto",
+        "{choices}: where augmentation runs (auto: per image in loader workers on CPU, per "
+        "batch on the GPU with CUDA)",
+    )
     align: str = _opt(
         "auto",
         "{choices}: detect + align faces on the fly (auto = only when the data "
         "folder was written by 'siamface prepare', whose crops are already aligned)",
+    )
+    cache_gb: float = _opt(
+        2.0,
+        "decoded pixels kept in RAM up to this many GiB (per machine); above it images are "
+        "decoded from disk every epoch",
+        ge=0,
+        le=4096,
+    )
+    scan_cache: str = _opt(
+        "auto",
+        "scan index (size, mtime, decode check, hash per file) reused by later runs: auto "
+        "(~/.cache/siamface or $SIAMFACE_CACHE_DIR) | none | a folder",
     )
     # --- sampling ---
     batch_size: int = _opt(32, "images per batch (article: 32)", ge=2, le=65_536)
@@ -173,6 +192,13 @@ class TrainConfig(BaseModel):
     softmax_scale: float = _opt(30.0, "logit scale for ArcFace / CosFace", gt=0, le=1024)
     head_lr_mult: float = _opt(
         10.0, "lr multiplier for loss parameters (class centres, pair head)", ge=0, le=10_000
+    )
+    class_sample_rate: float = _opt(
+        1.0,
+        "ArcFace / CosFace: fraction of class centres scored per step (partial FC; the batch's "
+        "own classes always are); centres are sharded across processes",
+        gt=0,
+        le=1,
     )
     # --- optimisation ---
     optimizer: str = _opt("adamw_cosine", "{choices}")
@@ -213,12 +239,40 @@ class TrainConfig(BaseModel):
     save_every_min: float = _opt(
         10.0, "also save resumable state this often within an epoch", gt=0, le=1_000_000
     )
+    val_max_images: int = _opt(
+        20_000,
+        "validate on at most this many images (whole identities, chosen by seed); 0 = all",
+        ge=0,
+        le=100_000_000,
+    )
     # --- machine ---
     seed: int = _opt(0, "random seed (split, sampling, initialisation)", ge=0, le=2**32 - 1)
     num_workers: int = _opt(-1, "data loader workers; -1 = auto", ge=-1, le=64)
-    precision: str = _opt("auto", "{choices} autocast (auto: bf16 on CUDA, fp32 on CPU)")
+    precision: str = _opt(
+        "auto",
+        "{choices} autocast (auto: bf16 on CUDA GPUs that have it, else fp16 with loss "
+        "scaling on CUDA; fp32 on CPU)",
+    )
     channels_last: bool = _opt(True, "NHWC memory layout: faster convolutions on CPU and GPU")
     device: str = _opt("auto", "{choices}")
+    grad_accum: int = _opt(
+        1,
+        "micro-batches per optimizer step: batch_size images per step in batch_size / "
+        "grad_accum pieces (less memory; BatchNorm and mining see the pieces)",
+        ge=1,
+        le=1024,
+    )
+    nproc: int = _opt(
+        1,
+        "data-parallel processes on this machine (launches torchrun; one per GPU); "
+        "batch_size stays the global batch",
+        ge=1,
+        le=256,
+    )
+    sync_bn: bool = _opt(
+        True, "with several processes, BatchNorm statistics over the whole global batch"
+    )
+    compile: bool = _opt(False, "torch.compile the model (slower first steps; see README)")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
@@ -316,6 +370,11 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"loss={self.loss} is a classification (margin-softmax) loss and takes no miner; "
                 "set miner=none"
+            )
+        if self.batch_size % (self.grad_accum * self.m_per_class):
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of grad_accum "
+                f"({self.grad_accum}) x m_per_class ({self.m_per_class})"
             )
         if self.val_identities >= 1 and not float(self.val_identities).is_integer():
             raise ValueError("val_identities >= 1 is a count and must be a whole number")

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from siamface.data.dataset import (
-    DEFAULT_CACHE_LIMIT_BYTES,
-    DecodedImages,
-    FaceImageDataset,
-    decode_images,
-)
+from siamface.data.dataset import FaceImageDataset
 from siamface.data.folders import Sample, scan_identity_folders, scan_images
 from siamface.data.marker import MARKER_NAME, check_complete, read_marker
 from siamface.data.report import DatasetReport, build_report
+from siamface.data.scan_index import ScanIndex, index_path, scan_files
 from siamface.data.split import split_identities
 from siamface.data.transforms import Preprocessing, train_augmentation
 from siamface.errors import SiamfaceError
@@ -25,6 +22,7 @@ from siamface.faces.cache import CachedAlignedDecoder
 from siamface.model.network import backbone_default_norm
 from siamface.system import usable_cpus
 from siamface.train.config import TrainConfig
+from siamface.train.distributed import DistContext, barrier
 
 
 def alignment_for(
@@ -76,13 +74,31 @@ class RunData:
     report: DatasetReport
     excluded_cross_duplicates: int
     preprocessing: Preprocessing
+    scan: dict = field(default_factory=dict)  # how the file check went (for the log/bench)
 
 
-def _rows(decoded: DecodedImages, picks: list[int]) -> torch.Tensor | None:
-    if decoded.pixels is None:
-        return None
-    pos = {idx: row for row, idx in enumerate(decoded.ok)}
-    return decoded.pixels[[pos[i] for i in picks]]
+def cache_bytes(cfg: TrainConfig, local_world: int) -> int:
+    """Decoded-pixel budget of one process: ``cache_gb`` is per machine."""
+    return int(cfg.cache_gb * 1024**3) // max(1, local_world)
+
+
+def cap_validation(val_ids: list[str], counts: Counter, cap: int, seed: int) -> list[str]:
+    """Whole validation identities, in a seeded order, until ``cap`` images (0 = no cap).
+
+    Validation embeds every image and scores its pairs; past a few tens of thousands of
+    images that costs minutes per epoch and adds nothing the metric needs.
+    """
+    if not cap or sum(counts[i] for i in val_ids) <= cap:
+        return val_ids
+    order = list(val_ids)
+    np.random.default_rng(seed).shuffle(order)
+    kept, total = [], 0
+    for ident in order:
+        if total + counts[ident] > cap and len(kept) >= 2:
+            break
+        kept.append(ident)
+        total += counts[ident]
+    return sorted(kept)
 
 
 def prepare_run_data(
@@ -90,13 +106,17 @@ def prepare_run_data(
     data_dirs: list[str],
     progress: bool = True,
     workers: int | None = None,
+    ctx: DistContext | None = None,
     base: Preprocessing | None = None,
 ) -> RunData:
-    """Scan, decode (listing unreadable files), report, split by identity, build datasets.
+    """Scan (cached), check every file, report, split by identity, build the datasets.
 
     ``base``: the starting model's preprocessing (``init``), whose size, normalisation and
     alignment the run must keep; otherwise they come from the config and the backbone.
+    Under data parallelism rank 0 scans first and fills the index; the other processes then
+    find every file in it.
     """
+    ctx = ctx or DistContext()
     scan = scan_identity_folders(data_dirs)
     aligned, align_params, on_the_fly = alignment_for(
         cfg, data_dirs, model_aligned=bool(base and base.aligned)
@@ -116,22 +136,44 @@ def prepare_run_data(
         mean, std = backbone_default_norm(cfg.backbone)
         pre = Preprocessing(cfg.image_size, mean, std, aligned=aligned, align=align_params)
     decoder = CachedAlignedDecoder(pre) if on_the_fly else None
-    decoded = decode_images(
-        [s.path for s in scan.samples],
-        pre.image_size,
-        workers=workers or usable_cpus(),
-        progress=progress,
-        desc="detecting + aligning faces" if on_the_fly else "decoding images",
-        decoder=decoder,
-    )
-    good: list[int] = decoded.ok
-    unreadable = {scan.samples[i].path: r for i, r in decoded.errors.items()}
+    check = f"align:{json.dumps(pre.align, sort_keys=True)}" if on_the_fly else "decode"
+    # Faces without identities (distillation only) are checked in the same pass and share
+    # the pixel store; they come after the labelled files.
+    extra = scan_images(cfg.unlabeled_dirs()) if cfg.unlabeled_dirs() else []
+    paths = [s.path for s in scan.samples]
+    n_samples = len(paths)
+    all_paths = paths + list(extra)
+    keep = len(all_paths) * 3 * pre.image_size**2 <= cache_bytes(cfg, ctx.local_world_size)
+    index = ScanIndex(index_path(cfg.scan_cache))
+    try:
+        if ctx.enabled and not ctx.is_main:
+            barrier(ctx)  # wait for rank 0 to fill the index
+        result = scan_files(
+            all_paths,
+            pre.image_size,
+            check,
+            index,
+            keep_pixels=keep,
+            decoder=decoder,
+            workers=workers or usable_cpus(),
+            progress=progress,
+            desc="detecting + aligning faces" if on_the_fly else "checking images",
+        )
+        if ctx.enabled and ctx.is_main:
+            barrier(ctx)
+    finally:
+        index.close()
+    facts = result.facts[:n_samples]
+    good = [i for i, f in enumerate(facts) if f.ok]
+    unreadable = {paths[i]: f.error or "unreadable" for i, f in enumerate(facts) if not f.ok}
+    digests = {paths[i]: f.sha256 for i, f in enumerate(facts) if f.sha256}
     report = build_report(
         [scan.samples[i] for i in good],
         unreadable,
         scan.ignored,
         cfg.min_images_per_identity,
         empty_identities=scan.empty_identities,
+        digests=digests,
     )
     # Files that appear under two identities are label errors: keep them out of both sets.
     cross = {Path(f) for d in report.duplicates_across_identities for f in d["files"]}
@@ -144,6 +186,7 @@ def prepare_run_data(
             f"found {len(kept_ids)}"
         )
     train_ids, val_ids = split_identities(kept_ids, cfg.val_identities, cfg.seed)
+    val_ids = cap_validation(val_ids, counts, cfg.val_max_images, cfg.seed)
     if len(train_ids) * cfg.m_per_class < cfg.batch_size:
         raise SiamfaceError(
             f"m_per_class ({cfg.m_per_class}) x training identities ({len(train_ids)}) must be "
@@ -154,49 +197,67 @@ def prepare_run_data(
     va_idx = [i for i in good if scan.samples[i].identity in va_set]
     label_of = {ident: k for k, ident in enumerate(train_ids)}
     samples: list[Sample] = scan.samples
+    labels = [label_of[samples[i].identity] for i in tr_idx]
+    rows, train_paths = list(tr_idx), [samples[i].path for i in tr_idx]
+    n_unlabeled = 0
+    if extra:
+        # Appended after the labelled images with label -1; only the distillation terms use
+        # them (the sampler and the metric loss skip them).
+        ok_extra = [j for j, f in enumerate(result.facts[n_samples:]) if f.ok]
+        if not ok_extra:
+            raise SiamfaceError("none of the unlabeled images could be used")
+        n_unlabeled = len(ok_extra)
+        labels += [-1] * n_unlabeled
+        rows += [n_samples + j for j in ok_extra]
+        train_paths += [extra[j] for j in ok_extra]
+    pixels = result.pixels
     train = FaceImageDataset(
-        labels=[label_of[samples[i].identity] for i in tr_idx],
+        labels=labels,
         size=pre.image_size,
-        pixels=_rows(decoded, tr_idx),
-        paths=[samples[i].path for i in tr_idx],
+        pixels=pixels,
+        rows=rows if pixels is not None else None,
+        paths=train_paths,
         transform=train_augmentation(pre.image_size, cfg.augment),
         decoder=decoder,
     )
-    n_unlabeled = 0
-    if cfg.unlabeled_dirs():
-        # Faces without identities: appended after the labelled images with label -1; only
-        # the distillation terms use them (the sampler and the metric loss skip them).
-        extra = scan_images(cfg.unlabeled_dirs())
-        dec = decode_images(
-            extra,
-            pre.image_size,
-            workers=workers or usable_cpus(),
-            progress=progress,
-            desc="unlabeled faces",
-            decoder=decoder,
-            cache_limit_bytes=0 if train.pixels is None else DEFAULT_CACHE_LIMIT_BYTES,
-        )
-        if not dec.ok:
-            raise SiamfaceError("none of the unlabeled images could be used")
-        n_unlabeled = len(dec.ok)
-        train = FaceImageDataset(
-            labels=train.labels.tolist() + [-1] * n_unlabeled,
-            size=pre.image_size,
-            pixels=None if train.pixels is None else torch.cat([train.pixels, dec.pixels]),
-            paths=list(train.paths) + [extra[i] for i in dec.ok],
-            transform=train.transform,
-            decoder=decoder,
-        )
     train.n_labeled = len(train) - n_unlabeled
     val_label_of = {ident: k for k, ident in enumerate(val_ids)}
     return RunData(
         train=train,
         train_identities=train_ids,
-        val_pixels=_rows(decoded, va_idx),
+        val_pixels=_RowView(pixels, va_idx) if pixels is not None else None,
         val_paths=[samples[i].path for i in va_idx],
         val_labels=np.array([val_label_of[samples[i].identity] for i in va_idx], dtype=np.int64),
         val_identities=val_ids,
         report=report,
         excluded_cross_duplicates=len(cross),
         preprocessing=pre,
+        scan={
+            "files": len(all_paths),
+            "checked_now": result.checked,
+            "from_index": len(all_paths) - result.checked,
+            "seconds": round(result.seconds, 2),
+            "pixels_in_ram": keep,
+            "pixels_from_disk_cache": result.pixels_from_disk,
+        },
     )
+
+
+class _RowView:
+    """Rows of a shared pixel tensor, sliced in batches without copying the whole set.
+
+    Validation embeds ``view[a:b]``; only that batch is materialised."""
+
+    def __init__(self, pixels: torch.Tensor, rows: list[int]) -> None:
+        self.pixels = pixels
+        self.rows = torch.as_tensor(rows, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.pixels.shape[1:])
+
+    def __getitem__(self, key: slice) -> torch.Tensor:
+        return self.pixels[self.rows[key]]

@@ -24,8 +24,7 @@ from torch import nn
 
 from siamface.train.callbacks import Callback
 from siamface.train.freeze import FreezeSchedule, backbone_stages
-from siamface.train.objective import Batch
-from siamface.train.step import StepResult, TrainStep
+from siamface.train.step import TrainStep
 
 if TYPE_CHECKING:
     from siamface.train.config import TrainConfig
@@ -137,22 +136,19 @@ class CachedPrefixStep(TrainStep):
             base.pre,
             base.channels_last,
             base.autocast_dtype,
+            grad_accum=base.grad_accum,
+            augment=base.augment,
         )
+        self.scaler = base.scaler  # one loss-scale history across both kinds of step
         self.cache = cache
 
-    def __call__(
-        self, x_uint8: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None
-    ) -> StepResult:
+    def forward_embeddings(self, x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
         if index is None:
             raise RuntimeError("feature caching needs dataset indices in the batch")
-        x = self.inputs(x_uint8)
-        y = y.to(self.device)
         feats = self.cache.features(x, index)
         with self.autocast():
             emb = self.cache.suffix(feats)
-        return self.optimise(
-            Batch(inputs=x, labels=y, embeddings=emb.float(), extras={"index": index})
-        )
+        return emb.float()
 
 
 class FeatureCacheSwitch(Callback):

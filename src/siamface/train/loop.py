@@ -18,6 +18,7 @@ build_objective`, :meth:`Trainer.build_param_groups` and :meth:`Trainer.evaluate
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -27,26 +28,44 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from siamface.data.batch_augment import BatchAugment
+from siamface.data.batches import rank_steps
 from siamface.errors import SiamfaceError
 from siamface.evaluate.metrics import VerificationMetrics
 from siamface.faces.cache import file_digest
 from siamface.model.checkpoint import Checkpoint
 from siamface.model.network import ModelConfig, build_model
-from siamface.system import loader_workers, usable_cpus
 from siamface.train.callbacks import Callback, CallbackList
 from siamface.train.checkpoints import build_checkpoint, save_epoch_checkpoints
 from siamface.train.config import TrainConfig, make_config
 from siamface.train.data import RunData, prepare_run_data
-from siamface.train.device import autocast_dtype, pick_device, use_bf16  # noqa: F401
+from siamface.train.device import (  # noqa: F401 - use_bf16 re-exported
+    pick_device,
+    precision_for,
+    threads_for,
+    use_bf16,
+    workers_for,
+)
 from siamface.train.distill import DistillationTerm, ensemble, teacher_embeddings
+from siamface.train.distributed import (
+    DistContext,
+    agree,
+    broadcast_object,
+    check_world,
+    convert_sync_batchnorm,
+    init_distributed,
+    shutdown,
+)
 from siamface.train.feature_cache import FeatureCacheSwitch, cache_possible
 from siamface.train.freeze import FreezeSchedule
-from siamface.train.losses import build_loss
+from siamface.train.interrupt import GracefulStop
+from siamface.train.losses import build_loss, is_classifier
 from siamface.train.miners import build_miner
 from siamface.train.objective import MetricLossTerm, Objective
 from siamface.train.optim import build_optimizer, param_groups
+from siamface.train.partial_fc import reshard_optimizer_state
 from siamface.train.reporting import EpochMeter, Reporter
-from siamface.train.rundir import RunDir
+from siamface.train.rundir import OutputError, RunDir
 from siamface.train.start import (
     StartingModel,
     class_means,
@@ -69,7 +88,9 @@ from siamface.train.weights import load_weights
 from siamface.version import __version__
 
 #: Keys a resume may change: budgets and machine sizing, nothing that alters the model.
-RESUME_OVERRIDABLE = frozenset({"epochs", "time_budget_min", "save_every_min", "num_workers"})
+RESUME_OVERRIDABLE = frozenset(
+    {"epochs", "time_budget_min", "save_every_min", "num_workers", "nproc", "grad_accum"}
+)
 
 
 def metric_record(m: VerificationMetrics, ckpt: Checkpoint) -> dict[str, Any]:
@@ -87,8 +108,17 @@ class TrainingInterrupted(SiamfaceError):
     """Raised after Ctrl-C once the resumable state has been saved."""
 
 
+def _quiet(_: str) -> None:
+    """The log of processes other than rank 0."""
+
+
 def _worker_init(_: int) -> None:
+    import signal
+
     torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group; the main process decides when to stop (at a
+    # step boundary) and shuts the workers down itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class Trainer:
@@ -112,8 +142,12 @@ class Trainer:
         self.reporter = Reporter(self.files, log, progress)
         self.callbacks = CallbackList(callbacks)
         self.state = Progress()
+        self.ctx = DistContext()
         self._resume_state: dict | None = None
         self._t0: float | None = None
+        self._step_seeds: torch.Tensor | None = None
+        self._started_unix: float | None = None
+        self.first_step_unix: float | None = None  # when this process finished its first step
 
     @classmethod
     def resume(
@@ -140,12 +174,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
-        cfg = self.cfg
-        self.device = pick_device(cfg.device)
+        cfg, ctx = self.cfg, self.ctx
+        self.device = pick_device(cfg.device, ctx.local_rank)
         if self.device.type == "cpu":
-            torch.set_num_threads(usable_cpus())
-        self.autocast = autocast_dtype(cfg.precision, self.device)
+            torch.set_num_threads(threads_for(self.device, ctx.local_world_size))
+        self.precision = precision_for(cfg.precision, self.device)
+        self.autocast = self.precision.dtype
         self.bf16 = self.autocast is torch.bfloat16
+        self.micro_batch = check_world(ctx, cfg.batch_size, cfg.m_per_class, cfg.grad_accum)
+        parts = ctx.world_size * cfg.grad_accum
+        if cfg.unlabeled_dirs() and cfg.unlabeled_per_batch % parts:
+            raise SiamfaceError(
+                f"unlabeled_per_batch ({cfg.unlabeled_per_batch}) must be a multiple of "
+                f"processes x grad_accum ({parts}): each micro-batch gets an equal share"
+            )
         if self._resume_state is None:
             seed_everything(cfg.seed)
         # The starting model (init) decides architecture, sizes and preprocessing; it is
@@ -153,7 +195,6 @@ class Trainer:
         self.start = StartingModel.resolve(cfg.init) if cfg.init else None
         if self.start is not None:
             cfg = self.cfg = self.start.apply(cfg)
-        self.files.create()
         self.log(f"run directory: {self.run_dir}")
         # Model and weights first: a bad backbone name or an unreachable hub must fail before
         # minutes are spent decoding the dataset.
@@ -169,34 +210,48 @@ class Trainer:
         self.data: RunData = prepare_run_data(
             cfg,
             self.data_dirs,
-            progress=self.show_progress,
+            progress=self.show_progress and ctx.is_main,
+            ctx=ctx,
             base=self.start.preprocessing if self.start is not None else None,
         )
         self.reporter.dataset(self.data)
         self.pre = self.data.preprocessing
+        if ctx.enabled and cfg.sync_bn:
+            self.model = convert_sync_batchnorm(self.model, self.device)
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.feature_cache: FeatureCacheSwitch | None = None
-        if cfg.freeze_epochs or cfg.trainable != "all" or cfg.bn_frozen:
+        if self._freezes():
             schedule = FreezeSchedule(cfg.freeze_epochs, cfg.trainable, cfg.bn_frozen)
             self.callbacks.callbacks.append(schedule)
-            if cache_possible(cfg):
+            # Cached frozen-layer features bypass DDP's forward: one process only.
+            if cache_possible(cfg) and not ctx.enabled:
                 self.feature_cache = FeatureCacheSwitch(schedule, self.model, len(self.data.train))
                 self.callbacks.callbacks.append(self.feature_cache)
                 self.data.train.with_index = True
+        self.train_model = self._wrap(self.model)
         self.objective = self.build_objective().to(self.device)
         self._add_reference_terms()
+        self.objective.set_world(ctx.world_size, ctx.rank)  # after centres got their values
         self.steps_per_epoch = max(1, self.data.train.n_labeled // cfg.batch_size)
         self.opt = build_optimizer(self.build_param_groups(), cfg, self._schedule_progress)
+        on_device = cfg.augment_on == "device" or (
+            cfg.augment_on == "auto" and self.device.type == "cuda"
+        )
+        if on_device:
+            self.data.train.transform = None  # the step augments whole batches instead
         self.step_fn = TrainStep(
-            self.model,
+            self.train_model,
             self.objective,
             self.opt,
             self.device,
             self.pre,
             cfg.channels_last,
             self.autocast,
+            grad_scaler=self.precision.scaler,
+            grad_accum=cfg.grad_accum,
+            augment=BatchAugment(cfg.augment) if on_device else None,
         )
         self.validator = Validator(
             self.data, self.pre, self.device, cfg.channels_last, cfg.calib_far
@@ -209,12 +264,35 @@ class Trainer:
             batch_size=cfg.batch_size,
             length_before_new_iter=self.steps_per_epoch * cfg.batch_size,
         )
-        self.workers = cfg.num_workers if cfg.num_workers >= 0 else loader_workers()
+        self.workers = (
+            cfg.num_workers
+            if cfg.num_workers >= 0
+            else workers_for(self.device, ctx.local_world_size)
+        )
         if self._resume_state is not None:
             self.load_state_dict(self._resume_state)
-        else:
+        elif ctx.is_main:
             self.files.write_meta(cfg.to_dict(), self.data_dirs, __version__)
         self.reporter.open_tensorboard()
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module the steps call: DDP across processes, torch.compile if asked."""
+        wrapped = model
+        if self.ctx.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # A freeze schedule leaves parameters without gradients in some epochs.
+            wrapped = DistributedDataParallel(
+                model, device_ids=ids, find_unused_parameters=self._freezes()
+            )
+        if self.cfg.compile:
+            wrapped = torch.compile(wrapped)
+        return wrapped
+
+    def _freezes(self) -> bool:
+        cfg = self.cfg
+        return bool(cfg.freeze_epochs or cfg.trainable != "all" or cfg.bn_frozen)
 
     @property
     def loss_fn(self) -> torch.nn.Module:
@@ -234,7 +312,7 @@ class Trainer:
         cfg = self.cfg
         train = self.data.train
         dim = cfg.embedding_size
-        classifier = hasattr(self.loss_fn, "W")
+        classifier = is_classifier(cfg.loss)
         need_start = self.start is not None and (
             cfg.keep_close > 0 or (classifier and cfg.class_mean_centres)
         )
@@ -308,7 +386,8 @@ class Trainer:
                 model, self.data.train, self.pre, self.device, progress=self.show_progress
             )
         t = t.contiguous()
-        save_file({"embeddings": t}, str(path))
+        if self.ctx.is_main:
+            save_file({"embeddings": t}, str(path))
         return t
 
     def build_param_groups(self) -> list[dict[str, Any]]:
@@ -327,11 +406,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self, epoch_start_rng: dict) -> dict[str, Any]:
-        """Everything a resume needs to continue exactly where this run is now."""
+        """Everything a resume needs to continue exactly where this run is now (the same
+        whatever the number of processes: batches and counters are global)."""
+        optim = self.opt.state_dict()
+        reshard_optimizer_state(optim["optimizer"], self.opt.optimizer, self.objective, True)
         return {
             "model": self.model.state_dict(),
             "loss": self.objective.state_dict(),
-            "optim": self.opt.state_dict(),
+            "optim": optim,
+            "grad_scaler": self.step_fn.scaler.state_dict(),
             **self.state.to_state(self._elapsed()),
             "epoch_start_rng": epoch_start_rng,
             # MPerClassSampler shuffles its label list in place every epoch, so its order is
@@ -342,7 +425,10 @@ class Trainer:
     def load_state_dict(self, st: dict[str, Any]) -> None:
         self.model.load_state_dict(st["model"])
         self.objective.load_state_dict(st["loss"])
+        reshard_optimizer_state(st["optim"]["optimizer"], self.opt.optimizer, self.objective, False)
         self.opt.load_state_dict(st["optim"])
+        if st.get("grad_scaler"):
+            self.step_fn.scaler.load_state_dict(st["grad_scaler"])
         self.state = Progress.from_state(st)
         self._epoch_start_rng = st["epoch_start_rng"]
         # Replaying the epoch from its start needs the sampler as it was then.
@@ -353,7 +439,19 @@ class Trainer:
         )
 
     def save_state(self, epoch_start_rng: dict) -> None:
-        save_state(self.run_dir, self.state_dict(epoch_start_rng))
+        """Rank 0 writes the state; every rank learns whether that worked."""
+        error: OutputError | None = None
+        state = self.state_dict(epoch_start_rng)  # collective when centres are sharded
+        if self.ctx.is_main:
+            try:
+                save_state(self.run_dir, state)
+            except OutputError as err:
+                error = err
+        message = broadcast_object(self.ctx, str(error) if error else None)
+        if error is not None:
+            raise error
+        if message:
+            raise OutputError(message)
 
     def _elapsed(self) -> float:
         return time.perf_counter() - self._t0 if self._t0 is not None else 0.0
@@ -366,53 +464,72 @@ class Trainer:
     def _train_step(
         self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None
     ) -> StepResult:
-        return self.step_fn(x, y, index)
+        if self._step_seeds is None:
+            return self.step_fn(x, y, index)
+        return self.step_fn(x, y, index, seeds=self._step_seeds)
 
-    def _epoch_loader(self) -> DataLoader:
-        """This epoch's batches from the current step on (the sampler's order is fixed by
-        the RNG state at the epoch's start, so a resume replays it and skips what was done)."""
-        order = list(iter(self.sampler))
-        train = self.data.train
+    def _epoch_steps(self) -> list[list[tuple[int, int]]]:
+        """This process's ``(image index, augmentation seed)`` lists, one per remaining step.
+
+        The epoch's global order, the unlabeled faces added to each batch (distillation) and
+        one augmentation seed per image are all drawn from the RNG state at the epoch's start,
+        which a resume restores: the same batches and the same augmentation of every image,
+        however many batches are then skipped as already trained and however many processes
+        share them.
+        """
+        cfg, ctx, train = self.cfg, self.ctx, self.data.train
+        order = [int(i) for i in iter(self.sampler)]
+        extra = None
         if train.n_labeled < len(train):
-            # Each batch also gets unlabeled faces (distillation only), drawn with the epoch's
-            # RNG right after the order, so a resume replays the same batches.
-            b, u = self.cfg.batch_size, self.cfg.unlabeled_per_batch
-            n_batches = len(order) // b
+            n_batches = len(order) // cfg.batch_size
+            u = cfg.unlabeled_per_batch
             extra = torch.randint(train.n_labeled, len(train), (n_batches, u)).tolist()
-            batches = [order[i * b : (i + 1) * b] + extra[i] for i in range(n_batches)]
-            return DataLoader(
-                train,
-                batch_sampler=batches[self.state.step_in_epoch :],
-                num_workers=self.workers,
-                worker_init_fn=_worker_init,
-                prefetch_factor=4 if self.workers else None,
-                persistent_workers=False,
-            )
-        order = order[self.state.step_in_epoch * self.cfg.batch_size :]
+        epoch_seed = int(torch.randint(0, 2**62, (1,)).item())
+        keyed = [(i, epoch_seed + k) for k, i in enumerate(order)]
+        extra_keyed = None
+        if extra is not None:
+            base = epoch_seed + len(order)
+            extra_keyed = [
+                [(i, base + j * len(row) + t) for t, i in enumerate(row)]
+                for j, row in enumerate(extra)
+            ]
+        steps = rank_steps(
+            keyed, cfg.batch_size, ctx.world_size, ctx.rank, cfg.grad_accum, extra_keyed
+        )
+        return steps[self.state.step_in_epoch :]
+
+    def _loader(self, steps: list[list[tuple[int, int]]]) -> DataLoader:
         return DataLoader(
-            train,
-            batch_size=self.cfg.batch_size,
-            sampler=order,
-            drop_last=True,
+            self.data.train,
+            batch_sampler=steps,
             num_workers=self.workers,
             worker_init_fn=_worker_init,
             prefetch_factor=4 if self.workers else None,
             persistent_workers=False,
+            pin_memory=self.device.type == "cuda",
         )
 
     def _run_epoch(self, epoch_start_rng: dict, last_save: list[float]) -> EpochMeter:
         """Train through the rest of the current epoch (or until the time budget ends)."""
-        cfg, s = self.cfg, self.state
+        cfg, s, ctx = self.cfg, self.state, self.ctx
         self._sampler_labels_at_epoch_start = list(map(int, self.sampler.labels))
-        loader = self._epoch_loader()
+        steps = self._epoch_steps()
+        loader = self._loader(steps)
         self.model.train()
         self.opt.train_mode()
         self.callbacks.on_epoch_start(self)
         meter = self.reporter.epoch_meter(
             self.steps_per_epoch, s.step_in_epoch, f"epoch {s.epoch + 1}/{cfg.epochs}"
         )
-        for batch in loader:
-            result = self._train_step(*batch)
+        for j, batch in enumerate(loader):
+            # (mid-epoch, the all-reduce after each step already agreed on this)
+            if (j == 0 or not ctx.enabled) and agree(ctx, [self.stop.requested], self.device)[0]:
+                self.stop.requested = self.stop.requested or "a signal to another process"
+                break
+            if self.step_fn.augment is not None and self.step_fn.augment.enabled:
+                self._step_seeds = torch.tensor([sd for _, sd in steps[j]])
+            result = self._train_step(*batch)  # (images, labels[, dataset indices])
+            result.images *= ctx.world_size
             if not math.isfinite(result.loss):
                 raise SiamfaceError(
                     f"loss became {result.loss} at step {s.global_step}: lower lr "
@@ -420,11 +537,27 @@ class Trainer:
                 )
             s.step_in_epoch += 1
             s.global_step += 1
+            if self.first_step_unix is None:
+                self.first_step_unix = time.time()
+                self.log(
+                    f"first step after {self.first_step_unix - (self._started_unix or 0):.1f} s"
+                )
             self.reporter.step(meter, result, self.opt.lr(), s.global_step)
             self.callbacks.on_step_end(self, result)
-            if self._out_of_time():
+            stop, out_of_time, save_due = agree(
+                ctx,
+                [
+                    bool(self.stop.requested),
+                    self._out_of_time(),
+                    time.perf_counter() - last_save[0] > cfg.save_every_min * 60,
+                ],
+                self.device,
+            )
+            if stop:
+                self.stop.requested = self.stop.requested or "a signal to another process"
+            if stop or out_of_time:
                 break
-            if time.perf_counter() - last_save[0] > cfg.save_every_min * 60:
+            if save_due:
                 self.save_state(epoch_start_rng)
                 last_save[0] = time.perf_counter()
         meter.close()
@@ -432,12 +565,49 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
-        self._setup()
+        """Train until the epochs or the time budget are done; returns the summary.
+
+        The run directory is locked for the whole run; Ctrl-C or SIGTERM stop at the next step
+        boundary, save the state and raise :class:`TrainingInterrupted`. Under torchrun every
+        process calls this; rank 0 writes the files.
+        """
+        self._started_unix = time.time()
+        self.ctx = init_distributed(self.cfg.device)
+        if not self.ctx.is_main:
+            self.log = _quiet
+            self.reporter = Reporter(self.files, _quiet, False, enabled=False)
+        try:
+            with contextlib.ExitStack() as stack:
+                error: SiamfaceError | None = None
+                if self.ctx.is_main:
+                    try:
+                        self.files.create()
+                        stack.enter_context(self.files.lock())
+                    except SiamfaceError as err:
+                        error = err
+                message = broadcast_object(self.ctx, str(error) if error else None)
+                if error is not None:
+                    raise error
+                if message:
+                    raise SiamfaceError(message)
+                self.stop = stack.enter_context(GracefulStop(self.log))
+                try:
+                    self._setup()
+                    return self._train()
+                finally:
+                    self.reporter.close()
+        finally:
+            shutdown(self.ctx)
+
+    def _train(self) -> dict[str, Any]:
         cfg, s = self.cfg, self.state
+        ctx = self.ctx
+        procs = f", {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else ""
         self.log(
             f"model: {cfg.backbone} ({self.weights_source}) -> {cfg.embedding_size}-d, "
             f"{cfg.image_size}px; loss {cfg.loss}, miner {cfg.miner}, {cfg.optimizer}; "
-            f"device {self.device}{' bf16' if self.bf16 else ''}, {self.workers} loader worker(s)"
+            f"device {self.device} {self.precision.name}{procs}, "
+            f"{self.workers} loader worker(s)"
         )
         self._t0 = time.perf_counter()
         epoch_start_rng = getattr(self, "_epoch_start_rng", None)
@@ -448,7 +618,7 @@ class Trainer:
             self.validate_start()
         try:
             while s.epoch < cfg.epochs:
-                if self._out_of_time():
+                if agree(ctx, [self._out_of_time()], self.device)[0]:
                     stop_reason = f"time budget of {cfg.time_budget_min} min reached"
                     break
                 if epoch_start_rng is not None:
@@ -459,6 +629,8 @@ class Trainer:
                     epoch_start_rng = capture_rng()
                     s.step_in_epoch = 0
                 meter = self._run_epoch(epoch_start_rng, last_save)
+                if self.stop.requested:
+                    raise KeyboardInterrupt
                 finished = s.step_in_epoch >= self.steps_per_epoch
                 if finished:
                     s.epoch += 1
@@ -476,8 +648,13 @@ class Trainer:
                     stop_reason = f"time budget of {cfg.time_budget_min} min reached"
                     break
         except KeyboardInterrupt:
+            if self.step_fn.in_step:
+                # A second Ctrl-C landed inside a step: the weights are half-updated.
+                raise TrainingInterrupted(
+                    f"aborted during step {s.global_step + 1}; nothing saved now, the last "
+                    f"saved state is kept. Continue with: siamface train --resume {self.run_dir}"
+                ) from None
             self.save_state(epoch_start_rng or capture_rng())
-            self.reporter.close()
             raise TrainingInterrupted(
                 f"interrupted at epoch {s.epoch + 1}, step {s.step_in_epoch}; state saved. "
                 f"Continue with: siamface train --resume {self.run_dir}"
@@ -490,6 +667,7 @@ class Trainer:
             cfg.select_metric,
             cfg.calib_far,
             len(self.data.val_identities),
+            extra={"first_step_unix": self.first_step_unix, "data_scan": self.data.scan},
         )
         start = self.start_record()
         if start is not None and summary.get("best"):
@@ -509,6 +687,11 @@ class Trainer:
         ``best`` so that a fine-tune that never beats it leaves the start as the result."""
         s = self.state
         m, val_time = self.evaluate()
+        if not self.ctx.is_main:  # rank 0 validates and writes; the others get the record
+            record, s.best_value, s.best_epoch = broadcast_object(self.ctx, None)
+            s.history.append(record)
+            self.opt.train_mode()
+            return
         record: dict[str, Any] = {
             "epoch": 0,
             "complete": True,
@@ -523,6 +706,7 @@ class Trainer:
         if m is not None:
             record |= metric_record(m, ckpt)
             s.best_value, s.best_epoch = metric_value(m, self.cfg.select_metric), 0
+        broadcast_object(self.ctx, (record, s.best_value, s.best_epoch))
         save_epoch_checkpoints(ckpt, self.run_dir, best=True)
         s.history.append(record)
         self.files.write_json("history.json", s.history)
@@ -538,7 +722,9 @@ class Trainer:
 
         Leaves the model in eval mode (and a schedule-free optimizer at its averaged
         weights); the next epoch switches both back. Callable from a callback, e.g. to
-        score the starting weights before the first epoch.
+        score the starting weights before the first epoch. Every process must call it (the
+        BatchNorm re-estimation of schedule-free is collective); rank 0 validates, the
+        others get ``None``.
         """
         if self.opt.schedule_free:
             self.opt.eval_mode()
@@ -547,12 +733,14 @@ class Trainer:
                 self.data,
                 self.pre,
                 self.device,
-                self.cfg.batch_size,
+                self.micro_batch,
                 self.state.global_step,
                 self.cfg.channels_last,
                 self.autocast,
             )
         self.model.eval()
+        if not self.ctx.is_main:
+            return None, 0.0
         t = time.perf_counter()
         emb = None
         if self.feature_cache is not None and self.validator.enabled:
@@ -587,15 +775,30 @@ class Trainer:
         )
 
     def end_epoch(self, meter: EpochMeter, finished: bool) -> VerificationMetrics | None:
-        """Validate, keep best/last checkpoints, record the epoch, step epoch schedules."""
+        """Validate, keep best/last checkpoints, record the epoch, step epoch schedules.
+
+        Rank 0 validates and writes; the other processes receive the record, so every
+        process steps its schedule with the same metric and keeps the same history."""
         cfg, s = self.cfg, self.state
         m, val_time = self.evaluate()
+        if not self.ctx.is_main:
+            record, best, eer, failed = broadcast_object(self.ctx, None)
+            if failed:
+                raise OutputError(failed)
+            s.best_value, s.best_epoch = best
+            if eer is not None:
+                self.opt.epoch_schedule(eer)
+            s.history.append(record)
+            self.opt.train_mode()
+            self.callbacks.on_epoch_end(self, record)
+            return None
         record: dict[str, Any] = {
             "epoch": s.epoch if finished else s.epoch + 1,
             "complete": finished,
             "train_loss": meter.mean_loss,
             "lr": self.opt.lr(),
             "images_per_s": meter.seen / meter.seconds if meter.seconds > 0 else None,
+            "images_per_s_steady": meter.steady_images_per_s,
             "epoch_seconds": meter.seconds,
             "val_seconds": val_time,
         }
@@ -614,8 +817,24 @@ class Trainer:
                 )
             if improved:
                 s.best_value, s.best_epoch = value, record["epoch"]
+        error: OutputError | None = None
+        try:
+            save_epoch_checkpoints(ckpt, self.run_dir, best=improved)
+        except OutputError as err:
+            error = err
+        broadcast_object(
+            self.ctx,
+            (
+                record,
+                (s.best_value, s.best_epoch),
+                m.eer if m is not None else None,
+                str(error) if error else None,
+            ),
+        )
+        if error is not None:
+            raise error
+        if m is not None:
             self.opt.epoch_schedule(m.eer)
-        save_epoch_checkpoints(ckpt, self.run_dir, best=improved)
         s.history.append(record)
         self.reporter.epoch(record, m, improved and m is not None, s.history, s.global_step)
         self.opt.train_mode()

@@ -71,18 +71,25 @@ def multi_similarity(cfg: TrainConfig, num_classes: int) -> nn.Module:
 def arcface(cfg: TrainConfig, num_classes: int) -> nn.Module:
     from pytorch_metric_learning import losses
 
-    return losses.ArcFaceLoss(
+    from siamface.train.partial_fc import PartialFCLoss
+
+    pml = losses.ArcFaceLoss(
         num_classes, cfg.embedding_size, margin=cfg.arc_margin, scale=cfg.softmax_scale
     )
+    # The same loss, with centres that can be sampled (class_sample_rate) and sharded.
+    return PartialFCLoss.from_pml(pml, "arcface", cfg.class_sample_rate, cfg.seed)
 
 
 @register_loss("cosface", help="additive cosine margin softmax", classifier=True)
 def cosface(cfg: TrainConfig, num_classes: int) -> nn.Module:
     from pytorch_metric_learning import losses
 
-    return losses.CosFaceLoss(
+    from siamface.train.partial_fc import PartialFCLoss
+
+    pml = losses.CosFaceLoss(
         num_classes, cfg.embedding_size, margin=cfg.cos_margin, scale=cfg.softmax_scale
     )
+    return PartialFCLoss.from_pml(pml, "cosface", cfg.class_sample_rate, cfg.seed)
 
 
 def build_loss(cfg: TrainConfig, num_classes: int) -> nn.Module:

@@ -20,6 +20,8 @@ from siamface.train.step import StepResult
 
 #: TensorBoard scalars of the training loss are written every this many steps.
 TB_EVERY = 10
+#: Steps left out of the steady images/s (first-step allocations, torch.compile compiling).
+WARMUP_STEPS = 3
 
 
 class EpochMeter:
@@ -34,10 +36,13 @@ class EpochMeter:
         self.seen = 0
         self.losses: list[float] = []
         self.running = 0.0
+        self._warm: tuple[float, int] | None = None  # (time, images) after the warm-up steps
 
     def update(self, result: StepResult, lr: float) -> None:
         self.losses.append(result.loss)
         self.seen += result.images
+        if len(self.losses) == WARMUP_STEPS:
+            self._warm = (time.perf_counter(), self.seen)
         if len(self.losses) > 1:
             self.running = 0.9 * self.running + 0.1 * result.loss
         else:
@@ -56,6 +61,14 @@ class EpochMeter:
         return self.seen / max(self.seconds, 1e-9)
 
     @property
+    def steady_images_per_s(self) -> float | None:
+        """Images/s after the first few steps of this epoch, None if too few steps."""
+        if self._warm is None or self.seen == self._warm[1]:
+            return None
+        t = (self.t_end or time.perf_counter()) - self._warm[0]
+        return (self.seen - self._warm[1]) / max(t, 1e-9)
+
+    @property
     def mean_loss(self) -> float:
         return float(np.mean(self.losses)) if self.losses else float("nan")
 
@@ -67,13 +80,23 @@ class EpochMeter:
 class Reporter:
     """Log lines, TensorBoard scalars and the run's JSON files."""
 
-    def __init__(self, run_dir: RunDir, log: Callable[[str], None], show_progress: bool) -> None:
+    def __init__(
+        self,
+        run_dir: RunDir,
+        log: Callable[[str], None],
+        show_progress: bool,
+        enabled: bool = True,
+    ) -> None:
         self.run_dir = run_dir
         self.log = log
-        self.show_progress = show_progress
+        self.show_progress = show_progress and enabled
+        #: False in data-parallel processes other than rank 0: they report nothing.
+        self.enabled = enabled
         self.tb = None
 
     def open_tensorboard(self) -> None:
+        if not self.enabled:
+            return
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(log_dir=str(self.run_dir.tensorboard))
@@ -90,6 +113,8 @@ class Reporter:
     # ---------------------------------------------------------------- dataset
     def dataset(self, d: RunData) -> None:
         """dataset_report.json plus its summary in the log."""
+        if not self.enabled:
+            return
         rep = d.report.to_dict() | {
             "train_identities": len(d.train_identities),
             "val_identities": len(d.val_identities),
@@ -137,6 +162,8 @@ class Reporter:
         global_step: int,
     ) -> None:
         """TensorBoard scalars, history.json and the epoch's log line."""
+        if not self.enabled:
+            return
         self.scalar("train/epoch_loss", record["train_loss"], global_step)
         for k in ("val_auc", "val_eer", "val_tar_at_far_1e-3", "val_accuracy"):
             if record.get(k) is not None:
@@ -158,9 +185,12 @@ class Reporter:
         select_metric: str,
         calib_far: float,
         val_identities: int,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """summary.json and the closing lines of the log."""
         s = progress
+        if not self.enabled:
+            return {"run_dir": str(self.run_dir.path), "stopped": stop_reason, "rank": "other"}
         best_rec = next((h for h in s.history if h["epoch"] == s.best_epoch), None)
         best_path = self.run_dir / "best.safetensors"
         summary = {
@@ -175,6 +205,7 @@ class Reporter:
             "last": s.history[-1] if s.history else None,
             "best_checkpoint": str(best_path),
             "tensorboard": f"tensorboard --logdir {self.run_dir.tensorboard}",
+            **(extra or {}),
         }
         self.run_dir.write_json("summary.json", summary)
         self.log("")

@@ -124,8 +124,11 @@ def class_means(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int
 
 
 def init_class_centres(loss_fn: nn.Module, centres: torch.Tensor) -> bool:
-    """Put ``centres`` (num_classes, D) into a pml margin-softmax loss's weight matrix ``W``
-    (D, num_classes). Returns False when the loss has no such matrix."""
+    """Put ``centres`` (num_classes, D) into a margin-softmax loss's centres: siamface's
+    partial-FC loss (``weight``, num_classes x D) or a pml loss's ``W`` (D x num_classes).
+    Returns False when the loss has no such matrix."""
+    if hasattr(loss_fn, "set_centres"):
+        return bool(loss_fn.set_centres(centres))
     w = getattr(loss_fn, "W", None)
     if not isinstance(w, torch.Tensor) or tuple(w.shape) != (centres.shape[1], centres.shape[0]):
         return False

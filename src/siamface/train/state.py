@@ -6,6 +6,7 @@ numbers, strings and containers; numpy's RNG state is converted to that form her
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from dataclasses import dataclass, field
@@ -90,7 +91,25 @@ def seed_everything(seed: int) -> None:
 
 
 def save_state(run_dir: Path, state: dict) -> None:
-    atomic_write(run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
+    """Write the state atomically. On failure (disk full...) the previous state file stays
+    whole, so the run can still resume from it once the cause is fixed."""
+    from siamface.train.rundir import OutputError, writing
+
+    path = run_dir / STATE_FILE
+    # Serialised in memory, written with Python's file I/O: torch.save's own writer reports
+    # a full disk as an opaque RuntimeError, Python's write as an OSError with its errno.
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    try:
+        with writing(path, "the training state"):
+            atomic_write(path, lambda tmp: tmp.write_bytes(buf.getbuffer()))
+    except OutputError as err:
+        hint = (
+            f"; free space, then 'siamface train --resume {run_dir}' continues from it"
+            if path.exists()
+            else ""
+        )
+        raise OutputError(f"{err}{hint}") from err
 
 
 def load_state(run_dir: Path) -> dict:

@@ -12,15 +12,12 @@ from torch import nn
 
 from siamface.data.transforms import Preprocessing, normalize_batch
 from siamface.embed import embed_uint8, plain_loader
-from siamface.evaluate.metrics import (
-    DEFAULT_FARS,
-    VerificationMetrics,
-    all_pair_scores,
-    verification_metrics,
-)
+from siamface.evaluate.metrics import DEFAULT_FARS, VerificationMetrics
+from siamface.evaluate.pairs import score_all_pairs
 from siamface.train.data import RunData
 
-#: Impostor pairs scored per validation (all genuine pairs are always kept).
+#: Impostor pairs scored per validation (all genuine pairs are always kept); above it a seeded
+#: sample of this many. Scoring runs in row blocks (bounded memory whatever the set size).
 VAL_MAX_IMPOSTORS = 2_000_000
 HIGHER_IS_BETTER = {"auc": True, "eer": False, "tar_at_far_1e-3": True, "accuracy": True}
 
@@ -95,9 +92,14 @@ class Validator:
         if not self.enabled:
             return None
         emb = self.embed(model) if embeddings is None else embeddings
-        scores, same = all_pair_scores(emb, self.data.val_labels, max_impostors=VAL_MAX_IMPOSTORS)
+        pairs = score_all_pairs(
+            emb,
+            self.data.val_labels,
+            max_impostors=VAL_MAX_IMPOSTORS,
+            sample_size=VAL_MAX_IMPOSTORS,
+        )
         try:
-            return verification_metrics(scores, same, self.fars)
+            return pairs.metrics(self.fars)
         except ValueError:
             return None
 
