@@ -191,7 +191,7 @@ def main() -> int:
     runs = work / "runs"
     runs.mkdir(exist_ok=True)
     tag = str(int(time.time()))
-    env = {"SIAMFACE_CACHE_DIR": str(work / f"cache_{tag}")}  # an empty index for run 1
+    env = {"SIAMFACE_CACHE": str(work / f"cache_{tag}")}  # an empty index for run 1
     budget = f"time_budget_min={args.train_seconds / 60:.3f}"
     tail = ["--data", str(data), *TRAIN, budget]
     if "train" not in skip:

@@ -16,6 +16,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SIAMFACE_SHARED_DATA", REPO.parent / "shared" / "data"))
 TINY_BACKBONE = "test_efficientnet"  # timm's ~0.1M-parameter test model: fast on 2 cores
 
+# One cache folder (scan index, aligned faces, teacher embeddings) per test session, shared
+# by the child processes tests start: nothing a previous run left behind can hide a bug.
+if "SIAMFACE_CACHE" not in os.environ:
+    import atexit
+    import tempfile
+
+    os.environ["SIAMFACE_CACHE"] = tempfile.mkdtemp(prefix="siamface-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["SIAMFACE_CACHE"], True)
+
 needs_data = pytest.mark.skipif(
     not (SHARED_DATA / "pins90").is_dir(), reason=f"sample data not found at {SHARED_DATA}"
 )

@@ -146,3 +146,53 @@ def test_onnx_export_carries_the_pair_head(bce_checkpoint, tmp_path, people):
     a, b = sorted(people[0].iterdir())[:2]
     rt, pt = siamface.load(out).verify(a, b), siamface.load(bce_checkpoint).verify(a, b)
     assert rt.probability == pytest.approx(pt.probability, abs=1e-3)
+
+
+# ----------------------------------------------------------------------------- REST
+def test_rest_verify_against_a_claimed_person(gallery, people, tiny_checkpoint, capsys):
+    from test_serve_api import running
+
+    from siamface.serve import create_app
+
+    probe = sorted(people[0].iterdir())[0]
+    own, other = people[0].name, people[3].name
+    app = create_app(tiny_checkpoint, gallery)
+    with running(app) as client:
+        for name in (own, other):
+            assert main(
+                ["verify", "--gallery", str(gallery), "--as", name, str(probe), "--json"]
+            ) in (0, 1)
+            want = json.loads(capsys.readouterr().out)
+            files = {"image1": (probe.name, probe.read_bytes(), "image/jpeg")}
+            r = client.post("/verify", files=files, data={"person": name})
+            assert r.status_code == 200, r.text
+            got = r.json()
+            assert got["person"] == name and got["same"] is want["same"]
+            assert got["similarity"] == pytest.approx(want["similarity"], abs=1e-4)
+            assert got["threshold"] == pytest.approx(want["threshold"])
+            assert got["threshold_source"] == want["threshold_source"]
+        files = {"image1": (probe.name, probe.read_bytes(), "image/jpeg")}
+        r = client.post("/verify", files=files, data={"person": "Nobody At All"})
+        assert r.status_code == 404 and r.json()["code"] == "not_enrolled"
+        both = {**files, "image2": (probe.name, probe.read_bytes(), "image/jpeg")}
+        r = client.post("/verify", files=both, data={"person": own})
+        assert r.status_code == 400 and "either image2" in r.json()["detail"]
+        r = client.post("/verify", files=files)  # neither a second photo nor a claim
+        assert r.status_code == 400
+
+
+def test_rest_verify_reports_the_pair_probability(bce_checkpoint, people):
+    from test_serve_api import running
+
+    from siamface.serve import create_app
+
+    a, b = sorted(people[0].iterdir())[:2]
+    want = siamface.load(bce_checkpoint).verify(a, b).probability
+    with running(create_app(bce_checkpoint, None)) as client:
+        files = {
+            "image1": (a.name, a.read_bytes(), "image/jpeg"),
+            "image2": (b.name, b.read_bytes(), "image/jpeg"),
+        }
+        r = client.post("/verify", files=files)
+        assert r.status_code == 200, r.text
+        assert r.json()["probability"] == pytest.approx(want, abs=1e-4)

@@ -29,14 +29,17 @@ def loader_workers() -> int:
     return 1 if n <= 4 else min(6, n - 2)
 
 
-def cache_dir(kind: str) -> Path:
+def cache_root() -> Path:
     """Where siamface keeps derived data that is costly to recompute (aligned faces, teacher
-    embeddings): ``$SIAMFACE_CACHE/<kind>``, else ``$XDG_CACHE_HOME/siamface/<kind>``, else
-    ``~/.cache/siamface/<kind>``. Everything there can be deleted at any time."""
+    embeddings, the scan index): ``$SIAMFACE_CACHE``, else ``$XDG_CACHE_HOME/siamface``, else
+    ``~/.cache/siamface``. Everything there can be deleted at any time."""
     root = os.environ.get("SIAMFACE_CACHE")
     if root:
-        base = Path(root)
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        base = (Path(xdg) if xdg else Path.home() / ".cache") / "siamface"
-    return base / kind
+        return Path(root).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "siamface"
+
+
+def cache_dir(kind: str) -> Path:
+    """The cache folder for one kind of derived data (see :func:`cache_root`)."""
+    return cache_root() / kind

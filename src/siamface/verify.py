@@ -94,8 +94,7 @@ def decide(
 
 
 def _probability(embedder, similarity: float) -> float | None:
-    fn = getattr(embedder, "pair_probability", None)
-    p = fn(np.asarray([similarity])) if fn is not None else None
+    p = embedder.pair_probability(np.asarray([similarity], dtype=np.float64))
     return None if p is None else float(p[0])
 
 
@@ -230,7 +229,7 @@ def verify_pairs(
         more = f" ({len(errors)} unreadable images in all)" if len(errors) > 1 else ""
         raise SiamfaceError(f"{at}cannot read {bad}: {reason}{more}")
     sims = embedder.similarity(emb[[pos[a] for a, _ in pairs]], emb[[pos[b] for _, b in pairs]])
-    probs = embedder.pair_probability(sims) if hasattr(embedder, "pair_probability") else None
+    probs = embedder.pair_probability(sims)
     return [
         decide(float(s), threshold, source, None if probs is None else probs[k])
         for k, s in enumerate(sims)

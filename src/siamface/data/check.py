@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from siamface.data.dataset import decode_images
 from siamface.data.folders import scan_identity_folders
 from siamface.data.marker import read_marker
 from siamface.data.report import DatasetReport, build_report
+from siamface.data.scan_index import ScanIndex, index_path, scan_files
 
 #: Decoding size for the check: enough to prove a file decodes, cheap to resize to.
 CHECK_SIZE = 32
@@ -28,25 +28,37 @@ def check_dataset(
     duplicates: bool = True,
     workers: int | None = None,
     progress: bool = True,
+    scan_cache: str = "auto",
 ) -> DatasetReport:
-    """Scan and decode identity folders (nothing is written) -> the dataset report."""
+    """Scan and decode identity folders -> the dataset report. Nothing is written beside the
+    data; ``scan_cache`` is where the scan index lives (``none``: in memory only)."""
     scan = scan_identity_folders(roots)
-    decoded = decode_images(
-        [s.path for s in scan.samples],
-        CHECK_SIZE,
-        workers=workers,
-        cache_limit_bytes=0,  # only whether each file decodes matters here
-        desc="checking images",
-        progress=progress,
-    )
-    unreadable = {scan.samples[i].path: r for i, r in decoded.errors.items()}
+    paths = [s.path for s in scan.samples]
+    # The same scan index training uses: a later 'train' on these folders (or a second check)
+    # reuses the decode checks and hashes instead of opening every file again.
+    index = ScanIndex(index_path(scan_cache))
+    try:
+        result = scan_files(
+            paths,
+            CHECK_SIZE,
+            "decode",
+            index,
+            keep_pixels=False,  # only whether each file decodes matters here
+            workers=workers,
+            progress=progress,
+        )
+    finally:
+        index.close()
+    facts = result.facts
+    unreadable = {paths[i]: f.error or "unreadable" for i, f in enumerate(facts) if not f.ok}
     report = build_report(
-        [scan.samples[i] for i in decoded.ok],
+        [scan.samples[i] for i, f in enumerate(facts) if f.ok],
         unreadable,
         scan.ignored,
         min_images,
         check_duplicates=duplicates,
         empty_identities=scan.empty_identities,
+        digests={paths[i]: f.sha256 for i, f in enumerate(facts) if f.sha256},
     )
     for root in scan.roots:
         marker = read_marker(root)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from siamface.data.images import ImageLoadError, load_rgb
 from siamface.data.transforms import resize_uint8
-from siamface.system import usable_cpus
+from siamface.system import cache_root, usable_cpus
 
 INDEX_FILE = "scan-index.sqlite"
 #: Decoded-pixel files kept beside the index (the most recently used ones).
@@ -57,11 +57,9 @@ PathDecoder = Callable[[str], np.ndarray]
 
 
 def default_cache_dir() -> Path:
-    """``$SIAMFACE_CACHE_DIR``, else ``$XDG_CACHE_HOME/siamface``, else ``~/.cache/siamface``."""
-    if os.environ.get("SIAMFACE_CACHE_DIR"):
-        return Path(os.environ["SIAMFACE_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "siamface"
+    """The cache root (``$SIAMFACE_CACHE``, else ``~/.cache/siamface``): one place for all of
+    siamface's derived data."""
+    return cache_root()
 
 
 def index_path(setting: str) -> Path | None:

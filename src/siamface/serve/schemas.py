@@ -35,6 +35,9 @@ class VerifyOut(BaseModel):
     faces: list[str] | None = Field(
         None, description="with ?faces=true: the aligned faces the model saw, JPEG data URLs"
     )
+    person: str | None = Field(
+        None, description="the claimed identity the face was verified against, if one was sent"
+    )
 
 
 class EmbedOut(BaseModel):

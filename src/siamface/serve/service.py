@@ -127,11 +127,7 @@ def new_person(name: str, embeddings: np.ndarray, uploads: list[Upload], metadat
 
 def pair_probability(embedder: Embedder, similarity: float) -> float | None:
     """Same-person probability from the model's BCE pair head, or None without one."""
-    # TODO(issue 13 merge): Embedder.pair_probability lands with the pair-head work.
-    fn = getattr(embedder, "pair_probability", None)
-    if fn is None:
-        return None
-    p = fn(np.asarray([similarity], dtype=np.float32))
+    p = embedder.pair_probability(np.asarray([similarity], dtype=np.float64))
     return None if p is None else float(np.asarray(p).reshape(-1)[0])
 
 

@@ -169,7 +169,7 @@ class TrainConfig(BaseModel):
     scan_cache: str = _opt(
         "auto",
         "scan index (size, mtime, decode check, hash per file) reused by later runs: auto "
-        "(~/.cache/siamface or $SIAMFACE_CACHE_DIR) | none | a folder",
+        "(~/.cache/siamface or $SIAMFACE_CACHE) | none | a folder",
     )
     # --- sampling ---
     batch_size: int = _opt(32, "images per batch (article: 32)", ge=2, le=65_536)

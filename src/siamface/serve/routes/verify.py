@@ -1,31 +1,50 @@
-"""``POST /verify``: are these two faces the same person?"""
+"""``POST /verify``: are these two faces the same person -- or is this face the person it
+claims to be (``person``, a name enrolled in the gallery)?"""
 
 from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Depends, File, UploadFile
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+from starlette.concurrency import run_in_threadpool
 
 from siamface.errors import SiamfaceError
-from siamface.serve.errors import NoThreshold
-from siamface.serve.routes.deps import UPLOAD_ERRORS, faces_query, get_service, threshold_query
+from siamface.serve.errors import BadRequest, NotEnrolled, NoThreshold
+from siamface.serve.routes.deps import (
+    NOT_FOUND,
+    UPLOAD_ERRORS,
+    faces_query,
+    get_service,
+    threshold_query,
+)
 from siamface.serve.schemas import VerifyOut
 from siamface.serve.service import Service, data_url, pair_probability
-from siamface.verify import decide, resolve_threshold
+from siamface.verify import claim_threshold, claimed_score, decide, resolve_threshold
 
 router = APIRouter(tags=["faces"])
 
 
-@router.post("/verify", response_model=VerifyOut, responses=UPLOAD_ERRORS)
+@router.post("/verify", response_model=VerifyOut, responses={**UPLOAD_ERRORS, **NOT_FOUND})
 async def verify(
-    image1: UploadFile = File(..., description="first face image"),
-    image2: UploadFile = File(..., description="second face image"),
+    image1: UploadFile = File(..., description="face image (the probe)"),
+    image2: UploadFile | None = File(None, description="second face image (two-photo mode)"),
+    person: str | None = Form(
+        None,
+        description="claimed identity: a person enrolled in the gallery (instead of image2); "
+        "decided at the gallery's threshold",
+    ),
     threshold: float | None = threshold_query(),
     faces: bool = faces_query(),
     svc: Service = Depends(get_service),
 ) -> dict:
-    """1:1 verification: cosine similarity of the two faces and the decision at the
-    model's calibrated threshold (or ``?threshold=``)."""
+    """1:1 verification. With ``image2``: cosine similarity of the two faces, decided at the
+    model's calibrated threshold (or ``?threshold=``). With ``person``: the face against that
+    enrolled person, scored as the gallery scores people and decided at the gallery's
+    threshold (the article's "is this really Alice?" use case)."""
+    if (image2 is None) == (person is None):
+        raise BadRequest("send either image2 (two photos) or person (a claimed identity)")
+    if person is not None:
+        return await _verify_claim(image1, person, threshold, faces, svc)
     override = threshold if threshold is not None else svc.threshold
     try:
         thr, source = resolve_threshold(svc.embedder.threshold, override, "this model")
@@ -33,12 +52,31 @@ async def verify(
         raise NoThreshold(f"{err}; pass ?threshold=T", field="threshold") from err
     a, b = await asyncio.gather(svc.read(image1, "image1"), svc.read(image2, "image2"))
     emb = await svc.embed([a, b])
-    result = decide(float(emb[0] @ emb[1]), thr, source)
-    out = {
-        **result.to_dict(),
-        "model": svc.embedder.fingerprint,
-        "probability": pair_probability(svc.embedder, result.similarity),
-    }
+    similarity = float(emb[0] @ emb[1])
+    result = decide(similarity, thr, source, pair_probability(svc.embedder, similarity))
+    out = {**result.to_dict(), "model": svc.embedder.fingerprint}
     if faces:
         out["faces"] = [data_url(a.jpeg()), data_url(b.jpeg())]
+    return out
+
+
+async def _verify_claim(
+    image: UploadFile, person: str, threshold: float | None, faces: bool, svc: Service
+) -> dict:
+    gallery = svc.need_gallery()
+    name = person.strip()
+    if await run_in_threadpool(gallery.person, name) is None:
+        raise NotEnrolled(f"{name!r} is not enrolled in the gallery", field="person")
+    override = threshold if threshold is not None else svc.threshold
+    try:
+        thr, source = claim_threshold(gallery, override, svc.embedder.threshold)
+    except SiamfaceError as err:
+        raise NoThreshold(f"{err}; pass ?threshold=T", field="threshold") from err
+    up = await svc.read(image, "image1")
+    emb = await svc.embed([up])
+    score = await run_in_threadpool(claimed_score, gallery, emb[0], name, svc.embedder.fingerprint)
+    result = decide(score, thr, source, pair_probability(svc.embedder, score))
+    out = {**result.to_dict(), "model": svc.embedder.fingerprint, "person": name}
+    if faces:
+        out["faces"] = [data_url(up.jpeg())]
     return out
