@@ -25,6 +25,19 @@ if "SIAMFACE_CACHE" not in os.environ:
     os.environ["SIAMFACE_CACHE"] = tempfile.mkdtemp(prefix="siamface-test-cache-")
     atexit.register(shutil.rmtree, os.environ["SIAMFACE_CACHE"], True)
 
+#: The smallest training run worth testing on 2 cores: timm's test model at 32 px, no workers.
+TINY_TRAIN = [
+    f"backbone={TINY_BACKBONE}",
+    "pretrained=none",
+    "image_size=32",
+    "embedding_size=16",
+    "batch_size=16",
+    "val_identities=4",
+    "num_workers=0",
+    "precision=fp32",
+    "lr=1e-3",
+]
+
 needs_data = pytest.mark.skipif(
     not (SHARED_DATA / "pins90").is_dir(), reason=f"sample data not found at {SHARED_DATA}"
 )

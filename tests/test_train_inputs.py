@@ -9,7 +9,7 @@ import shutil
 import pytest
 import timm
 import torch
-from conftest import SHARED_DATA, TINY_BACKBONE, copy_identities, needs_data
+from conftest import SHARED_DATA, TINY_BACKBONE, TINY_TRAIN, copy_identities, needs_data
 from safetensors.torch import load_file, save_file
 
 from siamface.cli.main import main
@@ -24,19 +24,7 @@ from siamface.train.config import make_config
 from siamface.train.loop import Trainer, use_bf16
 
 pytestmark = needs_data
-FAST = [
-    f"backbone={TINY_BACKBONE}",
-    "pretrained=none",
-    "image_size=32",
-    "embedding_size=16",
-    "batch_size=16",
-    "val_identities=4",
-    "num_workers=0",
-    "precision=fp32",
-    "augment=none",
-    "lr=1e-3",
-    "epochs=1",
-]
+FAST = [*TINY_TRAIN, "augment=none", "epochs=1"]
 
 
 def _quiet(cfg, data, run) -> Trainer:

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import TINY_BACKBONE
+from conftest import TINY_BACKBONE, TINY_TRAIN
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -16,17 +16,7 @@ from siamface.model.checkpoint import load_checkpoint, read_metadata
 from siamface.train.config import make_config
 from siamface.train.loop import Trainer, TrainingInterrupted
 
-FAST = [
-    f"backbone={TINY_BACKBONE}",
-    "pretrained=none",
-    "image_size=32",
-    "embedding_size=16",
-    "batch_size=16",
-    "val_identities=4",
-    "num_workers=0",
-    "precision=fp32",
-    "lr=1e-3",
-]
+FAST = TINY_TRAIN
 
 
 def test_cli_train_writes_a_self_describing_checkpoint(pins_small, tmp_path, capsys):

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from conftest import SHARED_DATA, TINY_BACKBONE
+from conftest import SHARED_DATA, TINY_TRAIN
 from safetensors.torch import load_file
 
 from siamface.cli.main import main
@@ -17,17 +17,7 @@ from siamface.train.loop import Trainer
 from siamface.train.losses import LOSS_REGISTRY, build_loss, register_loss
 from siamface.train.objective import LossTerm
 
-FAST = [
-    f"backbone={TINY_BACKBONE}",
-    "pretrained=none",
-    "image_size=32",
-    "embedding_size=16",
-    "batch_size=16",
-    "val_identities=4",
-    "num_workers=0",
-    "precision=fp32",
-    "lr=1e-3",
-]
+FAST = TINY_TRAIN
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import TINY_BACKBONE
+from conftest import TINY_TRAIN
 from pytorch_metric_learning import losses
 from torch import nn
 
@@ -28,17 +28,7 @@ from siamface.train.optim import OptimizerBundle
 from siamface.train.partial_fc import PartialFCLoss
 from siamface.train.step import TrainStep
 
-FAST = [
-    f"backbone={TINY_BACKBONE}",
-    "pretrained=none",
-    "image_size=32",
-    "embedding_size=16",
-    "batch_size=16",
-    "val_identities=4",
-    "num_workers=0",
-    "precision=fp32",
-    "lr=1e-3",
-]
+FAST = TINY_TRAIN
 QUIET = {"progress": False, "log": lambda s: None}
 
 
