@@ -91,6 +91,21 @@ def test_histogram_mode_is_close_and_pessimistic():
     assert any("histogram" in note for note in hist.notes)
 
 
+def test_rates_table_matches_rates_at_every_threshold():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 8, 300)
+    e = _unit(rng, 300, labels=labels)
+    grid = np.linspace(-1, 1, 81)
+    for scored in (score_all_pairs(e, labels), score_all_pairs(e, labels, exact_limit=100)):
+        table = scored.rates_table(grid)
+        for t, tar, far in zip(table["threshold"], table["tar"], table["far"], strict=True):
+            want = scored.rates_at(t)
+            assert tar == pytest.approx(want["tar"], abs=1e-12)
+            assert far == pytest.approx(want["far"], abs=1e-12)
+        assert table["tar"][0] == 1.0 and table["far"][-1] == 0.0
+        assert table["tar"] == sorted(table["tar"], reverse=True)  # never rises with t
+
+
 def test_impostor_sampling_is_seeded_and_reported():
     rng = np.random.default_rng(4)
     labels = rng.integers(0, 8, 400)

@@ -137,10 +137,11 @@ def test_report_plots_and_summary(report_dir, tmp_path):
             "histogram": "/report/histogram.png",
         }
         assert rep["data"]["roots"] == ["data"]  # folder names only
-        assert (
-            rep["metrics"]["auc"]
-            == json.loads((report / "report.json").read_text())["metrics"]["auc"]
-        )
+        written = json.loads((report / "report.json").read_text())
+        assert rep["metrics"]["auc"] == written["metrics"]["auc"]
+        # the slider's table: TAR/FAR every 0.005 of cosine, as the report measured them
+        assert rep["rates"] == written["rates_by_threshold"]
+        assert len(rep["rates"]["threshold"]) == 401
         for kind, name in (("roc", "roc.png"), ("det", "det.png"), ("histogram", "scores.png")):
             r = c.get(f"/report/{kind}.png")
             assert r.status_code == 200 and r.headers["content-type"] == "image/png"
@@ -171,11 +172,13 @@ def test_report_folder_is_checked_at_start(report_dir, tmp_path):
     data["plots"] = {"roc": "../../etc/passwd.png", "det": "missing.png", "histogram": "x.txt"}
     data["roc"]["threshold"][0] = float("inf")  # written as Infinity, as sklearn's ROC can
     data["metrics"]["eer"] = float("nan")
+    data["rates_by_threshold"]["tar"][3] = float("nan")  # a damaged table: no rates shown
     (tmp_path / "report.json").write_text(json.dumps(data))
     with running(create_app(model, report=tmp_path, device="cpu")) as c:
         rep = c.get("/model-card").json()["report"]  # valid JSON: no 500
         assert rep["plots"] == {}
         assert rep["roc"]["threshold"][0] is None and rep["metrics"]["eer"] is None
+        assert rep["rates"] is None
         assert c.get("/report/roc.png").status_code == 404
     assert cli(["serve", "--model", str(model), "--report", str(tmp_path / "nope")]) == 2
 

@@ -15,7 +15,9 @@ chromedriver (``scripts/browser-deps.sh`` installs them) the module is skipped w
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -323,6 +325,12 @@ def test_verify_one_person_and_two_people(browser, server, setup):
     browser.find_element(By.ID, "verify-slider-reset").click()
     value = float(visible_text(browser, "#verify-slider-value"))
     assert value == pytest.approx(setup["threshold"], abs=1e-3)
+    # at the calibrated threshold the page reads the report's measured TAR (not 0 %)
+    rates = visible_text(browser, "#verify-slider-rates")
+    shown = float(re.search(r"about ([0-9.]+)% of genuine pairs accepted", rates).group(1))
+    report = json.loads((setup["report"] / "report.json").read_text())
+    want = report["operating_points"]["stored_threshold"]["tar"] * 100
+    assert shown == pytest.approx(want, abs=10.0), rates
 
 
 def test_bad_and_too_large_files_get_readable_errors(browser, server, setup):

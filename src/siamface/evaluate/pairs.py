@@ -102,6 +102,17 @@ class ScoreSet:
         hit = v >= threshold
         return int(hit.sum() if w is None else w[hit].sum())
 
+    def counts_at_least(self, thresholds: np.ndarray) -> np.ndarray:
+        """:meth:`count_at_least` for many thresholds at once (one sort, one search)."""
+        v, w = self.values_and_weights()
+        order = np.argsort(v, kind="stable")
+        v = v[order]
+        w = np.ones(v.size, np.int64) if w is None else np.asarray(w)[order]
+        above = np.concatenate([np.cumsum(w[::-1])[::-1], [0]])  # weight of v[i:], per i
+        # Thresholds in the scores' own precision, as ``v >= t`` compares them one at a time.
+        t = np.asarray(thresholds, np.float64).astype(v.dtype)
+        return above[np.searchsorted(v, t, side="left")]
+
     def histogram(self, edges: np.ndarray) -> np.ndarray:
         """Counts in coarser bins (for plots)."""
         v, w = self.values_and_weights()
@@ -159,6 +170,15 @@ class ScoredPairs:
             "frr": 1.0 - tar,
             "balanced_accuracy": (tar + 1.0 - far) / 2.0,
         }
+
+    def rates_table(self, thresholds: np.ndarray) -> dict[str, list[float]]:
+        """TAR and FAR at each of ``thresholds`` (deciding ``score >= t``), measured like
+        :meth:`rates_at`. A compact ROC drops the points between its vertices, so it cannot
+        say what happens at an arbitrary threshold; this table can (the page's slider)."""
+        t = np.asarray(thresholds, np.float64)
+        tar = self.genuine.counts_at_least(t) / max(self.genuine.n, 1)
+        far = self.impostor.counts_at_least(t) / max(self.impostor.n, 1)
+        return {"threshold": t.tolist(), "tar": tar.tolist(), "far": far.tolist()}
 
     def summary(self) -> dict:
         return {

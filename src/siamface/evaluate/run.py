@@ -39,6 +39,9 @@ from siamface.evaluate.report import (
 )
 from siamface.version import __version__
 
+#: Thresholds at which a report tabulates TAR and FAR: every 0.005 of cosine, -1..1.
+RATE_GRID = np.round(np.linspace(-1.0, 1.0, 401), 3)
+
 
 @dataclass
 class Evaluation:
@@ -350,6 +353,7 @@ def _finish(
         "operating_points": operating_points(scored, m, embedder.threshold),
         "kfold": kfold,
         "roc": curve,
+        "rates_by_threshold": scored.rates_table(RATE_GRID),
         "plots": {},
         "notes": list(extra_notes) + m.notes + _thin_far_notes(m),
         "timing_s": timing,

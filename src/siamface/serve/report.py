@@ -9,6 +9,7 @@ a report is refused then, with the reason, rather than showing an empty card lat
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,9 +68,23 @@ class EvaluationReport:
             "metrics": {k: metrics.get(k) for k in keep if k in metrics},
             "at_stored_threshold": ops.get("stored_threshold"),
             "roc": d.get("roc") if isinstance(d.get("roc"), dict) else None,
+            "rates": _rates(d.get("rates_by_threshold")),
             "plots": {kind: f"/report/{kind}.png" for kind in self.plots},
             "notes": [n for n in d.get("notes", []) if isinstance(n, str)][:10],
         }
+
+
+def _rates(table: object) -> dict | None:
+    """The report's TAR/FAR-by-threshold table when it is well formed (reports written before
+    it existed, or edited by hand, have none: the page then shows no rates)."""
+    if not isinstance(table, dict):
+        return None
+    cols = [table.get(k) for k in ("threshold", "tar", "far")]
+    if not all(isinstance(c, list) for c in cols) or len({len(c) for c in cols}) != 1:
+        return None
+    if not all(isinstance(x, (int, float)) and math.isfinite(x) for c in cols for x in c):
+        return None
+    return {"threshold": cols[0], "tar": cols[1], "far": cols[2]}
 
 
 def _pick(d: object, keys: tuple[str, ...]) -> dict:

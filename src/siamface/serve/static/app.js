@@ -385,20 +385,17 @@
       : "";
   }
 
-  // The evaluation report's ROC gives the error rates at any threshold: the operating point
-  // with the lowest stored threshold that is still >= the chosen one (decision: score >= t).
+  // The evaluation report tabulates TAR and FAR every 0.005 of cosine: the rates at the
+  // chosen threshold are those of the nearest tabulated one. (Its compact ROC cannot be used
+  // for this: it drops the points between its vertices.)
   function ratesAt(thr) {
-    const roc = state.card?.report?.roc;
-    if (!roc || !Array.isArray(roc.threshold)) return null;
-    let best = null;
-    for (let i = 0; i < roc.threshold.length; i++) {
-      const th = roc.threshold[i];
-      const value = th === null ? Infinity : th;
-      if (value >= thr && (best === null || value <= best.th)) {
-        best = { th: value, far: roc.far[i], tar: roc.tar[i] };
-      }
+    const table = state.card?.report?.rates;
+    if (!table || !Array.isArray(table.threshold) || table.threshold.length === 0) return null;
+    let best = 0;
+    for (let i = 1; i < table.threshold.length; i++) {
+      if (Math.abs(table.threshold[i] - thr) < Math.abs(table.threshold[best] - thr)) best = i;
     }
-    return best;
+    return { th: table.threshold[best], far: table.far[best], tar: table.tar[best] };
   }
 
   function sourceText(source) {
