@@ -261,7 +261,8 @@ def main() -> int:
                 work,
                 att / "train",
                 args.att40_budget_min,
-                ["--config", "finetune", "val_identities=5"],
+                # 15 training people: 64-image batches of 4 per person would need 16
+                ["--config", "finetune", "val_identities=5", "batch_size=32"],
                 args.seed,
             )
         )
