@@ -178,7 +178,7 @@ def test_rest_verify_against_a_claimed_person(gallery, people, tiny_checkpoint, 
         r = client.post("/verify", files=both, data={"person": own})
         assert r.status_code == 400 and "either image2" in r.json()["detail"]
         r = client.post("/verify", files=files)  # neither a second photo nor a claim
-        assert r.status_code == 400
+        assert r.status_code == 422 and r.json()["field"] == "image2"
 
 
 def test_rest_verify_reports_the_pair_probability(bce_checkpoint, people):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
 from siamface.errors import SiamfaceError
@@ -41,7 +42,10 @@ async def verify(
     model's calibrated threshold (or ``?threshold=``). With ``person``: the face against that
     enrolled person, scored as the gallery scores people and decided at the gallery's
     threshold (the article's "is this really Alice?" use case)."""
-    if (image2 is None) == (person is None):
+    if image2 is None and person is None:  # the two-photo form, missing its second photo
+        missing = {"type": "missing", "loc": ("body", "image2"), "msg": "Field required"}
+        raise RequestValidationError([missing])
+    if image2 is not None and person is not None:
         raise BadRequest("send either image2 (two photos) or person (a claimed identity)")
     if person is not None:
         return await _verify_claim(image1, person, threshold, faces, svc)
