@@ -141,8 +141,7 @@ class FaceModel:
     def probability(self, similarity: float) -> float | None:
         """Same-person probability for a cosine similarity, from the model's BCE pair head
         (``loss=bce`` models; the article's probability output); None without one."""
-        p = self.embedder.pair_probability(np.asarray([similarity], dtype=np.float64))
-        return None if p is None else float(p[0])
+        return self.embedder.probability(similarity)
 
     def verify_identity(
         self, image: ImageLike, person: str, gallery, threshold: float | None = None

@@ -93,11 +93,6 @@ def decide(
     return Verification(float(similarity), bool(similarity >= threshold), threshold, source, p)
 
 
-def _probability(embedder, similarity: float) -> float | None:
-    p = embedder.pair_probability(np.asarray([similarity], dtype=np.float64))
-    return None if p is None else float(p[0])
-
-
 # ----------------------------------------------------------------------------- claimed identity
 def claimed_score(gallery, embedding: np.ndarray, person: str, fingerprint: str) -> float:
     """The probe's score against ``person`` in ``gallery``, as the gallery's own search
@@ -148,7 +143,7 @@ def verify_claim(
         same=bool(score >= thr),
         threshold=thr,
         threshold_source=source,
-        probability=_probability(embedder, score),
+        probability=embedder.probability(score),
         person=person,
         gallery=str(gallery.location),
     )

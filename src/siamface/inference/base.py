@@ -46,6 +46,11 @@ class Embedder:
         e = np.exp(-np.abs(z))
         return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
+    def probability(self, similarity: float) -> float | None:
+        """:meth:`pair_probability` of one pair, as a float (None without a pair head)."""
+        p = self.pair_probability(np.asarray([similarity], dtype=np.float64))
+        return None if p is None else float(p[0])
+
     def probe(self) -> None:
         """Embed one grey face at load time: weights that give NaN/Inf, or a graph that
         disagrees with its metadata, fail when the model is opened (a server refuses to

@@ -125,12 +125,6 @@ def new_person(name: str, embeddings: np.ndarray, uploads: list[Upload], metadat
     )
 
 
-def pair_probability(embedder: Embedder, similarity: float) -> float | None:
-    """Same-person probability from the model's BCE pair head, or None without one."""
-    p = embedder.pair_probability(np.asarray([similarity], dtype=np.float64))
-    return None if p is None else float(np.asarray(p).reshape(-1)[0])
-
-
 class Service:
     """The model, batcher, gallery, report and limits, shared by all routes."""
 

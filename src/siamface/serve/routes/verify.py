@@ -19,7 +19,7 @@ from siamface.serve.routes.deps import (
     threshold_query,
 )
 from siamface.serve.schemas import VerifyOut
-from siamface.serve.service import Service, data_url, pair_probability
+from siamface.serve.service import Service, data_url
 from siamface.verify import claim_threshold, claimed_score, decide, resolve_threshold
 
 router = APIRouter(tags=["faces"])
@@ -57,7 +57,7 @@ async def verify(
     a, b = await asyncio.gather(svc.read(image1, "image1"), svc.read(image2, "image2"))
     emb = await svc.embed([a, b])
     similarity = float(emb[0] @ emb[1])
-    result = decide(similarity, thr, source, pair_probability(svc.embedder, similarity))
+    result = decide(similarity, thr, source, svc.embedder.probability(similarity))
     out = {**result.to_dict(), "model": svc.embedder.fingerprint}
     if faces:
         out["faces"] = [data_url(a.jpeg()), data_url(b.jpeg())]
@@ -79,7 +79,7 @@ async def _verify_claim(
     up = await svc.read(image, "image1")
     emb = await svc.embed([up])
     score = await run_in_threadpool(claimed_score, gallery, emb[0], name, svc.embedder.fingerprint)
-    result = decide(score, thr, source, pair_probability(svc.embedder, score))
+    result = decide(score, thr, source, svc.embedder.probability(score))
     out = {**result.to_dict(), "model": svc.embedder.fingerprint, "person": name}
     if faces:
         out["faces"] = [data_url(up.jpeg())]
