@@ -9,12 +9,18 @@ Arms:
 
 * ``seed``: the article's training script, run as written by ../shared/tools/seed_recipe.py.
 * ``siamface``: ``siamface train`` at the article's settings (``--config article`` minus the
-  hub weights), with its CPU defaults (fp32, channels-last, pixels in RAM, a loader worker).
+  hub weights), with its CPU defaults (fp32, channels-last, pixels in RAM, a loader worker,
+  the heap kept between steps).
+* ``siamface_heap_released``: the same with ``keep_heap=false`` (glibc's default allocator
+  behaviour), to show what keeping the heap is worth.
 * ``siamface_bf16``: the same with ``precision=bf16`` (autocast).
 * ``siamface_compile``: the same with ``compile=true`` (torch.compile; it gets 3x the time
   budget, and its compile time falls in the first steps, outside the steady img/s).
 * ``limit_eager`` / ``limit_channels_last``: forward + backward + AdamW on random tensors, no
-  data loading: the ceiling of an eager PyTorch loop in either memory layout.
+  data loading: the ceiling of an eager PyTorch loop in either memory layout, with glibc's
+  default allocator. ``limit_channels_last_heap_kept``: the same loop inside
+  :func:`siamface.system.heap_kept` (what ``keep_heap=true`` does in training), which shows how
+  much of siamface's lead comes from not faulting the activation buffers in on every step.
 
 siamface's img/s is its steady rate (the epoch's images/s after the first 3 steps); the
 article's is its images/s excluding the first batch. Prints JSON.
@@ -32,20 +38,36 @@ from pathlib import Path
 
 from _common import SEED_RECIPE, SHARED, SIAMFACE, last_json, machine, run_child, seed_result
 
+from siamface.system import heap_kept
+
 ARTICLE = [
     "pretrained=none",  # the seed recipe runs offline with pretrained=False too
     "val_identities=0",
     "epochs=1",
 ]
+#: (name, channels-last, heap kept) of the compute-limit loops
+LIMITS = [
+    ("limit_eager", False, False),
+    ("limit_channels_last", True, False),
+    ("limit_channels_last_heap_kept", True, True),
+]
 ARMS = {
     "siamface": [],
+    "siamface_heap_released": ["keep_heap=false"],
     "siamface_bf16": ["precision=bf16"],
     "siamface_compile": ["compile=true"],
 }
 
 
-def compute_limit(backbone: str, size: int, batch: int, seconds: float, channels_last: bool):
+def compute_limit(
+    backbone: str, size: int, batch: int, seconds: float, channels_last: bool, keep_heap: bool
+):
     """Median img/s of forward+backward+step on random tensors (after 2 warm-up steps)."""
+    with heap_kept(keep_heap):
+        return _limit_loop(backbone, size, batch, seconds, channels_last)
+
+
+def _limit_loop(backbone: str, size: int, batch: int, seconds: float, channels_last: bool):
     import timm
     import torch
 
@@ -175,9 +197,10 @@ def main() -> int:
                 got[arm] = seed_run(args, args.seconds, work, name)
             elif arm == "limits":
                 s = min(args.seconds, 30)
-                for cl in (False, True):
-                    key = "limit_channels_last" if cl else "limit_eager"
-                    ips = compute_limit(args.backbone, args.image_size, args.batch_size, s, cl)
+                for key, cl, kept in LIMITS:
+                    ips = compute_limit(
+                        args.backbone, args.image_size, args.batch_size, s, cl, kept
+                    )
                     got[key] = {"images_per_s": ips}
             else:
                 secs = args.seconds * (3 if arm == "siamface_compile" else 1)

@@ -19,7 +19,7 @@ from torch import nn
 
 from siamface.data.batch_augment import BatchAugment
 from siamface.data.scan_index import INDEX_FILE, ScanIndex, scan_files
-from siamface.data.transforms import Preprocessing
+from siamface.data.transforms import Preprocessing, train_augmentation
 from siamface.train.config import make_config
 from siamface.train.data import cap_validation
 from siamface.train.loop import Trainer
@@ -113,6 +113,25 @@ def test_batch_augmentation_is_per_image_and_reproducible():
     two = aug(same, torch.tensor([1, 2]))
     assert not torch.equal(two[0], two[1])
     assert torch.equal(BatchAugment("none")(x, seeds), x)
+
+
+@pytest.mark.parametrize("strength", ["default", "article"])
+def test_loader_augmentation_keeps_uint8_chw_and_follows_the_seed(strength):
+    """The loader path (PIL kernels inside) hands back what the step expects, and the same
+    seed gives the same image (what bit-exact resume relies on)."""
+    x = torch.randint(0, 256, (3, 48, 48), dtype=torch.uint8)
+    aug = train_augmentation(48, strength)
+
+    def seeded(seed: int) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return aug(x)
+
+    out = seeded(5)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.uint8 and out.shape == x.shape
+    assert torch.equal(out, seeded(5)) and not torch.equal(out, seeded(6))
+    assert not torch.equal(out, x)
+    assert torch.equal(train_augmentation(48, "none")(x), x)
 
 
 def test_scan_index_is_reused_and_rechecks_changed_files(pins_small, tmp_path):

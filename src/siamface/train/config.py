@@ -254,6 +254,11 @@ class TrainConfig(BaseModel):
         "scaling on CUDA; fp32 on CPU)",
     )
     channels_last: bool = _opt(True, "NHWC memory layout: faster convolutions on CPU and GPU")
+    keep_heap: bool = _opt(
+        True,
+        "CPU (glibc): keep freed memory in the process while training, so each step reuses "
+        "its activation buffers instead of faulting fresh pages in (measured ~15 percent faster)",
+    )
     device: str = _opt("auto", "{choices}")
     grad_accum: int = _opt(
         1,

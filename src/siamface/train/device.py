@@ -34,8 +34,9 @@ class Precision:
 
 def precision_for(precision: str, device: torch.device) -> Precision:
     """bf16 autocast on CUDA GPUs that support it, fp16 with a GradScaler on older ones
-    (T4, V100), fp32 on CPU unless asked: on this project's AVX512-BF16/AMX machine bf16 was not
-    faster for the depthwise-convolution backbones we default to (bench/train_throughput.py)."""
+    (T4, V100), fp32 on CPU unless asked: on this project's CPU (AMD EPYC, AVX2 without native
+    bf16) bf16 autocast trained at 0.2x the fp32 speed (bench/train_throughput.py); CPUs with
+    AVX512-BF16/AMX may gain, which is why ``precision=bf16`` stays available."""
     if precision == "auto":
         if device.type != "cuda":
             return Precision(None, False)

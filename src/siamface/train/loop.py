@@ -35,6 +35,7 @@ from siamface.evaluate.metrics import VerificationMetrics
 from siamface.faces.cache import file_digest
 from siamface.model.checkpoint import Checkpoint
 from siamface.model.network import ModelConfig, build_model
+from siamface.system import heap_kept
 from siamface.train.callbacks import Callback, CallbackList
 from siamface.train.checkpoints import build_checkpoint, save_epoch_checkpoints
 from siamface.train.config import TrainConfig, make_config
@@ -593,6 +594,9 @@ class Trainer:
                 self.stop = stack.enter_context(GracefulStop(self.log))
                 try:
                     self._setup()
+                    cpu = self.device.type == "cpu"
+                    if stack.enter_context(heap_kept(self.cfg.keep_heap and cpu)):
+                        self.log("CPU heap kept between steps (keep_heap=true)")
                     return self._train()
                 finally:
                     self.reporter.close()
