@@ -79,8 +79,10 @@ def heap_kept(enabled: bool = True) -> Iterator[bool]:
     170k page faults and 0.7 s of kernel time per 3.4 s step. With large blocks taken from
     the heap and the heap never trimmed, steps reuse the same pages: 0 faults per step, ~15 %
     less wall time, the same peak memory (the buffers are the same size every step). On leaving
-    the block glibc's default thresholds are set again and the unused heap is returned to the
-    system, so a notebook that trains and then does something else gets its memory back.
+    the block glibc's default threshold values are set again (as fixed values: glibc's own
+    raising of the mmap threshold stays off for the rest of the process) and the unused heap is
+    returned to the system, so a notebook that trains and then does something else gets its
+    memory back. Blocks do not nest: leaving an inner one restores the defaults.
     """
     libc = _glibc() if enabled else None
     if libc is None:
