@@ -21,11 +21,11 @@ from siamface.faces.align import (
     aligned_loader,
     arcface_template,
     find_faces,
-    select_faces,
     similarity_transform,
     transform_params,
     warp_face,
 )
+from siamface.faces.choose import choose_face
 from siamface.faces.detect import Face, detect_faces, get_detector
 
 WILD = SHARED_DATA / "celeba_wild"
@@ -117,11 +117,10 @@ def _face(x: float, y: float, size: float, score: float = 0.9) -> Face:
 def test_several_faces_policies():
     big_corner, small_centre, tiny_centre = _face(20, 20, 40), _face(100, 100, 20), _face(99, 99, 4)
     faces = [big_corner, small_centre, tiny_centre]
-    assert select_faces(faces, "largest", (200, 200)) == [big_corner]
+    assert choose_face(faces, (200, 200), "largest").face is big_corner
     # Most central among faces at least a quarter of the largest's size: not the 4 px speck.
-    assert select_faces(faces, "central", (200, 200)) == [small_centre]
-    assert select_faces(faces, "all", (200, 200)) == faces
-    assert select_faces([], "largest", (200, 200)) == []
+    assert choose_face(faces, (200, 200), "central").face is small_centre
+    assert choose_face([], (200, 200), "largest").face is None
 
 
 def test_align_params_defaults_roundtrip_and_validation():
@@ -152,7 +151,7 @@ def test_unknown_or_missing_detector_names_the_fix(monkeypatch):
         with pytest.raises(DetectorUnavailable, match="pip install no-such-pkg"):
             get_detector("yunet")
         with pytest.raises(SiamfaceError, match="pip install no-such-pkg"):
-            aligned_loader(Preprocessing(aligned=True))
+            aligned_loader(Preprocessing(aligned=True, align={"detector": "yunet"}))
     finally:
         get_detector.cache_clear()
 

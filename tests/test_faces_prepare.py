@@ -19,6 +19,7 @@ from siamface.data.images import load_rgb
 from siamface.data.transforms import Preprocessing
 from siamface.errors import SiamfaceError
 from siamface.faces.align import AlignParams, align_face_image
+from siamface.faces.detect import DEFAULT_DETECTOR
 from siamface.faces.prepare import (
     LOG_NAME,
     MARKER_NAME,
@@ -93,7 +94,7 @@ def test_prepare_end_to_end_bad_files_resume_and_untouched_input(raw_tree, tmp_p
     marker = read_marker(out)
     assert marker["aligned"] is True and marker["complete"] is True
     assert marker["align"] == AlignParams().to_dict()
-    assert (marker["image_size"], marker["detector"]) == (112, "yunet")
+    assert (marker["image_size"], marker["detector"]) == (112, DEFAULT_DETECTOR)
     assert json.loads((out / REPORT_NAME).read_text())["counts"] == c
     assert snapshot(raw_tree) == before, "prepare modified its input"
 

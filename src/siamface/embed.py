@@ -34,12 +34,13 @@ def plain_loader(pre: Preprocessing) -> FaceLoader:
     return load
 
 
-def default_loader(pre: Preprocessing) -> FaceLoader:
-    """The loader a checkpoint asks for: aligned models detect and align each image first."""
+def default_loader(pre: Preprocessing, ambiguous: str = "pick") -> FaceLoader:
+    """The loader a checkpoint asks for: aligned models detect and align each image first
+    (``ambiguous``: see :func:`siamface.faces.align.align_face`)."""
     if pre.aligned:
         from siamface.faces.align import aligned_loader  # noqa: PLC0415 - optional layer
 
-        return aligned_loader(pre)
+        return aligned_loader(pre, ambiguous)
     return plain_loader(pre)
 
 

@@ -14,8 +14,9 @@ examples:
 OUT_DIR receives one folder per identity with the aligned crops (PNG), a marker file
 siamface_prepare.json that records the alignment settings (siamface train reads it, so the
 model knows it expects aligned faces), and siamface_prepare_report.json listing images with
-no face, several faces, a low detector score, or that could not be read. Run the same command
-again to resume after an interruption: finished images are skipped. RAW_DIR is never modified.
+no face, several faces (and those left out because two faces were equally likely to be the
+person), a low detector score, or that could not be read. Run the same command again to
+resume after an interruption: finished images are skipped. RAW_DIR is never modified.
 """
 
 
@@ -40,19 +41,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0.0,
         help="extra context around the face as a fraction of the crop (0 = ArcFace framing)",
     )
+    from siamface.faces.choose import DEFAULT_FACE_POLICY, FACE_POLICIES
+    from siamface.faces.detect import DEFAULT_DETECTOR, detector_infos
+
     p.add_argument(
         "--faces",
-        choices=("largest", "central", "all"),
-        default="largest",
-        help="several faces in a photo: keep the largest, the most central, or all (largest)",
+        choices=FACE_POLICIES,
+        default=DEFAULT_FACE_POLICY,
+        help="several faces in a photo: auto (the face the photo is about: size, place and "
+        "detector score; see docs/faces.md), the largest, the most central, the detector's "
+        f"most confident (score), or all ({DEFAULT_FACE_POLICY})",
     )
-    from siamface.faces.detect import DEFAULT_DETECTOR, detector_infos
+    p.add_argument(
+        "--ambiguous",
+        choices=("skip", "use"),
+        default="skip",
+        help="photos where two faces are equally likely to be the person: leave them out and "
+        "list them (skip, default: a wrong face is a wrong label) or use the likelier (use)",
+    )
 
     p.add_argument(
         "--detector",
         default=DEFAULT_DETECTOR,
         choices=[i.name for i in detector_infos()],
-        help=f"face detector backend ({DEFAULT_DETECTOR}; yunet-opencv forces OpenCV's runtime)",
+        help=f"face detector backend ({DEFAULT_DETECTOR}: OpenCV Zoo's YuNet through OpenCV)",
     )
     p.add_argument(
         "--min-score", type=float, default=0.5, help="ignore detections below this score (0.5)"
@@ -93,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         low_score=args.low_score,
         image_format=args.format,
         workers=args.workers,
+        ambiguous=args.ambiguous,
     )
     report = prepare_folders(args.raw_dir, args.out_dir, options, progress=not args.no_progress)
     if args.json:

@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from siamface.cli._faces import add_face_arg, face_of
 from siamface.cli._model_args import (
     add_embed_args,
     add_model_args,
@@ -66,6 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", metavar="DIR", help="folder relative CSV paths start from")
     p.add_argument("--out", metavar="FILE", help="with --pairs-csv: write results CSV here")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_face_arg(p, "--face1", "the first photo")
+    add_face_arg(p, "--face2", "the second photo")
+    add_face_arg(p, "--face", "the photo (with --as)")
     add_embed_args(p)
     p.set_defaults(func=run)
 
@@ -78,37 +82,52 @@ def run(args: argparse.Namespace) -> int:
     if not args.model:
         raise SiamfaceError("--model is required (or --gallery G --as NAME for a claimed identity)")
     if args.pairs_csv:
+        if args.face1 or args.face2 or args.face:
+            raise SiamfaceError("--face1/--face2 pick faces of two photos, not of a pairs CSV")
         if args.images:
             raise SiamfaceError("give either two images or --pairs-csv, not both")
         return _run_csv(args)
     if args.root or args.out:
         raise SiamfaceError("--root and --out only apply with --pairs-csv")
+    if args.face:
+        raise SiamfaceError("--face is for one photo (with --as); use --face1 and --face2")
     if len(args.images) != 2:
         raise SiamfaceError(f"give exactly two images (got {len(args.images)}), or --pairs-csv")
     return _run_one(args)
 
 
 def _run_one(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from siamface.errors import SiamfaceError
-    from siamface.verify import resolve_threshold, verify_pairs
+    from siamface.verify import decide, resolve_threshold
 
     a, b = (Path(x).expanduser() for x in args.images)
     for p in (a, b):
         if not p.is_file():
             raise SiamfaceError(f"image not found: {p}")
     model = open_model_arg(args)
+    quiet = bool(args.json)
+    (fa, da), (fb, db) = (
+        face_of(model, a, args.face1, "--face1", quiet),
+        face_of(model, b, args.face2, "--face2", quiet),
+    )
+    emb = model.embed_batch(np.stack([fa.transpose(2, 0, 1), fb.transpose(2, 0, 1)]))
+    sim = float(emb[0] @ emb[1])
+    detections = [d for d in (da, db) if d is not None]
     try:
         thr, source = resolve_threshold(model.threshold, args.threshold, args.model)
     except SiamfaceError as err:
-        r = verify_pairs(model, [(a, b)], 0.0, "none", progress=False)[0]
+        r = decide(sim, 0.0, "none", model.probability(sim))
         if args.json:
-            print(json.dumps(_one_json(args, model, r) | {"same": None, "error": str(err)}))
+            out = _one_json(args, model, r) | {"same": None, "error": str(err)}
+            print(json.dumps(out | {"detections": detections}))
         else:
             print(f"similarity {r.similarity:.4f}; no decision:", file=sys.stderr)
         raise
-    r = verify_pairs(model, [(a, b)], thr, source, progress=False)[0]
+    r = decide(sim, thr, source, model.probability(sim))
     if args.json:
-        print(json.dumps(_one_json(args, model, r)))
+        print(json.dumps(_one_json(args, model, r) | {"detections": detections}))
     else:
         verdict = "same person" if r.same else "different people"
         print(f"{verdict}: {_because(r)}")
@@ -144,15 +163,14 @@ def _run_claim(args: argparse.Namespace) -> int:
         if g.person(args.person) is None:
             raise SiamfaceError(f"{args.person!r} is not enrolled in gallery {args.gallery}")
         model = load_gallery_model(g, args.model)
-        emb, errors = model.embed_paths([image], progress=False)
-        if errors:
-            raise SiamfaceError(f"cannot use {image}: {errors[0]}")
+        face, det = face_of(model, image, args.face, "--face", bool(args.json))
+        emb = model.embed_batch(face.transpose(2, 0, 1)[None])
         r = verify_claim(model, g, emb[0], args.person, args.threshold)
     if args.json:
         print(
             json.dumps(
                 {"image": str(image), **r.to_dict(), "model": str(model.source)}
-                | {"fingerprint": model.fingerprint}
+                | {"fingerprint": model.fingerprint, "detections": [det] if det else []}
             )
         )
     else:

@@ -5,6 +5,6 @@ photo (face off-centre, small, tilted, several people) into the crop such a mode
 Importing this package is cheap: detector packages load only when a detector is first used.
 """
 
-from siamface.faces.errors import DetectorUnavailable, NoFaceError
+from siamface.faces.errors import AmbiguousFaceError, DetectorUnavailable, NoFaceError
 
-__all__ = ["DetectorUnavailable", "NoFaceError"]
+__all__ = ["AmbiguousFaceError", "DetectorUnavailable", "NoFaceError"]

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from siamface.data.images import ImageLoadError, load_rgb
-from siamface.faces.errors import NoFaceError
+from siamface.faces.errors import AmbiguousFaceError, NoFaceError, is_ambiguous
 from siamface.system import cache_dir
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Bumped whenever alignment code changes what a crop looks like, so old crops are not reused.
-ALIGN_VERSION = 1
+ALIGN_VERSION = 2  # 2: OpenCV YuNet by default, face=auto, OpenCV warp
 NO_FACE = "no_face"
 
 
@@ -147,11 +147,13 @@ class CachedAlignedDecoder:
         if isinstance(hit, np.ndarray):
             return hit
         if isinstance(hit, str):
-            raise NoFaceError(hit)
+            raise AmbiguousFaceError(hit) if is_ambiguous(hit) else NoFaceError(hit)
         img = load_rgb(Path(path))  # unreadable files raise and are not cached
         try:
-            face = align_face_image(img, self.pre)
-        except NoFaceError as err:
+            # Training data: a photo with two equally likely faces is left out and listed
+            # (a wrong face is a wrong label), never guessed.
+            face = align_face_image(img, self.pre, ambiguous="refuse")
+        except NoFaceError as err:  # AmbiguousFaceError too: its reason is cached as text
             self.cache.put(digest, None, str(err) or NO_FACE)
             raise
         self.cache.put(digest, face)

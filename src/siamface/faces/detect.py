@@ -40,7 +40,10 @@ from PIL import Image
 from siamface.errors import SiamfaceError
 from siamface.faces.errors import DetectorUnavailable
 
-DEFAULT_DETECTOR = "yunet"
+#: OpenCV Zoo's YuNet (2023mar) through OpenCV: the detector OpenCV's own SFace pipeline uses.
+#: Its landmarks are sub-pixel; yuface's older YuNet build gives whole pixels up to 6 px away,
+#: which cost SFace a third of its accuracy lead (docs/faces.md, bench/pipeline_parity.py).
+DEFAULT_DETECTOR = "yunet-opencv"
 #: Longest side of the detection canvas; larger photos are downscaled for detection only.
 DEFAULT_MAX_SIDE = 640
 #: Shorter canvases are upscaled to this longest side (detectors miss faces under ~20 px).
@@ -51,6 +54,8 @@ PAD_RETRY = 0.3
 #: faces score 0.89-0.95 with YuNet (5th-50th percentile on celeba_wild); a sideways face
 #: is often found upright with a low score and wrong landmarks, or not at all.
 ROTATE_BELOW_SCORE = 0.8
+#: Two boxes from different canvases (padded, turned) overlapping this much are one face.
+NMS_IOU = 0.4
 
 
 @dataclass(frozen=True)
@@ -237,6 +242,25 @@ def _unrotate(k: int, width: int, height: int) -> Callable[[np.ndarray], np.ndar
     return back
 
 
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(0.0, w) * max(0.0, h)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def suppress_duplicates(faces: list[Face], iou: float = NMS_IOU) -> list[Face]:
+    """Non-maximum suppression: of boxes overlapping by ``iou`` or more keep the most
+    confident. Each canvas is already suppressed by its detector; the same face found on two
+    canvases (upright with a low score and turned with a high one) must be one face."""
+    kept: list[Face] = []
+    for f in sorted(faces, key=lambda f: f.score, reverse=True):
+        if all(_iou(f.box, k.box) < iou for k in kept):
+            kept.append(f)
+    return kept
+
+
 def detect_faces(
     img: Image.Image,
     detector: FaceDetector,
@@ -251,9 +275,10 @@ def detect_faces(
     bordered in grey by each fraction in ``pads`` in turn until a face is found: the padded
     try rescues tight crops, where the face touches the frame. If ``rotations`` and no face
     scored ``ROTATE_BELOW_SCORE``, the canvas is also tried turned by 90, 270 and 180
-    degrees, keeping the orientation with the best score: detectors are trained on upright
-    faces, and every celeba_wild photo where none was found held a face on its side or upside
-    down. Landmarks stay in the subject's order, so alignment turns such faces upright.
+    degrees: detectors are trained on upright faces, and every celeba_wild photo where none
+    was found held a face on its side or upside down. Landmarks stay in the subject's order,
+    so alignment turns such faces upright. The faces of every canvas tried are pooled and
+    duplicates suppressed (:func:`suppress_duplicates`), so one face is never reported twice.
     """
     if img.mode != "RGB":
         img = img.convert("RGB")
@@ -283,10 +308,49 @@ def detect_faces(
             break
     if rotations and (not faces or max(f.score for f in faces) < ROTATE_BELOW_SCORE):
         for k in (1, 3, 2):
-            turned = run(np.rot90(arr, k), 0, k)
-            if turned and max(f.score for f in turned) > max((f.score for f in faces), default=0):
-                faces = turned
-    return sorted(faces, key=lambda f: f.size, reverse=True)
+            faces = faces + run(np.rot90(arr, k), 0, k)
+    return sorted(suppress_duplicates(faces), key=lambda f: f.size, reverse=True)
+
+
+#: A face found on a downscaled canvas is looked at again at full resolution when it was
+#: smaller than this there (landmarks of a 60 px face are a few pixels coarse).
+REFINE_BELOW_PX = 160.0
+
+
+def refine_face(img: Image.Image, face: Face, detector: FaceDetector, max_side: int) -> Face:
+    """``face`` with landmarks from the photo's own resolution, where the detection canvas
+    was downscaled: the detector runs again on a region around the face at full resolution
+    (OpenCV's pipeline detects on the whole full-size photo, at many times the cost). A face
+    that is not found again, or was large enough on the canvas, is returned unchanged."""
+    w, h = img.size
+    scale = max_side / max(w, h)
+    if scale >= 1.0 or face.size * scale >= REFINE_BELOW_PX:
+        return face
+    x0, y0, x1, y1 = face.box
+    m = 0.6 * max(face.width, face.height)
+    region = (
+        max(0, int(x0 - m)),
+        max(0, int(y0 - m)),
+        min(w, int(np.ceil(x1 + m))),
+        min(h, int(np.ceil(y1 + m))),
+    )
+    if region[2] - region[0] < 8 or region[3] - region[1] < 8:
+        return face
+    crop = img.crop(region)
+    f = min(1.0, max_side / max(crop.size))
+    if f < 1.0:
+        crop = crop.resize(
+            (max(1, round(crop.width * f)), max(1, round(crop.height * f))),
+            Image.Resampling.BILINEAR,
+            reducing_gap=3.0,
+        )
+    found = detector.detect_array(np.ascontiguousarray(np.asarray(crop, dtype=np.uint8)))
+    off = np.array([region[0], region[1]], dtype=np.float64)
+    mapped = [g.mapped(lambda p: p / f + off) for g in found]
+    best = max(mapped, key=lambda g: _iou(g.box, face.box), default=None)
+    if best is None or _iou(best.box, face.box) < 0.5:
+        return face
+    return best
 
 
 # --------------------------------------------------------------------------- backends

@@ -19,3 +19,26 @@ class NoFaceError(ImageLoadError):
 
 class DetectorUnavailable(SiamfaceError):
     """The requested face detector is unknown or its package is not installed."""
+
+
+class AmbiguousFaceError(NoFaceError):
+    """Several faces, and two of them equally likely to be the person the photo is about.
+
+    A :class:`NoFaceError` (so an ``ImageLoadError``): batch code that must not guess
+    (training, enrolment) skips and lists the photo; interactive commands show the faces and
+    ask which one (``--face``). ``choice`` holds every face found.
+    """
+
+    def __init__(self, message: str, choice=None) -> None:
+        super().__init__(message if message.startswith(AMBIGUOUS) else AMBIGUOUS + message)
+        self.choice = choice
+
+
+#: How every ambiguous-face reason starts, so batch reports (which keep reasons as text) can
+#: list these photos apart from unreadable ones.
+AMBIGUOUS = "ambiguous face: "
+
+
+def is_ambiguous(reason: str) -> bool:
+    """Whether a skipped photo's reason is :class:`AmbiguousFaceError`'s."""
+    return reason.startswith(AMBIGUOUS)

@@ -38,7 +38,9 @@ from siamface.data.marker import (
     write_marker,
 )
 from siamface.errors import OutputError, SiamfaceError
-from siamface.faces.align import AlignParams, find_faces, select_faces, warp_face
+from siamface.faces.align import AlignParams, find_faces, warp_face
+from siamface.faces.choose import choose_face
+from siamface.faces.detect import get_detector, refine_face
 from siamface.faces.errors import NoFaceError
 from siamface.fileio import atomic_write, check_output_dir, output_error
 from siamface.system import usable_cpus
@@ -50,8 +52,9 @@ __all__ = ["MARKER_NAME", "REPORT_NAME", "PrepareOptions", "prepare_folders", "r
 #: Hidden so that folder scans never mistake it for data.
 LOG_NAME = ".siamface_prepare_log.jsonl"
 IMAGE_FORMATS = {"png": ".png", "jpg": ".jpg"}
-#: A second face at least this fraction of the largest one's size makes a photo ambiguous.
-SEVERAL_FACES_RATIO = 0.5
+#: What prepare does with a photo whose face is ambiguous (two equally likely people): leave
+#: it out and list it (a wrong face is a wrong label), or use the ``auto`` rule's winner.
+AMBIGUOUS_CHOICES = ("skip", "use")
 #: Chosen faces smaller than this (pixels, in the photo) are upscaled a lot: reported.
 SMALL_FACE_PX = 32
 
@@ -65,6 +68,7 @@ class PrepareOptions:
     low_score: float = 0.8
     image_format: str = "png"
     workers: int | None = None  # None = all cores
+    ambiguous: str = "skip"
 
     def __post_init__(self) -> None:
         if not 16 <= self.image_size <= 1024:
@@ -75,6 +79,10 @@ class PrepareOptions:
             )
         if not 0.0 <= self.low_score <= 1.0:
             raise SiamfaceError(f"low score must be in [0, 1], got {self.low_score}")
+        if self.ambiguous not in AMBIGUOUS_CHOICES:
+            raise SiamfaceError(
+                f"ambiguous must be one of {', '.join(AMBIGUOUS_CHOICES)}, got {self.ambiguous!r}"
+            )
         if self.workers is not None and self.workers < 1:
             raise SiamfaceError(f"workers must be >= 1, got {self.workers}")
 
@@ -84,6 +92,7 @@ class PrepareOptions:
             "align": self.align.to_dict(),
             "image_size": self.image_size,
             "image_format": self.image_format,
+            "ambiguous": self.ambiguous,
         }
 
 
@@ -144,12 +153,22 @@ def process_image(task: tuple[str, str, str, str]) -> dict:
     try:
         rec["width"], rec["height"] = img.size
         faces = find_faces(img, opts.align)
-        rec["faces"] = len(faces)
+        choice = choose_face(faces, img.size, opts.align.face)
+        rec["faces"] = len(faces) - len(choice.merged)
         if not faces:
             return {**rec, "status": "no_face"}
-        big = [f for f in faces if f.size >= SEVERAL_FACES_RATIO * faces[0].size]
-        rec["several_faces"] = len(big) > 1
-        chosen = select_faces(faces, opts.align.face, img.size)
+        rec["several_faces"] = choice.several
+        if choice.several:
+            rec["boxes"] = [[round(v, 1) for v in f.box] for f in choice.faces]
+        if opts.align.face == "all":
+            chosen = [f for i, f in enumerate(choice.faces) if i not in choice.merged]
+        elif choice.ambiguous and opts.ambiguous == "skip":
+            return {**rec, "status": "ambiguous", "reason": choice.ambiguity()}
+        else:
+            assert choice.face is not None
+            chosen = [choice.face]
+        det = get_detector(opts.align.detector, opts.align.min_score)
+        chosen = [refine_face(img, f, det, opts.align.max_side) for f in chosen]
         ext = IMAGE_FORMATS[opts.image_format]
         outputs = []
         for k, face in enumerate(chosen):
@@ -232,7 +251,7 @@ def _is_done(task: tuple[str, str, str, str], rec: dict | None, out: Path, opts)
         return False
     if rec is not None:
         same_file = rec.get("bytes") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns
-        if same_file and rec.get("status") in ("ok", "no_face", "unreadable"):
+        if same_file and rec.get("status") in ("ok", "no_face", "ambiguous", "unreadable"):
             return all((out / o).is_file() for o in rec.get("outputs", []))
         return False
     # No log entry (log lost, or written by a crash between save and log): trust the crop.
@@ -306,6 +325,7 @@ def prepare_folders(
         "image_size": opts.image_size,
         "detector": opts.align.detector,
         "image_format": opts.image_format,
+        "ambiguous": opts.ambiguous,
         "source": str(raw.resolve()),
         "siamface_version": __version__,
         "created": (marker or {}).get("created") or datetime.now(UTC).isoformat(timespec="seconds"),
@@ -353,6 +373,11 @@ def _build_report(raw, out, opts, records, ignored, seconds, processed) -> dict:
     status = Counter(r["status"] for r in records)
     problems = {
         "no_face": [r["src"] for r in records if r["status"] == "no_face"],
+        "ambiguous": [
+            {"path": r["src"], "reason": r.get("reason", "")}
+            for r in records
+            if r["status"] == "ambiguous"
+        ],
         "unreadable": [
             {"path": r["src"], "reason": r.get("reason", "")}
             for r in records
@@ -376,6 +401,7 @@ def _build_report(raw, out, opts, records, ignored, seconds, processed) -> dict:
         "crops_written": sum(len(r.get("outputs", [])) for r in fresh if r["status"] == "ok"),
         "ok": status["ok"],
         "no_face": status["no_face"],
+        "ambiguous": status["ambiguous"],
         "unreadable": status["unreadable"] + status["error"],
         "several_faces": len(problems["several_faces"]),
         "low_score": len(problems["low_score"]),
@@ -424,6 +450,11 @@ def summary_lines(report: dict, limit: int = 5) -> list[str]:
         lambda i: f"{i['path']}: {i['reason']}",
     )
     listing("no face found (skipped)", p["no_face"], str)
+    listing(
+        "several faces, none clearly the person (skipped; --ambiguous use takes the likelier)",
+        p.get("ambiguous", []),
+        lambda i: f"{i['path']}: {i['reason']}",
+    )
     listing("unreadable (skipped)", p["unreadable"], lambda i: f"{i['path']}: {i['reason']}")
     policy = report["settings"]["align"]["face"]
     listing(

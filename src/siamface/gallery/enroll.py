@@ -14,6 +14,7 @@ from pathlib import Path
 from siamface.data.folders import scan_identity_folders
 from siamface.data.images import ImageLoadError, file_digest, is_image_path, load_rgb
 from siamface.errors import SiamfaceError
+from siamface.faces.errors import is_ambiguous
 from siamface.gallery.records import NewPerson
 from siamface.gallery.thumbnail import make_thumbnail
 from siamface.inference import Embedder
@@ -123,10 +124,18 @@ def embed_plan(
     each person gets a small JPEG of their first usable face, as the model sees it."""
     flat = [(name, p) for name, ps in plan.groups for p in ps]
     emb, errors = embedder.embed_paths(
-        [p for _, p in flat], batch_size=batch_size, workers=workers, progress=progress
+        [p for _, p in flat],
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+        ambiguous="refuse",  # a wrong face enrolled is a wrong person found later
     )
     bad = [(flat[i][1], reason) for i, reason in sorted(errors.items())]
-    if bad and not skip_bad:
+    # Photos where two faces are equally likely are always left out and listed, never
+    # guessed: they do not stop an enrolment (crop them, or pick the face in the page).
+    unsure = [(p, r) for p, r in bad if is_ambiguous(r)]
+    if len(bad) > len(unsure) and not skip_bad:
+        bad = [(p, r) for p, r in bad if not is_ambiguous(r)]
         lines = "\n".join(f"  {p}: {r}" for p, r in bad[:_SHOW])
         more = f"\n  ... and {len(bad) - _SHOW} more" if len(bad) > _SHOW else ""
         raise SiamfaceError(

@@ -84,23 +84,34 @@ class Embedder:
         return emb
 
     # -- conveniences shared by all backends ------------------------------------------
-    def face_loader(self):
+    def face_loader(self, ambiguous: str = "pick"):
         """Image path -> HWC uint8 face as this model wants it (a picklable callable).
-        Models with their own face geometry (dlib's chips) override this and
-        :meth:`face_array` together."""
+        ``ambiguous="refuse"``: photos where two faces are equally likely to be the person
+        fail (as :class:`~siamface.faces.AmbiguousFaceError`) instead of using the likelier.
+        Models with their own face geometry (dlib's chips) override this and :meth:`locate`
+        together."""
         from siamface.embed import default_loader
 
-        return default_loader(self.preprocessing)
+        return default_loader(self.preprocessing, ambiguous)
 
-    def face_array(self, img: Image.Image) -> np.ndarray:
-        """An already-decoded RGB image -> HWC uint8 face of the input size (aligned first
-        when the model was trained on aligned faces)."""
+    def locate(self, img: Image.Image, pick=None, ambiguous: str = "pick"):
+        """An already-decoded RGB image -> :class:`~siamface.faces.align.AlignedFace`: the
+        face of the input size (aligned first when the model was trained on aligned faces)
+        and which of the photo's faces it is (``choice``; None without detection). ``pick``
+        is a person's choice (a face number or box, :class:`~siamface.faces.choose.FacePick`).
+        """
         pre = self.preprocessing
         if pre.aligned:
-            from siamface.faces.align import align_face_image
+            from siamface.faces.align import align_face
 
-            return align_face_image(img, pre)
-        return resize_uint8(img.convert("RGB"), pre.image_size)
+            return align_face(img, pre, pick=pick, ambiguous=ambiguous)
+        from siamface.faces.align import AlignedFace
+
+        return AlignedFace(resize_uint8(img.convert("RGB"), pre.image_size), None)
+
+    def face_array(self, img: Image.Image, ambiguous: str = "pick") -> np.ndarray:
+        """:meth:`locate`'s face alone (HWC uint8 of the model's input size)."""
+        return self.locate(img, ambiguous=ambiguous).crop
 
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
         """Embed decoded images (e.g. uploads); raises ImageLoadError subclasses per image."""
@@ -119,10 +130,12 @@ class Embedder:
         batch_size: int = 64,
         workers: int | None = None,
         progress: bool = True,
+        ambiguous: str = "pick",
     ) -> tuple[np.ndarray, dict[int, str]]:
         """Embed image files in batches with parallel decoding.
 
         Returns (embeddings of the readable files in order, {index: reason} for the others).
+        ``ambiguous="refuse"`` lists photos with two equally likely faces among the others.
         """
         from siamface.embed import embed_files
 
@@ -132,7 +145,7 @@ class Embedder:
             self.preprocessing,
             batch_size=batch_size,
             workers=workers,
-            loader=self.face_loader(),
+            loader=self.face_loader(ambiguous),
             progress=progress,
         )
 

@@ -73,8 +73,9 @@ class DlibChipLoader:
     """Image -> dlib's 150 px face chip (HWC uint8). Picklable: the dlib objects are created
     lazily in whichever process uses it (DataLoader workers included)."""
 
-    def __init__(self, models_dir: Path) -> None:
+    def __init__(self, models_dir: Path, ambiguous: str = "pick") -> None:
         self.models_dir = models_dir
+        self.ambiguous = ambiguous
         self._predictor = None
         from siamface.faces.align import AlignParams
         from siamface.faces.detect import get_detector
@@ -83,24 +84,33 @@ class DlibChipLoader:
         get_detector(params.detector, params.min_score)  # a missing detector fails here
 
     def __getstate__(self) -> dict:
-        return {"models_dir": self.models_dir, "_predictor": None}
+        return {"models_dir": self.models_dir, "ambiguous": self.ambiguous, "_predictor": None}
 
-    def chip(self, img: Image.Image) -> np.ndarray:
-        from siamface.faces.align import AlignParams, find_faces, select_faces
-        from siamface.faces.errors import NoFaceError
+    def chip(self, img: Image.Image, pick=None) -> np.ndarray:
+        """dlib's chip of the photo's face (its own 5-point geometry, so it keeps its own
+        landmarks; the face is the one siamface's detector and face rule choose)."""
+        return self.locate(img, pick).crop
+
+    def locate(self, img: Image.Image, pick=None):
+        from siamface.faces.align import AlignedFace, AlignParams, locate_face
+        from siamface.faces.errors import AmbiguousFaceError, NoFaceError
 
         dlib = _dlib()
         if self._predictor is None:
             self._predictor = dlib.shape_predictor(str(self.models_dir / LANDMARKS_FILE))
         img = img.convert("RGB") if img.mode != "RGB" else img
-        faces = find_faces(img, AlignParams())
-        if not faces:
-            raise NoFaceError("no face found (detector yunet)")
-        x0, y0, x1, y1 = select_faces(faces, "largest", img.size)[0].box
+        params = AlignParams()
+        choice = locate_face(img, params, pick)
+        if choice.face is None:
+            raise NoFaceError(f"no face found (detector {params.detector})")
+        if choice.ambiguous and self.ambiguous == "refuse":
+            raise AmbiguousFaceError(choice.ambiguity(), choice)
+        x0, y0, x1, y1 = choice.face.box
         arr = np.asarray(img, dtype=np.uint8)
         rect = dlib.rectangle(int(round(x0)), int(round(y0)), int(round(x1)), int(round(y1)))
         shape = self._predictor(arr, rect)
-        return np.asarray(dlib.get_face_chip(arr, shape, size=CHIP_SIZE, padding=CHIP_PADDING))
+        chip = dlib.get_face_chip(arr, shape, size=CHIP_SIZE, padding=CHIP_PADDING)
+        return AlignedFace(np.asarray(chip), choice)
 
     def __call__(self, path: Path) -> np.ndarray:
         return self.chip(load_rgb(path))
@@ -129,11 +139,12 @@ class DlibEmbedder(Embedder):
             "license": "CC0-1.0 (weights), Boost (dlib)",
         }
 
-    def face_loader(self):
-        return self._loader
+    def face_loader(self, ambiguous: str = "pick"):
+        return DlibChipLoader(self._loader.models_dir, ambiguous)
 
-    def face_array(self, img: Image.Image) -> np.ndarray:
-        return self._loader.chip(img)
+    def locate(self, img: Image.Image, pick=None, ambiguous: str = "pick"):
+        loader = self._loader if ambiguous == "pick" else self.face_loader(ambiguous)
+        return loader.locate(img, pick)
 
     def embed_batch(self, pixels: np.ndarray) -> np.ndarray:
         chips = [np.ascontiguousarray(p.transpose(1, 2, 0)) for p in pixels]

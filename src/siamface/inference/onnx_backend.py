@@ -103,11 +103,12 @@ class OnnxEmbedder(Embedder):
         batch_size: int = 64,
         workers: int | None = None,
         progress: bool = True,
+        ambiguous: str = "pick",
     ) -> tuple[np.ndarray, dict[int, str]]:
         """Embed image files: decoding in a thread pool (PIL and onnxruntime release the
         GIL), one batch decoded ahead of the one being embedded. Torch-free, unlike the
         DataLoader loop behind the checkpoint backend; same result contract."""
-        return embed_files_threaded(self, paths, batch_size, workers, progress)
+        return embed_files_threaded(self, paths, batch_size, workers, progress, ambiguous)
 
 
 def _parse_metadata(path: Path, props: dict[str, str]) -> dict:
@@ -145,6 +146,7 @@ def embed_files_threaded(
     batch_size: int = 64,
     workers: int | None = None,
     progress: bool = True,
+    ambiguous: str = "pick",
 ) -> tuple[np.ndarray, dict[int, str]]:
     """Backend-neutral, torch-free file embedding loop.
 
@@ -156,7 +158,7 @@ def embed_files_threaded(
 
     def load(p: Path) -> np.ndarray | str:
         try:
-            return embedder.face_array(load_rgb(p)).transpose(2, 0, 1)
+            return embedder.face_array(load_rgb(p), ambiguous).transpose(2, 0, 1)
         except ImageLoadError as err:
             return str(err) or "unreadable image"
 

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 
 from siamface.data.images import ImageLoadError
 from siamface.errors import SiamfaceError
-from siamface.faces.errors import NoFaceError
+from siamface.faces.errors import AmbiguousFaceError, NoFaceError
 
 log = logging.getLogger("siamface.serve")
 
@@ -123,6 +123,21 @@ class NoFace(ApiError):
     status, code = 422, "no_face"
 
 
+class AmbiguousFace(ApiError):
+    """Several faces, two equally likely to be the person: the client must say which
+    (``face1``/``face2``/``face``: a number from ``faces`` or a box). The body lists every face
+    found, so a page can draw them and let the person click one."""
+
+    status, code = 422, "ambiguous_face"
+
+    def __init__(self, detail: str, *, field: str | None = None, faces: list | None = None):
+        super().__init__(detail, field=field)
+        self.faces = faces or []
+
+    def body(self) -> dict:
+        return {**super().body(), "faces": self.faces}
+
+
 class InvalidRequest(ApiError):
     """A missing field or an out-of-range parameter (``errors`` lists each one)."""
 
@@ -154,6 +169,7 @@ class ModelFailure(ApiError):
 
 #: Exceptions of the layers below -> the API error they mean, most specific first.
 DOMAIN_ERRORS: tuple[tuple[type[Exception], type[ApiError]], ...] = (
+    (AmbiguousFaceError, AmbiguousFace),
     (NoFaceError, NoFace),
     (ImageLoadError, BadImage),
     (SiamfaceError, BadRequest),
@@ -184,7 +200,12 @@ def api_error(err: Exception, field: str | None = None, label: str | None = None
             text = str(err) or kind.__doc__ or "error"
             if isinstance(err, ImageLoadError) and not str(err):
                 text = "unreadable image"
-            return api(f"{label}: {text}" if label else text, field=field)
+            text = f"{label}: {text}" if label else text
+            if api is AmbiguousFace:
+                choice = getattr(err, "choice", None)
+                faces = choice.to_dict()["faces"] if choice is not None else []
+                return AmbiguousFace(text, field=field, faces=faces)
+            return api(text, field=field)
     raise TypeError(f"not a domain error: {err!r}") from err
 
 

@@ -10,6 +10,24 @@ class FieldError(BaseModel):
     msg: str
 
 
+class FoundFaceOut(BaseModel):
+    box: list[float] = Field(description="x0, y0, x1, y1 in the photo's pixels")
+    landmarks: list[list[float]] = Field(description="eyes, nose tip, mouth corners")
+    score: float = Field(description="the detector's confidence, 0..1")
+    merge: bool = Field(False, description="a box that holds two faces (never used)")
+
+
+class DetectionOut(BaseModel):
+    """Every face found in one uploaded photo and which one was used."""
+
+    field: str = Field(description="the upload this is about (image1, image2, image ...)")
+    faces: list[FoundFaceOut] = Field(description="every face found, largest first")
+    face_used: int | None = Field(description="index in faces of the face the model saw")
+    policy: str | None = Field(None, description="how it was chosen: auto, ..., or picked")
+    ambiguous: bool = Field(False, description="two faces were equally likely (auto rule)")
+    note: str = Field(description="e.g. '3 faces found, used face 0 at (x0, y0, x1, y1)'")
+
+
 class ErrorOut(BaseModel):
     """The one shape of every error answer (4xx and 5xx)."""
 
@@ -21,6 +39,9 @@ class ErrorOut(BaseModel):
     )
     field: str | None = Field(None, description="the form field or parameter at fault")
     errors: list[FieldError] | None = Field(None, description="each invalid field (422)")
+    faces: list[FoundFaceOut] | None = Field(
+        None, description="ambiguous_face: every face found, to choose one (face1/face2/face)"
+    )
 
 
 class VerifyOut(BaseModel):
@@ -38,12 +59,18 @@ class VerifyOut(BaseModel):
     person: str | None = Field(
         None, description="the claimed identity the face was verified against, if one was sent"
     )
+    detections: list[DetectionOut] = Field(
+        default_factory=list, description="per photo: every face found and the one used"
+    )
 
 
 class EmbedOut(BaseModel):
     embedding: list[float] = Field(description="L2-normalised embedding")
     dim: int
     model: str = Field(description="fingerprint: only compare embeddings of the same model")
+    detections: list[DetectionOut] = Field(
+        default_factory=list, description="every face found in the photo and the one used"
+    )
 
 
 class MatchOut(BaseModel):
@@ -62,6 +89,9 @@ class IdentifyOut(BaseModel):
     matches: list[MatchOut]
     model: str
     face: str | None = Field(None, description="with ?faces=true: the aligned probe face")
+    detections: list[DetectionOut] = Field(
+        default_factory=list, description="every face found in the photo and the one used"
+    )
 
 
 class PersonOut(BaseModel):

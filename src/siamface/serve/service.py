@@ -25,9 +25,18 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from siamface.data.images import ImageLoadError, decode_rgb
+from siamface.errors import SiamfaceError
+from siamface.faces.choose import FaceChoice, FacePick
 from siamface.inference import Embedder
 from siamface.serve.batcher import MicroBatcher
-from siamface.serve.errors import BadImage, ImageTooLarge, ModelFailure, NoGallery, api_error
+from siamface.serve.errors import (
+    BadImage,
+    BadRequest,
+    ImageTooLarge,
+    ModelFailure,
+    NoGallery,
+    api_error,
+)
 from siamface.serve.limits import PixelBudget
 from siamface.serve.report import EvaluationReport
 
@@ -44,9 +53,24 @@ class Upload:
     digest: str
     name: str | None
     field: str
+    #: Every face found in the photo and which one is used (None: an aligned crop was sent,
+    #: or the model does not detect faces).
+    choice: FaceChoice | None = None
+
+    def detection(self) -> dict:
+        """What the answer says about this photo's faces (boxes in the photo's pixels)."""
+        out: dict = {"field": self.field}
+        if self.choice is None:
+            return out | {"faces": [], "face_used": None, "note": "used as a face crop"}
+        return out | self.choice.to_dict() | {"note": self.choice.describe()}
 
     def jpeg(self) -> bytes:
         return face_jpeg(self.face)
+
+
+def face_field(field: str) -> str:
+    """The form field that picks the face of upload ``field``: image1 -> face1, image -> face."""
+    return "face" + field[len("image") :] if field.startswith("image") else f"{field}_face"
 
 
 def face_jpeg(face_chw: np.ndarray, quality: int = FACE_JPEG_QUALITY) -> bytes:
@@ -154,17 +178,23 @@ class Service:
         self.report = report
 
     # -- images -> faces -----------------------------------------------------------------
-    def face_from_bytes(self, data: bytes, label: str, field: str) -> np.ndarray:
-        """Decode an upload and cut the face the model expects (aligned when it says so)."""
+    def face_from_bytes(
+        self, data: bytes, label: str, field: str, pick: FacePick | None = None
+    ) -> tuple[np.ndarray, FaceChoice | None]:
+        """Decode an upload and cut the face the model expects (aligned when it says so):
+        (CHW face, the choice among the photo's faces). A photo whose face is ambiguous is
+        refused with every face's box (``ambiguous_face``) unless ``pick`` says which."""
         try:
             img = decode_rgb(data, max_pixels=self.max_pixels)
             # (face detection serialises itself: faces.detect.YuNetDetector)
-            face = self.embedder.face_array(img)
+            found = self.embedder.locate(img, pick=pick, ambiguous="refuse")
         except ImageLoadError as err:
             raise api_error(err, field=field, label=label) from err
-        return np.ascontiguousarray(face.transpose(2, 0, 1))
+        except SiamfaceError as err:  # a pick that names no face found
+            raise BadRequest(f"{label}: {err}", field=face_field(field)) from err
+        return np.ascontiguousarray(found.crop.transpose(2, 0, 1)), found.choice
 
-    async def read(self, upload: UploadFile, field: str) -> Upload:
+    async def read(self, upload: UploadFile, field: str, pick: str | None = None) -> Upload:
         data = await upload.read()
         label = f"{field} ({upload.filename})" if upload.filename else field
         pixels = image_pixels(data, label, field)
@@ -174,10 +204,14 @@ class Service:
                 f"{self.max_pixels / 1e6:g})",
                 field=field,
             )
+        try:
+            chosen = FacePick.parse(pick)
+        except SiamfaceError as err:
+            raise BadRequest(str(err), field=face_field(field)) from err
         digest = hashlib.sha256(data).hexdigest()
         async with self.budget.reserve(pixels):
-            face = await run_in_threadpool(self.face_from_bytes, data, label, field)
-        return Upload(face, digest, upload.filename, field)
+            face, choice = await run_in_threadpool(self.face_from_bytes, data, label, field, chosen)
+        return Upload(face, digest, upload.filename, field, choice)
 
     async def embed(self, uploads: list[Upload]) -> np.ndarray:
         emb = await self.batcher.embed(np.stack([u.face for u in uploads]))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 from urllib.parse import quote
 
-from fastapi import Query, Request, Security
+from fastapi import Form, Query, Request, Security
 from fastapi.security import APIKeyHeader
 
 from siamface.serve.errors import MissingApiKey, WritesDisabled, WrongApiKey
@@ -42,6 +42,17 @@ def require_key(request: Request, key: str | None = Security(_key_header)) -> No
 
 def threshold_query() -> object:
     return Query(None, ge=-1.0, le=1.0, description="override the decision threshold (cosine)")
+
+
+def face_form(field: str) -> object:
+    """The form field that says which face of upload ``field`` to use."""
+    return Form(
+        None,
+        description=f"which face of {field} to use when it holds several: a number from the "
+        "'faces' list of an answer (0 = largest) or a box 'x0,y0,x1,y1' in the photo's pixels; "
+        "without it the face the photo is about is chosen (auto), and a photo with two equally "
+        "likely faces is refused with code ambiguous_face and every face's box",
+    )
 
 
 def faces_query() -> object:

@@ -9,6 +9,7 @@ from siamface.serve.routes.deps import (
     MAX_TOP_K,
     NOT_FOUND,
     UPLOAD_ERRORS,
+    face_form,
     faces_query,
     get_service,
     threshold_query,
@@ -26,18 +27,23 @@ async def identify(
     top_k: int = Query(5, ge=1, le=MAX_TOP_K, description="candidates to return"),
     threshold: float | None = threshold_query(),
     faces: bool = faces_query(),
+    face: str | None = face_form("image"),
     svc: Service = Depends(get_service),
 ) -> dict:
     """The best ``top_k`` enrolled people with their scores; ``identity`` is "unknown" when
     the best score is below the gallery's open-set threshold (or ``?threshold=``)."""
     gallery = svc.need_gallery()
-    up = await svc.read(image, "image")
+    up = await svc.read(image, "image", face)
     emb = await svc.embed([up])
     thr = "gallery" if threshold is None else threshold
     result = await run_in_threadpool(
         lambda: gallery.search(emb, top_k, fingerprint=svc.embedder.fingerprint, threshold=thr)
     )
-    out = {**result[0].to_dict(), "model": svc.embedder.fingerprint}
+    out = {
+        **result[0].to_dict(),
+        "model": svc.embedder.fingerprint,
+        "detections": [up.detection()],
+    }
     for m in out["matches"]:
         m["thumbnail"] = thumbnail_url(m["name"])
     if faces:

@@ -14,6 +14,7 @@ from siamface.serve.errors import BadRequest, NotEnrolled, NoThreshold
 from siamface.serve.routes.deps import (
     NOT_FOUND,
     UPLOAD_ERRORS,
+    face_form,
     faces_query,
     get_service,
     threshold_query,
@@ -36,6 +37,8 @@ async def verify(
     ),
     threshold: float | None = threshold_query(),
     faces: bool = faces_query(),
+    face1: str | None = face_form("image1"),
+    face2: str | None = face_form("image2"),
     svc: Service = Depends(get_service),
 ) -> dict:
     """1:1 verification. With ``image2``: cosine similarity of the two faces, decided at the
@@ -48,24 +51,35 @@ async def verify(
     if image2 is not None and person is not None:
         raise BadRequest("send either image2 (two photos) or person (a claimed identity)")
     if person is not None:
-        return await _verify_claim(image1, person, threshold, faces, svc)
+        return await _verify_claim(image1, person, threshold, faces, face1, svc)
     override = threshold if threshold is not None else svc.threshold
     try:
         thr, source = resolve_threshold(svc.embedder.threshold, override, "this model")
     except SiamfaceError as err:
         raise NoThreshold(f"{err}; pass ?threshold=T", field="threshold") from err
-    a, b = await asyncio.gather(svc.read(image1, "image1"), svc.read(image2, "image2"))
+    a, b = await asyncio.gather(
+        svc.read(image1, "image1", face1), svc.read(image2, "image2", face2)
+    )
     emb = await svc.embed([a, b])
     similarity = float(emb[0] @ emb[1])
     result = decide(similarity, thr, source, svc.embedder.probability(similarity))
-    out = {**result.to_dict(), "model": svc.embedder.fingerprint}
+    out = {
+        **result.to_dict(),
+        "model": svc.embedder.fingerprint,
+        "detections": [a.detection(), b.detection()],
+    }
     if faces:
         out["faces"] = [data_url(a.jpeg()), data_url(b.jpeg())]
     return out
 
 
 async def _verify_claim(
-    image: UploadFile, person: str, threshold: float | None, faces: bool, svc: Service
+    image: UploadFile,
+    person: str,
+    threshold: float | None,
+    faces: bool,
+    face: str | None,
+    svc: Service,
 ) -> dict:
     gallery = svc.need_gallery()
     name = person.strip()
@@ -76,11 +90,16 @@ async def _verify_claim(
         thr, source = claim_threshold(gallery, override, svc.embedder.threshold)
     except SiamfaceError as err:
         raise NoThreshold(f"{err}; pass ?threshold=T", field="threshold") from err
-    up = await svc.read(image, "image1")
+    up = await svc.read(image, "image1", face)
     emb = await svc.embed([up])
     score = await run_in_threadpool(claimed_score, gallery, emb[0], name, svc.embedder.fingerprint)
     result = decide(score, thr, source, svc.embedder.probability(score))
-    out = {**result.to_dict(), "model": svc.embedder.fingerprint, "person": name}
+    out = {
+        **result.to_dict(),
+        "model": svc.embedder.fingerprint,
+        "person": name,
+        "detections": [up.detection()],
+    }
     if faces:
         out["faces"] = [data_url(up.jpeg())]
     return out

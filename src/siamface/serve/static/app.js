@@ -11,6 +11,8 @@
     health: null,
     card: null,
     files: {},
+    picks: {}, // slot -> index of the face the person clicked (several faces in a photo)
+    detections: {}, // slot -> faces found in its photo (from the last answer or refusal)
     errors: {}, // panel id -> last error (re-rendered on language switch)
     verify: null,
     identify: null,
@@ -120,6 +122,7 @@
     const byCode = {
       bad_image: () => t("err_bad_image", p),
       no_face: () => t("err_no_face", p),
+      ambiguous_face: () => t("err_ambiguous_face", p),
       too_large: () => t("err_too_large", { mb: limits.max_upload_mb ?? "?" }),
       file_too_large: () => t("err_file_too_large", { ...p, mb: limits.max_upload_mb ?? "?" }),
       image_too_large: () =>
@@ -251,20 +254,106 @@
     return $(".error", panel).id;
   }
 
+  // -- several faces in a photo: boxes over the preview, click one to use it ---------------
+  // The server finds every face and says which it used (``detections``), or refuses a photo
+  // with two equally likely faces (code ambiguous_face, with every face's box). The person
+  // then sees the boxes on their own photo and clicks the face to use; the next request
+  // sends its number (face1 / face2 / face).
+  const PICK_FIELD = { image1: "face1", image2: "face2", image: "face" };
+  const RERUN = { image1: () => runVerify(), image2: () => runVerify(), image: () => runIdentify() };
+
+  function slotEl(name) {
+    return document.querySelector(`[data-slot="${name}"]`);
+  }
+
+  function setDetection(name, det) {
+    state.detections[name] = det || null;
+    drawFaces(name);
+  }
+
+  function drawFaces(name) {
+    const slot = slotEl(name);
+    if (!slot) return;
+    const layer = $(".face-boxes", slot);
+    const note = $(".faces-note", slot);
+    const img = $(".preview", slot);
+    layer.textContent = "";
+    const det = state.detections[name];
+    const faces = (det?.faces || []).map((f, i) => ({ ...f, i })).filter((f) => !f.merge);
+    if (!det || faces.length < 2 || img.hidden || !img.naturalWidth) {
+      layer.hidden = true;
+      note.hidden = true;
+      return;
+    }
+    const sx = img.clientWidth / img.naturalWidth;
+    const sy = img.clientHeight / img.naturalHeight;
+    layer.style.left = `${img.offsetLeft}px`;
+    layer.style.top = `${img.offsetTop}px`;
+    layer.style.width = `${img.clientWidth}px`;
+    layer.style.height = `${img.clientHeight}px`;
+    for (const f of faces) {
+      const [x0, y0, x1, y1] = f.box;
+      const used = det.face_used === f.i;
+      const button = h("button", {
+        type: "button",
+        class: `face-box${used ? " used" : ""}`,
+        "data-face": String(f.i),
+        "aria-pressed": String(used),
+        "aria-label": t("use_face", { n: f.i + 1 }),
+        title: t("use_face", { n: f.i + 1 }),
+      });
+      button.style.left = `${Math.max(0, x0 * sx)}px`;
+      button.style.top = `${Math.max(0, y0 * sy)}px`;
+      button.style.width = `${(x1 - x0) * sx}px`;
+      button.style.height = `${(y1 - y0) * sy}px`;
+      button.addEventListener("click", (e) => {
+        e.stopPropagation();
+        state.picks[name] = f.i;
+        RERUN[name]?.();
+      });
+      layer.append(button);
+    }
+    layer.hidden = false;
+    note.textContent = det.face_used === null || det.face_used === undefined
+      ? t("faces_choose", { n: faces.length })
+      : t("faces_note", { n: faces.length });
+    note.hidden = false;
+  }
+
+  function appendPick(form, name) {
+    if (state.picks[name] !== undefined && state.picks[name] !== null) {
+      form.append(PICK_FIELD[name], String(state.picks[name]));
+    }
+  }
+
+  function showDetections(result) {
+    for (const d of result?.detections || []) setDetection(d.field, d);
+  }
+
+  function showRefusal(err) {
+    if (err?.code === "ambiguous_face" && err.field && PICK_FIELD[err.field]) {
+      setDetection(err.field, { faces: err.faces || [], face_used: null });
+    }
+  }
+
   function setFiles(slot, files, multiple) {
     const name = slot.dataset.slot;
     const old = state.files[name];
+    delete state.picks[name];
+    state.detections[name] = null;
     state.files[name] = multiple ? files : files.slice(0, 1);
     const img = $(".preview", slot);
     if (img.src) URL.revokeObjectURL(img.src);
     if (state.files[name].length) {
       img.src = URL.createObjectURL(state.files[name][0]);
       img.hidden = false;
+      img.onload = () => drawFaces(name);
     } else {
       img.removeAttribute("src");
       img.hidden = true;
     }
     if (old !== state.files[name]) renderSlot(slot);
+    drawFaces(name);
   }
 
   function renderSlot(slot) {
@@ -307,15 +396,19 @@
     const form = new FormData();
     form.append("image1", a, a.name);
     form.append("image2", b, b.name);
+    appendPick(form, "image1");
+    appendPick(form, "image2");
     const button = $("#verify-run");
     button.disabled = true;
     button.setAttribute("aria-busy", "true");
     try {
       state.verify = await api("/verify?faces=true", { method: "POST", body: form });
+      showDetections(state.verify);
       renderVerify(true);
     } catch (err) {
       state.verify = null;
       $("#verify-result").hidden = true;
+      showRefusal(err);
       showError("verify-error", err);
     } finally {
       button.disabled = false;
@@ -443,6 +536,7 @@
     }
     const form = new FormData();
     form.append("image", file, file.name);
+    appendPick(form, "image");
     const k = $("#identify-topk").value;
     const button = $("#identify-run");
     button.disabled = true;
@@ -451,10 +545,12 @@
         method: "POST",
         body: form,
       });
+      showDetections(state.identify);
       renderIdentify();
     } catch (err) {
       state.identify = null;
       $("#identify-result").hidden = true;
+      showRefusal(err);
       showError("identify-error", err);
     } finally {
       button.disabled = false;

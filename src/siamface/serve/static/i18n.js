@@ -139,6 +139,10 @@ window.SIAMFACE_TEXTS = {
 
     err_bad_image: "{where} is not an image file (or it is damaged).",
     err_no_face: "No face found in {where}.",
+    err_ambiguous_face: "{where} shows several people and two could be the one you mean: click the face to use.",
+    faces_note: "{n} faces found: the framed one was used. Click another face to use it instead.",
+    faces_choose: "{n} faces found: click the face to use.",
+    use_face: "Use face {n}",
     err_too_large: "Too large (limit {mb} MB).",
     err_file_too_large: "{where} is too large (limit {mb} MB).",
     err_image_too_large: "{where} has too many pixels (limit {mp} megapixels).",
@@ -299,6 +303,10 @@ window.SIAMFACE_TEXTS = {
 
     err_bad_image: "{where}は画像ファイルではありません（または壊れています）。",
     err_no_face: "{where}に顔が見つかりません。",
+    err_ambiguous_face: "{where}に複数の人が写っていて、どの人か決められません。使う顔をクリックしてください。",
+    faces_note: "{n} 人の顔が見つかりました。緑の枠の顔を使いました。別の顔をクリックすると切り替えます。",
+    faces_choose: "{n} 人の顔が見つかりました。使う顔をクリックしてください。",
+    use_face: "顔 {n} を使う",
     err_too_large: "ファイルが大きすぎます（上限 {mb} MB）。",
     err_file_too_large: "{where}が大きすぎます（上限 {mb} MB）。",
     err_image_too_large: "{where}の画素数が多すぎます（上限 {mp} メガピクセル）。",
