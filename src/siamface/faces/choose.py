@@ -78,8 +78,9 @@ def merged_faces(faces: Sequence[Face]) -> set[int]:
     """Indices of boxes that are two faces seen as one, not a face.
 
     A box is a merge when it holds most (60 %) of a smaller face (a tenth to 70 % of its area)
-    that the detector is more sure of, or holds a good part (25 %) of two other faces at once. Such boxes are what a
-    detector returns for two heads close together, usually with a lower score than either.
+    that the detector is more sure of, or holds a good part (25 %) of two other faces at once.
+    Such boxes are what a detector returns for two heads close together, usually with a lower
+    score than either.
     """
     out: set[int] = set()
     for i, a in enumerate(faces):
