@@ -184,7 +184,7 @@ class FakeEmbedder(Embedder):
         f = np.concatenate([x.mean(2), x.std(2), np.ones((len(x), 2))], 1)
         return f / np.linalg.norm(f, axis=1, keepdims=True)
 
-    def embed_paths(self, paths, batch_size=64, workers=None, progress=False):
+    def embed_paths(self, paths, batch_size=64, workers=None, progress=False, ambiguous="pick"):
         def loader(p: Path) -> np.ndarray:
             if "noface" in p.name:
                 raise ImageLoadError("no face found")

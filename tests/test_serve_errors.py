@@ -185,9 +185,9 @@ class _SlowFaces:
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
-    def face_array(self, img):
+    def locate(self, img, pick=None, ambiguous="pick"):
         time.sleep(0.4)
-        return self._inner.face_array(img)
+        return self._inner.locate(img, pick=pick, ambiguous=ambiguous)
 
 
 def test_pixel_budget_queues_then_answers_busy(onnx_path):

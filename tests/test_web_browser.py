@@ -601,3 +601,45 @@ def test_concurrent_requests_to_an_aligned_model_do_not_hang(server, setup):
         return codes
 
     assert asyncio.run(rounds()) == [200] * 100
+
+
+def test_photo_with_two_people_shows_boxes_and_the_click_decides(browser, server, setup, tmp_path):
+    """A photo of two people, equally likely: the page shows the refusal, draws a box on
+    each face of the photo, and the face the person clicks is the one verified."""
+    from siamface.data.images import load_rgb
+    from siamface.data.transforms import Preprocessing
+    from siamface.faces.align import align_face_image
+
+    def portrait(path: Path) -> Image.Image:
+        pre = Preprocessing(image_size=200, aligned=True, align={"margin": 0.8})
+        return Image.fromarray(align_face_image(load_rgb(path), pre))
+
+    a1, a2 = setup["same"]
+    pair = Image.new("RGB", (440, 240), (128, 128, 128))
+    pair.paste(portrait(a1), (10, 20))  # the person of a2, on the left
+    pair.paste(portrait(setup["stranger"]), (230, 20))
+    path = tmp_path / "two_people.jpg"
+    pair.save(path, quality=95)
+
+    open_page(browser, server)
+    first = verify_pair(browser, path, a2)
+    assert first["same"] is None and first["error"], first
+    code = browser.execute_script("return document.getElementById('verify-error').dataset.code")
+    assert code == "ambiguous_face"
+    boxes = '[data-slot="image1"] .face-box'
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, boxes)) == 2, what="boxes")
+    assert "click the face" in visible_text(browser, '[data-slot="image1"] .faces-note')
+    shot(browser, "verify-two-people-choose")
+    left = min(browser.find_elements(By.CSS_SELECTOR, boxes), key=lambda b: b.location["x"])
+    left_x = left.location["x"]
+    left.click()
+    wait_for(
+        browser,
+        lambda d: d.execute_script(
+            "return document.getElementById('verify-verdict').dataset.same === 'true'"
+        ),
+        what="verdict after the click",
+    )
+    used = browser.find_elements(By.CSS_SELECTOR, f"{boxes}.used")
+    assert len(used) == 1 and used[0].location["x"] == left_x
+    shot(browser, "verify-two-people-chosen")

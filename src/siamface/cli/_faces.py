@@ -56,7 +56,7 @@ def face_of(model, path: Path, pick: str | None, flag: str = "--face", quiet: bo
             raise SiamfaceError(f"{path}: {err.choice.ambiguity(flag)}{listed}") from err
         raise SiamfaceError(f"{path}: {err}") from err
     except ImageLoadError as err:
-        raise SiamfaceError(f"cannot use {path}: {err}") from err
+        raise SiamfaceError(f"cannot read {path}: {err}") from err
     except SiamfaceError as err:  # a pick that names no face found
         raise SiamfaceError(f"{path}: {str(err).replace('--face', flag)}") from err
     choice = found.choice

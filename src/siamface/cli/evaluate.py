@@ -54,6 +54,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="identity folders DIR/<person>/<image> (repeatable; with --pairs: the image root)",
     )
     p.add_argument("--pairs", metavar="FILE", help="LFW-format pairs file: run that protocol")
+    p.add_argument(
+        "--no-face",
+        choices=("centre", "error"),
+        default="centre",
+        help="with --pairs, a photo where no face is found: embed the centre of the photo and "
+        "list it in the report (centre, default: every listed pair is scored) or stop (error)",
+    )
     who = p.add_mutually_exclusive_group()
     who.add_argument(
         "--identities",
@@ -110,7 +117,17 @@ def run(args: argparse.Namespace) -> int:
         if args.identities or args.held_out:
             raise SiamfaceError("--identities/--held-out do not apply to a pairs file")
         model = open_model_arg(args)
-        result = ev.evaluate_pairs_file(model, args.pairs, args.data[0], Path(args.out), **common)
+        result = ev.evaluate_pairs_file(
+            model, args.pairs, args.data[0], Path(args.out), no_face=args.no_face, **common
+        )
+        centred = result.report.get("data", {}).get("no_face_centre") or []
+        if centred and not args.json:
+            print(
+                f"no face found in {len(centred)} photo(s); their centre was embedded instead "
+                f"(listed in the report as no_face_centre): {', '.join(centred[:3])}"
+                + (" ..." if len(centred) > 3 else ""),
+                file=sys.stderr,
+            )
     else:
         ids = None
         if args.identities:

@@ -173,6 +173,33 @@ def embed_all(embedder, paths: Sequence[Path], batch_size: int, workers, progres
     return emb, kept, errors
 
 
+def _centre_fallback(embedder, paths: Sequence[Path], emb, kept, errors):
+    """Embed the centre of every readable photo in ``errors`` where no face was found:
+    (all embeddings in ``paths`` order, kept indices, remaining errors, centred paths)."""
+    from siamface.data.images import ImageLoadError, load_rgb
+    from siamface.faces.errors import NoFaceError
+
+    full = np.zeros((len(paths), embedder.embedding_size), dtype=np.float32)
+    full[kept] = emb
+    left, centred, done = {}, [], list(kept)
+    for i, reason in errors.items():
+        try:
+            img = load_rgb(paths[i])
+            try:
+                embedder.face_array(img)
+                left[i] = reason  # a face after all (a changed file): keep the error
+                continue
+            except NoFaceError:
+                face = embedder.centre_face(img)
+        except ImageLoadError:
+            left[i] = reason
+            continue
+        full[i] = embedder.embed_batch(face.transpose(2, 0, 1)[None])[0]
+        centred.append(str(paths[i]))
+        done.append(i)
+    return full, sorted(done), left, centred
+
+
 # ------------------------------------------------------------------------- protocols
 def evaluate_folders(
     embedder,
@@ -242,10 +269,18 @@ def evaluate_pairs_file(
     workers: int | None = None,
     plots: bool = True,
     progress: bool = True,
+    no_face: str = "centre",
 ) -> Evaluation:
-    """The LFW pairs protocol: listed pairs, 10-fold accuracy, AUC and TAR at FAR."""
+    """The LFW pairs protocol: listed pairs, 10-fold accuracy, AUC and TAR at FAR.
+
+    Every listed pair must be scored. A readable photo where no face is found is embedded
+    from its centre (``no_face="centre"``, the framing of face-centred benchmark photos) and
+    listed in the report (``data.no_face_centre``); ``no_face="error"`` stops instead.
+    """
     from siamface.evaluate.protocol import kfold_accuracy, read_pairs, resolve_pairs
 
+    if no_face not in ("centre", "error"):
+        raise SiamfaceError(f"no_face must be 'centre' or 'error', got {no_face!r}")
     t0 = time.perf_counter()
     pairs_path = Path(pairs_path).expanduser()
     pf = read_pairs(pairs_path)
@@ -253,6 +288,9 @@ def evaluate_pairs_file(
     unique = sorted({f for ab in files for f in ab})
     pos = {f: k for k, f in enumerate(unique)}
     emb, kept, errors = embed_all(embedder, unique, batch_size, workers, progress)
+    centred: list[str] = []
+    if errors and no_face == "centre":
+        emb, kept, errors, centred = _centre_fallback(embedder, unique, emb, kept, errors)
     if errors:
         bad = {unique[i]: r for i, r in errors.items()}
         first = next(p for p, ab in zip(pf.pairs, files, strict=True) if set(ab) & set(bad))
@@ -288,6 +326,7 @@ def evaluate_pairs_file(
             "images": len(unique),
             "images_embedded": len(kept),
             "unreadable": [],
+            "no_face_centre": centred,
             "folds": pf.folds,
             "pairs_per_fold": pf.per_fold,
         },

@@ -53,8 +53,6 @@ AUTO_SCORE_POWER = 4.0
 AMBIGUOUS_RATIO = 0.75
 #: ``central`` ignores faces smaller than this fraction of the largest (a speck far back).
 CENTRAL_MIN_SIZE = 0.25
-#: A face given by box (``--face x0,y0,x1,y1``) must overlap a detection this much (IoU).
-PICK_MIN_IOU = 0.3
 
 
 def _area(b: Sequence[float]) -> float:
@@ -278,9 +276,14 @@ def _picked(faces: tuple[Face, ...], pick: FacePick) -> int:
             )
         return pick.index
     assert pick.box is not None
-    overlaps = [iou(f.box, pick.box) for f in faces]
+    # A person's box may be tight (around the face) or loose (around the person): a face
+    # counts when most of it lies inside the box; of those, the best-fitting box wins.
+    inside = [_inter(f.box, pick.box) / max(_area(f.box), 1e-9) for f in faces]
+    overlaps = [
+        iou(f.box, pick.box) if k >= 0.5 else 0.0 for f, k in zip(faces, inside, strict=True)
+    ]
     best = int(np.argmax(overlaps))
-    if overlaps[best] < PICK_MIN_IOU:
+    if overlaps[best] <= 0.0:
         listed = "; ".join(f"{i}: {_box_text(f.box)}" for i, f in enumerate(faces))
         raise SiamfaceError(f"no face found at {_box_text(pick.box)} (faces found: {listed})")
     return best

@@ -109,6 +109,16 @@ class Embedder:
 
         return AlignedFace(resize_uint8(img.convert("RGB"), pre.image_size), None)
 
+    def centre_face(self, img: Image.Image) -> np.ndarray:
+        """The photo's centre as this model's face, without detection (see
+        :func:`siamface.faces.align.centre_face`): the pairs protocol's no-face fallback."""
+        pre = self.preprocessing
+        if pre.aligned:
+            from siamface.faces.align import centre_face
+
+            return centre_face(img, pre)
+        return resize_uint8(img.convert("RGB"), pre.image_size)
+
     def face_array(self, img: Image.Image, ambiguous: str = "pick") -> np.ndarray:
         """:meth:`locate`'s face alone (HWC uint8 of the model's input size)."""
         return self.locate(img, ambiguous=ambiguous).crop

@@ -112,6 +112,25 @@ class DlibChipLoader:
         chip = dlib.get_face_chip(arr, shape, size=CHIP_SIZE, padding=CHIP_PADDING)
         return AlignedFace(np.asarray(chip), choice)
 
+    def centre_chip(self, img: Image.Image) -> np.ndarray:
+        """dlib's chip of the photo's centre (no detection; the pairs protocol's no-face
+        fallback, see :func:`siamface.faces.align.centre_face`)."""
+        from siamface.faces.align import CENTRE_FACE_FRACTION
+
+        dlib = _dlib()
+        if self._predictor is None:
+            self._predictor = dlib.shape_predictor(str(self.models_dir / LANDMARKS_FILE))
+        img = img.convert("RGB") if img.mode != "RGB" else img
+        w, h = img.size
+        side = CENTRE_FACE_FRACTION * min(w, h)
+        x0, y0 = int(round((w - side) / 2)), int(round((h - side) / 2))
+        arr = np.asarray(img, dtype=np.uint8)
+        rect = dlib.rectangle(x0, y0, x0 + int(round(side)), y0 + int(round(side)))
+        chip = dlib.get_face_chip(
+            arr, self._predictor(arr, rect), size=CHIP_SIZE, padding=CHIP_PADDING
+        )
+        return np.asarray(chip)
+
     def __call__(self, path: Path) -> np.ndarray:
         return self.chip(load_rgb(path))
 
@@ -141,6 +160,9 @@ class DlibEmbedder(Embedder):
 
     def face_loader(self, ambiguous: str = "pick"):
         return DlibChipLoader(self._loader.models_dir, ambiguous)
+
+    def centre_face(self, img: Image.Image) -> np.ndarray:
+        return self._loader.centre_chip(img)
 
     def locate(self, img: Image.Image, pick=None, ambiguous: str = "pick"):
         loader = self._loader if ambiguous == "pick" else self.face_loader(ambiguous)
