@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from siamface.cli._faces import add_face_arg, face_of
 from siamface.cli._model_args import threshold_value
 
 
@@ -31,11 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="override the gallery's threshold (a cosine similarity in [-1, 1])",
     )
     p.add_argument("--json", action="store_true", help="print results as JSON")
+    add_face_arg(p, "--face", "the photo (one IMG)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
+
+    import numpy as np
 
     from siamface.cli.gallery import load_gallery_model
     from siamface.errors import SiamfaceError
@@ -43,12 +47,25 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise SiamfaceError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.face and len(args.images) != 1:
+        raise SiamfaceError("--face picks a face of one photo: give one IMG with it")
     with open_gallery(args.gallery) as g:
         if len(g) == 0:
             raise SiamfaceError(f"gallery {args.gallery} is empty; enroll people first")
         embedder = load_gallery_model(g, args.model)
         paths = [Path(p) for p in args.images]
-        emb, errors = embedder.embed_paths(paths, progress=False)
+        # Photo by photo: each says which of its faces it used, and one with two equally
+        # likely faces is answered with an error naming them (the others still answered).
+        faces, errors, detections = [], {}, {}
+        for i, p in enumerate(paths):
+            try:
+                face, det = face_of(embedder, p, args.face, quiet=bool(args.json))
+            except SiamfaceError as err:
+                errors[i] = str(err).removeprefix(f"{p}: ").removeprefix(f"cannot read {p}: ")
+                continue
+            faces.append(face.transpose(2, 0, 1))
+            detections[i] = det
+        emb = embedder.embed_batch(np.stack(faces)) if faces else None
         if len(errors) == len(paths):
             i, reason = next(iter(errors.items()))
             raise SiamfaceError(f"cannot use {paths[i]}: {reason}")
@@ -59,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         if i in errors:
             out.append({"image": str(p), "error": errors[i]})
         else:
-            out.append({"image": str(p), **next(it).to_dict()})
+            det = detections.get(i)
+            out.append({"image": str(p), **next(it).to_dict(), "detections": [det] if det else []})
     if args.json:
         print(json.dumps(out if len(out) > 1 else out[0], indent=1))
     else:
