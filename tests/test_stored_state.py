@@ -4,6 +4,7 @@ teacher-embedding cache, gallery vectors and models with degenerate output."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 
@@ -134,3 +135,83 @@ def test_teacher_cache_damage_is_found_and_embedded_again(
     caplog.clear()
     _, _, logs3 = _teacher(tiny_checkpoint, pins_small, tmp_path, monkeypatch, caplog)
     assert not logs3 and not caplog.records  # rebuilt cache: all hits, no notice
+
+
+# ----------------------------------------------------------------------------- gallery vectors
+def _cli(capsys, *argv):
+    from siamface.cli.main import main
+
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture
+def gallery(capsys, tiny_checkpoint, pins_small, tmp_path):
+    import shutil
+
+    people = tmp_path / "people"
+    for d in sorted(pins_small.iterdir())[:4]:
+        (people / d.name).mkdir(parents=True)
+        for f in sorted(d.iterdir())[:3]:
+            shutil.copy2(f, people / d.name / f.name)
+    g = tmp_path / "gal"
+    rc, _, err = _cli(capsys, "gallery", "enroll", g, "--model", tiny_checkpoint, people)
+    assert rc == 0, err
+    return g, people
+
+
+def _damage(g, name: str, how: str) -> None:
+    with sqlite3.connect(g / "gallery.sqlite") as c:
+        (pid,) = c.execute("SELECT id FROM people WHERE name=?", (name,)).fetchone()
+        blob = c.execute("SELECT embedding FROM images WHERE person_id=?", (pid,)).fetchone()[0]
+        bad = {
+            "nan": np.full(len(blob) // 4, np.nan, np.float32).tobytes(),
+            "short": blob[:-4],
+            "zero": bytes(len(blob)),
+        }[how]
+        c.execute("UPDATE images SET embedding=? WHERE person_id=?", (bad, pid))
+        c.execute("UPDATE people SET template=? WHERE id=?", (bad, pid))
+
+
+@pytest.mark.parametrize("how", ["nan", "short", "zero"])
+def test_damaged_gallery_vectors_name_the_person_and_are_repaired(capsys, gallery, how):
+    g, people = gallery
+    victim = sorted(p.name for p in people.iterdir())[1]
+    probe = sorted((people / victim).iterdir())[0]
+    rc, out, _ = _cli(capsys, "identify", g, probe, "--json")
+    assert rc == 0 and victim in out
+    _damage(g, victim, how)
+    rc, out, err = _cli(capsys, "identify", g, probe, "--json")
+    assert rc == 2 and victim in err and "damaged" in err and "gallery check" in err
+    assert len(err.strip().splitlines()) == 1
+    rc, _, err = _cli(capsys, "gallery", "set", g, "--rebuild")  # index rebuilt from the db
+    assert rc == 2 and victim in err and "damaged" in err
+    rc, out, _ = _cli(capsys, "gallery", "check", g, "--json")
+    report = json.loads(out)
+    assert rc == 1 and {p["person"] for p in report["problems"]} == {victim}
+    assert {p["kind"] for p in report["problems"]} == {"image", "template"}
+    rc, _, err = _cli(capsys, "gallery", "check", g, "--repair")  # not confirmed: unchanged
+    assert rc == 2 and "--yes" in err
+    rc, out, err = _cli(capsys, "gallery", "check", g, "--repair", "--yes", "--json")
+    assert rc == 0, err
+    report = json.loads(out)
+    assert not report["remaining"]
+    assert any(d["action"].startswith("re-embedded") for d in report["repaired"])
+    rc, out, _ = _cli(capsys, "identify", g, probe, "--json")
+    assert rc == 0 and json.loads(out)["identity"] == victim
+
+
+def test_gallery_check_drops_what_cannot_be_re_embedded(capsys, gallery):
+    g, people = gallery
+    names = sorted(p.name for p in people.iterdir())
+    _damage(g, names[0], "nan")
+    import shutil
+
+    shutil.rmtree(people / names[0])  # the stored image files are gone: nothing to re-embed
+    rc, out, err = _cli(capsys, "gallery", "check", g, "--repair", "--yes")
+    assert rc == 0, err
+    assert "person removed" in out and names[0] in out
+    rc, out, _ = _cli(capsys, "gallery", "list", g, "--json")
+    assert names[0] not in {p["name"] for p in json.loads(out)["people"]}
+    assert _cli(capsys, "gallery", "check", g)[0] == 0

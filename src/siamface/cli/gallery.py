@@ -107,6 +107,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--json", action="store_true")
     m.add_argument("--no-progress", action="store_true")
     m.set_defaults(func=run_migrate)
+    c = gs.add_parser(
+        "check",
+        help="check every stored vector; --repair fixes damaged records",
+        description="Check that every stored embedding and template is a finite unit vector "
+        "of the gallery's size, and name the person of each damaged record (a disk error, a "
+        "sync tool or a hand edit can damage a database). With --repair: re-embed a damaged "
+        "image from its stored file when the file and the model are available, else drop it; "
+        "recompute templates; remove a person left with no image; rebuild the index. For a "
+        "Milvus gallery, also finds (and with --repair drops) a half-made collection. Exit "
+        "code 1 when problems remain.",
+    )
+    c.add_argument("gallery", metavar="GALLERY", help=GALLERY_HELP)
+    c.add_argument("--repair", action="store_true", help="fix what is found (asks first)")
+    c.add_argument("--yes", action="store_true", help="repair without asking")
+    c.add_argument("--model", help="model to re-embed with (default: the gallery's)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=run_check)
     p.set_defaults(func=lambda args: _no_action(p))
 
 
@@ -350,3 +367,77 @@ def run_migrate(args: argparse.Namespace) -> int:
             f"migration to {rep.destination} did not verify: {'; '.join(rep.problems)}"
         )
     return 0
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Go on when ``--yes`` was given or a person at the terminal says yes; else refuse."""
+    from siamface.errors import SiamfaceError
+
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise SiamfaceError(f"{question}: add --yes to confirm (nothing was changed)")
+    answer = input(f"{question} [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise SiamfaceError("not confirmed; nothing was changed")
+
+
+def _reembedder(gallery, model: str | None):
+    """Path -> unit embedding with the gallery's model, or None when no model is available
+    (damaged images are then dropped)."""
+    from pathlib import Path
+
+    from siamface.errors import SiamfaceError
+
+    try:
+        embedder = load_gallery_model(gallery, model)
+    except SiamfaceError as err:
+        print(f"  cannot re-embed ({err}); damaged images will be dropped", file=sys.stderr)
+        return None
+
+    def reembed(ref: str):
+        if not Path(ref).is_file():
+            return None
+        emb, errors = embedder.embed_paths([Path(ref)], progress=False)
+        return None if errors or len(emb) != 1 else emb[0]
+
+    return reembed
+
+
+def run_check(args: argparse.Namespace) -> int:
+    with _open(args.gallery) as g:
+        problems = g.check()
+        done: list[dict] = []
+        if problems and args.repair:
+            confirm(f"repair {len(problems)} damaged record(s) in {args.gallery}", args.yes)
+            needs_model = any(p["kind"] == "image" and p.get("ref") for p in problems)
+            reembed = _reembedder(g, args.model) if needs_model else None
+            done = g.repair(problems, reembed)
+        left = g.check() if done else problems
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "gallery": str(args.gallery),
+                    "problems": problems,
+                    "repaired": done,
+                    "remaining": left,
+                },
+                indent=1,
+            )
+        )
+    else:
+        for p in problems:
+            what = p["kind"] if p["kind"] != "image" else f"image {p['id']}"
+            print(f"  damaged: {p['person']!r} {what}: {p['problem']}")
+        for d in done:
+            print(f"  repaired: {d['person']!r}: {d['action']}")
+        if not left:
+            state = "repaired" if done else "all records are sound"
+            print(f"{args.gallery}: {state}")
+        else:
+            print(
+                f"{args.gallery}: {len(left)} damaged record(s); run "
+                f"'siamface gallery check {args.gallery} --repair'"
+            )
+    return 1 if left else 0

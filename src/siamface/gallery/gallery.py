@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -370,6 +370,19 @@ class Gallery(ABC):
     @abstractmethod
     def _remove(self, names: list[str]) -> None:
         """Remove these people (distinct names), or nobody if one is not enrolled."""
+
+    # -- checking ----------------------------------------------------------------------------
+    def check(self) -> list[dict]:
+        """Every damaged stored record (``person``, ``kind``, ``problem``...); empty when all
+        is sound. Backends that cannot check say so."""
+        raise SiamfaceError(f"the {self.backend} backend cannot check its records")
+
+    def repair(
+        self, problems: list[dict], reembed: Callable[[str], np.ndarray | None] | None = None
+    ) -> list[dict]:
+        """Fix the problems :meth:`check` found (re-embed from stored images where possible,
+        else drop); returns what was done."""
+        raise SiamfaceError(f"the {self.backend} backend cannot repair its records")
 
     # -- searching ---------------------------------------------------------------------------
     def search(
