@@ -167,16 +167,10 @@ def run_enroll(args: argparse.Namespace) -> int:
     from siamface.gallery import Gallery
     from siamface.gallery.backends import backend_name
     from siamface.gallery.enroll import embed_plan, plan_enrollment
+    from siamface.gallery.validation import parse_metadata
     from siamface.inference import model_reference, open_model
 
-    metadata = {}
-    if args.metadata:
-        try:
-            metadata = json.loads(args.metadata)
-        except json.JSONDecodeError as err:
-            raise SiamfaceError(f"--metadata is not valid JSON: {err}") from err
-        if not isinstance(metadata, dict):
-            raise SiamfaceError('--metadata must be a JSON object, e.g. {"team": "ops"}')
+    metadata = parse_metadata(args.metadata, "--metadata")
     plan = plan_enrollment(args.inputs, args.name)  # input errors before anything is opened
     created = False
     builtin = backend_name(args.gallery) == "builtin"

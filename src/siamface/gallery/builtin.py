@@ -46,6 +46,7 @@ from siamface.gallery.store import (
 )
 from siamface.gallery.sync import INDEX_NAME, LOCK_NAME, DerivedIndex
 from siamface.gallery.validation import checked_settings, usable
+from siamface.names import normal_name, skeleton
 
 __all__ = ["DB_NAME", "INDEX_NAME", "LOCK_NAME", "BuiltinGallery"]
 
@@ -190,7 +191,7 @@ class BuiltinGallery(Gallery):
 
     def person(self, name: str) -> PersonRecord | None:
         with self._lock:
-            return self.store.person(name) if isinstance(name, str) else None
+            return self.store.person(normal_name(name)) if isinstance(name, str) else None
 
     def existing(self, names: Sequence[str]) -> set[str]:
         with self._lock:
@@ -198,8 +199,14 @@ class BuiltinGallery(Gallery):
 
     def thumbnail(self, name: str) -> bytes | None:
         with self._lock:
-            rec = self.store.person(name) if isinstance(name, str) else None
+            rec = self.store.person(normal_name(name)) if isinstance(name, str) else None
             return None if rec is None else self.store.thumbnail(rec.id)
+
+    def _lookalike_candidates(self, names: list[str]) -> set[str]:
+        with self._lock:
+            found = set(self.store.existing_names([skeleton(n) for n in names]))
+            rows = self.store.conn.execute("SELECT name FROM people WHERE name GLOB '*[^ -~]*'")
+            return found | {r[0] for r in rows}
 
     def export(self, names: Sequence[str]) -> list[NewPerson]:
         with self._lock:

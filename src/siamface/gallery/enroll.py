@@ -16,6 +16,7 @@ from siamface.data.images import ImageLoadError, file_digest, is_image_path, loa
 from siamface.errors import SiamfaceError
 from siamface.gallery.records import NewPerson
 from siamface.gallery.thumbnail import make_thumbnail
+from siamface.gallery.validation import check_name
 from siamface.inference import Embedder
 
 _SHOW = 10
@@ -76,7 +77,7 @@ def plan_enrollment(inputs: Sequence[str | Path], name: str | None = None) -> En
                 images.append(p)
             else:
                 raise SiamfaceError(f"{p} is not an image file (unknown suffix {p.suffix!r})")
-        return EnrollPlan([(name, list(dict.fromkeys(images)))])
+        return EnrollPlan([(check_name(name), list(dict.fromkeys(images)))])
     loose = [p for p in paths if not p.is_dir()]
     if loose:
         raise SiamfaceError(
@@ -104,7 +105,8 @@ def plan_enrollment(inputs: Sequence[str | Path], name: str | None = None) -> En
             if root.resolve().name in groups:
                 raise SiamfaceError(f"two folders named {root.resolve().name!r} given")
             groups[root.resolve().name] = found
-    return EnrollPlan(list(groups.items()), ignored)
+    # Folder names are person names: the same rule as every other way in, before any work.
+    return EnrollPlan([(check_name(n), imgs) for n, imgs in groups.items()], ignored)
 
 
 def embed_plan(

@@ -59,7 +59,8 @@ from siamface.gallery.gallery import Gallery
 from siamface.gallery.records import NewPerson, PersonRecord
 from siamface.gallery.results import Candidate
 from siamface.gallery.store import mean_template
-from siamface.gallery.validation import MAX_NAME, checked_settings, usable
+from siamface.gallery.validation import checked_settings, usable
+from siamface.names import MAX_NAME, normal_name
 
 FORMAT = "siamface.gallery.milvus"
 FORMAT_VERSION = 1
@@ -465,6 +466,7 @@ class MilvusGallery(Gallery):
     def person(self, name: str) -> PersonRecord | None:
         if not isinstance(name, str):
             return None
+        name = normal_name(name)
         row = self._people_rows([name]).get(name)
         return None if row is None else _record(row)
 
@@ -474,6 +476,7 @@ class MilvusGallery(Gallery):
     def thumbnail(self, name: str) -> bytes | None:
         if not isinstance(name, str):
             return None
+        name = normal_name(name)
         row = self._people_rows([name], ["name", "thumbnail"]).get(name)
         return base64.b64decode(row["thumbnail"]) if row and row["thumbnail"] else None
 
