@@ -39,6 +39,10 @@ def check_name(name: object) -> str:
     return name
 
 
+class MetadataTooLarge(SiamfaceError):
+    """Metadata over the size or depth bound (the REST service answers 422)."""
+
+
 def _nesting(text: str) -> int:
     """Deepest ``[``/``{`` nesting of JSON text, counted without parsing (a parser recurses,
     and 100,000 opening brackets would exhaust Python's stack before any check ran)."""
@@ -69,9 +73,9 @@ def parse_metadata(text: str | None, what: str = "metadata") -> dict:
         return {}
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_METADATA_BYTES:
-        raise SiamfaceError(f"{what} is {size} bytes; at most {MAX_METADATA_BYTES} are kept")
+        raise MetadataTooLarge(f"{what} is {size} bytes; at most {MAX_METADATA_BYTES} are kept")
     if _nesting(text) > MAX_METADATA_DEPTH:
-        raise SiamfaceError(f"{what} is nested deeper than {MAX_METADATA_DEPTH} levels")
+        raise MetadataTooLarge(f"{what} is nested deeper than {MAX_METADATA_DEPTH} levels")
     try:
         meta = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as err:
@@ -90,7 +94,7 @@ def check_metadata(meta: object, name: str) -> dict:
         obj, depth = stack.pop()
         if isinstance(obj, dict | list | tuple):
             if depth > MAX_METADATA_DEPTH:
-                raise SiamfaceError(
+                raise MetadataTooLarge(
                     f"metadata of {name!r} is nested deeper than {MAX_METADATA_DEPTH} levels"
                 )
             items = obj.values() if isinstance(obj, dict) else obj
@@ -100,7 +104,7 @@ def check_metadata(meta: object, name: str) -> dict:
     except (TypeError, ValueError) as err:
         raise SiamfaceError(f"metadata of {name!r} is not JSON-serialisable: {err}") from err
     if len(text.encode()) > MAX_METADATA_BYTES:
-        raise SiamfaceError(f"metadata of {name!r} is over {MAX_METADATA_BYTES} bytes")
+        raise MetadataTooLarge(f"metadata of {name!r} is over {MAX_METADATA_BYTES} bytes")
     return dict(meta)
 
 

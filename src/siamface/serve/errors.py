@@ -127,7 +127,7 @@ class InvalidName(ApiError):
 
 
 class InvalidMetadata(ApiError):
-    """Metadata that is not a JSON object within the size and depth bounds."""
+    """Metadata over the size or depth bound."""
 
     status, code = 422, "invalid_metadata"
 

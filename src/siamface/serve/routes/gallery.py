@@ -9,9 +9,10 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from siamface.errors import SiamfaceError
-from siamface.gallery.validation import check_name, parse_metadata
+from siamface.gallery.validation import MetadataTooLarge, check_name, parse_metadata
 from siamface.serve.errors import (
     AlreadyEnrolled,
+    BadRequest,
     InvalidMetadata,
     InvalidName,
     NotEnrolled,
@@ -125,5 +126,7 @@ async def remove(name: str, svc: Service = Depends(get_service)) -> dict:
 def _parse_metadata(text: str | None) -> dict:
     try:
         return parse_metadata(text)
-    except SiamfaceError as err:
+    except MetadataTooLarge as err:
         raise InvalidMetadata(str(err), field="metadata") from None
+    except SiamfaceError as err:
+        raise BadRequest(str(err), field="metadata") from None
