@@ -174,6 +174,10 @@ def run_enroll(args: argparse.Namespace) -> int:
     plan = plan_enrollment(args.inputs, args.name)  # input errors before anything is opened
     created = False
     builtin = backend_name(args.gallery) == "builtin"
+    if builtin:  # a read-only or full place is refused before minutes of embedding
+        from siamface.fileio import check_output_dir
+
+        check_output_dir(args.gallery, "gallery")
     if Gallery.exists(args.gallery):
         if args.threshold is not None or args.aggregation:
             raise SiamfaceError(
@@ -254,6 +258,8 @@ def run_enroll(args: argparse.Namespace) -> int:
         print(f"  skipped {p}: {r}", file=sys.stderr)
     for n in embedded.skipped_people:
         print(f"  skipped {n}: no usable image", file=sys.stderr)
+    for p, r in plan.ignored:
+        print(f"  ignored {p}: {r}", file=sys.stderr)
     for d in dupes:
         print(
             f"  warning: {d['path']} is byte-identical to an image of {d['other']!r}",
