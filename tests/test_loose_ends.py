@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 from conftest import needs_data
+from test_faces_prepare import raw_tree  # noqa: F401 - a fixture
 from test_outputs import read_only_dir  # noqa: F401 - a fixture
 
 from siamface.cli.main import main
@@ -108,3 +109,22 @@ def test_read_only_gallery_is_refused_before_embedding(
     assert rc == 2 and ("read-only" in err.lower() or "permission" in err.lower())
     assert str(read_only_dir / "g") in err
     assert "zz-broken" not in err and len(err.strip().splitlines()) == 1
+
+
+@needs_data
+def test_prepare_killed_before_logging_keeps_every_record(raw_tree, tmp_path):  # noqa: F811
+    """A kill between a worker saving crops and the log line recording them: on resume the
+    report still has every photo's full record (score, box, problems), not a bare stub."""
+    from siamface.faces.prepare import LOG_NAME, PrepareOptions, prepare_folders
+
+    out = tmp_path / "aligned"
+    first = prepare_folders(raw_tree, out, PrepareOptions(workers=1), progress=False)
+    log = out / LOG_NAME
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines[:-5]))  # the last five records never reached the log
+    again = prepare_folders(raw_tree, out, PrepareOptions(workers=1), progress=False)
+    ok = [r for r in again["images"] if r["status"] == "ok"]
+    assert ok and all("score" in r and "box" in r for r in ok)
+    assert again["problems"] == first["problems"]
+    strip = [{k: v for k, v in r.items() if k != "resumed"} for r in again["images"]]
+    assert strip == first["images"]
