@@ -124,6 +124,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--model", help="model to re-embed with (default: the gallery's)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=run_check)
+
+    d = gs.add_parser(
+        "drop",
+        help="delete a whole gallery (or the leftovers of an interrupted creation)",
+        description="Delete a gallery: a Milvus gallery's collections, or a gallery folder's "
+        "files. Also removes a half-made Milvus gallery (its creation was interrupted), which "
+        "otherwise blocks the name. Asks first; --yes to confirm without asking. Never "
+        "deletes collections or folders siamface did not make.",
+    )
+    d.add_argument("gallery", metavar="GALLERY", help=GALLERY_HELP)
+    d.add_argument("--yes", action="store_true", help="drop without asking")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=run_drop)
     p.set_defaults(func=lambda args: _no_action(p))
 
 
@@ -404,7 +417,85 @@ def _reembedder(gallery, model: str | None):
     return reembed
 
 
+def _half_made(spec: str) -> str | None:
+    """Why ``spec`` is a half-made Milvus gallery, or None (a folder, or not half-made)."""
+    from siamface.gallery.backends import backend_name
+
+    if backend_name(spec) != "milvus":
+        return None
+    from siamface.gallery.milvus import milvus_state
+
+    state, detail = milvus_state(spec)
+    return detail if state == "half-made" else None
+
+
+def _check_half_made(args: argparse.Namespace, why: str) -> int:
+    from siamface.gallery.milvus import drop_milvus_gallery
+
+    problem = {"person": None, "kind": "gallery", "problem": f"half-made: {why}"}
+    dropped: list[str] = []
+    if args.repair:
+        confirm(f"drop the leftovers of half-made gallery {args.gallery}", args.yes)
+        dropped = drop_milvus_gallery(args.gallery, allow_complete=False)
+    left = [] if dropped else [problem]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "gallery": args.gallery,
+                    "problems": [problem],
+                    "repaired": [{"action": f"dropped {c}"} for c in dropped],
+                    "remaining": left,
+                },
+                indent=1,
+            )
+        )
+    elif dropped:
+        print(f"{args.gallery}: half-made gallery removed ({', '.join(dropped)}); enroll again")
+    else:
+        print(
+            f"{args.gallery}: half-made gallery ({why}); run 'siamface gallery check "
+            f"{args.gallery} --repair' or 'siamface gallery drop {args.gallery}'"
+        )
+    return 1 if left else 0
+
+
+def run_drop(args: argparse.Namespace) -> int:
+    from siamface.errors import SiamfaceError
+    from siamface.gallery.backends import backend_name
+
+    if backend_name(args.gallery) == "milvus":
+        from siamface.gallery.milvus import drop_milvus_gallery, milvus_state
+
+        state, detail = milvus_state(args.gallery)
+        if state in ("absent", "foreign"):
+            raise SiamfaceError(f"{args.gallery}: {detail or 'gallery not found'}; nothing dropped")
+        what = "the leftovers of half-made gallery" if state == "half-made" else "gallery"
+        if state == "complete":
+            with _open(args.gallery) as g:
+                n = len(g)
+            what = f"gallery ({n} people)"
+        confirm(f"drop {what} {args.gallery}", args.yes)
+        dropped = drop_milvus_gallery(args.gallery, allow_complete=True)
+    else:
+        from siamface.gallery.builtin import drop_gallery_folder
+
+        folder = Path(args.gallery).expanduser()
+        with _open(args.gallery) as g:  # refuses folders that are not galleries
+            n = len(g)
+        confirm(f"delete gallery {folder} ({n} people)", args.yes)
+        dropped = drop_gallery_folder(folder)
+    if args.json:
+        print(json.dumps({"gallery": args.gallery, "dropped": dropped}))
+    else:
+        print(f"dropped {args.gallery} ({', '.join(dropped)})")
+    return 0
+
+
 def run_check(args: argparse.Namespace) -> int:
+    why = _half_made(args.gallery)
+    if why is not None:
+        return _check_half_made(args, why)
     with _open(args.gallery) as g:
         problems = g.check()
         done: list[dict] = []

@@ -51,6 +51,26 @@ from siamface.names import normal_name, skeleton
 __all__ = ["DB_NAME", "INDEX_NAME", "LOCK_NAME", "BuiltinGallery"]
 
 
+def drop_gallery_folder(folder: Path) -> list[str]:
+    """Delete a gallery folder's own files (database, index, lock) and the folder when that
+    leaves it empty; anything else in it is kept. Returns the names deleted."""
+    if not (folder / DB_NAME).is_file():
+        raise SiamfaceError(f"{folder} is not a siamface gallery; nothing deleted")
+    names = [DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", INDEX_NAME, LOCK_NAME]
+    dropped = []
+    for n in names:
+        try:
+            (folder / n).unlink()
+            dropped.append(n)
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            raise SiamfaceError(f"cannot delete {folder / n}: {err.strerror}") from None
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only when empty
+    return dropped
+
+
 class BuiltinGallery(Gallery):
     """A gallery folder. Thread-safe; processes coordinate through SQLite (WAL) and the lock
     file. Open with ``Gallery.open(path)`` / ``Gallery.create(path, ...)``."""
