@@ -43,7 +43,7 @@ class MetadataTooLarge(SiamfaceError):
     """Metadata over the size or depth bound (the REST service answers 422)."""
 
 
-def _nesting(text: str) -> int:
+def json_depth(text: str) -> int:
     """Deepest ``[``/``{`` nesting of JSON text, counted without parsing (a parser recurses,
     and 100,000 opening brackets would exhaust Python's stack before any check ran)."""
     depth = deepest = 0
@@ -74,7 +74,7 @@ def parse_metadata(text: str | None, what: str = "metadata") -> dict:
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_METADATA_BYTES:
         raise MetadataTooLarge(f"{what} is {size} bytes; at most {MAX_METADATA_BYTES} are kept")
-    if _nesting(text) > MAX_METADATA_DEPTH:
+    if json_depth(text) > MAX_METADATA_DEPTH:
         raise MetadataTooLarge(f"{what} is nested deeper than {MAX_METADATA_DEPTH} levels")
     try:
         meta = json.loads(text)

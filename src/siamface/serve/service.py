@@ -165,8 +165,11 @@ class Service:
         return np.ascontiguousarray(face.transpose(2, 0, 1))
 
     async def read(self, upload: UploadFile, field: str) -> Upload:
-        data = await upload.read()
-        label = f"{field} ({upload.filename})" if upload.filename else field
+        return await self.read_bytes(await upload.read(), upload.filename, field)
+
+    async def read_bytes(self, data: bytes, filename: str | None, field: str) -> Upload:
+        """One photo's bytes -> its face (checked against the pixel limits first)."""
+        label = f"{field} ({filename})" if filename else field
         pixels = image_pixels(data, label, field)
         if pixels > self.max_pixels:
             raise ImageTooLarge(
@@ -177,7 +180,7 @@ class Service:
         digest = hashlib.sha256(data).hexdigest()
         async with self.budget.reserve(pixels):
             face = await run_in_threadpool(self.face_from_bytes, data, label, field)
-        return Upload(face, digest, upload.filename, field)
+        return Upload(face, digest, filename, field)
 
     async def embed(self, uploads: list[Upload]) -> np.ndarray:
         emb = await self.batcher.embed(np.stack([u.face for u in uploads]))
