@@ -215,3 +215,33 @@ def test_gallery_check_drops_what_cannot_be_re_embedded(capsys, gallery):
     rc, out, _ = _cli(capsys, "gallery", "list", g, "--json")
     assert names[0] not in {p["name"] for p in json.loads(out)["people"]}
     assert _cli(capsys, "gallery", "check", g)[0] == 0
+
+
+# ----------------------------------------------------------------------------- aligned faces
+@pytest.mark.parametrize("damage", ["swapped", "random_bytes"])
+def test_aligned_face_cache_damage_is_found(tmp_path, caplog, damage):
+    from siamface.data.transforms import Preprocessing
+    from siamface.faces.cache import FaceCache
+
+    cache = FaceCache(Preprocessing(image_size=16, aligned=True), root=tmp_path)
+    faces = {d: np.full((16, 16, 3), v, np.uint8) for d, v in (("a" * 64, 10), ("b" * 64, 200))}
+    for d, f in faces.items():
+        cache.put(d, f)
+    cache.put("c" * 64, None, "no face")
+    assert np.array_equal(cache.get("a" * 64), faces["a" * 64])
+    cache._conn.close()
+    if damage == "swapped":
+        with sqlite3.connect(cache.path) as c:
+            rows = dict(c.execute("SELECT digest, png FROM faces WHERE png IS NOT NULL"))
+            c.execute("UPDATE faces SET png=? WHERE digest=?", (rows["b" * 64], "a" * 64))
+    else:
+        for extra in ("-wal", "-shm"):
+            cache.path.with_name(cache.path.name + extra).unlink(missing_ok=True)
+        cache.path.write_bytes(np.random.default_rng(2).bytes(8192))
+    fresh = FaceCache(Preprocessing(image_size=16, aligned=True), root=tmp_path)
+    with caplog.at_level(logging.WARNING):
+        assert fresh.get("a" * 64) is None  # never another photo's face
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert "aligned-face cache" in msg and str(fresh.path) in msg and "damaged" in msg
+    fresh.put("a" * 64, faces["a" * 64])  # rebuilt: usable again
+    assert np.array_equal(fresh.get("a" * 64), faces["a" * 64])
