@@ -77,6 +77,8 @@ def test_drop_half_made_complete_and_never_foreign(milvus_server, monkeypatch, c
     rc, out, err = _cli(capsys, "gallery", "drop", spec, "--yes")
     assert rc == 0 and "__meta" in out, err
     _usable(spec)
+    rc, out, err = _cli(capsys, "gallery", "check", spec)  # a complete gallery's vectors
+    assert rc == 0 and "sound" in out, err
     rc, _, err = _cli(capsys, "gallery", "drop", spec)  # a complete gallery: asks first
     assert rc == 2 and "--yes" in err and "1 people" in err
     assert _cli(capsys, "gallery", "drop", spec, "--yes")[0] == 0
