@@ -104,10 +104,12 @@ def test_prepare_end_to_end_bad_files_resume_and_untouched_input(raw_tree, tmp_p
     assert again["counts"]["processed_now"] == 1 and again["counts"]["crops_written"] == 1
     assert again["counts"]["done_before"] == 13 and again["counts"]["no_face"] == 2
     assert crops[0].is_file()
-    # A lost log still resumes: the existing crops are trusted.
+    # A lost log: every record is recovered by processing the photos again (a crop alone
+    # carries no score, box or several-faces flag for the report).
     (out / LOG_NAME).unlink()
     third = prepare_folders(raw_tree, out, PrepareOptions(workers=1), progress=False)
-    assert third["counts"]["crops_written"] == 0 and third["counts"]["processed_now"] == 3
+    assert third["counts"]["processed_now"] == 14 and third["counts"]["crops_written"] == 11
+    assert third["images"] == report["images"]
 
     with pytest.raises(SiamfaceError, match="other settings.*image_size"):
         prepare_folders(raw_tree, out, PrepareOptions(image_size=96), progress=False)

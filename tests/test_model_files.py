@@ -263,11 +263,27 @@ def test_nan_producing_model_is_refused_not_answered(tiny_checkpoint, pins_small
     )
     header["fingerprint"] = fingerprint({k[6:]: v for k, v in t.items()})
     path = _write(tmp_path / "huge.safetensors", t, header)
-    m = siamface.load(path)
     a, b = sorted(sorted(pins_small.iterdir())[0].iterdir())[:2]
     with pytest.raises(SiamfaceError, match="non-finite embeddings"):
-        m.verify(a, b)
+        siamface.load(path)  # refused at load, by a probe face
     assert main(["verify", "--model", str(path), str(a), str(b)]) == 2
+
+
+def test_degenerate_model_is_refused_at_load(tiny_checkpoint, pins_small, tmp_path, capsys):
+    """Finite weights whose output is all-zero embeddings (head x 1e30: the norm overflows
+    and normalising gives zeros) are refused at load, not 'different people, similarity 0'."""
+    tensors, header = _parts(tiny_checkpoint)
+    t = dict(tensors)
+    t["model.head.weight"] = t["model.head.weight"] * 1e30
+    header["fingerprint"] = fingerprint({k[6:]: v for k, v in t.items()})
+    path = _write(tmp_path / "degenerate.safetensors", t, header)
+    with pytest.raises(SiamfaceError, match="degenerate embeddings"):
+        siamface.load(path)
+    a, b = sorted(sorted(pins_small.iterdir())[0].iterdir())[:2]
+    capsys.readouterr()
+    assert main(["verify", "--model", str(path), str(a), str(b)]) == 2
+    err = capsys.readouterr().err
+    assert "degenerate" in err and str(path) in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.fixture(scope="module")

@@ -151,7 +151,7 @@ def test_report_plots_and_summary(report_dir, tmp_path):
     # a report of another model is served, and flagged
     other = checkpoint(tmp_path / "other.safetensors")
     sd = load_checkpoint(other)
-    sd.state_dict = {k: v + 1 if v.is_floating_point() else v for k, v in sd.state_dict.items()}
+    sd.state_dict = {k: v + 1e-3 if v.is_floating_point() else v for k, v in sd.state_dict.items()}
     other = save_checkpoint(sd, tmp_path / "other.safetensors")
     with running(create_app(other, report=report, device="cpu")) as c:
         assert c.get("/model-card").json()["report"]["same_model"] is False

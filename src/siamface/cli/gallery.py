@@ -107,6 +107,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--json", action="store_true")
     m.add_argument("--no-progress", action="store_true")
     m.set_defaults(func=run_migrate)
+    c = gs.add_parser(
+        "check",
+        help="check every stored vector; --repair fixes damaged records",
+        description="Check that every stored embedding and template is a finite unit vector "
+        "of the gallery's size, and name the person of each damaged record (a disk error, a "
+        "sync tool or a hand edit can damage a database). With --repair: re-embed a damaged "
+        "image from its stored file when the file and the model are available, else drop it; "
+        "recompute templates; remove a person left with no image; rebuild the index. For a "
+        "Milvus gallery, also finds (and with --repair drops) a half-made collection. Exit "
+        "code 1 when problems remain.",
+    )
+    c.add_argument("gallery", metavar="GALLERY", help=GALLERY_HELP)
+    c.add_argument("--repair", action="store_true", help="fix what is found (asks first)")
+    c.add_argument("--yes", action="store_true", help="repair without asking")
+    c.add_argument("--model", help="model to re-embed with (default: the gallery's)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=run_check)
+
+    d = gs.add_parser(
+        "drop",
+        help="delete a whole gallery (or the leftovers of an interrupted creation)",
+        description="Delete a gallery: a Milvus gallery's collections, or a gallery folder's "
+        "files. Also removes a half-made Milvus gallery (its creation was interrupted), which "
+        "otherwise blocks the name. Asks first; --yes to confirm without asking. Never "
+        "deletes collections or folders siamface did not make.",
+    )
+    d.add_argument("gallery", metavar="GALLERY", help=GALLERY_HELP)
+    d.add_argument("--yes", action="store_true", help="drop without asking")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=run_drop)
     p.set_defaults(func=lambda args: _no_action(p))
 
 
@@ -150,19 +180,17 @@ def run_enroll(args: argparse.Namespace) -> int:
     from siamface.gallery import Gallery
     from siamface.gallery.backends import backend_name
     from siamface.gallery.enroll import embed_plan, plan_enrollment
+    from siamface.gallery.validation import parse_metadata
     from siamface.inference import model_reference, open_model
 
-    metadata = {}
-    if args.metadata:
-        try:
-            metadata = json.loads(args.metadata)
-        except json.JSONDecodeError as err:
-            raise SiamfaceError(f"--metadata is not valid JSON: {err}") from err
-        if not isinstance(metadata, dict):
-            raise SiamfaceError('--metadata must be a JSON object, e.g. {"team": "ops"}')
+    metadata = parse_metadata(args.metadata, "--metadata")
     plan = plan_enrollment(args.inputs, args.name)  # input errors before anything is opened
     created = False
     builtin = backend_name(args.gallery) == "builtin"
+    if builtin:  # a read-only or full place is refused before minutes of embedding
+        from siamface.fileio import check_output_dir
+
+        check_output_dir(args.gallery, "gallery")
     if Gallery.exists(args.gallery):
         if args.threshold is not None or args.aggregation:
             raise SiamfaceError(
@@ -243,6 +271,8 @@ def run_enroll(args: argparse.Namespace) -> int:
         print(f"  skipped {p}: {r}", file=sys.stderr)
     for n in embedded.skipped_people:
         print(f"  skipped {n}: no usable image", file=sys.stderr)
+    for p, r in plan.ignored:
+        print(f"  ignored {p}: {r}", file=sys.stderr)
     for d in dupes:
         print(
             f"  warning: {d['path']} is byte-identical to an image of {d['other']!r}",
@@ -350,3 +380,155 @@ def run_migrate(args: argparse.Namespace) -> int:
             f"migration to {rep.destination} did not verify: {'; '.join(rep.problems)}"
         )
     return 0
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Go on when ``--yes`` was given or a person at the terminal says yes; else refuse."""
+    from siamface.errors import SiamfaceError
+
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise SiamfaceError(f"{question}: add --yes to confirm (nothing was changed)")
+    answer = input(f"{question} [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise SiamfaceError("not confirmed; nothing was changed")
+
+
+def _reembedder(gallery, model: str | None):
+    """Path -> unit embedding with the gallery's model, or None when no model is available
+    (damaged images are then dropped)."""
+    from pathlib import Path
+
+    from siamface.errors import SiamfaceError
+
+    try:
+        embedder = load_gallery_model(gallery, model)
+    except SiamfaceError as err:
+        print(f"  cannot re-embed ({err}); damaged images will be dropped", file=sys.stderr)
+        return None
+
+    def reembed(ref: str):
+        if not Path(ref).is_file():
+            return None
+        emb, errors = embedder.embed_paths([Path(ref)], progress=False)
+        return None if errors or len(emb) != 1 else emb[0]
+
+    return reembed
+
+
+def _half_made(spec: str) -> str | None:
+    """Why ``spec`` is a half-made Milvus gallery, or None (a folder, or not half-made)."""
+    from siamface.gallery.backends import backend_name
+
+    if backend_name(spec) != "milvus":
+        return None
+    from siamface.gallery.milvus import milvus_state
+
+    state, detail = milvus_state(spec)
+    return detail if state == "half-made" else None
+
+
+def _check_half_made(args: argparse.Namespace, why: str) -> int:
+    from siamface.gallery.milvus import drop_milvus_gallery
+
+    problem = {"person": None, "kind": "gallery", "problem": f"half-made: {why}"}
+    dropped: list[str] = []
+    if args.repair:
+        confirm(f"drop the leftovers of half-made gallery {args.gallery}", args.yes)
+        dropped = drop_milvus_gallery(args.gallery, allow_complete=False)
+    left = [] if dropped else [problem]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "gallery": args.gallery,
+                    "problems": [problem],
+                    "repaired": [{"action": f"dropped {c}"} for c in dropped],
+                    "remaining": left,
+                },
+                indent=1,
+            )
+        )
+    elif dropped:
+        print(f"{args.gallery}: half-made gallery removed ({', '.join(dropped)}); enroll again")
+    else:
+        print(
+            f"{args.gallery}: half-made gallery ({why}); run 'siamface gallery check "
+            f"{args.gallery} --repair' or 'siamface gallery drop {args.gallery}'"
+        )
+    return 1 if left else 0
+
+
+def run_drop(args: argparse.Namespace) -> int:
+    from siamface.errors import SiamfaceError
+    from siamface.gallery.backends import backend_name
+
+    if backend_name(args.gallery) == "milvus":
+        from siamface.gallery.milvus import drop_milvus_gallery, milvus_state
+
+        state, detail = milvus_state(args.gallery)
+        if state in ("absent", "foreign"):
+            raise SiamfaceError(f"{args.gallery}: {detail or 'gallery not found'}; nothing dropped")
+        what = "the leftovers of half-made gallery" if state == "half-made" else "gallery"
+        if state == "complete":
+            with _open(args.gallery) as g:
+                n = len(g)
+            what = f"gallery ({n} people)"
+        confirm(f"drop {what} {args.gallery}", args.yes)
+        dropped = drop_milvus_gallery(args.gallery, allow_complete=True)
+    else:
+        from siamface.gallery.builtin import drop_gallery_folder
+
+        folder = Path(args.gallery).expanduser()
+        with _open(args.gallery) as g:  # refuses folders that are not galleries
+            n = len(g)
+        confirm(f"delete gallery {folder} ({n} people)", args.yes)
+        dropped = drop_gallery_folder(folder)
+    if args.json:
+        print(json.dumps({"gallery": args.gallery, "dropped": dropped}))
+    else:
+        print(f"dropped {args.gallery} ({', '.join(dropped)})")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    why = _half_made(args.gallery)
+    if why is not None:
+        return _check_half_made(args, why)
+    with _open(args.gallery) as g:
+        problems = g.check()
+        done: list[dict] = []
+        if problems and args.repair:
+            confirm(f"repair {len(problems)} damaged record(s) in {args.gallery}", args.yes)
+            needs_model = any(p["kind"] == "image" and p.get("ref") for p in problems)
+            reembed = _reembedder(g, args.model) if needs_model else None
+            done = g.repair(problems, reembed)
+        left = g.check() if done else problems
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "gallery": str(args.gallery),
+                    "problems": problems,
+                    "repaired": done,
+                    "remaining": left,
+                },
+                indent=1,
+            )
+        )
+    else:
+        for p in problems:
+            what = p["kind"] if p["kind"] != "image" else f"image {p['id']}"
+            print(f"  damaged: {p['person']!r} {what}: {p['problem']}")
+        for d in done:
+            print(f"  repaired: {d['person']!r}: {d['action']}")
+        if not left:
+            state = "repaired" if done else "all records are sound"
+            print(f"{args.gallery}: {state}")
+        else:
+            print(
+                f"{args.gallery}: {len(left)} damaged record(s); run "
+                f"'siamface gallery check {args.gallery} --repair'"
+            )
+    return 1 if left else 0

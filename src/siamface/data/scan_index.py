@@ -13,11 +13,17 @@ one preallocated tensor (no list of arrays stacked at the end, whose peak was th
 final size). Those pixels are also saved next to the index (one ``.npy`` per dataset, size and
 file state), so the next run or resume maps them from disk instead of decoding every image
 again; any change to a file gives a new key, and only the most recent few are kept.
+
+Both are checked on use (:mod:`siamface.integrity`): each index row carries a digest of its
+fields, each pixel file a digest per block of rows in a sidecar file. A row edited by hand or
+a pixel file overwritten at the same size is found, named, discarded and rebuilt, instead of a
+good photo reported corrupt or a model trained on black images.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
 import os
 import sqlite3
@@ -33,6 +39,16 @@ from tqdm import tqdm
 
 from siamface.data.images import ImageLoadError, load_rgb
 from siamface.data.transforms import resize_uint8
+from siamface.integrity import (
+    DamagedCache,
+    block_digests,
+    block_rows,
+    discard,
+    first_bad_block,
+    open_sqlite_cache,
+    row_digest,
+    sqlite_files,
+)
 from siamface.system import cache_root, usable_cpus
 
 INDEX_FILE = "scan-index.sqlite"
@@ -47,9 +63,12 @@ CREATE TABLE IF NOT EXISTS files (
     ok INTEGER NOT NULL,
     error TEXT,
     sha256 TEXT,
+    rowsum TEXT NOT NULL,
     PRIMARY KEY (path, check_kind)
-)
+);
 """
+_PROBE = "SELECT path, check_kind, size, mtime_ns, ok, error, sha256, rowsum FROM files LIMIT 1"
+WHAT = "scan index"
 #: Rows written per transaction while scanning (what a kill can lose).
 COMMIT_EVERY = 2000
 
@@ -95,23 +114,26 @@ class ScanIndex:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        target = ":memory:"
-        if path is not None:
+        self.db = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        """The index database; in memory when it cannot be kept (read-only home)."""
+        if self.path is not None:
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                target = str(path)
-            except OSError:
-                target = ":memory:"  # read-only home: scan anyway, just do not keep it
-        self.db = sqlite3.connect(target, timeout=60)
-        try:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute(SCHEMA)
-            self.db.commit()
-        except sqlite3.DatabaseError:
-            # A damaged cache is only a cache: start a fresh one beside it.
-            self.db.close()
-            self.db = sqlite3.connect(":memory:")
-            self.db.execute(SCHEMA)
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                return open_sqlite_cache(self.path, WHAT, SCHEMA, _PROBE, timeout=60)
+            except (OSError, sqlite3.Error):
+                pass  # scan anyway, just do not keep it
+        db = sqlite3.connect(":memory:")
+        db.executescript(SCHEMA)
+        return db
+
+    def _discard(self, why: str) -> None:
+        """Drop a damaged index (named in a one-line notice) and start an empty one."""
+        self.db.close()
+        if self.path is not None:
+            discard(sqlite_files(self.path), WHAT, why)
+        self.db = self._connect()
 
     def close(self) -> None:
         self.db.close()
@@ -120,15 +142,28 @@ class ScanIndex:
         return self.path.parent / f"pixels-{key}.npy" if self.path is not None else None
 
     def load_pixels(self, key: str, shape: tuple[int, ...]) -> torch.Tensor | None:
-        """Pixels saved by an earlier run for exactly these files, mapped copy-on-write."""
+        """Pixels saved by an earlier run for exactly these files, mapped copy-on-write, once
+        every block matches the digests saved with them (else the file is discarded)."""
         f = self.pixel_file(key)
         if f is None or not f.is_file():
             return None
+        sums = _sums_file(f)
         try:
             arr = np.load(f, mmap_mode="c")
-        except (OSError, ValueError):
+            saved = json.loads(sums.read_text())
+            rows, expected = int(saved["rows"]), list(saved["blocks"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            why = "no block digests" if isinstance(err, FileNotFoundError) else str(err)
+            discard([f, sums], "decoded-pixel cache", why)
             return None
         if arr.shape != shape or arr.dtype != np.uint8:
+            discard([f, sums], "decoded-pixel cache", f"shape {arr.shape}, expected {shape}")
+            return None
+        bad = first_bad_block(arr, max(rows, 1), expected)
+        if bad is not None:
+            del arr
+            why = f"rows from {bad} do not match their digest"
+            discard([f, sums], "decoded-pixel cache", why)
             return None
         os.utime(f)  # most recently used
         return torch.from_numpy(arr)
@@ -146,35 +181,65 @@ class ScanIndex:
             tmp = f.with_suffix(".tmp")
             with open(tmp, "wb") as fh:
                 np.save(fh, pixels.numpy(), allow_pickle=False)
+            arr = pixels.numpy()
+            rows = block_rows(arr)
+            sums = _sums_file(f)
+            # The digests are written first: a pixel file is only trusted with its digests.
+            sums.write_text(json.dumps({"rows": rows, "blocks": block_digests(arr, rows)}))
             os.replace(tmp, f)
             old = sorted(f.parent.glob("pixels-*.npy"), key=lambda p: p.stat().st_mtime)
             for stale in old[:-PIXEL_CACHES_KEPT]:
                 stale.unlink(missing_ok=True)
+                _sums_file(stale).unlink(missing_ok=True)
         except OSError:
             pass  # a cache that cannot be written costs speed only
 
     def known(self, check: str, stats: dict[str, tuple[int, int]]) -> dict[str, FileFacts]:
-        """Facts recorded for files whose (size, mtime_ns) still match."""
+        """Facts recorded for files whose (size, mtime_ns) still match. A row that fails its
+        digest (or a database that fails to read) discards the whole index: nothing known."""
+        try:
+            return self._known(check, stats)
+        except (DamagedCache, sqlite3.DatabaseError) as err:
+            self._discard(str(err))
+            return {}
+
+    def _known(self, check: str, stats: dict[str, tuple[int, int]]) -> dict[str, FileFacts]:
         out: dict[str, FileFacts] = {}
         cur = self.db.execute(
-            "SELECT path, size, mtime_ns, ok, error, sha256 FROM files WHERE check_kind = ?",
+            "SELECT path, size, mtime_ns, ok, error, sha256, rowsum FROM files "
+            "WHERE check_kind = ?",
             (check,),
         )
-        for path, size, mtime, ok, error, sha in cur:
+        for path, size, mtime, ok, error, sha, rowsum in cur:
             st = stats.get(path)
-            if st is not None and st == (size, mtime):
-                out[path] = FileFacts(bool(ok), error, sha)
+            if st is None or st != (size, mtime):
+                continue
+            if rowsum != row_digest(path, check, size, mtime, ok, error, sha):
+                raise DamagedCache(f"the row of {path} does not match its digest")
+            out[path] = FileFacts(bool(ok), error, sha)
         return out
 
     def record(self, check: str, rows: list[tuple[str, int, int, FileFacts]]) -> None:
         try:
             self.db.executemany(
-                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(p, check, s, m, int(f.ok), f.error, f.sha256) for p, s, m, f in rows],
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (p, check, s, m, int(f.ok), f.error, f.sha256, _rowsum(p, check, s, m, f))
+                    for p, s, m, f in rows
+                ],
             )
             self.db.commit()
         except sqlite3.Error:
             pass  # a cache that cannot be written (disk full, read-only) costs speed only
+
+
+def _rowsum(path: str, check: str, size: int, mtime: int, f: FileFacts) -> str:
+    return row_digest(path, check, size, mtime, int(f.ok), f.error, f.sha256)
+
+
+def _sums_file(pixel_file: Path) -> Path:
+    """The block digests of a pixel file, beside it."""
+    return pixel_file.with_name(pixel_file.name + ".sums")
 
 
 def _check_one(

@@ -10,6 +10,9 @@ does not search again. Crops are stored as PNG: lossless, about half the raw siz
 Concurrency: decode workers of one run, or two runs at once, read and write the same file;
 SQLite in WAL mode with a busy timeout serialises the writes. A cache that cannot be opened or
 written (read-only disk, full disk) is skipped with a warning: it only ever saves time.
+Each row carries a digest of its key and content (:mod:`siamface.integrity`): a damaged row or
+file (edited, moved between keys, random bytes) discards the cache with a one-line notice and
+the faces are aligned again, never served from it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from PIL import Image
 
 from siamface.data.images import ImageLoadError, load_rgb
 from siamface.faces.errors import AmbiguousFaceError, NoFaceError, is_ambiguous
+from siamface.integrity import discard, open_sqlite_cache, row_digest, sqlite_files
 from siamface.system import cache_dir
 
 if TYPE_CHECKING:
@@ -38,6 +42,12 @@ log = logging.getLogger(__name__)
 #: Bumped whenever alignment code changes what a crop looks like, so old crops are not reused.
 ALIGN_VERSION = 2  # 2: OpenCV YuNet by default, face=auto, OpenCV warp
 NO_FACE = "no_face"
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS faces (digest TEXT PRIMARY KEY, png BLOB, error TEXT, "
+    "rowsum TEXT NOT NULL);"
+)
+_PROBE = "SELECT digest, png, error, rowsum FROM faces LIMIT 1"
+WHAT = "aligned-face cache"
 
 
 def cache_key(pre: Preprocessing) -> str:
@@ -75,11 +85,8 @@ class FaceCache:
         if self._conn is None or self._pid != os.getpid():
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS faces (digest TEXT PRIMARY KEY, png BLOB, "
-                    "error TEXT)"
+                conn = open_sqlite_cache(
+                    self.path, WHAT, _SCHEMA, _PROBE, timeout=60, isolation_level=None
                 )
             except (sqlite3.Error, OSError) as err:
                 log.warning("face cache %s unusable (%s); aligning without it", self.path, err)
@@ -94,14 +101,28 @@ class FaceCache:
         if db is None:
             return None
         try:
-            row = db.execute("SELECT png, error FROM faces WHERE digest = ?", (digest,)).fetchone()
-        except sqlite3.Error:
+            row = db.execute(
+                "SELECT png, error, rowsum FROM faces WHERE digest = ?", (digest,)
+            ).fetchone()
+        except sqlite3.DatabaseError as err:
+            self._discard(str(err))
             return None
         if row is None:
             return None
-        if row[1] is not None:
-            return str(row[1])
-        return np.asarray(Image.open(io.BytesIO(row[0])).convert("RGB"), dtype=np.uint8)
+        png, error, rowsum = row
+        if rowsum != row_digest(digest, png, error):
+            self._discard(f"the row of image {digest[:12]} does not match its digest")
+            return None
+        if error is not None:
+            return str(error)
+        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.uint8)
+
+    def _discard(self, why: str) -> None:
+        """Delete a damaged cache (one-line notice); the next use starts a new one."""
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+        discard(sqlite_files(self.path), WHAT, why)
 
     def put(self, digest: str, face: np.ndarray | None, error: str | None = None) -> None:
         db = self._db()
@@ -114,8 +135,8 @@ class FaceCache:
             png = buf.getvalue()
         try:
             db.execute(
-                "INSERT OR REPLACE INTO faces (digest, png, error) VALUES (?, ?, ?)",
-                (digest, png, error),
+                "INSERT OR REPLACE INTO faces (digest, png, error, rowsum) VALUES (?, ?, ?, ?)",
+                (digest, png, error, row_digest(digest, png, error)),
             )
         except sqlite3.Error as err:
             log.warning("face cache %s not written (%s)", self.path, err)

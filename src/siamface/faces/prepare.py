@@ -254,8 +254,10 @@ def _is_done(task: tuple[str, str, str, str], rec: dict | None, out: Path, opts)
         if same_file and rec.get("status") in ("ok", "no_face", "ambiguous", "unreadable"):
             return all((out / o).is_file() for o in rec.get("outputs", []))
         return False
-    # No log entry (log lost, or written by a crash between save and log): trust the crop.
-    return opts.align.face != "all" and (out / (stem + IMAGE_FORMATS[opts.image_format])).is_file()
+    # No log entry (log lost, or a crash between the worker's save and the log line): the
+    # crop may be fine, but its record (score, box, several faces...) is not, and the report
+    # is built from records. Process the photo again, so no record is ever missing.
+    return False
 
 
 def _run_tasks(tasks: list, opts: PrepareOptions, out: Path, progress: bool) -> Iterable[dict]:

@@ -23,7 +23,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +46,29 @@ from siamface.gallery.store import (
 )
 from siamface.gallery.sync import INDEX_NAME, LOCK_NAME, DerivedIndex
 from siamface.gallery.validation import checked_settings, usable
+from siamface.names import normal_name, skeleton
 
 __all__ = ["DB_NAME", "INDEX_NAME", "LOCK_NAME", "BuiltinGallery"]
+
+
+def drop_gallery_folder(folder: Path) -> list[str]:
+    """Delete a gallery folder's own files (database, index, lock) and the folder when that
+    leaves it empty; anything else in it is kept. Returns the names deleted."""
+    if not (folder / DB_NAME).is_file():
+        raise SiamfaceError(f"{folder} is not a siamface gallery; nothing deleted")
+    names = [DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", INDEX_NAME, LOCK_NAME]
+    dropped = []
+    for n in names:
+        try:
+            (folder / n).unlink()
+            dropped.append(n)
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            raise SiamfaceError(f"cannot delete {folder / n}: {err.strerror}") from None
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only when empty
+    return dropped
 
 
 class BuiltinGallery(Gallery):
@@ -190,7 +211,7 @@ class BuiltinGallery(Gallery):
 
     def person(self, name: str) -> PersonRecord | None:
         with self._lock:
-            return self.store.person(name) if isinstance(name, str) else None
+            return self.store.person(normal_name(name)) if isinstance(name, str) else None
 
     def existing(self, names: Sequence[str]) -> set[str]:
         with self._lock:
@@ -198,8 +219,21 @@ class BuiltinGallery(Gallery):
 
     def thumbnail(self, name: str) -> bytes | None:
         with self._lock:
-            rec = self.store.person(name) if isinstance(name, str) else None
+            rec = self.store.person(normal_name(name)) if isinstance(name, str) else None
             return None if rec is None else self.store.thumbnail(rec.id)
+
+    def _lookalike_candidates(self, names: list[str]) -> set[str]:
+        """Names equal to a skeleton, and the names with a non-ASCII character, read through a
+        partial index of those (a million ASCII names are not scanned at each enrollment)."""
+        where = "name GLOB '*[^ -~]*'"
+        with self._lock:
+            with contextlib.suppress(sqlite3.Error):  # read-only copy: a full scan then
+                self.store.conn.execute(
+                    f"CREATE INDEX IF NOT EXISTS people_non_ascii ON people(name) WHERE {where}"
+                )
+            found = set(self.store.existing_names([skeleton(n) for n in names]))
+            rows = self.store.conn.execute(f"SELECT name FROM people WHERE {where}")
+            return found | {r[0] for r in rows}
 
     def export(self, names: Sequence[str]) -> list[NewPerson]:
         with self._lock:
@@ -304,6 +338,50 @@ class BuiltinGallery(Gallery):
             self._data_version = -1
             self.derived.apply_delta(v0, v1, [], [], np.array(rm, np.int64))
 
+    # -- checking ------------------------------------------------------------------------
+    def check(self) -> list[dict]:
+        with self._lock:
+            return self.store.check_vectors(self.embedding_size)
+
+    def repair(
+        self, problems: list[dict], reembed: Callable[[str], np.ndarray | None] | None = None
+    ) -> list[dict]:
+        """Fix what :meth:`check` found, in one transaction: a damaged image embedding is
+        computed again from its stored image file when ``reembed`` can (else the image is
+        dropped), templates are recomputed, and a person left with no image is removed.
+        The index is then rebuilt. Returns what was done, one entry per problem."""
+        dim = self.embedding_size
+        done: list[dict] = []
+        with self._lock, self.derived.lock(exclusive=True):
+            with self._write():
+                touched: dict[int, str] = {}
+                for p in problems:
+                    touched[p["person_id"]] = p["person"]
+                    if p["kind"] != "image":
+                        continue
+                    vec = reembed(p["ref"]) if reembed is not None and p["ref"] else None
+                    if vec is not None:
+                        self.store.set_embedding(p["id"], vec)
+                        done.append({**p, "action": "re-embedded from " + str(p["ref"])})
+                    else:
+                        self.store.delete_image(p["id"])
+                        done.append({**p, "action": "image dropped"})
+                for pid, name in touched.items():
+                    left = self.store.conn.execute(
+                        "SELECT COUNT(*) FROM images WHERE person_id=?", (pid,)
+                    ).fetchone()[0]
+                    if left:
+                        self.store.refresh_template(pid, dim)
+                        done.append({"person": name, "action": "template recomputed"})
+                    else:
+                        self.store.delete_person(pid)
+                        done.append({"person": name, "action": "person removed (no image left)"})
+                v = self.store.bump_version()
+            self._data_version = -1
+            self.derived.rebuild(v)
+            self.derived.save()
+        return done
+
     # -- searching -----------------------------------------------------------------------
     def _search(self, q: np.ndarray, top_k: int) -> list[list[Candidate]]:
         with self._lock:
@@ -324,6 +402,9 @@ class BuiltinGallery(Gallery):
                     w = min(4 * w, index.ntotal)
                     s2, c2 = index.search(probe[None], w)
                     ranked = self._rank(s2[0], c2[0], top_k, unit)
+                # The candidates' stored vectors are read back (a few rows): a record damaged
+                # after the index was built is reported by name, never silently passed over.
+                self.store.vectors_by_id("person", [pid for pid, _ in ranked], self.embedding_size)
                 names = self.store.names_of([pid for pid, _ in ranked])
                 results.append(
                     [

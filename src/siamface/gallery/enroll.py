@@ -12,11 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from siamface.data.folders import scan_identity_folders
-from siamface.data.images import ImageLoadError, file_digest, is_image_path, load_rgb
+from siamface.data.images import (
+    ImageLoadError,
+    file_digest,
+    is_image_path,
+    load_rgb,
+    unsupported_reason,
+)
 from siamface.errors import SiamfaceError
 from siamface.faces.errors import is_ambiguous
 from siamface.gallery.records import NewPerson
 from siamface.gallery.thumbnail import make_thumbnail
+from siamface.gallery.validation import check_name
 from siamface.inference import Embedder
 
 _SHOW = 10
@@ -51,6 +58,16 @@ def _images_in(folder: Path) -> list[Path]:
     )
 
 
+def _not_images_in(folder: Path) -> list[tuple[Path, str]]:
+    """Files in a person's folder that are not images, with the reason (reported, so that a
+    user who expected them to count sees that they did not)."""
+    return [
+        (f, unsupported_reason(f))
+        for f in sorted(folder.rglob("*"))
+        if f.is_file() and not f.name.startswith(".") and not is_image_path(f)
+    ]
+
+
 def plan_enrollment(inputs: Sequence[str | Path], name: str | None = None) -> EnrollPlan:
     """Decide who gets which images.
 
@@ -67,9 +84,11 @@ def plan_enrollment(inputs: Sequence[str | Path], name: str | None = None) -> En
             raise SiamfaceError(f"not found: {p}")
     if name is not None:
         images: list[Path] = []
+        skipped: list[tuple[Path, str]] = []
         for p in paths:
             if p.is_dir():
                 found = _images_in(p)
+                skipped += _not_images_in(p)
                 if not found:
                     raise SiamfaceError(f"no images found in {p}")
                 images += found
@@ -77,7 +96,7 @@ def plan_enrollment(inputs: Sequence[str | Path], name: str | None = None) -> En
                 images.append(p)
             else:
                 raise SiamfaceError(f"{p} is not an image file (unknown suffix {p.suffix!r})")
-        return EnrollPlan([(name, list(dict.fromkeys(images)))])
+        return EnrollPlan([(check_name(name), list(dict.fromkeys(images)))], skipped)
     loose = [p for p in paths if not p.is_dir()]
     if loose:
         raise SiamfaceError(
@@ -105,7 +124,9 @@ def plan_enrollment(inputs: Sequence[str | Path], name: str | None = None) -> En
             if root.resolve().name in groups:
                 raise SiamfaceError(f"two folders named {root.resolve().name!r} given")
             groups[root.resolve().name] = found
-    return EnrollPlan(list(groups.items()), ignored)
+            ignored += _not_images_in(root)
+    # Folder names are person names: the same rule as every other way in, before any work.
+    return EnrollPlan([(check_name(n), imgs) for n, imgs in groups.items()], ignored)
 
 
 def embed_plan(

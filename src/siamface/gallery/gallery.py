@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -46,6 +46,7 @@ from siamface.gallery.validation import (
     checked_person,
     unit_vectors,
 )
+from siamface.names import lookalike_error, lookalike_of, normal_name, skeleton
 
 __all__ = [
     "AGGREGATIONS",
@@ -213,7 +214,7 @@ class Gallery(ABC):
         return self.counts()[0]
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.person(name) is not None
+        return isinstance(name, str) and self.person(normal_name(name)) is not None
 
     @abstractmethod
     def people(self) -> list[PersonRecord]:
@@ -337,7 +338,28 @@ class Gallery(ABC):
         dupes = sorted(n for n, c in Counter(p.name for p in people).items() if c > 1)
         if dupes:
             raise SiamfaceError(f"the same name is given twice in one enrollment: {dupes[:5]}")
+        self._refuse_lookalikes([p.name for p in people])
         return self._enroll(people, append)
+
+    def _refuse_lookalikes(self, names: list[str]) -> None:
+        """Refuse a name that looks like another one (enrolled, or in the same batch) but is
+        another string: they would be two people nobody can tell apart on the page."""
+        seen: dict[str, str] = {}
+        for n in names:
+            other = seen.setdefault(skeleton(n), n)
+            if other != n:
+                raise lookalike_error(n, other)
+        candidates = self._lookalike_candidates(names)
+        for n in names:
+            other = lookalike_of(n, candidates)
+            if other is not None:
+                raise lookalike_error(n, other)
+
+    def _lookalike_candidates(self, names: list[str]) -> set[str]:
+        """Enrolled names that may look like one of ``names``: those equal to a skeleton, and
+        every name with a non-ASCII character (only those can look like another string)."""
+        found = self.existing([skeleton(n) for n in names])
+        return found | {p.name for p in self.people() if not p.name.isascii()}
 
     def _already_enrolled(self, existing: set[str]) -> SiamfaceError:
         shown = ", ".join(sorted(existing)[:5])
@@ -356,6 +378,7 @@ class Gallery(ABC):
         """Remove people (and their images). Unknown names are an error; nothing is removed
         unless every name exists."""
         names = [names] if isinstance(names, str) else list(names)
+        names = [normal_name(n) for n in names]
         if not names:
             raise SiamfaceError("no name given to remove")
         names = list(dict.fromkeys(names))
@@ -370,6 +393,19 @@ class Gallery(ABC):
     @abstractmethod
     def _remove(self, names: list[str]) -> None:
         """Remove these people (distinct names), or nobody if one is not enrolled."""
+
+    # -- checking ----------------------------------------------------------------------------
+    def check(self) -> list[dict]:
+        """Every damaged stored record (``person``, ``kind``, ``problem``...); empty when all
+        is sound. Backends that cannot check say so."""
+        raise SiamfaceError(f"the {self.backend} backend cannot check its records")
+
+    def repair(
+        self, problems: list[dict], reembed: Callable[[str], np.ndarray | None] | None = None
+    ) -> list[dict]:
+        """Fix the problems :meth:`check` found (re-embed from stored images where possible,
+        else drop); returns what was done."""
+        raise SiamfaceError(f"the {self.backend} backend cannot repair its records")
 
     # -- searching ---------------------------------------------------------------------------
     def search(

@@ -16,6 +16,13 @@ Three collections make one gallery ``C``:
 * ``C__meta``: the settings (model fingerprint, embedding size, threshold, aggregation...).
   (Milvus requires a vector field in every collection: the last two carry a 2-d dummy.)
 
+Creating a gallery is recoverable: ``C__meta`` is created first, with a ``creating`` journal
+row, then the other two collections and the settings, and the ``format`` row is written last.
+A gallery without that row (or collections of siamface's shape without ``C__meta``, left by
+older versions) is *half-made*: it is never opened as a gallery, its message names the way
+out, and ``siamface gallery drop URL`` or ``siamface gallery check URL --repair`` remove it
+(after confirmation).
+
 Consistency without transactions (Milvus has none across rows): an enrollment first writes
 all its vectors, tagged with a batch token derived from the person's name and image
 content, then *commits* by upserting the person's row, which lists the token. A search only
@@ -59,7 +66,8 @@ from siamface.gallery.gallery import Gallery
 from siamface.gallery.records import NewPerson, PersonRecord
 from siamface.gallery.results import Candidate
 from siamface.gallery.store import mean_template
-from siamface.gallery.validation import MAX_NAME, checked_settings, usable
+from siamface.gallery.validation import checked_settings, usable
+from siamface.names import MAX_NAME, normal_name
 
 FORMAT = "siamface.gallery.milvus"
 FORMAT_VERSION = 1
@@ -210,6 +218,9 @@ class MilvusGallery(Gallery):
         spec, client, collection = cls._connect(spec)
         try:
             names = set(client.list_collections())
+            half = _half_made(client, collection, names)
+            if half is not None:
+                raise SiamfaceError(_half_made_message(spec, half))
             if f"{collection}__meta" not in names:
                 if collection in names:
                     raise SiamfaceError(
@@ -236,14 +247,14 @@ class MilvusGallery(Gallery):
             ours = [collection, f"{collection}__people", f"{collection}__meta"]
             if ours[2] in existing and client.query(ours[2], ids=["format"], output_fields=["key"]):
                 raise SiamfaceError(f"{spec} already holds a gallery")
-            if collection in existing and ours[2] not in existing:
+            half = _half_made(client, collection, existing)
+            if half is not None:
+                raise SiamfaceError(_half_made_message(spec, half))
+            if collection in existing or ours[1] in existing:
                 raise SiamfaceError(
                     f"Milvus collection {collection!r} at {spec} exists and is not a siamface "
                     "gallery; choose another collection name"
                 )
-            for c in ours:  # leftovers of a creation that was interrupted
-                if c in existing:
-                    client.drop_collection(c)
             dim = int(settings["embedding_size"])
             vec = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
             vec.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
@@ -268,19 +279,26 @@ class MilvusGallery(Gallery):
             meta.add_field("value", DataType.VARCHAR, max_length=_VARCHAR)
             meta.add_field("dummy", DataType.FLOAT_VECTOR, dim=2)
             kind, params = settings["index_kind"], settings["index_params"]
+            # The meta collection first, with a journal row: from here on, an interrupted
+            # creation is recognised as half-made (see the module docstring).
             for c, schema, index in (
+                (ours[2], meta, cls._index_params(client, "flat", {}, "dummy")),
                 (ours[0], vec, cls._index_params(client, kind, params, "vector")),
                 (ours[1], people, cls._index_params(client, "flat", {}, "dummy")),
-                (ours[2], meta, cls._index_params(client, "flat", {}, "dummy")),
             ):
                 client.create_collection(
                     c, schema=schema, index_params=index, consistency_level="Strong"
                 )
+                if c == ours[2]:
+                    client.upsert(ours[2], [_meta_row(CREATING, {"started": time.time()})])
+                fault_point("create:collection")
             base = {"format_version": FORMAT_VERSION, "version": 0, "created": time.time()}
             rows = [_meta_row(k, v) for k, v in {**base, **settings}.items()]
             client.upsert(ours[2], rows)
+            fault_point("create:before-marker")
             # written last: a gallery whose creation was interrupted never looks like one
             client.upsert(ours[2], [_meta_row("format", FORMAT)])
+            client.delete(ours[2], ids=[CREATING])
         except SiamfaceError:
             with contextlib.suppress(Exception):
                 client.close()
@@ -386,8 +404,7 @@ class MilvusGallery(Gallery):
                 ) from None
         if meta.get("format") != FORMAT:
             raise SiamfaceError(
-                f"{self.location} is not a complete siamface gallery (its creation was "
-                "interrupted, or the collections were made by something else)"
+                _half_made_message(self.location, "no 'format' record: creation interrupted")
             )
         fv = meta.get("format_version", 0)
         if not isinstance(fv, int) or fv > FORMAT_VERSION:
@@ -434,6 +451,47 @@ class MilvusGallery(Gallery):
         self._call("create index", c.create_index, self.name, index)
         self._call("load", c.load_collection, self.name)
 
+    def check(self) -> list[dict]:
+        """Every stored vector that is not a finite unit vector of the gallery's size, with
+        its person (read in pages: the whole collection once)."""
+        from siamface.gallery.store import vector_problems
+
+        dim = self.embedding_size
+        found: list[dict] = []
+        fields = ["id", "person", "unit", "ref", "vector"]
+        page: list[dict] = []
+
+        def flush() -> None:
+            blobs = [np.asarray(r["vector"], dtype="<f4").tobytes() for r in page]
+            for k, why in vector_problems(blobs, dim).items():
+                r = page[k]
+                kind = "image" if r["unit"] in ("image", "both") else "template"
+                found.append(
+                    {
+                        "person": r["person"],
+                        "person_id": person_id(r["person"]),
+                        "kind": kind,
+                        "id": r["id"],
+                        "ref": r["ref"] or None,
+                        "problem": why,
+                    }
+                )
+            page.clear()
+
+        for row in self._query_all(self.name, 'id != ""', fields):
+            page.append(row)
+            if len(page) >= _READ_IDS:
+                flush()
+        flush()
+        return found
+
+    def repair(self, problems: list[dict], reembed=None) -> list[dict]:
+        raise SiamfaceError(
+            f"damaged vectors in Milvus gallery {self.location} are not repaired in place: "
+            f"remove {', '.join(sorted({p['person'] for p in problems})[:5])!s} and enroll "
+            "them again"
+        )
+
     # -- reading --------------------------------------------------------------------------
     def _people_rows(self, names: Sequence[str], fields: list[str] | None = None) -> dict:
         fields = fields or ["name", "pid", "n_images", "created", "batches", "template", "metadata"]
@@ -465,6 +523,7 @@ class MilvusGallery(Gallery):
     def person(self, name: str) -> PersonRecord | None:
         if not isinstance(name, str):
             return None
+        name = normal_name(name)
         row = self._people_rows([name]).get(name)
         return None if row is None else _record(row)
 
@@ -474,6 +533,7 @@ class MilvusGallery(Gallery):
     def thumbnail(self, name: str) -> bytes | None:
         if not isinstance(name, str):
             return None
+        name = normal_name(name)
         row = self._people_rows([name], ["name", "thumbnail"]).get(name)
         return base64.b64decode(row["thumbnail"]) if row and row["thumbnail"] else None
 
@@ -707,6 +767,93 @@ class MilvusGallery(Gallery):
 
 
 # -- rows ---------------------------------------------------------------------------------
+#: Journal row of a creation in progress (deleted when the ``format`` row is written).
+CREATING = "creating"
+_VECTOR_FIELDS = {"id", "person", "batch", "unit", "ref", "digest", "vector"}
+_PEOPLE_FIELDS = {"name", "pid", "n_images", "created", "batches", "template", "metadata"}
+
+
+def _fields(client: Any, collection: str) -> set[str]:
+    try:
+        return {f["name"] for f in client.describe_collection(collection)["fields"]}
+    except Exception:  # noqa: BLE001 - an unreadable description: not ours to judge
+        return set()
+
+
+def _half_made(client: Any, collection: str, names: set[str]) -> str | None:
+    """Why the collections named ``collection*`` are a half-made siamface gallery, or None
+    (complete, absent, or made by something else)."""
+    meta = f"{collection}__meta"
+    if meta in names:
+        rows = client.query(meta, ids=["format", CREATING], output_fields=["key", "value"])
+        keys = {r["key"] for r in rows}
+        if "format" in keys:
+            return None
+        return "its creation was interrupted (no 'format' record)"
+    parts = []
+    if collection in names and _fields(client, collection) >= _VECTOR_FIELDS:
+        parts.append(collection)
+    people = f"{collection}__people"
+    if people in names and _fields(client, people) >= _PEOPLE_FIELDS:
+        parts.append(people)
+    if parts:
+        return f"its creation was interrupted ({' and '.join(parts)} without {meta})"
+    return None
+
+
+def _half_made_message(spec: str, why: str) -> str:
+    return (
+        f"{spec} is a half-made gallery: {why}; remove the leftovers with "
+        f"'siamface gallery drop {spec}' (or 'siamface gallery check {spec} --repair'), "
+        "then enroll again"
+    )
+
+
+def milvus_state(spec: str) -> tuple[str, str | None]:
+    """(``"complete"``, ``"half-made"``, ``"foreign"`` or ``"absent"``, detail) of the
+    collections behind ``spec``, read without opening them as a gallery."""
+    spec, client, collection = MilvusGallery._connect(spec)
+    try:
+        names = set(client.list_collections())
+        half = _half_made(client, collection, names)
+        if half is not None:
+            return "half-made", half
+        if f"{collection}__meta" in names:
+            return "complete", None
+        if collection in names or f"{collection}__people" in names:
+            return "foreign", f"collection {collection!r} was not made by siamface"
+        return "absent", None
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+def drop_milvus_gallery(spec: str, allow_complete: bool) -> list[str]:
+    """Drop a gallery's collections (a half-made one, or a complete one when
+    ``allow_complete``); never a collection siamface did not make. Returns what was dropped."""
+    state, detail = milvus_state(spec)
+    if state == "absent":
+        raise SiamfaceError(f"gallery not found: {spec}; nothing dropped")
+    if state == "foreign":
+        raise SiamfaceError(f"{spec}: {detail}; nothing dropped")
+    if state == "complete" and not allow_complete:
+        raise SiamfaceError(f"{spec} is a complete gallery; nothing dropped")
+    spec, client, collection = MilvusGallery._connect(spec)
+    try:
+        names = set(client.list_collections())
+        dropped = []
+        for c in (collection, f"{collection}__people", f"{collection}__meta"):  # meta last
+            if c in names:
+                client.drop_collection(c)
+                dropped.append(c)
+        return dropped
+    except Exception as err:  # noqa: BLE001 - pymilvus raises many types
+        raise SiamfaceError(f"cannot drop Milvus gallery {spec}: {_short(err)}") from None
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
 def _meta_row(key: str, value: object) -> dict:
     return {"key": key, "value": json.dumps(value), "dummy": [0.0, 0.0]}
 

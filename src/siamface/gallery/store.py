@@ -8,7 +8,9 @@ records the version it was built from, and a stale or missing index is rebuilt f
 database (see :mod:`siamface.gallery.gallery`).
 
 Embeddings are stored exactly (float32 blobs), so search results can be re-scored exactly
-even when the in-memory index is compressed.
+even when the in-memory index is compressed. Every vector read back is checked (right length,
+finite, unit norm) and a damaged one raises :class:`DamagedVectorError` naming its person:
+a NaN vector must never make search skip someone silently and name someone else.
 """
 
 from __future__ import annotations
@@ -96,9 +98,49 @@ def to_blob(vec: np.ndarray) -> bytes:
     return np.ascontiguousarray(vec, dtype="<f4").tobytes()
 
 
+#: How far a stored vector's norm may be from 1 (float32 rounding is ~1e-7).
+NORM_TOLERANCE = 1e-3
+
+
+class DamagedVectorError(SiamfaceError):
+    """A stored vector is not a finite unit vector of the gallery's size. ``row`` is its
+    position in the rows being decoded; the store turns it into a message naming the person."""
+
+    def __init__(self, row: int, why: str) -> None:
+        super().__init__(f"row {row}: {why}")
+        self.row, self.why = row, why
+
+
+def vector_problems(blobs: Sequence[bytes | None], dim: int) -> dict[int, str]:
+    """{row: why} for every blob that is not a finite unit float32 vector of ``dim``."""
+    out: dict[int, str] = {}
+    good: list[int] = []
+    for i, b in enumerate(blobs):
+        n = len(b) if isinstance(b, bytes | bytearray | memoryview) else -1
+        if n != 4 * dim:
+            out[i] = "missing" if n < 0 else f"{n} bytes, expected {4 * dim} ({dim} float32 values)"
+        else:
+            good.append(i)
+    if good:
+        v = np.frombuffer(b"".join(bytes(blobs[i]) for i in good), dtype="<f4").reshape(-1, dim)
+        finite = np.isfinite(v).all(axis=1)
+        norms = np.linalg.norm(np.where(np.isfinite(v), v, 0).astype(np.float64), axis=1)
+        for k, i in enumerate(good):
+            if not finite[k]:
+                out[i] = "NaN or infinite values"
+            elif abs(norms[k] - 1.0) > NORM_TOLERANCE:
+                out[i] = f"norm {norms[k]:.4g}, expected a unit vector"
+    return out
+
+
 def from_blobs(blobs: Sequence[bytes], dim: int) -> np.ndarray:
+    """Decode stored vectors, refusing any that is damaged (:class:`DamagedVectorError`)."""
     if not blobs:
         return np.zeros((0, dim), dtype=np.float32)
+    bad = vector_problems(blobs, dim)
+    if bad:
+        row = min(bad)
+        raise DamagedVectorError(row, bad[row])
     return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
 
 
@@ -210,11 +252,12 @@ class Store:
     def export_person(self, rec: PersonRecord, dim: int) -> NewPerson:
         """Everything stored about one person, to copy them into another gallery."""
         rows = self.conn.execute(
-            "SELECT ref, digest, embedding FROM images WHERE person_id=? ORDER BY id", (rec.id,)
+            "SELECT ref, digest, embedding, id FROM images WHERE person_id=? ORDER BY id",
+            (rec.id,),
         ).fetchall()
         return NewPerson(
             rec.name,
-            from_blobs([r[2] for r in rows], dim),
+            self._decode("image", [r[3] for r in rows], [r[2] for r in rows], dim),
             [r[0] for r in rows],
             [r[1] for r in rows],
             dict(rec.metadata),
@@ -379,9 +422,33 @@ class Store:
 
     def image_embeddings_of(self, person_id: int, dim: int) -> np.ndarray:
         rows = self.conn.execute(
-            "SELECT embedding FROM images WHERE person_id=? ORDER BY id", (person_id,)
+            "SELECT id, embedding FROM images WHERE person_id=? ORDER BY id", (person_id,)
         ).fetchall()
-        return from_blobs([r[0] for r in rows], dim)
+        return self._decode("image", [r[0] for r in rows], [r[1] for r in rows], dim)
+
+    def _decode(
+        self, unit: str, ids: Sequence[int], blobs: Sequence[bytes], dim: int
+    ) -> np.ndarray:
+        """:func:`from_blobs`, with a damaged vector reported by its person's name."""
+        try:
+            return from_blobs(blobs, dim)
+        except DamagedVectorError as err:
+            raise self.damaged(unit, int(ids[err.row]), err.why) from None
+
+    def damaged(self, unit: str, vid: int, why: str) -> SiamfaceError:
+        """The message for a damaged stored vector: whose it is and how to repair it."""
+        folder = self.path.parent
+        if unit == "person":
+            pid, what = vid, "vector"
+        else:
+            row = self.conn.execute("SELECT person_id FROM images WHERE id=?", (vid,)).fetchone()
+            pid, what = (int(row[0]) if row else -1), f"embedding of image {vid}"
+        row = self.conn.execute("SELECT name FROM people WHERE id=?", (pid,)).fetchone()
+        who = repr(row[0]) if row else f"person {pid}"
+        return SiamfaceError(
+            f"gallery {folder}: the stored {what} of {who} is damaged ({why}); run "
+            f"'siamface gallery check {folder} --repair'"
+        )
 
     def iter_vectors(
         self, unit: str, dim: int, chunk: int = 65536, every: int = 1
@@ -400,7 +467,7 @@ class Store:
             if not rows:
                 return
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            yield ids, from_blobs([r[1] for r in rows], dim)
+            yield ids, self._decode(unit, ids.tolist(), [r[1] for r in rows], dim)
             last = int(ids[-1])
 
     def vectors_by_id(
@@ -423,7 +490,7 @@ class Store:
             ).fetchall()
         found = np.array([r[0] for r in rows], dtype=np.int64)
         owners = np.array([r[1] for r in rows], dtype=np.int64)
-        return found, owners, from_blobs([r[2] for r in rows], dim)
+        return found, owners, self._decode(unit, found.tolist(), [r[2] for r in rows], dim)
 
     def owners_of(self, image_ids: np.ndarray) -> np.ndarray:
         """Person id of each image id (-1 if gone), from a small covering index, so that
@@ -438,6 +505,62 @@ class Store:
             )
             found.update(self.conn.execute(q, chunk).fetchall())
         return np.array([found.get(i, -1) for i in ids], dtype=np.int64)
+
+    def check_vectors(self, dim: int, chunk: int = 16384) -> list[dict]:
+        """Every damaged stored vector: image embeddings and person templates, each with its
+        person's name and why (``gallery check``)."""
+        found: list[dict] = []
+        queries = (
+            (
+                "image",
+                "SELECT i.id, i.embedding, p.id, p.name, i.ref FROM images i "
+                "JOIN people p ON p.id = i.person_id WHERE i.id > ? ORDER BY i.id LIMIT ?",
+            ),
+            (
+                "template",
+                "SELECT p.id, p.template, p.id, p.name, NULL FROM people p "
+                "WHERE p.template IS NOT NULL AND p.id > ? ORDER BY p.id LIMIT ?",
+            ),
+        )
+        for kind, sql in queries:
+            last = -1
+            while rows := self.conn.execute(sql, (last, chunk)).fetchall():
+                for k, why in vector_problems([r[1] for r in rows], dim).items():
+                    vid, _, pid, name, ref = rows[k]
+                    found.append(
+                        {
+                            "person": name,
+                            "person_id": pid,
+                            "kind": kind,
+                            "id": vid,
+                            "ref": ref,
+                            "problem": why,
+                        }
+                    )
+                last = int(rows[-1][0])
+        people_without = self.conn.execute(
+            "SELECT p.id, p.name FROM people p WHERE NOT EXISTS "
+            "(SELECT 1 FROM images i WHERE i.person_id = p.id)"
+        ).fetchall()
+        for pid, name in people_without:
+            found.append(
+                {
+                    "person": name,
+                    "person_id": pid,
+                    "kind": "person",
+                    "id": pid,
+                    "ref": None,
+                    "problem": "no images",
+                }
+            )
+        return found
+
+    def set_embedding(self, image_id: int, vec: np.ndarray) -> None:
+        """Replace one image's embedding (inside the caller's transaction; repair)."""
+        self.conn.execute("UPDATE images SET embedding=? WHERE id=?", (to_blob(vec), image_id))
+
+    def delete_image(self, image_id: int) -> None:
+        self.conn.execute("DELETE FROM images WHERE id=?", (image_id,))
 
     def count(self, unit: str) -> int:
         table = "people" if unit == "person" else "images"

@@ -18,11 +18,13 @@ from siamface.errors import SiamfaceError
 from siamface.gallery.records import NewPerson
 from siamface.gallery.results import UNKNOWN
 from siamface.gallery.thumbnail import check_thumbnail
+from siamface.names import check_person_name
 
 AGGREGATIONS = ("mean", "max")
+#: Bounds on a person's metadata: it is stored with them and returned with every match.
+MAX_METADATA_BYTES = 64 * 1024
+MAX_METADATA_DEPTH = 16
 DEFAULT_AGGREGATION = "mean"
-MAX_NAME = 200
-_BAD_NAME = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ModelMismatchError(SiamfaceError):
@@ -30,16 +32,77 @@ class ModelMismatchError(SiamfaceError):
 
 
 def check_name(name: object) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise SiamfaceError(f"a person's name must be a non-empty string, got {name!r}")
-    if name != name.strip() or _BAD_NAME.search(name) or len(name) > MAX_NAME:
-        raise SiamfaceError(
-            f"invalid name {name!r}: no leading/trailing spaces or control characters, at most "
-            f"{MAX_NAME} characters"
-        )
+    """The name to store (NFC), by the one rule of :mod:`siamface.names`; "unknown" is
+    reserved for rejected probes."""
+    name = check_person_name(name)
     if name.lower() == UNKNOWN:
         raise SiamfaceError(f"{name!r} is reserved for rejected probes; choose another name")
     return name
+
+
+class MetadataTooLarge(SiamfaceError):
+    """Metadata over the size or depth bound (the REST service answers 422)."""
+
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def json_depth(text: str) -> int:
+    """Deepest ``[``/``{`` nesting of JSON text, counted without parsing (a parser recurses,
+    and 100,000 opening brackets would exhaust Python's stack before any check ran). Strings
+    are skipped by a regular expression, so a body of long base64 strings costs no Python
+    loop per character."""
+    depth = deepest = 0
+    for m in _BRACKET.finditer(_JSON_STRING.sub('""', text)):
+        if m.group() in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def parse_metadata(text: str | None, what: str = "metadata") -> dict:
+    """A person's metadata from JSON text: an object, at most :data:`MAX_METADATA_BYTES`
+    and :data:`MAX_METADATA_DEPTH` levels deep (the CLI's --metadata and REST's field)."""
+    if not text:
+        return {}
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_METADATA_BYTES:
+        raise MetadataTooLarge(f"{what} is {size} bytes; at most {MAX_METADATA_BYTES} are kept")
+    if json_depth(text) > MAX_METADATA_DEPTH:
+        raise MetadataTooLarge(f"{what} is nested deeper than {MAX_METADATA_DEPTH} levels")
+    try:
+        meta = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise SiamfaceError(f"{what} is not valid JSON: {err}") from None
+    if not isinstance(meta, dict):
+        raise SiamfaceError(f'{what} must be a JSON object, e.g. {{"team": "ops"}}')
+    return meta
+
+
+def check_metadata(meta: object, name: str) -> dict:
+    """Metadata given as Python objects (the API): a JSON-able dict within the same bounds."""
+    if not isinstance(meta, dict):
+        raise SiamfaceError(f"metadata of {name!r} must be a JSON object")
+    stack: list[tuple[object, int]] = [(meta, 1)]
+    while stack:  # iterative: a deep structure must not exhaust the stack here either
+        obj, depth = stack.pop()
+        if isinstance(obj, dict | list | tuple):
+            if depth > MAX_METADATA_DEPTH:
+                raise MetadataTooLarge(
+                    f"metadata of {name!r} is nested deeper than {MAX_METADATA_DEPTH} levels"
+                )
+            items = obj.values() if isinstance(obj, dict) else obj
+            stack.extend((v, depth + 1) for v in items)
+    try:
+        text = json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise SiamfaceError(f"metadata of {name!r} is not JSON-serialisable: {err}") from err
+    if len(text.encode()) > MAX_METADATA_BYTES:
+        raise MetadataTooLarge(f"metadata of {name!r} is over {MAX_METADATA_BYTES} bytes")
+    return dict(meta)
 
 
 def check_choice(what: str, value: object, choices: Sequence[str]) -> str:
@@ -101,16 +164,11 @@ def checked_person(p: NewPerson, dim: int, where: str) -> NewPerson:
     for what, seq in (("refs", p.refs), ("digests", p.digests)):
         if len(seq) not in (0, len(emb)):
             raise SiamfaceError(f"{name!r}: {len(seq)} {what} for {len(emb)} embeddings")
-    if not isinstance(p.metadata, dict):
-        raise SiamfaceError(f"metadata of {name!r} must be a JSON object")
-    try:
-        json.dumps(p.metadata, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise SiamfaceError(f"metadata of {name!r} is not JSON-serialisable: {err}") from err
+    metadata = check_metadata(p.metadata, name)
     refs = [None if r is None else str(r) for r in p.refs]
     digests = [None if d is None else str(d) for d in p.digests]
     thumb = check_thumbnail(p.thumbnail, name)
-    return NewPerson(name, emb, refs, digests, dict(p.metadata), thumb)
+    return NewPerson(name, emb, refs, digests, metadata, thumb)
 
 
 # -- settings as stored (a database or collection someone may have edited) -------------------

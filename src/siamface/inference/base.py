@@ -71,6 +71,7 @@ class Embedder:
                 f"{self.source}: the model returns {emb.shape[1:]}-shaped embeddings, its "
                 f"header says {self.embedding_size}"
             )
+        self.checked(emb)  # a zero or non-finite embedding of a probe face: refused at load
 
     def checked(self, emb: np.ndarray) -> np.ndarray:
         """Refuse non-finite embeddings: a broken model must fail loudly, never answer
@@ -81,6 +82,17 @@ class Embedder:
                 f"model {self.source} produced non-finite embeddings (NaN/Inf): its weights "
                 "are unusable; use the original file or retrain"
             )
+        if emb.ndim == 2 and len(emb):
+            # Unit vectors out: a norm far from 1 is a degenerate model (weights so large the
+            # norm overflows normalise to all-zero vectors), and every pair would then score
+            # "different people, similarity 0.0000".
+            norms = np.linalg.norm(emb.astype(np.float64), axis=1)
+            if (np.abs(norms - 1.0) > 1e-2).any():
+                raise SiamfaceError(
+                    f"model {self.source} produced degenerate embeddings (length "
+                    f"{float(norms.min()):.3g} where 1 is expected): its weights are unusable; "
+                    "use the original file or retrain"
+                )
         return emb
 
     # -- conveniences shared by all backends ------------------------------------------

@@ -36,8 +36,10 @@ class TorchEmbedder(Embedder):
         self.pair_head = (
             {k: float(v) for k, v in ckpt.pair_head.items()} if ckpt.pair_head else None
         )
-        # No probe face here (unlike ONNX): the checkpoint's weights were checked tensor by
-        # tensor when loaded, and a probe forward pass costs more than all those checks.
+        # The weights were checked tensor by tensor when loaded; one probe face also catches
+        # finite weights whose output is degenerate (a head scaled by 1e30 embeds every face
+        # as the zero vector), for the price of one forward pass.
+        self.probe()
 
     def embed_batch(self, pixels: np.ndarray) -> np.ndarray:
         import torch

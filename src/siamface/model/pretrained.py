@@ -75,19 +75,48 @@ def describe_source(spec: str, backbone: str) -> str:
     return "timm hub" if spec == "hub" else f"file {spec}"
 
 
+def torch_load_safely(path: Path, what: str) -> object:
+    """``torch.load(weights_only=True)`` with failures in one line of our own words.
+
+    PyTorch refuses a pickle that holds anything but tensors and plain containers with a
+    page of text that ends by suggesting ``weights_only=False``: for a file that may be
+    hostile, the one thing never to do. So that advice never reaches the user."""
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not for users
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "global" in str(err).lower():  # it names a function or class: refused, not run
+            raise SiamfaceError(
+                f"refused {what} {path}: it holds Python objects other than tensors, which "
+                "could run code when loaded, so it was not loaded (use a file saved with "
+                "torch.save(model.state_dict()), or a .safetensors file)"
+            ) from None
+        raise SiamfaceError(
+            f"cannot read {what} {path}: not a PyTorch weight file (damaged, or another format)"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - any failure here is a bad file for the user
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise SiamfaceError(f"cannot read {what} {path}: {first}") from None
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a state dict safely: safetensors, or torch.load with ``weights_only=True``."""
     if not path.is_file():
         raise SiamfaceError(f"pretrained weight file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             sd = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure here is a bad file for the user
-        raise SiamfaceError(f"cannot read weight file {path}: {err}") from err
+        except Exception as err:  # noqa: BLE001 - any failure here is a bad file for the user
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise SiamfaceError(f"cannot read weight file {path}: {first}") from None
+    else:
+        sd = torch_load_safely(path, "weight file")
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException
 from siamface.data.images import ImageLoadError
 from siamface.errors import SiamfaceError
 from siamface.faces.errors import AmbiguousFaceError, NoFaceError
+from siamface.names import NameError_
 
 log = logging.getLogger("siamface.serve")
 
@@ -119,6 +120,18 @@ class ImageTooLarge(ApiError):
     status, code = 413, "image_too_large"
 
 
+class InvalidName(ApiError):
+    """A person's name that the gallery refuses (see :mod:`siamface.names`)."""
+
+    status, code = 422, "invalid_name"
+
+
+class InvalidMetadata(ApiError):
+    """Metadata over the size or depth bound."""
+
+    status, code = 422, "invalid_metadata"
+
+
 class NoFace(ApiError):
     status, code = 422, "no_face"
 
@@ -172,6 +185,7 @@ DOMAIN_ERRORS: tuple[tuple[type[Exception], type[ApiError]], ...] = (
     (AmbiguousFaceError, AmbiguousFace),
     (NoFaceError, NoFace),
     (ImageLoadError, BadImage),
+    (NameError_, InvalidName),
     (SiamfaceError, BadRequest),
 )
 

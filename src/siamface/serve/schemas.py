@@ -94,6 +94,68 @@ class IdentifyOut(BaseModel):
     )
 
 
+class BatchError(BaseModel):
+    code: str = Field(description="why this photo could not be used (bad_image, no_face ...)")
+    detail: str
+    field: str | None = None
+
+
+class BatchEmbedItem(BaseModel):
+    index: int = Field(description="position of the photo in the request")
+    embedding: list[float] | None = None
+    error: BatchError | None = None
+
+
+class BatchEmbedOut(BaseModel):
+    model: str
+    dim: int
+    results: list[BatchEmbedItem]
+
+
+class BatchVerifyItem(BaseModel):
+    index: int = Field(description="position of the pair in the request")
+    similarity: float | None = None
+    same: bool | None = None
+    threshold: float | None = None
+    threshold_source: str | None = None
+    probability: float | None = None
+    error: BatchError | None = None
+
+
+class BatchVerifyOut(BaseModel):
+    model: str
+    results: list[BatchVerifyItem]
+
+
+class FaceIdentifyOut(BaseModel):
+    box: list[float] | None = Field(
+        None, description="the face's box in the photo (x, y, w, h), when known"
+    )
+    identity: str
+    known: bool
+    score: float | None
+    threshold: float | None
+    matches: list[MatchOut]
+
+
+class BatchIdentifyItem(BaseModel):
+    index: int = Field(description="position of the photo in the request")
+    identity: str | None = Field(None, description="the best face's answer, as /identify")
+    known: bool | None = None
+    score: float | None = None
+    threshold: float | None = None
+    matches: list[MatchOut] | None = None
+    faces: list[FaceIdentifyOut] = Field(
+        default_factory=list, description="one answer per face searched in the photo"
+    )
+    error: BatchError | None = None
+
+
+class BatchIdentifyOut(BaseModel):
+    model: str
+    results: list[BatchIdentifyItem]
+
+
 class PersonOut(BaseModel):
     id: int
     name: str

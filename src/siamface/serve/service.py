@@ -195,8 +195,14 @@ class Service:
         return np.ascontiguousarray(found.crop.transpose(2, 0, 1)), found.choice
 
     async def read(self, upload: UploadFile, field: str, pick: str | None = None) -> Upload:
-        data = await upload.read()
-        label = f"{field} ({upload.filename})" if upload.filename else field
+        return await self.read_bytes(await upload.read(), upload.filename, field, pick)
+
+    async def read_bytes(
+        self, data: bytes, filename: str | None, field: str, pick: str | None = None
+    ) -> Upload:
+        """One photo's bytes -> its face (checked against the pixel limits first); ``pick``
+        says which of several faces (a number or a box), else the auto rule decides."""
+        label = f"{field} ({filename})" if filename else field
         pixels = image_pixels(data, label, field)
         if pixels > self.max_pixels:
             raise ImageTooLarge(
@@ -211,7 +217,7 @@ class Service:
         digest = hashlib.sha256(data).hexdigest()
         async with self.budget.reserve(pixels):
             face, choice = await run_in_threadpool(self.face_from_bytes, data, label, field, chosen)
-        return Upload(face, digest, upload.filename, field, choice)
+        return Upload(face, digest, filename, field, choice)
 
     async def embed(self, uploads: list[Upload]) -> np.ndarray:
         emb = await self.batcher.embed(np.stack([u.face for u in uploads]))

@@ -493,6 +493,36 @@ def preset_summary(name: str) -> str:
     return first.lstrip("# ").strip()
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one mapping (YAML's own loader keeps the last one silently)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses duplicate keys: ``lr: 0.1`` ... ``lr: 0.001`` further
+    down is almost always an edit gone wrong, and silently training with the second value
+    wastes a run."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.setdefault(key, line)
+            except TypeError:  # unhashable key: the base class reports it
+                break
+            if first != line:
+                raise DuplicateKeyError(
+                    f"key {key!r} is given twice (lines {first} and {line}); keep one"
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _StrictLoader.construct_mapping
+)
+
+
 def _read_yaml(spec: str | Path) -> tuple[dict[str, Any], str]:
     """(mapping, where it came from) for a YAML path or a preset name."""
     p = Path(spec)
@@ -505,7 +535,9 @@ def _read_yaml(spec: str | Path) -> tuple[dict[str, Any], str]:
     else:
         text, where = p.read_text(), f"config file {p}"
     try:
-        loaded = yaml.safe_load(text) or {}
+        loaded = yaml.load(text, Loader=_StrictLoader) or {}  # noqa: S506 - a SafeLoader
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{where}: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{where} is not valid YAML: {err}") from err
     if not isinstance(loaded, dict):

@@ -15,6 +15,11 @@ Several teachers form an ensemble: their unit vectors are concatenated and resca
 length, so each contributes equally to every similarity. No labels are needed for either term.
 The same machinery anchors fine-tuning (``keep_close``): there the teacher is the starting
 model itself, which keeps the fine-tuned embeddings close to where they started.
+
+The teacher cache checks what it reads: each row carries a digest of its key and vector, and
+vectors must be finite unit vectors of the teacher's size. Rows moved between keys, set to NaN
+or cut short discard the whole cache (named in a one-line notice) and the teacher embeds again,
+instead of distilling towards another image's vector or a loss that "became nan".
 """
 
 from __future__ import annotations
@@ -32,38 +37,87 @@ from torch import nn
 
 from siamface.errors import SiamfaceError
 from siamface.faces.cache import file_digest
+from siamface.integrity import (
+    DamagedCache,
+    discard,
+    open_sqlite_cache,
+    row_digest,
+    sqlite_files,
+)
 from siamface.system import cache_dir
 from siamface.train.objective import Batch, LossTerm
 
 log = logging.getLogger(__name__)
 
 
-class TeacherCache:
-    """One teacher's embeddings of image files, keyed by the file's SHA-256 (SQLite)."""
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS emb (digest TEXT PRIMARY KEY, vec BLOB, error TEXT, "
+    "rowsum TEXT NOT NULL);"
+)
+_PROBE = "SELECT digest, vec, error, rowsum FROM emb LIMIT 1"
+WHAT = "teacher cache"
 
-    def __init__(self, fingerprint: str, root: Path | None = None) -> None:
+
+def _vector_problem(vec: np.ndarray, dim: int | None) -> str | None:
+    """Why a cached teacher vector cannot be a target (None: it can)."""
+    if dim is not None and vec.shape != (dim,):
+        return f"{vec.size} values, expected {dim}"
+    if not np.isfinite(vec).all():
+        return "NaN or infinite values"
+    if abs(float(np.linalg.norm(vec)) - 1.0) > 1e-3:
+        return f"norm {float(np.linalg.norm(vec)):.4g}, expected a unit vector"
+    return None
+
+
+class TeacherCache:
+    """One teacher's embeddings of image files, keyed by the file's SHA-256 (SQLite), each
+    row checked on read (see the module docstring)."""
+
+    def __init__(self, fingerprint: str, root: Path | None = None, dim: int | None = None) -> None:
         safe = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
         self.path = (root or cache_dir("teachers")) / f"teacher-{safe}.sqlite"
+        self.dim = dim
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS emb (digest TEXT PRIMARY KEY, vec BLOB, error TEXT)"
-        )
+        self.db = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        return open_sqlite_cache(self.path, WHAT, _SCHEMA, _PROBE, timeout=60, isolation_level=None)
 
     def get_many(self, digests: Sequence[str]) -> dict[str, np.ndarray | str]:
+        """Cached vectors (or failure reasons) by digest. A damaged row or database discards
+        the whole cache with a notice and returns nothing: everything is embedded again."""
+        try:
+            return self._get_many(digests)
+        except (DamagedCache, sqlite3.DatabaseError) as err:
+            self.db.close()
+            discard(sqlite_files(self.path), WHAT, str(err))
+            self.db = self._connect()
+            return {}
+
+    def _get_many(self, digests: Sequence[str]) -> dict[str, np.ndarray | str]:
         out: dict[str, np.ndarray | str] = {}
         for start in range(0, len(digests), 500):
             chunk = list(digests[start : start + 500])
-            q = f"SELECT digest, vec, error FROM emb WHERE digest IN ({','.join('?' * len(chunk))})"
-            for d, vec, err in self.db.execute(q, chunk):
-                out[d] = err if err is not None else np.frombuffer(vec, dtype=np.float32)
+            marks = ",".join("?" * len(chunk))
+            q = f"SELECT digest, vec, error, rowsum FROM emb WHERE digest IN ({marks})"
+            for d, vec, err, rowsum in self.db.execute(q, chunk):
+                if rowsum != row_digest(d, vec, err):
+                    raise DamagedCache(f"the row of image {d[:12]} does not match its digest")
+                if err is not None:
+                    out[d] = err
+                    continue
+                v = np.frombuffer(vec or b"", dtype=np.float32)
+                problem = _vector_problem(v, self.dim)
+                if problem:
+                    raise DamagedCache(f"the vector of image {d[:12]} has {problem}")
+                out[d] = v
         return out
 
     def put_many(self, rows: list[tuple[str, np.ndarray | None, str | None]]) -> None:
+        blobs = [(d, None if v is None else v.astype(np.float32).tobytes(), e) for d, v, e in rows]
         self.db.executemany(
-            "INSERT OR REPLACE INTO emb (digest, vec, error) VALUES (?, ?, ?)",
-            [(d, None if v is None else v.astype(np.float32).tobytes(), e) for d, v, e in rows],
+            "INSERT OR REPLACE INTO emb (digest, vec, error, rowsum) VALUES (?, ?, ?, ?)",
+            [(d, b, e, row_digest(d, b, e)) for d, b, e in blobs],
         )
 
     def close(self) -> None:
@@ -83,7 +137,9 @@ def teacher_embeddings(
 
     teacher = open_model(spec)
     digests = list(digests) if digests is not None else [file_digest(p) for p in paths]
-    cache = TeacherCache(f"{teacher.fingerprint}:{teacher.embedding_size}")
+    cache = TeacherCache(
+        f"{teacher.fingerprint}:{teacher.embedding_size}", dim=teacher.embedding_size
+    )
     try:
         hits = cache.get_many(digests)
         todo = [i for i, d in enumerate(digests) if d not in hits]

@@ -116,7 +116,6 @@ def load_state(run_dir: Path) -> dict:
     path = run_dir / STATE_FILE
     if not path.is_file():
         raise SiamfaceError(f"nothing to resume: {path} not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - a damaged state file is a user-facing problem
-        raise SiamfaceError(f"cannot read training state {path}: {err}") from err
+    from siamface.model.pretrained import torch_load_safely
+
+    return torch_load_safely(path, "training state")  # type: ignore[return-value]

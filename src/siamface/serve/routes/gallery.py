@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from siamface.errors import SiamfaceError
-from siamface.serve.errors import AlreadyEnrolled, BadRequest, NotEnrolled, NotFound, api_error
+from siamface.gallery.validation import MetadataTooLarge, check_name, parse_metadata
+from siamface.serve.errors import (
+    AlreadyEnrolled,
+    BadRequest,
+    InvalidMetadata,
+    InvalidName,
+    NotEnrolled,
+    NotFound,
+    api_error,
+)
 from siamface.serve.routes.deps import NOT_FOUND, WRITE_ERRORS, get_service, require_key
 from siamface.serve.routes.deps import thumbnail_url as _thumb
 from siamface.serve.schemas import EnrollOut, ErrorOut, PeopleOut, PersonOut, RemovedOut
@@ -73,6 +81,10 @@ async def enroll(
     """Enroll a person from one or more images (all of them, or nothing on any error)."""
     gallery = svc.need_gallery()
     meta = _parse_metadata(metadata)
+    try:  # the one name rule (siamface.names), before any image is read
+        name = check_name(name)
+    except SiamfaceError as err:
+        raise InvalidName(str(err), field="name") from None
     if not append and await run_in_threadpool(gallery.__contains__, name):
         raise AlreadyEnrolled(f"{name!r} is already enrolled (send append=true)", field="name")
     ups = await asyncio.gather(*(svc.read(f, f"images[{i}]") for i, f in enumerate(images)))
@@ -112,12 +124,9 @@ async def remove(name: str, svc: Service = Depends(get_service)) -> dict:
 
 
 def _parse_metadata(text: str | None) -> dict:
-    if not text:
-        return {}
     try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise BadRequest(f"metadata is not valid JSON: {err}", field="metadata") from err
-    if not isinstance(meta, dict):
-        raise BadRequest("metadata must be a JSON object", field="metadata")
-    return meta
+        return parse_metadata(text)
+    except MetadataTooLarge as err:
+        raise InvalidMetadata(str(err), field="metadata") from None
+    except SiamfaceError as err:
+        raise BadRequest(str(err), field="metadata") from None
