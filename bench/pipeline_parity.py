@@ -300,6 +300,9 @@ def main() -> int:
     ap.add_argument("--bootstrap", type=int, default=300, help="bootstrap rounds over identities")
     ap.add_argument("--folds-limit", type=int, help="only the first N folds' pairs (quick look)")
     ap.add_argument(
+        "--per-fold", type=int, help="same-person pairs per fold for every set (default: per set)"
+    )
+    ap.add_argument(
         "--reuse", action="store_true", help="re-analyse the per-image results saved in --out"
     )
     args = ap.parse_args()
@@ -337,7 +340,14 @@ def main() -> int:
     pooled = []
     for name in args.sets:
         r = run_set(
-            name, SETS[name], embedder, ref, args.out, args.bootstrap, args.folds_limit, args.reuse
+            name,
+            args.per_fold or SETS[name],
+            embedder,
+            ref,
+            args.out,
+            args.bootstrap,
+            args.folds_limit,
+            args.reuse,
         )
         pooled.append(r.pop("_scores"))
         result["sets"][name] = r
