@@ -102,6 +102,12 @@ class Embedder:
             return align_face_image(img, pre)
         return resize_uint8(img.convert("RGB"), pre.image_size)
 
+    def display_face(self, img: Image.Image) -> np.ndarray:
+        """The face crop to show a person (gallery thumbnails): the model's input face.
+        Models whose input is not one picture (a fusion packs its members' crops) override
+        it."""
+        return self.face_array(img)
+
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
         """Embed decoded images (e.g. uploads); raises ImageLoadError subclasses per image."""
         faces = [self.face_array(im).transpose(2, 0, 1) for im in images]

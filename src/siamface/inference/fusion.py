@@ -314,6 +314,8 @@ def open_fusion(
     another version of a package's weights) is refused: its weights were fitted for the old
     one."""
     rec = read_fusion(path)
+    if tta == "none":
+        tta = str(rec.get("tta") or "none")
     members = []
     for m in rec["members"]:
         spec = str(m["model"])
@@ -328,7 +330,7 @@ def open_fusion(
         members.append(emb)
     prov = rec.get("provenance") or {}
     thr = rec.get("threshold")
-    if tta != "none" and thr:
+    if tta != str(rec.get("tta") or "none") and thr:
         thr = {**thr, "note": f"calibrated without tta={tta}"}
     info = {
         "name": label or path.stem,
@@ -386,3 +388,40 @@ def equal_fusion(members: Sequence[Embedder], label: str, tta: str = "none") -> 
     return FusedEmbedder(
         members, [1.0] * len(members), threshold=thr, source=Path(label), info=info
     )
+
+
+def fusion_pairs(
+    labels: Sequence[str], max_impostors: int = 200_000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs to fit a fusion on: every genuine pair and a seeded sample of impostor pairs
+    (all of them when there are fewer). Returns (i, j, same) index arrays, i < j."""
+    lab = np.asarray(labels)
+    n = len(lab)
+    _, codes = np.unique(lab, return_inverse=True)
+    gi, gj = [], []
+    for c in np.unique(codes):
+        idx = np.flatnonzero(codes == c)
+        a, b = np.triu_indices(len(idx), k=1)
+        gi.append(idx[a])
+        gj.append(idx[b])
+    gen_i = np.concatenate(gi) if gi else np.zeros(0, int)
+    gen_j = np.concatenate(gj) if gj else np.zeros(0, int)
+    n_imp = n * (n - 1) // 2 - len(gen_i)
+    rng = np.random.default_rng(seed)
+    if n_imp <= max_impostors:
+        a, b = np.triu_indices(n, k=1)
+        keep = codes[a] != codes[b]
+        imp_i, imp_j = a[keep], b[keep]
+    else:
+        draws = int(max_impostors * 1.3) + 100
+        a = rng.integers(0, n, draws)
+        b = rng.integers(0, n, draws)
+        keep = codes[a] != codes[b]
+        lo, hi = np.minimum(a, b)[keep], np.maximum(a, b)[keep]
+        pairs = np.unique(lo.astype(np.int64) * n + hi)
+        pairs = rng.permutation(pairs)[:max_impostors]
+        imp_i, imp_j = pairs // n, pairs % n
+    i = np.concatenate([gen_i, imp_i]).astype(np.int64)
+    j = np.concatenate([gen_j, imp_j]).astype(np.int64)
+    same = np.concatenate([np.ones(len(gen_i), bool), np.zeros(len(imp_i), bool)])
+    return i, j, same

@@ -172,6 +172,16 @@ class CardOnnxEmbedder(OnnxEmbedder):
             "license": card.license or "unknown (the card gives none)",
             "provenance": card.provenance or "unknown (the card gives none)",
             "card": card.to_dict(),
+            "input_contract": (
+                f"{card.colour_order.upper()} {size}x{size} {card.layout.upper()}, mean "
+                f"{'/'.join(f'{m:g}' for m in card.mean)}, std "
+                f"{'/'.join(f'{v:g}' for v in card.std)}, "
+                + (
+                    f"ArcFace 5-point alignment (margin {card.margin:g})"
+                    if card.alignment == "arcface"
+                    else "no alignment (tight crops)"
+                )
+            ),
             "format": "onnx (third-party, model card)",
         }
         self.embedding_size = dim or 0

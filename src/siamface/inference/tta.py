@@ -14,6 +14,7 @@ it, and a fusion file records it per member.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,6 +70,9 @@ class FlipEmbedder(Embedder):
     def face_array(self, img: Image.Image) -> np.ndarray:
         return self.inner.face_array(img)
 
+    def display_face(self, img: Image.Image) -> np.ndarray:
+        return self.inner.display_face(img)
+
     def embed_paths(
         self,
         paths: Sequence[str | Path],
@@ -76,6 +80,10 @@ class FlipEmbedder(Embedder):
         workers: int | None = None,
         progress: bool = True,
     ) -> tuple[np.ndarray, dict[int, str]]:
+        onnx = sys.modules.get("siamface.inference.onnx_backend")
+        if onnx is not None and isinstance(self.inner, onnx.OnnxEmbedder):
+            # torch-free models stay torch-free: the threaded decoding loop of the ONNX backend
+            return onnx.embed_files_threaded(self, paths, batch_size, workers, progress)
         from siamface.embed import embed_files
 
         return embed_files(
