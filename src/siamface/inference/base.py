@@ -102,6 +102,24 @@ class Embedder:
             return align_face_image(img, pre)
         return resize_uint8(img.convert("RGB"), pre.image_size)
 
+    #: ``info`` keys that describe where a model comes from and what it expects (``--json``
+    #: outputs and the web page's model card show them).
+    CARD_KEYS = (
+        "name",
+        "description",
+        "license",
+        "provenance",
+        "input_contract",
+        "tta",
+        "members",
+    )
+
+    def card(self) -> dict:
+        """Name, licence, provenance, input contract, flip averaging and fusion members, as
+        far as the model records them."""
+        info = self.info if isinstance(self.info, dict) else {}
+        return {k: info[k] for k in self.CARD_KEYS if info.get(k) is not None}
+
     def display_face(self, img: Image.Image) -> np.ndarray:
         """The face crop to show a person (gallery thumbnails): the model's input face.
         Models whose input is not one picture (a fusion packs its members' crops) override
