@@ -203,7 +203,7 @@ def main() -> int:
     ap.add_argument("--test-per-person", type=int, default=15, help="test images per person")
     ap.add_argument("--fit-identities", type=int, default=60, help="training people to fit on")
     ap.add_argument("--fit-per-person", type=int, default=8, help="images per fitting person")
-    ap.add_argument("--per-fold", type=int, default=300, help="pairs file: pairs per fold")
+    ap.add_argument("--per-fold", type=int, default=200, help="pairs file: pairs per fold")
     ap.add_argument("--speed-images", type=int, default=16, help="files for the speed rounds")
     ap.add_argument("--reps", type=int, default=30, help="people re-draws for the intervals")
     ap.add_argument("--threads", type=int, default=2, help="face-cropping threads")

