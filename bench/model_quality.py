@@ -118,19 +118,27 @@ def kfold(emb: np.ndarray, index: dict[Path, int], pairs: list, same, folds) -> 
     }
 
 
-def fit(name: str, members: list, faces: list[np.ndarray], labels, out: Path, tta: str) -> Path:
+def plain_and_flip(model, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The model's embeddings of the faces and, from the same two network passes (face and
+    mirror), its flip-averaged ones: what ``MODEL:tta=flip`` computes (checked against it on a
+    subset in main) without running the slow member a third time."""
+    plain = embed(model, faces)
+    mirror = embed(model, np.ascontiguousarray(faces[..., ::-1]))
+    both = plain + mirror
+    return plain, both / np.linalg.norm(both, axis=1, keepdims=True)
+
+
+def fit(name: str, bases: list, embs: list[np.ndarray], labels, out: Path, tta: str) -> Path:
     """Fit fusion weights on training people and write the fusion file (as siamface fuse)."""
     from siamface.evaluate.metrics import threshold_record, verification_metrics
     from siamface.inference.fusion import fit_fusion, fusion_pairs, fusion_record, write_fusion
 
-    embs = [embed(m, f) for m, f in zip(members, faces, strict=True)]
     pi, pj, same = fusion_pairs(labels, 200_000, 0)
     scores = np.stack([np.einsum("ij,ij->i", e[pi], e[pj]) for e in embs], axis=1)
     w = fit_fusion(scores, same)
     m = verification_metrics(scores @ np.asarray(w["weights"]), same, (1e-2, 1e-3, 1e-4))
     src = "pins90 + celeba_wild training identities (bench/model_quality.py split, seed 0)"
     thr = threshold_record(m, 1e-3, src)
-    bases = [getattr(m, "inner", m) for m in members]
     prov = {
         "data": src,
         "identities": len(set(labels)),
@@ -161,11 +169,10 @@ def speed(specs: dict[str, str], files: list[Path], rounds: int = 3) -> dict:
     return {k: round(float(np.median(v)), 2) for k, v in rates.items()}
 
 
-def network_speed(arms: dict, faces: dict[str, np.ndarray], n: int = 64) -> dict:
+def network_speed(arms: dict) -> dict:
     """Images/s of each arm's embed_batch on crops already made (networks alone)."""
     out = {}
-    for name, (model, key) in arms.items():
-        x = faces[key][:n]
+    for name, (model, x) in arms.items():
         model.embed_batch(x[:4])
         t = time.perf_counter()
         embed(model, x)
@@ -200,8 +207,8 @@ def subsample_delta(embs: dict, labels: np.ndarray, a: str, b: str, reps: int, s
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--test-fraction", type=float, default=0.2)
-    ap.add_argument("--test-per-person", type=int, default=15, help="test images per person")
-    ap.add_argument("--fit-identities", type=int, default=60, help="training people to fit on")
+    ap.add_argument("--test-per-person", type=int, default=10, help="test images per person")
+    ap.add_argument("--fit-identities", type=int, default=50, help="training people to fit on")
     ap.add_argument("--fit-per-person", type=int, default=8, help="images per fitting person")
     ap.add_argument("--per-fold", type=int, default=200, help="pairs file: pairs per fold")
     ap.add_argument("--speed-images", type=int, default=16, help="files for the speed rounds")
@@ -261,8 +268,9 @@ def main() -> int:
 
     flip = {m: open_model(f"{m}:tta=flip", device="cpu") for m in MEMBERS}
     t0 = time.perf_counter()
-    fused_file = fit("fused", members, fit_faces, flabels, work, "none")
-    fused_flip_file = fit("fused_flip", list(flip.values()), fit_faces, flabels, work, "flip")
+    fit_pf = [plain_and_flip(m, f) for m, f in zip(members, fit_faces, strict=True)]
+    fused_file = fit("fused", members, [p for p, _ in fit_pf], flabels, work, "none")
+    fused_flip_file = fit("fused_flip", members, [f for _, f in fit_pf], flabels, work, "flip")
     res["fit_seconds"] = round(time.perf_counter() - t0, 1)
     fused = open_model(str(fused_file), device="cpu")
     fused_flip = open_model(str(fused_flip_file), device="cpu")
@@ -274,20 +282,35 @@ def main() -> int:
     if args.keep_fusion:
         Path(args.keep_fusion).write_text(fused_file.read_text())
 
-    packed = np.stack(
-        [np.concatenate([faces[m][k].ravel() for m in MEMBERS]) for k in range(len(labels))]
-    )[:, None, None, :]
-    arms = {
-        "sface": (members[0], "sface"),
-        "dlib": (members[1], "dlib"),
-        "sface_flip": (flip["sface"], "sface"),
-        "fused": (fused, "packed"),
-        "fused_flip": (fused_flip, "packed"),
-    }
-    faces["packed"] = packed
     t0 = time.perf_counter()
-    embs = {name: embed(model, faces[key]) for name, (model, key) in arms.items()}
+    test_pf = {
+        m: plain_and_flip(model, faces[m]) for m, model in zip(MEMBERS, members, strict=True)
+    }
+    embs = {
+        "sface": test_pf["sface"][0],
+        "dlib": test_pf["dlib"][0],
+        "sface_flip": test_pf["sface"][1],
+        "fused": fused.combine([test_pf[m][0] for m in MEMBERS]),
+        "fused_flip": fused_flip.combine([test_pf[m][1] for m in MEMBERS]),
+    }
     res["embed_seconds"] = round(time.perf_counter() - t0, 1)
+    # The shortcuts above are the arms' own models: check on a subset that each model object,
+    # run as every command runs it (embed_batch on its own input), gives the same vectors.
+    k = min(16, len(labels))
+    packed = np.stack([np.concatenate([faces[m][i].ravel() for m in MEMBERS]) for i in range(k)])[
+        :, None, None, :
+    ]
+    arms = {
+        "sface": (members[0], faces["sface"][:k]),
+        "dlib": (members[1], faces["dlib"][:k]),
+        "sface_flip": (flip["sface"], faces["sface"][:k]),
+        "fused": (fused, packed),
+        "fused_flip": (fused_flip, packed),
+    }
+    res["model_vs_bench_max_abs_diff"] = {
+        name: float(np.abs(model.embed_batch(x) - embs[name][:k]).max())
+        for name, (model, x) in arms.items()
+    }
     index = {test_paths[i]: k for k, i in enumerate(t_ok)}
     out = {}
     for name, e in embs.items():
@@ -319,7 +342,7 @@ def main() -> int:
         },
         files,
     )
-    net = network_speed(arms, faces)
+    net = network_speed(arms)
     slowest = min(e2e[m] for m in MEMBERS)
     slowest_net = min(net[m] for m in MEMBERS)
     res["speed"] = {
