@@ -10,9 +10,11 @@ by ``siamface pairs make`` (accuracy, mean +- 95 % interval). Deltas of the fuse
 its best member come with a 90 % interval from re-drawing 80 % of the test people (30 times).
 
 Every embedding comes from the public pipeline: each member's own face loader (detection and
-alignment of ``siamface.faces``) cuts its crops once, and each arm's model object
-(``open_model(spec)``: the flip wrapper, the fused model opened from the fusion file written
-here) embeds them with its ``embed_batch``. Speed: images/s of each arm end to end
+alignment of ``siamface.faces``) cuts its crops once and each member embeds them and their
+mirror images once; the flip arms average the two, the fused arms are the fused model's own
+``combine`` of the members' vectors (the fused model opened from the fusion file written here).
+On a subset, every arm's model object (``open_model(spec)``) is run as the commands run it
+and must give the same vectors (``model_vs_bench_max_abs_diff``). Speed: images/s of each arm end to end
 (``embed_paths`` on the same files, decode + detection + network, rounds alternated) and of the
 networks alone, as ratios to the slowest member. Prints JSON.
 """
