@@ -53,6 +53,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--far", type=rate, default=1e-3, help="threshold's false-accept rate (1e-3)")
     p.add_argument(
+        "--objective",
+        choices=("logistic", "tar"),
+        default="logistic",
+        help="weights from a logistic regression on the members' cosines (default), or the "
+        "weights accepting the most genuine pairs at --far and 10x --far (tar)",
+    )
+    p.add_argument(
         "--max-impostors",
         type=positive_int,
         default=200_000,
@@ -119,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     if not same.any():
         raise SiamfaceError("no genuine pairs: every person needs two or more images")
     scores = np.stack([np.einsum("ij,ij->i", e[pi], e[pj]) for e in aligned], axis=1)
-    fit = fit_fusion(scores, same)
+    fit = fit_fusion(scores, same, objective=args.objective, far=args.far, seed=args.seed)
     fused = scores @ np.asarray(fit["weights"])
     fars = tuple(sorted(set(DEFAULT_FARS) | {args.far}, reverse=True))
     m = verification_metrics(fused, same, fars)

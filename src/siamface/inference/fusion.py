@@ -233,17 +233,35 @@ class FusedEmbedder(Embedder):
 
 
 # ------------------------------------------------------------------------ learning weights
-def fit_fusion(scores: np.ndarray, same: np.ndarray, c: float = 100.0) -> dict:
-    """Logistic regression of same/different on the members' cosines (one column each).
+#: How ``siamface fuse`` chooses the weights.
+OBJECTIVES = ("logistic", "tar")
 
-    Classes are weighted to balance (impostor pairs outnumber genuine ones by orders of
-    magnitude). A member with a non-positive coefficient adds nothing a cosine can carry
-    (its weight would have to be negative), so it gets weight 0 and the rest are refitted.
-    Returns ``{"coef", "intercept", "weights", "scale", "bias"}`` where ``weights`` sum to 1
-    and ``sigmoid(scale * (fused_cosine - bias))`` is the regression's probability.
+
+def fit_fusion(
+    scores: np.ndarray,
+    same: np.ndarray,
+    c: float = 100.0,
+    objective: str = "logistic",
+    far: float = 1e-3,
+    seed: int = 0,
+) -> dict:
+    """Member weights from the members' cosines on labelled pairs (one column each).
+
+    ``logistic``: a logistic regression of same/different on the cosines, classes weighted to
+    balance (impostor pairs outnumber genuine ones by orders of magnitude); its coefficients,
+    normalised, are the weights. It fits the bulk of the pairs, where most pairs are easy.
+    ``tar``: the weights (on the simplex: a grid for two members, the regression's weights
+    plus seeded random ones for more) that accept the most genuine pairs at false-accept
+    rates ``far`` and ``10 * far`` (their mean TAR): the low-FAR end that identity checks
+    run at. Either way a member with a non-positive weight is dropped (a cosine cannot carry
+    a negative weight) and the regression's probability on the fused score becomes the pair
+    head. Returns ``{"coef", "intercept", "weights", "scale", "bias", "objective"}`` where
+    ``weights`` sum to 1 and ``sigmoid(scale * (fused_cosine - bias))`` is the probability.
     """
     from sklearn.linear_model import LogisticRegression
 
+    if objective not in OBJECTIVES:
+        raise SiamfaceError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     x = np.asarray(scores, dtype=np.float64)
     y = np.asarray(same, dtype=bool)
     if x.ndim != 2 or x.shape[1] < 2:
@@ -260,15 +278,42 @@ def fit_fusion(scores: np.ndarray, same: np.ndarray, c: float = 100.0) -> dict:
         active = [a for a, b in zip(active, coef, strict=True) if b > 0] or active[:1]
     beta = np.zeros(x.shape[1])
     beta[active] = np.maximum(coef, 1e-9)
-    total = float(beta.sum())
-    b0 = float(lr.intercept_[0])
+    weights = beta / beta.sum()
+    if objective == "tar":
+        weights = _tar_weights(x, y, weights, far, seed)
+    # The probability on the fused score: a 1-d regression (same as above for "logistic").
+    fused = (x @ weights)[:, None]
+    head = LogisticRegression(C=c, class_weight="balanced", max_iter=1000).fit(fused, y)
+    scale = max(float(head.coef_[0][0]), 1e-9)
+    b0 = float(head.intercept_[0])
     return {
-        "coef": [float(v) for v in beta],
+        "coef": [float(v * scale) for v in weights],
         "intercept": b0,
-        "weights": [float(v / total) for v in beta],
-        "scale": total,
-        "bias": -b0 / total,
+        "weights": [float(v) for v in weights],
+        "scale": scale,
+        "bias": -b0 / scale,
+        "objective": objective,
     }
+
+
+def _tar_weights(x: np.ndarray, y: np.ndarray, start: np.ndarray, far: float, seed: int):
+    """The candidate weights with the best mean TAR at ``far`` and ``10 * far``."""
+    from sklearn.metrics import roc_curve
+
+    k = x.shape[1]
+    if k == 2:
+        grid = np.linspace(0.0, 1.0, 101)
+        cands = np.stack([grid, 1.0 - grid], axis=1)
+    else:
+        cands = np.random.default_rng(seed).dirichlet(np.ones(k), 400)
+    cands = np.vstack([start[None, :], cands])
+
+    def value(w: np.ndarray) -> float:
+        fpr, tpr, _ = roc_curve(y, x @ w)
+        return float(np.mean([tpr[fpr <= f].max() for f in (far, 10 * far)]))
+
+    vals = [value(w) for w in cands]
+    return cands[int(np.argmax(vals))]
 
 
 def fusion_record(
@@ -292,6 +337,7 @@ def fusion_record(
         "threshold": threshold,
         "pair_head": {"scale": fit["scale"], "bias": fit["bias"]},
         "logistic": {"coef": fit["coef"], "intercept": fit["intercept"]},
+        "objective": fit.get("objective", "logistic"),
         "provenance": {
             **provenance,
             "method": "logistic regression on member cosines (class-balanced)",
