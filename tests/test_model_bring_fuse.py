@@ -343,3 +343,30 @@ def test_model_lists_open_the_shipped_fusion_or_equal_weights(sface_file):
     assert shipped.weights[1] > shipped.weights[0] > 0  # fitted: dlib carries more weight
     assert shipped.threshold["method"] == "far" and shipped.pair_head is not None
     assert "pins90" in shipped.info["provenance"]
+
+
+def test_fit_fusion_weights_informative_members_and_the_tar_objective():
+    """A member whose scores carry no information gets (almost) no weight; the tar objective
+    never accepts fewer genuine pairs at the target FAR than the regression's weights."""
+    from sklearn.metrics import roc_curve
+
+    from siamface.inference.fusion import fit_fusion
+
+    rng = np.random.default_rng(0)
+    same = np.r_[np.ones(500, bool), np.zeros(20000, bool)]
+    good = np.where(same, rng.normal(0.6, 0.15, same.size), rng.normal(0.1, 0.12, same.size))
+    tail = np.where(same, rng.normal(0.5, 0.25, same.size), rng.normal(0.0, 0.08, same.size))
+    noise = rng.normal(0.3, 0.2, same.size)
+    fit = fit_fusion(np.stack([good, noise], axis=1), same)
+    assert fit["weights"][1] < 0.05 < fit["weights"][0]
+    assert abs(sum(fit["weights"]) - 1) < 1e-9
+
+    x = np.stack([good, tail], axis=1)
+
+    def tar(w):
+        fpr, tpr, _ = roc_curve(same, x @ np.asarray(w))
+        return np.mean([tpr[fpr <= f].max() for f in (1e-3, 1e-2)])
+
+    lo, hi = fit_fusion(x, same), fit_fusion(x, same, objective="tar")
+    assert tar(hi["weights"]) >= tar(lo["weights"])
+    assert hi["objective"] == "tar" and hi["scale"] > 0
