@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import argparse
 
+#: What ``--model`` accepts, shared by every command that takes a model.
+MODEL_HELP = (
+    "checkpoint (.safetensors), training run directory, exported .onnx, a third-party "
+    "face-recognition .onnx with its model card (FILE.card.yaml beside it, or --card), a fusion "
+    "file (siamface fuse), or a built-in face model: sface (OpenCV Zoo SFace, installed with "
+    "siamface), dlib (pip install 'siamface[dlib]'); join models with + for a fusion "
+    "(sface+dlib) and append :tta=flip for flip averaging (sface:tta=flip)"
+)
+CARD_HELP = (
+    "model card (YAML/JSON: colour order, mean/std, alignment, licence) of a third-party "
+    ".onnx given as --model, when it is not beside the file as FILE.card.yaml"
+)
+
 
 def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument(
-        "--model",
-        required=required,
-        metavar="MODEL",
-        help="checkpoint (.safetensors), training run directory, exported .onnx, or a "
-        "built-in face model: sface (OpenCV Zoo SFace, installed with siamface), dlib "
-        "(pip install 'siamface[dlib]')",
-    )
+    p.add_argument("--model", required=required, metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--card", metavar="FILE", help=CARD_HELP)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
 
 
@@ -61,4 +68,4 @@ def rate(text: str) -> float:
 def open_model_arg(args: argparse.Namespace):
     from siamface.inference import open_model
 
-    return open_model(args.model, device=args.device)
+    return open_model(args.model, device=args.device, card=getattr(args, "card", None))

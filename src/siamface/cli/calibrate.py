@@ -94,6 +94,112 @@ def checkpoint_path(model: str) -> Path:
     return p
 
 
+def other_target(args: argparse.Namespace) -> tuple[str, Path] | None:
+    """Models whose threshold lives outside a checkpoint: ("fusion", file to write) for a
+    fusion (a file, or ``a+b``, which needs --out), ("card", card to write) for a third-party
+    ONNX file; None for checkpoints and built-in models."""
+    from siamface.errors import SiamfaceError
+    from siamface.inference.fusion import is_fusion_file
+    from siamface.inference.tta import split_tta
+
+    base, tta = split_tta(args.model)
+    p = Path(base).expanduser()
+    out = Path(args.out).expanduser() if args.out else None
+    if is_fusion_file(p) or (not p.exists() and "+" in base):
+        if out is None and not p.exists():
+            raise SiamfaceError(f"{args.model} is a shipped fusion: give --out FILE.json")
+        return "fusion", out or p
+    if p.suffix == ".onnx" and p.is_file():
+        from siamface.inference.card import card_beside
+        from siamface.inference.onnx_backend import has_siamface_metadata
+
+        if has_siamface_metadata(p) and not args.card:
+            return None  # an export: checkpoint_path explains what to do
+        card = Path(args.card).expanduser() if args.card else card_beside(p)
+        if card is None:
+            return None  # opening the model reports the missing card
+        return "card", out or card
+    if tta != "none":
+        raise SiamfaceError(
+            "calibrate writes a checkpoint, which cannot record tta=flip: fuse it (siamface fuse "
+            "MODEL OTHER --tta flip) or pass --threshold to the commands"
+        )
+    return None
+
+
+def run_other(args: argparse.Namespace, kind: str, out: Path) -> int:
+    """Calibrate a fusion or a carded ONNX model: the new threshold goes into its file."""
+    from siamface.evaluate import run as ev
+    from siamface.evaluate.metrics import DEFAULT_FARS, threshold_record
+
+    ids = None
+    if args.identities:
+        ids = ev.read_identity_list(args.identities)
+    elif args.held_out:
+        ids = ev.held_out_identities(args.held_out)
+    images = ev.collect_images(args.data, ids)
+    model = open_model_arg(args)
+    fars = tuple(sorted(set(DEFAULT_FARS) | {args.far}, reverse=True))
+    result = ev.evaluate_folders(
+        model,
+        images,
+        None,
+        fars=fars,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        plots=False,
+        progress=not args.no_progress,
+    )
+    m, scored = result.metrics, result.scored
+    source = ", ".join(str(r) for r in images.roots)
+    if args.best_accuracy:
+        rec = {"value": m.best_accuracy_threshold, "target_far": None, "method": "best_accuracy"}
+        rec["source"] = source
+    else:
+        rec = threshold_record(m, args.far, source)
+    rates = scored.rates_at(rec["value"])
+    rec.update(tar=rates["tar"], far=rates["far"], calibrated=datetime.date.today().isoformat())
+    old = model.threshold
+    if kind == "fusion":
+        from siamface.inference.fusion import packaged_fusion, read_fusion, write_fusion
+        from siamface.inference.tta import split_tta
+
+        base = split_tta(args.model)[0]
+        src = Path(base).expanduser()
+        fusion = src if src.exists() else packaged_fusion(base.split("+"))
+        if fusion is None:
+            from siamface.errors import SiamfaceError
+
+            raise SiamfaceError(
+                f"{base} has no learned weights to keep: run siamface fuse to make a fusion file"
+            )
+        data = read_fusion(fusion)
+        data["threshold"] = rec
+        write_fusion(data, out)
+    else:
+        import dataclasses
+
+        from siamface.inference.card import write_card
+
+        card = dataclasses.replace(
+            model.card,
+            threshold=float(rec["value"]),
+            threshold_source=f"siamface calibrate on {source}, {rec['calibrated']} "
+            f"(TAR {rec['tar']:.4f}, FAR {rec['far']:.2e})",
+        )
+        write_card(card, out)
+    if args.json:
+        print(json.dumps({kind: str(out), "threshold": rec, "previous": old}))
+        return 0
+    print(
+        f"threshold {rec['value']:.4f}: measured TAR {rec['tar']:.4f}, FAR {rec['far']:.2e} on "
+        f"{m.n_genuine:,} genuine / {m.n_impostor:,} impostor pairs"
+    )
+    print(f"written to {out}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from siamface.evaluate import run as ev
     from siamface.evaluate.metrics import DEFAULT_FARS, threshold_record
@@ -101,6 +207,9 @@ def run(args: argparse.Namespace) -> int:
     from siamface.model.checkpoint import load_checkpoint, save_checkpoint
     from siamface.model.zoo import get_pretrained, resolve_checkpoint
 
+    other = other_target(args)
+    if other is not None:
+        return run_other(args, *other)
     builtin = not Path(args.model).expanduser().exists() and get_pretrained(args.model)
     if builtin and not args.out:
         from siamface.errors import SiamfaceError

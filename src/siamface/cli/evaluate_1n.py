@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from siamface.cli._model_args import MODEL_HELP
+
 EPILOG = """\
 Protocol: identities are split (seeded) into enrolled people and strangers. Each enrolled
 person gets --enroll-images images in a gallery; their other images are genuine probes. All
@@ -31,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", help="checkpoint, run folder or .onnx")
+    p.add_argument("--model", metavar="MODEL", help=MODEL_HELP + "")
     p.add_argument("--data", action="append", metavar="DIR", help="identity-folder root")
     p.add_argument(
         "--run",

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from siamface.cli._model_args import MODEL_HELP
+
 EPILOG = """\
 A gallery is a folder (SQLite database + vector index), or a collection on a Milvus server
 (milvus://HOST:PORT/COLLECTION), tied to one model: enrollments and probes from any other
@@ -48,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("gallery", metavar="GALLERY", help=GALLERY_HELP + " (created if missing)")
     e.add_argument("inputs", nargs="+", metavar="DIR_OR_IMAGE")
-    e.add_argument("--model", help="checkpoint, run folder or .onnx (default: the gallery's)")
+    e.add_argument("--model", metavar="MODEL", help=MODEL_HELP + " (default: the gallery's)")
     e.add_argument("--name", help="enroll all given images as this one person")
     e.add_argument("--append", action="store_true", help="add images to people already enrolled")
     e.add_argument("--metadata", metavar="JSON", help="JSON object stored with each person")

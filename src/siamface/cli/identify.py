@@ -7,7 +7,7 @@ import json
 import sys
 
 from siamface.cli._faces import add_face_arg, face_of
-from siamface.cli._model_args import threshold_value
+from siamface.cli._model_args import MODEL_HELP, threshold_value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "gallery", metavar="GALLERY", help="gallery folder, or milvus://HOST:PORT/COLLECTION"
     )
     p.add_argument("images", nargs="+", metavar="IMG")
-    p.add_argument("--model", help="model file (default: the one the gallery records)")
+    p.add_argument("--model", metavar="MODEL", help=MODEL_HELP + " (default: the gallery's)")
     p.add_argument("--top-k", type=int, default=5, help="candidates to list (default 5)")
     p.add_argument(
         "--threshold",

@@ -32,6 +32,7 @@ COMMANDS = [
     "verify",
     "embed",
     "calibrate",
+    "fuse",
     "pairs",
     "gallery",
     "identify",

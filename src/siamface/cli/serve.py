@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from siamface.cli._model_args import positive_int
+from siamface.cli._model_args import CARD_HELP, MODEL_HELP, positive_int
 from siamface.serve.settings import (
     BATCHING_MODES,
     DEFAULT_DECODE_WAIT_S,
@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="checkpoint, run folder or exported .onnx")
+    p.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--card", metavar="FILE", help=CARD_HELP)
     p.add_argument("--gallery", help="gallery folder (created empty for this model if missing)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free)")
@@ -131,8 +132,13 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise SiamfaceError(f"--port must be between 0 and 65535, got {args.port}")
     api_key = args.api_key or os.environ.get("SIAMFACE_API_KEY") or None
+    model = args.model
+    if args.card:
+        from siamface.inference import open_model
+
+        model = open_model(args.model, device=args.device, card=args.card)
     app = create_app(
-        args.model,
+        model,
         args.gallery,
         api_key=api_key,
         max_upload_mb=args.max_upload_mb,

@@ -186,6 +186,7 @@ def _one_json(args, model, r) -> dict:
         **r.to_dict(),
         "model": str(model.source),
         "fingerprint": model.fingerprint,
+        "model_card": model.card(),
     }
 
 

@@ -32,6 +32,7 @@ def model_section(embedder) -> dict:
         "embedding_size": embedder.embedding_size,
         "preprocessing": embedder.preprocessing.to_dict(),
         "stored_threshold": embedder.threshold,
+        "card": embedder.card() if hasattr(embedder, "card") else {},
     }
 
 

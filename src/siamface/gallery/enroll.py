@@ -197,6 +197,6 @@ def _thumbnail(embedder: Embedder, path: Path) -> bytes | None:
     """The first usable image's face (aligned and resized like the model's input), as JPEG.
     Decoded once more (one image a person): the batch loaders only keep tensors."""
     try:
-        return make_thumbnail(embedder.face_array(load_rgb(path)))
+        return make_thumbnail(embedder.display_face(load_rgb(path)))
     except (ImageLoadError, OSError, ValueError):
         return None  # it embedded a moment ago; a file changed since just has no picture

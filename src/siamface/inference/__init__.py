@@ -43,24 +43,72 @@ def builtin_model_names() -> list[str]:
 
 def model_reference(spec: str | Path) -> str:
     """What to record (in a gallery, a report) so that the model can be opened again later:
-    the absolute path of a file, or the name of a built-in model."""
-    p = Path(spec).expanduser()
-    if not p.exists() and str(spec) in builtin_model_names():
-        return str(spec)
-    return str(p.resolve())
+    the absolute path of a file, or the name of a built-in model; fusions of names
+    (``sface+dlib``) and test-time augmentation (``:tta=flip``) are kept."""
+    from siamface.inference.tta import split_tta
+
+    base, tta = split_tta(str(spec))
+    suffix = "" if tta == "none" else f":tta={tta}"
+    p = Path(base).expanduser()
+    if p.exists():
+        return str(p.resolve()) + suffix
+    if base in builtin_model_names():
+        return base + suffix
+    if "+" in base:
+        return "+".join(model_reference(m) for m in base.split("+")) + suffix
+    return str(p.resolve()) + suffix
 
 
 def model_available(reference: str | None) -> bool:
     """True when :func:`open_model` can find ``reference`` (a recorded model)."""
-    return bool(reference) and (Path(reference).exists() or str(reference) in builtin_model_names())
+    if not reference:
+        return False
+    from siamface.inference.tta import split_tta
+
+    base = split_tta(str(reference))[0]
+    if Path(base).exists() or base in builtin_model_names():
+        return True
+    return "+" in base and all(model_available(m) for m in base.split("+"))
 
 
-def open_model(path: str | Path, device: str = "auto") -> Embedder:
-    """Open a siamface checkpoint (``.safetensors`` or a run directory), an exported
-    ``.onnx`` model, or a built-in face model by name (``sface``; ``dlib`` when installed)."""
-    p = Path(path).expanduser()
+def open_model(path: str | Path, device: str = "auto", card: str | Path | None = None) -> Embedder:
+    """Open a model by spec: a siamface checkpoint (``.safetensors`` or a run directory), an
+    exported ``.onnx`` model, a third-party ``.onnx`` with its model card (beside it as
+    ``FILE.card.yaml``, or ``card``), a fusion file (``siamface fuse``), a built-in face model
+    by name (``sface``; ``dlib`` when installed), several of these joined by ``+`` (a fusion:
+    the shipped learned weights when there are some for those members, else equal weights),
+    and any of these followed by ``:tta=flip`` (flip averaging)."""
+    from siamface.inference.tta import FlipEmbedder, split_tta
+
+    base, tta = split_tta(str(path))
+    p = Path(base).expanduser()
+    if p.exists() or "+" not in base:
+        from siamface.inference.fusion import is_fusion_file, open_fusion
+
+        if is_fusion_file(p):
+            return open_fusion(p, lambda s: open_model(s, device=device), tta)
+        model = _open_single(base, device, card)
+        return FlipEmbedder(model) if tta == "flip" else model
+    from siamface.inference.fusion import equal_fusion, open_fusion, packaged_fusion
+
+    names = [m.strip() for m in base.split("+")]
+    if any(not m for m in names) or len(names) < 2:
+        raise SiamfaceError(f"a fusion is MODEL+MODEL[+...], got {base!r}")
+    if card is not None:
+        raise SiamfaceError("--card applies to one ONNX file; put cards beside fused members")
+    shipped = packaged_fusion(names)
+    if shipped is not None:
+        return open_fusion(shipped, lambda s: open_model(s, device=device), tta, label=base)
+    members = [open_model(m if tta == "none" else f"{m}:tta={tta}", device=device) for m in names]
+    return equal_fusion(members, base, tta)
+
+
+def _open_single(spec: str, device: str, card: str | Path | None) -> Embedder:
+    p = Path(spec).expanduser()
+    if card is not None and p.suffix != ".onnx":
+        raise SiamfaceError(f"--card describes a third-party .onnx file, not {spec}")
     if not p.exists():
-        name = str(path)
+        name = str(spec)
         if name in EXTERNAL_MODELS:
             import importlib
 
@@ -74,11 +122,22 @@ def open_model(path: str | Path, device: str = "auto") -> Embedder:
         raise SiamfaceError(f"model not found: {p} (built-in models: {', '.join(names)})")
     if p.suffix == ".onnx":
         try:
-            from siamface.inference.onnx_backend import OnnxEmbedder
+            from siamface.inference.onnx_backend import (
+                CardOnnxEmbedder,
+                OnnxEmbedder,
+                has_siamface_metadata,
+            )
         except ImportError as err:
             raise SiamfaceError(
                 f"cannot run {p}: ONNX support is missing ({err}); pip install onnxruntime"
             ) from err
+        from siamface.inference.card import card_beside, read_card
+
+        card_path = Path(card).expanduser() if card is not None else None
+        if card_path is None and not has_siamface_metadata(p):
+            card_path = card_beside(p)
+        if card_path is not None:
+            return CardOnnxEmbedder(p, read_card(card_path))
         return OnnxEmbedder(p)
     from siamface.inference.torch_backend import TorchEmbedder
 

@@ -135,6 +135,30 @@ class Embedder:
         """:meth:`locate`'s face alone (HWC uint8 of the model's input size)."""
         return self.locate(img, ambiguous=ambiguous).crop
 
+    #: ``info`` keys that describe where a model comes from and what it expects (``--json``
+    #: outputs and the web page's model card show them).
+    CARD_KEYS = (
+        "name",
+        "description",
+        "license",
+        "provenance",
+        "input_contract",
+        "tta",
+        "members",
+    )
+
+    def card(self) -> dict:
+        """Name, licence, provenance, input contract, flip averaging and fusion members, as
+        far as the model records them."""
+        info = self.info if isinstance(self.info, dict) else {}
+        return {k: info[k] for k in self.CARD_KEYS if info.get(k) is not None}
+
+    def display_face(self, img: Image.Image) -> np.ndarray:
+        """The face crop to show a person (gallery thumbnails): the model's input face.
+        Models whose input is not one picture (a fusion packs its members' crops) override
+        it."""
+        return self.face_array(img)
+
     def embed_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
         """Embed decoded images (e.g. uploads); raises ImageLoadError subclasses per image."""
         faces = [self.face_array(im).transpose(2, 0, 1) for im in images]

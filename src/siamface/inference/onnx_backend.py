@@ -43,25 +43,8 @@ class OnnxEmbedder(Embedder):
         providers: Sequence[str] | None = None,
         spinning: bool = False,
     ) -> None:
-        import onnxruntime as ort
-
         path = Path(path)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or usable_cpus()
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        opts.log_severity_level = 3  # errors only: ORT's warnings are not for end users
-        if providers is None:
-            available = ort.get_available_providers()
-            providers = [p for p in ("CUDAExecutionProvider",) if p in available]
-            providers.append("CPUExecutionProvider")
-        try:
-            self.session = ort.InferenceSession(
-                str(path), sess_options=opts, providers=list(providers)
-            )
-        except Exception as err:  # noqa: BLE001 - ORT raises its own pybind types
-            raise SiamfaceError(f"{path} is not a readable ONNX model: {err}") from err
+        self.session = make_session(path, path, threads, providers, spinning)
         meta = _parse_metadata(path, self.session.get_modelmeta().custom_metadata_map)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or not outputs:
@@ -111,12 +94,205 @@ class OnnxEmbedder(Embedder):
         return embed_files_threaded(self, paths, batch_size, workers, progress, ambiguous)
 
 
+class CardOnnxEmbedder(OnnxEmbedder):
+    """A third-party face-recognition ``.onnx`` file run through its model card.
+
+    The card (:mod:`siamface.inference.card`) supplies what the graph cannot: colour order,
+    mean/std, face crop, licence. The input size comes from the graph when it is fixed there.
+    The graph is loaded folded (:func:`~siamface.model.onnx_weights.runnable_graph`), so
+    exports that list their weights as inputs and fix the batch to 1 run on whole batches.
+    Everything downstream sees an ordinary :class:`Embedder`: uint8 RGB faces in, unit
+    vectors out; the colour swap and normalisation happen here, in numpy.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        card,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        spinning: bool = False,
+    ) -> None:
+        import hashlib
+        import json
+
+        from siamface.model.onnx_weights import runnable_graph
+
+        path = Path(path)
+        blob, changes = runnable_graph(path)
+        self.session = make_session(blob, path, threads, providers, spinning)
+        self.card = card
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            names = ", ".join(i.name for i in inputs)
+            raise SiamfaceError(f"{path}: expected one image input, the graph has {names}")
+        inp = inputs[0]
+        if inp.type not in ("tensor(float)", "tensor(uint8)"):
+            raise SiamfaceError(f"{path}: expected a float or uint8 image input, found {inp.type}")
+        self.input_name, self._input_float = inp.name, inp.type == "tensor(float)"
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        out_name = card.output_name or next(iter(outputs))
+        if out_name not in outputs:
+            raise SiamfaceError(
+                f"{card.path}: output_name {out_name!r} is not an output of {path.name} "
+                f"(outputs: {', '.join(outputs)})"
+            )
+        self.output_name = out_name
+        size = _card_input_size(path, card, inp.shape)
+        self.preprocessing = Preprocessing(
+            size,
+            tuple(m / 255.0 for m in card.mean),
+            tuple(s / 255.0 for s in card.std),
+            aligned=card.alignment == "arcface",
+            align={"margin": card.margin} if card.margin else {},
+        )
+        self._mean = np.asarray(card.mean, np.float32).reshape(1, 3, 1, 1)
+        self._std = np.asarray(card.std, np.float32).reshape(1, 3, 1, 1)
+        out_shape = outputs[out_name].shape
+        dim = out_shape[-1] if out_shape and isinstance(out_shape[-1], int) else None
+        digest = hashlib.sha256(path.read_bytes())
+        digest.update(json.dumps(card.contract(), sort_keys=True).encode())
+        self.fingerprint = "onnx-" + digest.hexdigest()[:11]
+        self.source = path
+        self.metadata = {"format": "onnx+card", "card": card.to_dict(), "graph": changes}
+        self.threshold = (
+            {
+                "value": card.threshold,
+                "target_far": None,
+                "far": None,
+                "tar": None,
+                "source": card.threshold_source or f"model card {Path(card.path).name}",
+            }
+            if card.threshold is not None
+            else None
+        )
+        self.pair_head = None
+        self.info = {
+            "name": card.name or path.stem,
+            "description": card.description or f"third-party ONNX model {path.name}",
+            "license": card.license or "unknown (the card gives none)",
+            "provenance": card.provenance or "unknown (the card gives none)",
+            "card": card.to_dict(),
+            "input_contract": (
+                f"{card.colour_order.upper()} {size}x{size} {card.layout.upper()}, mean "
+                f"{'/'.join(f'{m:g}' for m in card.mean)}, std "
+                f"{'/'.join(f'{v:g}' for v in card.std)}, "
+                + (
+                    f"ArcFace 5-point alignment (margin {card.margin:g})"
+                    if card.alignment == "arcface"
+                    else "no alignment (tight crops)"
+                )
+            ),
+            "format": "onnx (third-party, model card)",
+        }
+        self.embedding_size = dim or 0
+        if not self.embedding_size:  # symbolic output width: ask the graph
+            grey = np.full((1, 3, size, size), 128, np.uint8)
+            self.embedding_size = int(self._run(grey).shape[1])
+        self.probe()
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        """uint8 RGB NCHW -> the graph's raw output for it (colour order, mean/std, layout)."""
+        if self.card.colour_order == "bgr":
+            x = x[:, ::-1]
+        if self._input_float:
+            feed = (x.astype(np.float32) - self._mean) / self._std
+        else:
+            feed = np.ascontiguousarray(x)
+        if self.card.layout == "nhwc":
+            feed = feed.transpose(0, 2, 3, 1)
+        out = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(feed)})
+        return np.asarray(out[0], dtype=np.float32).reshape(len(x), -1)
+
+    def embed_batch(self, pixels: np.ndarray) -> np.ndarray:
+        size = self.preprocessing.image_size
+        x = np.asarray(pixels, dtype=np.uint8)
+        if x.ndim != 4 or x.shape[1:] != (3, size, size):
+            raise ValueError(f"expected uint8 N x 3 x {size} x {size} faces, got {x.shape}")
+        if len(x) == 0:
+            return np.zeros((0, self.embedding_size), dtype=np.float32)
+        out = self.checked(self._run(x))
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12)
+
+
+def _card_input_size(path: Path, card, shape) -> int:
+    """The square input size: fixed in the graph (a card that disagrees is refused) or from
+    the card (graphs with symbolic height/width)."""
+    if len(shape) != 4:
+        raise SiamfaceError(f"{path}: expected a 4-d image input, the graph takes {shape}")
+    hw = shape[2:4] if card.layout == "nchw" else shape[1:3]
+    channels = shape[1] if card.layout == "nchw" else shape[3]
+    if isinstance(channels, int) and channels != 3:
+        other = "nhwc" if card.layout == "nchw" else "nchw"
+        raise SiamfaceError(
+            f"{path}: the graph's input {shape} has {channels} channels where the card's layout "
+            f"{card.layout} puts them; is the layout {other}?"
+        )
+    fixed = [d for d in hw if isinstance(d, int) and d > 0]
+    if fixed:
+        if len(fixed) == 2 and fixed[0] != fixed[1]:
+            raise SiamfaceError(f"{path}: non-square inputs ({hw}) are not supported")
+        if card.input_size is not None and card.input_size != fixed[0]:
+            raise SiamfaceError(
+                f"{card.path}: input_size {card.input_size} disagrees with the graph of "
+                f"{path.name}, which takes {fixed[0]} x {fixed[0]} faces; fix the card"
+            )
+        return int(fixed[0])
+    if card.input_size is None:
+        raise SiamfaceError(
+            f"{card.path}: the graph of {path.name} does not fix its input size; give "
+            "input_size in the card"
+        )
+    return int(card.input_size)
+
+
+def has_siamface_metadata(path: Path) -> bool:
+    """Whether ``path`` is a ``siamface export`` file (its metadata record is present)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - let the session report unreadable files
+        return True
+    return any(p.key == METADATA_KEY for p in model.metadata_props)
+
+
+def make_session(
+    model: Path | bytes,
+    label: Path,
+    threads: int | None = None,
+    providers: Sequence[str] | None = None,
+    spinning: bool = False,
+):
+    """An onnxruntime session with siamface's settings (see :class:`OnnxEmbedder`), for a
+    file or an in-memory (e.g. folded) model; ``label`` names it in errors."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or usable_cpus()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.log_severity_level = 3  # errors only: ORT's warnings are not for end users
+    if providers is None:
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider",) if p in available]
+        providers.append("CPUExecutionProvider")
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(source, sess_options=opts, providers=list(providers))
+    except Exception as err:  # noqa: BLE001 - ORT raises its own pybind types
+        raise SiamfaceError(f"{label} is not a readable ONNX model: {err}") from err
+
+
 def _parse_metadata(path: Path, props: dict[str, str]) -> dict:
     raw = props.get(METADATA_KEY)
     if raw is None:
         raise SiamfaceError(
-            f"{path} is an ONNX model but was not made by 'siamface export' (no siamface "
-            "metadata: input size, normalisation and threshold are unknown)"
+            f"{path} is an ONNX model not made by 'siamface export' and has no model card: "
+            f"write {path.name}.card.yaml beside it (colour order, mean/std, alignment, "
+            "licence; see docs/models.md) or pass --card FILE"
         )
     meta = parse_header(raw, path, "metadata")
     return check_onnx_metadata(meta, path, FORMAT, FORMAT_VERSION)

@@ -766,7 +766,12 @@
       [t("k_epoch"), tr.epoch],
       [t("k_val_ids"), tr.val_identities],
       [t("k_pair_head"), c.pair_head ? t("k_pair_head_v") : null],
+      [t("k_members"), Array.isArray(tr.members)
+        ? tr.members.map((m) => `${m.name} × ${num(m.weight, 3)}`).join(" + ") : null],
+      [t("k_tta"), tr.tta],
+      [t("k_contract"), tr.input_contract],
       [t("k_license"), tr.license],
+      [t("k_provenance"), tr.provenance],
       [t("k_paper"), tr.paper],
       [t("k_backend"), c.backend],
       [t("k_file"), c.source],

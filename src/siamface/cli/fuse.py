@@ -1,0 +1,170 @@
+"""``siamface fuse``: learn how several face models vote, and save them as one model.
+
+Every member embeds the same validation faces (identity folders of people none of the members
+was trained on); every genuine pair and a seeded sample of impostor pairs is scored by each
+member; a logistic regression on those cosines gives the members' weights (its coefficients,
+which also put the members' differently spread scores on one scale). The fused score is the
+weighted sum of the members' cosines, itself the cosine of the fused embeddings (the members'
+unit embeddings scaled by the square roots of their weights, concatenated), so galleries and
+the service use a fused model unchanged. Its threshold is calibrated on the fused score of the
+same pairs, at --far. The output is one JSON file, usable as --model in every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from siamface.cli._model_args import add_embed_args, positive_int, rate
+
+EPILOG = """\
+examples:
+  siamface fuse sface dlib --data val_faces/ --out sface+dlib.json
+  siamface fuse sface theirs.onnx --data val_faces/ --tta flip --out fused.json
+  siamface verify --model fused.json a.jpg b.jpg
+  siamface gallery enroll --gallery g/ --model fused.json people/
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fuse",
+        help="learn a weighted fusion of several face models (one model file)",
+        description=__doc__.split("\n\n", 1)[1],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("models", nargs="+", metavar="MODEL", help="two or more models (as --model)")
+    p.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="validation identity folders DIR/<person>/<image> (repeatable); use people the "
+        "fused model will not be tested on",
+    )
+    p.add_argument(
+        "--identities", metavar="LIST", help="only these people: 'a,b,c', a file or a JSON list"
+    )
+    p.add_argument("--out", required=True, metavar="FILE", help="fusion file to write (JSON)")
+    p.add_argument(
+        "--tta", choices=("none", "flip"), default="none", help="flip averaging for every member"
+    )
+    p.add_argument("--far", type=rate, default=1e-3, help="threshold's false-accept rate (1e-3)")
+    p.add_argument(
+        "--objective",
+        choices=("logistic", "tar"),
+        default="logistic",
+        help="weights from a logistic regression on the members' cosines (default), or the "
+        "weights accepting the most genuine pairs at --far and 10x --far (tar)",
+    )
+    p.add_argument(
+        "--max-impostors",
+        type=positive_int,
+        default=200_000,
+        metavar="N",
+        help="impostor pairs to fit on, a seeded sample (200000)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="impostor-sample seed")
+    p.add_argument("--device", default="auto", help="cpu, cuda ... (default: auto)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_embed_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from siamface.errors import SiamfaceError
+    from siamface.evaluate import run as ev
+    from siamface.evaluate.metrics import DEFAULT_FARS, threshold_record, verification_metrics
+    from siamface.fileio import check_output_file
+    from siamface.inference import model_reference, open_model
+    from siamface.inference.fusion import (
+        fit_fusion,
+        fusion_pairs,
+        fusion_record,
+        write_fusion,
+    )
+    from siamface.inference.tta import FlipEmbedder
+
+    if len(args.models) < 2:
+        raise SiamfaceError("fuse needs two or more models, e.g. siamface fuse sface dlib ...")
+    if len(set(args.models)) != len(args.models):
+        raise SiamfaceError("each model may appear once in a fusion")
+    out = Path(args.out).expanduser()
+    check_output_file(out, "fusion file")
+    ids = ev.read_identity_list(args.identities) if args.identities else None
+    images = ev.collect_images(args.data, ids)
+    if len(set(images.labels)) < 2:
+        raise SiamfaceError("fuse needs at least two people in --data")
+    refs = [model_reference(m) for m in args.models]
+    members = [open_model(m, device=args.device) for m in args.models]
+    scored = [FlipEmbedder(m) for m in members] if args.tta == "flip" else members
+    n = len(images.paths)
+    embs, errors = [], {}
+    for m in scored:
+        e, err = m.embed_paths(
+            images.paths,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            progress=not args.no_progress,
+        )
+        embs.append((e, err))
+        for i, r in err.items():
+            errors.setdefault(i, r)
+    keep = [i for i in range(n) if i not in errors]
+    aligned = []
+    for e, err in embs:
+        rows = {i: r for r, i in enumerate(k for k in range(n) if k not in err)}
+        aligned.append(e[[rows[i] for i in keep]])
+    labels = [images.labels[i] for i in keep]
+    if len(set(labels)) < 2:
+        raise SiamfaceError("fewer than two people have images every model could embed")
+    pi, pj, same = fusion_pairs(labels, args.max_impostors, args.seed)
+    if not same.any():
+        raise SiamfaceError("no genuine pairs: every person needs two or more images")
+    scores = np.stack([np.einsum("ij,ij->i", e[pi], e[pj]) for e in aligned], axis=1)
+    fit = fit_fusion(scores, same, objective=args.objective, far=args.far, seed=args.seed)
+    fused = scores @ np.asarray(fit["weights"])
+    fars = tuple(sorted(set(DEFAULT_FARS) | {args.far}, reverse=True))
+    m = verification_metrics(fused, same, fars)
+    source = ", ".join(str(r) for r in images.roots)
+    thr = threshold_record(m, args.far, source)
+    per_member = {
+        a: round(float(verification_metrics(scores[:, k], same, fars).auc), 5)
+        for k, a in enumerate(args.models)
+    }
+    prov = {
+        "data": source,
+        "identities": len(set(labels)),
+        "images": len(keep),
+        "images_skipped": len(errors),
+        "genuine_pairs": int(same.sum()),
+        "impostor_pairs": int((~same).sum()),
+        "seed": args.seed,
+        "tta": args.tta,
+        "fit_auc": {**per_member, "fused": round(float(m.auc), 5)},
+    }
+    rec = fusion_record(list(zip(refs, members, strict=True)), fit, thr, prov)
+    rec["tta"] = args.tta
+    write_fusion(rec, out)
+    if args.json:
+        print(json.dumps({"fusion": str(out), **rec}))
+        return 0
+    weights = ", ".join(f"{a} {w:.3f}" for a, w in zip(args.models, fit["weights"], strict=True))
+    print(f"weights: {weights}")
+    print(
+        f"threshold {thr['value']:.4f} at FAR {args.far:g} (TAR {thr['tar']:.4f}) on "
+        f"{int(same.sum()):,} genuine / {int((~same).sum()):,} impostor pairs of "
+        f"{len(set(labels))} people"
+    )
+    print(
+        "AUC on these (fitting) pairs: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in prov["fit_auc"].items())
+    )
+    if errors:
+        print(f"note: {len(errors)} images skipped (a member found no face or could not read them)")
+    print(f"written to {out}")
+    return 0

