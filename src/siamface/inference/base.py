@@ -83,11 +83,12 @@ class Embedder:
                 "are unusable; use the original file or retrain"
             )
         if emb.ndim == 2 and len(emb):
-            # Unit vectors out: a norm far from 1 is a degenerate model (weights so large the
-            # norm overflows normalise to all-zero vectors), and every pair would then score
-            # "different people, similarity 0.0000".
+            # A zero vector is a degenerate model (weights so large the norm overflows
+            # normalise to all-zero vectors), and every pair would then score "different
+            # people, similarity 0.0000". (Raw outputs of third-party graphs are checked here
+            # before their card's normalisation, so only a vanishing length is refused.)
             norms = np.linalg.norm(emb.astype(np.float64), axis=1)
-            if (np.abs(norms - 1.0) > 1e-2).any():
+            if (norms < 1e-3).any():
                 raise SiamfaceError(
                     f"model {self.source} produced degenerate embeddings (length "
                     f"{float(norms.min()):.3g} where 1 is expected): its weights are unusable; "
