@@ -39,6 +39,7 @@ COMMANDS = [
     "export",
     "import",
     "serve",
+    "watch",
 ]
 #: Commands whose module name is not the command name with '-' -> '_'.
 MODULES = {"import": "import_pth"}
