@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from siamface.errors import OutputError, SiamfaceError
     from siamface.gallery import open_gallery
     from siamface.video import Watcher, WatchOptions
+    from siamface.video.pipeline import open_source
     from siamface.video.render import VideoOut
 
     opts = WatchOptions(
@@ -118,18 +119,20 @@ def run(args: argparse.Namespace) -> int:
     )
     if not 0.0 <= args.min_score <= 1.0:
         raise SiamfaceError(f"--min-score must be in [0, 1], got {args.min_score}")
+    source = open_source(args.source, opts)  # a bad source fails before the model loads
     log = None
     if args.events:
         try:
             log = open(args.events, "w", encoding="utf-8")  # noqa: SIM115 - closed below
         except OSError as err:
+            source.close()
             raise OutputError(f"--events: cannot write {args.events}: {err.strerror}") from err
     writer = None
     gave_up = False
     try:
         with open_gallery(args.gallery) as g:
             embedder = load_gallery_model(g, args.model)
-            watcher = Watcher(args.source, g, embedder, opts)
+            watcher = Watcher(source, g, embedder, opts)
             if args.video:
                 writer = VideoOut(args.video, (watcher.source.fps or 25.0) / watcher.step)
                 watcher.on_frame = writer
@@ -143,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
                 if not args.quiet or ev["event"] == "summary":
                     print(line, flush=True)
     finally:
+        source.close()
         if writer is not None:
             writer.close()
         if log is not None:

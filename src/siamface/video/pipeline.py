@@ -112,6 +112,19 @@ def resolve_threshold(gallery, embedder, given: float | None) -> float:
     )
 
 
+def open_source(source, options: WatchOptions) -> VideoSource:
+    """Open SOURCE with the options' start/stop, timeouts and reconnection settings."""
+    o = options
+    return VideoSource(
+        source,
+        start=o.start,
+        stop=o.stop,
+        folder_fps=o.folder_fps,
+        timeout=o.timeout,
+        reconnect_for=o.reconnect_for,
+    )
+
+
 class Watcher:
     """One watch session; iterate :meth:`events`. Owns the source, tracker and track states."""
 
@@ -125,6 +138,8 @@ class Watcher:
     ) -> None:
         self.opts = options or WatchOptions()
         self.gallery, self.embedder, self.on_frame = gallery, embedder, on_frame
+        # ``source`` may be a VideoSource opened already (the CLI opens it first, so a bad
+        # source fails in a second, before any model loads).
         gallery.check_model(embedder.fingerprint, embedder.embedding_size)
         if len(gallery) == 0:
             raise SiamfaceError("the gallery is empty; enroll people first")
@@ -138,14 +153,7 @@ class Watcher:
             detect_side=o.detect_side,
             roi=o.roi,
         )
-        self.source = VideoSource(
-            source,
-            start=o.start,
-            stop=o.stop,
-            folder_fps=o.folder_fps,
-            timeout=o.timeout,
-            reconnect_for=o.reconnect_for,
-        )
+        self.source = source if isinstance(source, VideoSource) else open_source(source, o)
         src_fps = self.source.fps or 25.0
         self.step = o.every if o.fps is None else max(1, round(src_fps / o.fps))
         proc_fps = src_fps / self.step

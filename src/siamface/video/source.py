@@ -97,7 +97,7 @@ def _quiet_cv2():
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET, read at first open
     import cv2
 
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     return cv2
 
 
@@ -188,7 +188,10 @@ class VideoSource:
                 f"cannot open stream {spec.target}: no answer within {self.timeout:g} s "
                 "(check the URL, that the camera/server is up, and the network)"
             )
-        return f"cannot open {spec.target}: not a video file, or corrupt"
+        return (
+            f"cannot open {spec.target}: no video the FFmpeg inside OpenCV can decode (corrupt "
+            "or truncated file, no video track, or an unknown codec)"
+        )
 
     def _cannot_decode(self) -> str:
         return (
@@ -226,6 +229,7 @@ class VideoSource:
 
         index = 0
         first = getattr(self, "_first", None)
+        last_ok = self.now()
         while True:
             if first is not None:
                 ok, img, first = True, first, None
@@ -242,17 +246,19 @@ class VideoSource:
                     break
                 yield Frame(index, t, img, time.monotonic())
                 index += 1
+                last_ok = self.now()
                 continue
             if not self.spec.live:
                 break  # end of file
-            gap = self._reconnect()
+            gap = self._reconnect(last_ok)
             yield gap
             if not gap.recovered:
                 break
         self.close()
 
-    def _reconnect(self) -> Gap:
-        """Reopen a dropped live source with exponential backoff."""
+    def _reconnect(self, last_ok: float) -> Gap:
+        """Reopen a dropped live source with exponential backoff; the gap runs from the last
+        good frame (``last_ok``) to the first frame after reconnecting."""
         if self._cap is not None:
             self._cap.release()
             self._cap = None
@@ -262,11 +268,11 @@ class VideoSource:
             cap = _capture(self.spec.target, min(self.timeout, self.reconnect_for))
             if cap is not None:
                 self._cap = cap
-                return Gap(start, self.now(), attempts, True, "stream dropped; reconnected")
+                return Gap(last_ok, self.now(), attempts, True, "stream dropped; reconnected")
             time.sleep(min(delay, max(0.0, self.reconnect_for - (self.now() - start))))
             delay = min(delay * 2, self.max_backoff)
         return Gap(
-            start,
+            last_ok,
             self.now(),
             attempts,
             False,
