@@ -356,3 +356,14 @@ def test_missing_source_and_empty_folder(setup, tmp_path):
         cli(str(tmp_path / "nope.mp4"), "--gallery", str(setup["gallery"])), "not found"
     )
     _one_line_exit_2(cli(str(tmp_path), "--gallery", str(setup["gallery"])), "no image files")
+
+
+def test_no_watch_is_a_clear_404(setup, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from siamface.serve import create_app
+
+    with TestClient(create_app(setup["model"], setup["gallery"])) as client:
+        r = client.get("/watch/events")
+    assert r.status_code == 404
+    assert r.json()["code"] == "no_watch"

@@ -1,8 +1,16 @@
 """The service's endpoints, one APIRouter per concern (see :data:`ROUTERS`)."""
 
-from siamface.serve.routes import embed, gallery, health, identify, page, verify
+from siamface.serve.routes import embed, gallery, health, identify, page, verify, watch
 
 #: Included by ``create_app`` in this order.
-ROUTERS = (page.router, health.router, verify.router, embed.router, identify.router, gallery.router)
+ROUTERS = (
+    page.router,
+    health.router,
+    verify.router,
+    embed.router,
+    identify.router,
+    gallery.router,
+    watch.router,
+)
 
 __all__ = ["ROUTERS"]
