@@ -71,7 +71,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument(
         "--min-score", type=float, default=0.6, help="detector confidence 0-1 (default 0.6)"
     )
-    f.add_argument("--detector", help="face detector (default: the model's)")
+    f.add_argument("--detector", help="face detector (default: yunet-opencv)")
+    f.add_argument(
+        "--reembed-every",
+        type=int,
+        default=4,
+        help="once a track's name is settled, embed its face every Nth detection (default 4)",
+    )
     o = p.add_argument_group("output")
     o.add_argument("--events", help="also write the JSON lines to this file")
     o.add_argument("--crops", help="save each track's best face crop in this folder")
@@ -111,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         min_face=args.min_face,
         min_score=args.min_score,
         detector=args.detector,
+        reembed_every=args.reembed_every,
         threshold=args.threshold,
         crops_dir=args.crops,
         timeout=args.timeout,

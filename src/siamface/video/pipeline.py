@@ -52,6 +52,8 @@ class WatchOptions:
     detector: str | None = None
     threshold: float | None = None  # None: the gallery's (else the model's)
     lost_after: float = 1.0  # seconds without a detection that end a track
+    settle_faces: int = 8  # embed every face of a track until it has this many embedded
+    reembed_every: int = 4  # then every Nth detection (and any better face than before)
     crops_dir: str | None = None
     timeout: float = 10.0
     reconnect_for: float = 60.0
@@ -59,8 +61,8 @@ class WatchOptions:
     rules: IdentityRules = field(default_factory=IdentityRules)
 
     def __post_init__(self) -> None:
-        if self.every < 1 or self.detect_every < 1:
-            raise SiamfaceError("--every and --detect-every must be at least 1")
+        if self.every < 1 or self.detect_every < 1 or self.reembed_every < 1:
+            raise SiamfaceError("--every, --detect-every and --reembed-every must be at least 1")
         if self.fps is not None and self.fps <= 0:
             raise SiamfaceError(f"--fps must be positive, got {self.fps}")
         if self.max_side is not None and self.max_side < 64:
@@ -79,6 +81,8 @@ class TrackState:
     last: tuple[int, float]
     best_quality: float = -1.0
     best_crop: np.ndarray | None = None
+    detections: int = 0
+    embedded_at: int = 0
     box: tuple[float, float, float, float] = (0, 0, 0, 0)
 
 
@@ -161,7 +165,7 @@ class Watcher:
         self.tracks: dict[int, TrackState] = {}
         self.finished: list[dict] = []
         self.gaps: list[dict] = []
-        self.counts = {"frames": 0, "processed": 0, "detected": 0, "faces": 0}
+        self.counts = {"frames": 0, "processed": 0, "detected": 0, "faces": 0, "embedded": 0}
         if o.crops_dir:
             Path(o.crops_dir).mkdir(parents=True, exist_ok=True)
 
@@ -230,14 +234,14 @@ class Watcher:
         detect = n % self.opts.detect_every == 0
         faces: list[FrameFace] = []
         if detect:
-            faces = self.finder(img)
+            faces = self.finder.crops(img, self.finder.detect(img))  # embedded below
             self.counts["detected"] += 1
             self.counts["faces"] += len(faces)
             live = self.tracker.update([f.box for f in faces], period=self.opts.detect_every)
         else:
             live = self.tracker.update(None)
         now = (frame.index, frame.time)
-        updated: list[TrackState] = []
+        matched: list[tuple[TrackState, FrameFace]] = []
         for tb in live:
             st = self.tracks.get(tb.track_id)
             if st is None:
@@ -248,13 +252,20 @@ class Watcher:
             if tb.face_index is None:
                 continue
             face = faces[tb.face_index]
-            st.last = now
-            q = face.quality["quality"]
-            st.identity.add(face.embedding, q)
-            if q > st.best_quality:
-                st.best_quality, st.best_crop = q, face.crop
-            updated.append(st)
-        yield from self._decide(updated, frame)
+            st.last, st.detections = now, st.detections + 1
+            if face.quality["quality"] > st.best_quality:
+                st.best_quality, st.best_crop = face.quality["quality"], face.crop
+            if self._wants_embedding(st, face):
+                matched.append((st, face))
+        # The model is the costly step (a 112 px face costs more than detecting a whole
+        # frame): one batch per frame, and only for the faces that can still change a track's
+        # answer (see _wants_embedding).
+        self.finder.embed([face for _, face in matched])
+        self.counts["embedded"] += len(matched)
+        for st, face in matched:
+            st.identity.add(face.embedding, face.quality["quality"])
+            st.embedded_at = st.detections
+        yield from self._decide([st for st, _ in matched], frame)
         alive = self.tracker.alive_ids()
         for tid in [t for t in self.tracks if t not in alive]:
             yield self._end_track(tid)
@@ -271,6 +282,17 @@ class Watcher:
                 if tb.track_id in self.tracks
             ]
             self.on_frame(FrameView(frame, img, boxes))
+
+    def _wants_embedding(self, st: TrackState, face: FrameFace) -> bool:
+        """Embed this track's face now? Always while the track is unnamed or its decision is
+        not yet confirmed and it has fewer than ``settle_faces`` faces; after that, every
+        ``reembed_every``-th detection (to keep revising) or when the face is the best one the
+        track has shown so far."""
+        ident, o = st.identity, self.opts
+        unsettled = ident.faces < o.settle_faces or ident.candidate != ident.name
+        if unsettled or face.quality["quality"] >= st.best_quality:
+            return True
+        return st.detections - st.embedded_at >= o.reembed_every
 
     def _decide(self, updated: list[TrackState], frame: Frame) -> Iterator[dict]:
         """Search the gallery with every updated track's template, in one batch."""

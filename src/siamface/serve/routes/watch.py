@@ -54,17 +54,12 @@ async def stream(request: Request, svc: Service = Depends(get_service)) -> Strea
         while not await request.is_disconnected():
             new, data = await asyncio.to_thread(feed.wait_newer, seq, 1.0)
             if data is None or new == seq:
-                if feed.state.ended and data is not None and seq >= 0:
+                if feed.state.ended:  # nothing new will come; keep the connection, idle
                     await asyncio.sleep(1.0)
                 continue
             seq = new
-            yield (
-                (
-                    f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n"
-                ).encode()
-                + data
-                + b"\r\n"
-            )
+            head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+            yield f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data + b"\r\n"
 
     return StreamingResponse(
         parts(),
