@@ -208,7 +208,7 @@ class Watcher:
                     if item.time - last_t < 1.0 / self.opts.fps * 0.95:
                         continue  # live: pace by the clock, frame numbers are not regular
                     last_t = item.time
-                elif not src.spec.live and item.index % self.step:
+                elif item.index % self.step:
                     continue
                 yield from self._process(item)
         finally:
