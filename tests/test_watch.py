@@ -297,7 +297,11 @@ def test_rtsp_stream(setup):
     names = {e["person"] for e in events if e["event"] == "identity"}
     assert {a.person for a in setup["actors"] if a.enrolled} <= names
     assert setup["actors"][2].person not in names
-    assert events[-1]["processed"] >= SECONDS * FPS * 0.8
+    s = events[-1]
+    # a live source is read at its own pace: frames the CPU could not keep up with are
+    # skipped (only the newest is processed) and counted, never queued
+    assert s["processed"] + s["dropped"] >= SECONDS * FPS * 0.8
+    assert s["processed"] >= 10
 
 
 # ---------------------------------------------------------------------------- bad input

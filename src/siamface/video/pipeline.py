@@ -366,6 +366,7 @@ class Watcher:
             "tracks": len(self.finished),
             "gaps": len(self.gaps),
             **c,
+            "dropped": self.source.dropped,
             "seconds": round(seconds, 3),
             "processed_fps": round(c["processed"] / seconds, 2) if seconds > 0 else None,
         }

@@ -16,6 +16,7 @@ attempts it took, so a consumer knows who might have walked by unseen.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -117,6 +118,56 @@ def _capture(target: str | int, timeout_s: float):
     return cap
 
 
+class _LatestFrame:
+    """Reads a live capture in its own thread and keeps only the newest frame.
+
+    A camera does not wait for us: read in step with a slower consumer, its frames queue up in
+    socket and decoder buffers and what the watch reports drifts further into the past every
+    second. Keeping the newest frame (and counting the ones skipped) bounds that delay to one
+    frame's processing time.
+    """
+
+    def __init__(self, cap, clock) -> None:
+        self.cap, self.clock = cap, clock
+        self.cond = threading.Condition()
+        self.item: tuple[np.ndarray, float, float] | None = None
+        self.seq = self.taken = self.dropped = 0
+        self.failed = False
+        self._stop = False
+        self.thread = threading.Thread(target=self._run, name="siamface-grab", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            ok, img = self.cap.read()
+            with self.cond:
+                if not ok or img is None:
+                    self.failed = True
+                    self.cond.notify_all()
+                    return
+                if self.seq > self.taken:
+                    self.dropped += 1
+                self.item = (img, self.clock(), time.monotonic())
+                self.seq += 1
+                self.cond.notify_all()
+
+    def next(self, timeout: float) -> tuple[int, np.ndarray, float, float] | None:
+        """(sequence number, BGR frame, source time, wall) of the newest unseen frame; None
+        when the capture failed or nothing came within ``timeout``."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.seq > self.taken or self.failed, timeout)
+            if self.seq > self.taken and self.item is not None:
+                self.taken = self.seq
+                return (self.seq, *self.item)
+            return None
+
+    def stop(self, timeout: float) -> bool:
+        """Ask the thread to end; True when it did (then the capture may be released)."""
+        self._stop = True
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+
 class VideoSource:
     """Iterate over the frames of SOURCE (see :func:`parse_source`), resiliently.
 
@@ -147,6 +198,10 @@ class VideoSource:
         self.size: tuple[int, int] | None = None
         self._files: list[Path] = []
         self._cap = None
+        self._grabber: _LatestFrame | None = None
+        #: Live sources: frames decoded but skipped because a newer one was already there.
+        self.dropped = 0
+        self._dropped_before = 0
         self._t0 = time.monotonic()
         self._open_first()
 
@@ -207,8 +262,43 @@ class VideoSource:
     def __iter__(self) -> Iterator[Frame | Gap]:
         if self.spec.kind == "folder":
             yield from self._folder_frames()
+        elif self.spec.live:
+            yield from self._live_frames()
         else:
             yield from self._capture_frames()
+
+    def _live_frames(self) -> Iterator[Frame | Gap]:
+        """Newest frames of a live source; reconnect when it drops."""
+        first = getattr(self, "_first", None)
+        index = 0
+        if first is not None:
+            self._first = None
+            yield Frame(0, self.now(), first, time.monotonic())
+            index = 1
+        last_ok = self.now()
+        try:
+            while True:
+                grab = self._grabber = _LatestFrame(self._cap, self.now)
+                while True:
+                    got = grab.next(self.timeout + 1.0)
+                    if got is None:
+                        break
+                    seq, img, t, wall = got
+                    self.dropped = self._dropped_before + grab.dropped
+                    yield Frame(index + seq - 1, t, img, wall)
+                    last_ok = self.now()
+                index += grab.seq
+                self._dropped_before += grab.dropped
+                stopped = grab.stop(self.timeout + 1.0)
+                self._grabber = None
+                if not stopped:
+                    self._cap = None  # still inside read(): leave it, never free it under a read
+                gap = self._reconnect(last_ok)
+                yield gap
+                if not gap.recovered:
+                    return
+        finally:
+            self.close()
 
     def _folder_frames(self) -> Iterator[Frame]:
         import cv2
@@ -224,37 +314,30 @@ class VideoSource:
                 continue  # an unreadable frame in a folder is skipped, like a dropped frame
             yield Frame(i, t, img, time.monotonic())
 
-    def _capture_frames(self) -> Iterator[Frame | Gap]:
+    def _capture_frames(self) -> Iterator[Frame]:
+        """A file's frames in order, to its end."""
         import cv2
 
         index = 0
         first = getattr(self, "_first", None)
-        last_ok = self.now()
-        while True:
-            if first is not None:
-                ok, img, first = True, first, None
-            else:
-                ok, img = self._cap.read() if self._cap is not None else (False, None)
-            if ok and img is not None:
-                if self.spec.live:
-                    t = self.now()
+        self._first = None
+        try:
+            while True:
+                if first is not None:
+                    ok, img, first = True, first, None
                 else:
-                    t = self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-                    if index == 0 and t <= 0 and self.start > 0:
-                        t = self.start
+                    ok, img = self._cap.read() if self._cap is not None else (False, None)
+                if not ok or img is None:
+                    return  # end of file
+                t = self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+                if index == 0 and t <= 0 and self.start > 0:
+                    t = self.start
                 if self.stop is not None and t >= self.stop:
-                    break
+                    return
                 yield Frame(index, t, img, time.monotonic())
                 index += 1
-                last_ok = self.now()
-                continue
-            if not self.spec.live:
-                break  # end of file
-            gap = self._reconnect(last_ok)
-            yield gap
-            if not gap.recovered:
-                break
-        self.close()
+        finally:
+            self.close()
 
     def _reconnect(self, last_ok: float) -> Gap:
         """Reopen a dropped live source with exponential backoff; the gap runs from the last
@@ -280,6 +363,10 @@ class VideoSource:
         )
 
     def close(self) -> None:
+        if self._grabber is not None:
+            if not self._grabber.stop(self.timeout + 1.0):
+                self._cap = None  # the reader is still inside read(): do not free under it
+            self._grabber = None
         if self._cap is not None:
             self._cap.release()
             self._cap = None
