@@ -371,3 +371,24 @@ def test_no_watch_is_a_clear_404(setup, tmp_path):
         r = client.get("/watch/events")
     assert r.status_code == 404
     assert r.json()["code"] == "no_watch"
+
+
+def test_someone_else_in_the_same_place_starts_a_new_track(setup, tmp_path):
+    """A leaves and, 0.2 s later, the unenrolled C appears where A was: the tracker links the
+    boxes, the faces do not match, so the track is split and C is never named A."""
+    import siamface
+
+    a, c = setup["actors"][0], setup["actors"][2]
+    swap = [
+        Actor(a.person, a.photo, [(0, 2.5)], (0.4, 0.5), (0.45, 0.5), 0.6, 0.6),
+        Actor(c.person, c.photo, [(2.7, 5.0)], (0.45, 0.5), (0.4, 0.5), 0.6, 0.6, enrolled=False),
+    ]
+    clip = encode(swap, tmp_path / "swap.mp4", 5.0, FPS, SIZE)
+    events = list(siamface.watch(clip, setup["gallery"], setup["model"]))
+    tracks = [e for e in events if e["event"] == "track" and e["faces"] >= 3]
+    assert [t["person"] for t in tracks] == [a.person, "unknown"], tracks
+    # C's track starts only once C is there; A's may run on a few frames into C's (until the
+    # next embedded face shows the change: at most --reembed-every detections)
+    assert tracks[0]["last"]["time"] < tracks[1]["first"]["time"]
+    assert 2.7 <= tracks[1]["first"]["time"] <= 2.7 + 5 / FPS
+    assert all(t["named"] in ([], [a.person]) for t in tracks)

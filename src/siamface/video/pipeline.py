@@ -83,6 +83,7 @@ class TrackState:
     best_crop: np.ndarray | None = None
     detections: int = 0
     embedded_at: int = 0
+    odd: int = 0  # consecutive faces unlike the track's template
     box: tuple[float, float, float, float] = (0, 0, 0, 0)
 
 
@@ -162,7 +163,8 @@ class Watcher:
         self.step = o.every if o.fps is None else max(1, round(src_fps / o.fps))
         proc_fps = src_fps / self.step
         self.tracker = FaceTracker(lost_after=max(2, round(o.lost_after * proc_fps)))
-        self.tracks: dict[int, TrackState] = {}
+        self.tracks: dict[int, TrackState] = {}  # by the tracker's id
+        self._next_id = 0  # our track ids: a track split in two gets a new one
         self.finished: list[dict] = []
         self.gaps: list[dict] = []
         self.counts = {"frames": 0, "processed": 0, "detected": 0, "faces": 0, "embedded": 0}
@@ -245,14 +247,14 @@ class Watcher:
         for tb in live:
             st = self.tracks.get(tb.track_id)
             if st is None:
-                st = self.tracks[tb.track_id] = TrackState(
-                    tb.track_id, TrackIdentity(self.opts.rules), now, now
-                )
+                st = self.tracks[tb.track_id] = self._new_track(now)
             st.box = tb.box
             if tb.face_index is None:
                 continue
             face = faces[tb.face_index]
-            st.last, st.detections = now, st.detections + 1
+            st.detections += 1
+            if not st.odd:  # while its faces look like someone else, the track is not "seen"
+                st.last = now
             if face.quality["quality"] > st.best_quality:
                 st.best_quality, st.best_crop = face.quality["quality"], face.crop
             if self._wants_embedding(st, face):
@@ -262,17 +264,30 @@ class Watcher:
         # answer (see _wants_embedding).
         self.finder.embed([face for _, face in matched])
         self.counts["embedded"] += len(matched)
+        updated = []
         for st, face in matched:
+            if self._other_person(st, face):
+                # The tracker carried this track over to someone else (one person left as
+                # another stepped into the same place): end it, and start a new one.
+                key = next(k for k, v in self.tracks.items() if v is st)
+                yield self._end_track(key)
+                st = self.tracks[key] = self._new_track(now)
+                st.box, st.detections = face.box, 1
+                st.best_quality, st.best_crop = face.quality["quality"], face.crop
+            elif st.odd:
+                continue  # one odd face is held back, not mixed into the evidence
+            st.last = now
             st.identity.add(face.embedding, face.quality["quality"])
             st.embedded_at = st.detections
-        yield from self._decide([st for st, _ in matched], frame)
+            updated.append(st)
+        yield from self._decide(updated, frame)
         alive = self.tracker.alive_ids()
         for tid in [t for t in self.tracks if t not in alive]:
             yield self._end_track(tid)
         if self.on_frame is not None:
             boxes = [
                 {
-                    "track": tb.track_id,
+                    "track": self.tracks[tb.track_id].track_id,
                     "box": [round(float(v), 1) for v in tb.box],
                     "person": self.tracks[tb.track_id].identity.name,
                     "score": self.tracks[tb.track_id].identity.score,
@@ -282,6 +297,23 @@ class Watcher:
                 if tb.track_id in self.tracks
             ]
             self.on_frame(FrameView(frame, img, boxes))
+
+    def _new_track(self, now: tuple[int, float]) -> TrackState:
+        self._next_id += 1
+        return TrackState(self._next_id, TrackIdentity(self.opts.rules), now, now)
+
+    def _other_person(self, st: TrackState, face: FrameFace) -> bool:
+        """True when a track with some evidence gets a face unlike everything it has seen:
+        cosine to its template below half the threshold, twice in a row (one odd face, e.g.
+        a hand over the face, does not split a track, and is left out of its evidence)."""
+        template = st.identity.template()
+        if template is None or st.identity.faces < self.opts.rules.min_faces:
+            return False
+        if float(template @ face.embedding) >= self.threshold * 0.5:
+            st.odd = 0
+            return False
+        st.odd += 1
+        return st.odd >= 2
 
     def _wants_embedding(self, st: TrackState, face: FrameFace) -> bool:
         """Embed this track's face now? Always while the track is unnamed or its decision is
@@ -314,8 +346,9 @@ class Watcher:
                     "latency_ms": round((time.monotonic() - frame.wall) * 1000, 1),
                 }
 
-    def _end_track(self, tid: int) -> dict:
-        st = self.tracks.pop(tid)
+    def _end_track(self, key: int) -> dict:
+        st = self.tracks.pop(key)
+        tid = st.track_id
         ident = st.identity
         crop = None
         if self.opts.crops_dir and st.best_crop is not None:
