@@ -16,6 +16,8 @@ Figures (one JSON document):
 * speed: decode-only fps (the baseline), processed fps with detection on every frame and on
   every 3rd frame (tracking between), their ratios to decoding and to the 30 fps of the video;
 * latency: frame read -> identity event (p50/p99), and frame read -> frame done (p99);
+* CPU milliseconds per step (decode, detect, align, embed) on the busiest frame and the frame
+  rates they imply for one idle core (``--stages-only`` prints just these);
 * memory: RSS over ``--loop-minutes`` of the clip looped in real time through ffmpeg's HTTP
   server (a live stream), detection every 3rd frame; drift = last minus first sample after
   warm-up.
@@ -219,6 +221,54 @@ def single_frame_baseline(clip, gallery, embedder, actors, enrolled, every: int 
     }
 
 
+def cpu_per_stage(clip, embedder, reembed_every: int = 4) -> dict:
+    """CPU milliseconds of each step on a frame of the clip with the most faces (process
+    time, which a shared machine's load inflates far less than wall time), and the frame
+    rates they imply for one core: a floor for an idle machine, not a measurement of one."""
+    import cv2
+
+    from siamface.video.faces import FaceFinder
+
+    finder = FaceFinder(embedder)
+    cap = cv2.VideoCapture(str(clip))
+    best, best_n = None, -1
+    for _ in range(90):
+        ok, img = cap.read()
+        if not ok:
+            break
+        n = len(finder.detect(img))
+        if n > best_n:
+            best, best_n = img.copy(), n
+
+    def cpu(fn, n: int) -> float:
+        fn()
+        c = time.process_time()
+        for _ in range(n):
+            fn()
+        return (time.process_time() - c) / n * 1000
+
+    cap = cv2.VideoCapture(str(clip))
+    faces = finder.detect(best)
+    crops = finder.crops(best, faces)
+    k = max(len(faces), 1)
+    decode = cpu(lambda: cap.read(), 60)
+    detect = cpu(lambda: finder.detect(best), 20)
+    align = cpu(lambda: finder.crops(best, faces), 20) / k
+    embed = cpu(lambda: finder.embed(crops), 10) / k
+    every_face = decode + detect + k * (align + embed)
+    settled = decode + detect + k * (align + embed / reembed_every)
+    return {
+        "faces_in_frame": len(faces),
+        "decode_ms": round(decode, 2),
+        "detect_ms": round(detect, 2),
+        "align_quality_ms_per_face": round(align, 2),
+        "embed_ms_per_face": round(embed, 2),
+        "one_core_fps_every_face_embedded": round(1000 / every_face, 1),
+        "one_core_fps_settled_tracks": round(1000 / settled, 1),
+        "one_core_fps_settled_detect_every_3rd": round(3000 / (2 * decode + settled), 1),
+    }
+
+
 def rss_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -279,6 +329,7 @@ def main() -> None:
     ap.add_argument("--loop-minutes", type=float, default=3.0, help="RSS loop length")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--stages-only", action="store_true", help="only the CPU cost per step")
     args = ap.parse_args()
 
     import torch
@@ -324,6 +375,10 @@ def main() -> None:
             "frames_by_faces_on_screen": faces_on_screen(actors, args.seconds),
             "threshold": g.threshold,
         }
+        info["cpu_ms_per_stage"] = cpu_per_stage(clip, embedder)
+        if args.stages_only:
+            print(json.dumps(info, indent=1))
+            return
         dec = decode_fps(clip)
         info["decode_only_fps"] = round(dec, 1)
         every1 = score_tracks(run(clip, g, embedder, actors, detect_every=1), actors, set(enrolled))
