@@ -337,7 +337,6 @@ def main() -> None:
     from siamface.gallery import Gallery
     from siamface.inference import open_model
 
-    torch.set_num_threads(args.threads)
     info = {"machine": machine(), "torch_threads": args.threads}
     n = args.people + args.strangers + args.distractors
     people = single_face_people(SHARED / "data" / "celeba_wild", n, 4, min_face=50)
@@ -349,6 +348,7 @@ def main() -> None:
     distractors = names[args.people + args.strangers :]
     actors = make_actors(people, enrolled, strangers, args.seconds)
     embedder = open_model("sface")
+    torch.set_num_threads(args.threads)  # after loading: the model's loader sets its own count
     with tempfile.TemporaryDirectory() as tmp:
         g = Gallery.create(
             Path(tmp) / "gallery",
