@@ -17,7 +17,7 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from siamface.errors import SiamfaceError  # noqa: E402
 from siamface.version import __version__  # noqa: E402
 
-__all__ = ["SiamfaceError", "__version__", "load"]
+__all__ = ["SiamfaceError", "__version__", "load", "watch"]
 
 
 def load(path, device: str = "auto", threshold: float | None = None):
@@ -28,3 +28,13 @@ def load(path, device: str = "auto", threshold: float | None = None):
     from siamface.api import load as _load
 
     return _load(path, device=device, threshold=threshold)
+
+
+def watch(source, gallery, model=None, **options):
+    """Watch a video file, folder of frames, webcam or stream; yield event dicts.
+
+    See :func:`siamface.video.watch` (``siamface watch`` in Python); imported lazily.
+    """
+    from siamface.video import watch as _watch
+
+    return _watch(source, gallery, model, **options)

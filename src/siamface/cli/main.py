@@ -40,6 +40,7 @@ COMMANDS = [
     "export",
     "import",
     "serve",
+    "watch",
 ]
 #: Commands whose module name is not the command name with '-' -> '_'.
 MODULES = {"import": "import_pth"}

@@ -113,6 +113,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="auto", help="cpu, cuda ... for checkpoints (auto)")
     p.add_argument(
+        "--watch",
+        metavar="SOURCE",
+        help="also watch a video file, folder, webcam index or rtsp/http stream and show it "
+        "live with names on the page's Watch tab (needs --gallery; see siamface watch)",
+    )
+    p.add_argument(
+        "--watch-detect-every",
+        type=int,
+        default=1,
+        help="--watch: detect faces on every Kth frame, track in between (default 1)",
+    )
+    p.add_argument("--watch-max-side", type=int, help="--watch: downscale larger frames")
+    p.add_argument(
         "--log-level",
         default="info",
         choices=["critical", "error", "warning", "info", "debug"],
@@ -152,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
         max_wait_ms=args.batch_wait_ms,
         max_inflight=args.max_inflight,
         device=args.device,
+        watch=args.watch,
+        watch_options={"detect_every": args.watch_detect_every, "max_side": args.watch_max_side},
     )
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -57,6 +57,8 @@ def create_app(
     decode_wait_s: float = DEFAULT_DECODE_WAIT_S,
     report: str | Path | None = None,
     device: str = "auto",
+    watch: str | None = None,
+    watch_options: dict | None = None,
 ) -> FastAPI:
     """Build the service for one model (``.safetensors``, run folder, ``.onnx``, or an
     already opened :class:`Embedder`), an optional gallery (created, empty, for this model
@@ -66,7 +68,9 @@ def create_app(
     images (``max_wait_ms``, ``max_inflight``); ``off`` runs each request's faces as one call,
     one call at a time; ``auto`` (default) is ``on`` when the model runs on a GPU.
     ``api_key=None`` disables gallery writes: an open write endpoint would let anyone enroll
-    themselves as someone else.
+    themselves as someone else. ``watch`` (a video file, folder, webcam index or stream URL)
+    runs ``siamface watch`` on it beside the service, for the page's Watch tab
+    (``watch_options``: :class:`~siamface.video.WatchOptions` fields).
     """
     if not max_upload_mb > 0:
         raise SiamfaceError(f"max upload size must be positive, got {max_upload_mb} MB")
@@ -90,6 +94,11 @@ def create_app(
 
         aligned_loader(embedder.preprocessing)  # a missing detector fails now, not per request
     gallery = open_gallery(gallery_path, embedder) if gallery_path is not None else None
+    feed = None
+    if watch is not None:
+        from siamface.serve.watch_feed import WatchFeed
+
+        feed = WatchFeed(watch, gallery_path, embedder, watch_options)
     batched = batching == "on" or (batching == "auto" and runs_on_gpu(embedder))
     batcher = (
         MicroBatcher(
@@ -113,13 +122,18 @@ def create_app(
         budget=PixelBudget(max_pixels_in_flight, max_wait_s=decode_wait_s),
         report=evaluation,
     )
+    service.watch = feed
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         await service.batcher.start()
+        if feed is not None:
+            feed.start()
         try:
             yield
         finally:
+            if feed is not None:
+                feed.stop()
             await service.batcher.stop()
             if service.gallery is not None:
                 service.gallery.close()

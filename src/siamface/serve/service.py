@@ -176,6 +176,8 @@ class Service:
         self.batching = batching
         self.budget = budget
         self.report = report
+        #: The ``--watch`` feed (a :class:`~siamface.serve.watch_feed.WatchFeed`), or None.
+        self.watch = None
 
     # -- images -> faces -----------------------------------------------------------------
     def face_from_bytes(

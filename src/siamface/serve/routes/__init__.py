@@ -1,6 +1,6 @@
 """The service's endpoints, one APIRouter per concern (see :data:`ROUTERS`)."""
 
-from siamface.serve.routes import batch, embed, gallery, health, identify, page, verify
+from siamface.serve.routes import batch, embed, gallery, health, identify, page, verify, watch
 
 #: Included by ``create_app`` in this order.
 ROUTERS = (
@@ -11,6 +11,7 @@ ROUTERS = (
     identify.router,
     batch.router,
     gallery.router,
+    watch.router,
 )
 
 __all__ = ["ROUTERS"]

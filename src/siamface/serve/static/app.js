@@ -18,6 +18,8 @@
     identify: null,
     people: null,
     status: null, // last gallery status message {key, params}
+    watch: null, // last /watch/events answer
+    watchMissing: false,
   };
 
   // -- small helpers ----------------------------------------------------------------------
@@ -830,6 +832,102 @@
     }
   }
 
+  // -- watch: the server's --watch SOURCE ---------------------------------------------------
+  // The picture is the server's MJPEG stream (boxes and names drawn there); the side lists
+  // are polled from /watch/events once a second while the tab is open.
+  let watchTimer = null;
+
+  async function pollWatch() {
+    try {
+      state.watch = await api("/watch/events");
+      state.watchMissing = false;
+    } catch (err) {
+      if (err.code === "no_watch") {
+        state.watchMissing = true;
+        stopWatch();
+      } else {
+        showError("watch-error", err);
+      }
+    }
+    renderWatch();
+  }
+
+  function startWatch() {
+    if (watchTimer) return;
+    pollWatch();
+    watchTimer = setInterval(pollWatch, 1000);
+  }
+
+  function stopWatch() {
+    clearInterval(watchTimer);
+    watchTimer = null;
+  }
+
+  function watchEventText(ev) {
+    const s = (x) => num(x, 2);
+    if (ev.event === "identity") {
+      const key = ev.person === "unknown" ? "watch_ev_unknown" : "watch_ev_identity";
+      return t(key, { track: ev.track, person: ev.person, score: s(ev.score), time: num(ev.time, 1) });
+    }
+    if (ev.event === "track") {
+      return t("watch_ev_track", {
+        track: ev.track,
+        person: ev.person,
+        first: num(ev.first.time, 1),
+        last: num(ev.last.time, 1),
+        faces: ev.faces,
+      });
+    }
+    if (ev.event === "gap") {
+      const st = t(ev.recovered ? "watch_gap_ok" : "watch_gap_lost");
+      return t("watch_ev_gap", { seconds: num(ev.seconds, 1), state: st });
+    }
+    return null;
+  }
+
+  function renderWatch() {
+    $("#watch-none").hidden = !state.watchMissing;
+    const w = state.watch;
+    $("#watch-live").hidden = !w;
+    if (!w) return;
+    const img = $("#watch-img");
+    if (!img.getAttribute("src")) img.src = "/watch/stream";
+    img.alt = t("watch_alt");
+    $("#watch-source").textContent = w.source;
+    $("#watch-state").textContent = `· ${t(w.running ? "watch_running" : "watch_ended")}`;
+    if (w.error) showError("watch-error", { code: "watch", detail: w.error });
+    const people = new Map();
+    for (const ev of w.events) {
+      if (ev.event !== "identity" && ev.event !== "track") continue;
+      if (ev.person === "unknown") continue;
+      const p = people.get(ev.person) || { first: Infinity, last: -Infinity };
+      const first = ev.event === "track" ? ev.first.time : ev.time;
+      const last = ev.event === "track" ? ev.last.time : ev.time;
+      people.set(ev.person, { first: Math.min(p.first, first), last: Math.max(p.last, last) });
+    }
+    const list = $("#watch-people");
+    list.replaceChildren(
+      ...(people.size
+        ? [...people].map(([person, p]) =>
+            h("li", {
+              class: "known",
+              text: t("watch_person_line", { person, first: num(p.first, 1), last: num(p.last, 1) }),
+            }),
+          )
+        : [h("li", { class: "muted", text: t("watch_no_people") })]),
+    );
+    const items = w.events
+      .map((ev) => [ev, watchEventText(ev)])
+      .filter(([, text]) => text)
+      .slice(-50)
+      .reverse();
+    $("#watch-events").replaceChildren(
+      ...items.map(([ev, text]) =>
+        h("li", { class: ev.person === "unknown" ? "unknown" : "known", text }),
+      ),
+    );
+  }
+
   // -- tabs, language, start-up ------------------------------------------------------------
   const tabs = () => $$("[role=tab]");
 
@@ -844,6 +942,8 @@
     const name = tab.id.replace("tab-", "");
     if (location.hash !== `#${name}`) history.replaceState(null, "", `#${name}`);
     if (name === "gallery") loadPeople();
+    if (name === "watch") startWatch();
+    else stopWatch();
   }
 
   function setupTabs() {
@@ -891,6 +991,7 @@
     renderIdentify();
     renderPeople();
     renderCard();
+    renderWatch();
   }
 
   function applyHealth() {

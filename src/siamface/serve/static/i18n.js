@@ -13,6 +13,25 @@ window.SIAMFACE_TEXTS = {
     tab_identify: "Identify",
     tab_gallery: "Gallery",
     tab_card: "Model card",
+    tab_watch: "Watch",
+    watch_title: "Who is on camera?",
+    watch_lead:
+      "The server watches a video or camera stream: every face is tracked and named once enough good frames agree. Green boxes are enrolled people, orange ones unknown.",
+    watch_none:
+      "This server watches no video. Start it with --watch SOURCE (a video file, a webcam index or an rtsp:// / http:// stream) and --gallery.",
+    watch_alt: "The watched video with a box and a name on every face",
+    watch_people: "People seen",
+    watch_events: "Events",
+    watch_running: "live",
+    watch_ended: "ended",
+    watch_no_people: "Nobody named yet.",
+    watch_ev_identity: "#{track} is {person} ({score}) at {time} s",
+    watch_ev_unknown: "#{track} is not in the gallery (best {score}) at {time} s",
+    watch_ev_track: "#{track} {person} left: seen {first}–{last} s, {faces} faces",
+    watch_ev_gap: "stream lost for {seconds} s ({state})",
+    watch_gap_ok: "reconnected",
+    watch_gap_lost: "gave up",
+    watch_person_line: "{person}: {first}–{last} s",
 
     verify_title: "Are these two photos the same person?",
     verify_lead:
@@ -181,6 +200,25 @@ window.SIAMFACE_TEXTS = {
     tab_identify: "人物検索",
     tab_gallery: "ギャラリー",
     tab_card: "モデル情報",
+    tab_watch: "映像",
+    watch_title: "カメラに写っているのは誰？",
+    watch_lead:
+      "サーバーが動画・カメラ映像を監視します。すべての顔を追跡し、十分な数の良いフレームで一致したときに名前を表示します。緑の枠は登録済みの人、オレンジは未登録です。",
+    watch_none:
+      "このサーバーは映像を監視していません。--watch SOURCE（動画ファイル、カメラ番号、rtsp:// / http:// ストリーム）と --gallery を付けて起動してください。",
+    watch_alt: "すべての顔に枠と名前を付けた監視映像",
+    watch_people: "写った人",
+    watch_events: "イベント",
+    watch_running: "ライブ",
+    watch_ended: "終了",
+    watch_no_people: "まだ誰も特定されていません。",
+    watch_ev_identity: "#{track} は {person}（{score}）— {time} 秒",
+    watch_ev_unknown: "#{track} はギャラリーにいません（最高 {score}）— {time} 秒",
+    watch_ev_track: "#{track} {person} が退出：{first}–{last} 秒、顔 {faces} 枚",
+    watch_ev_gap: "映像が {seconds} 秒途切れました（{state}）",
+    watch_gap_ok: "再接続しました",
+    watch_gap_lost: "再接続できませんでした",
+    watch_person_line: "{person}：{first}–{last} 秒",
 
     verify_title: "この 2 枚の写真は同じ人ですか？",
     verify_lead:
