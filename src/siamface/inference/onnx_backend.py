@@ -120,7 +120,7 @@ class CardOnnxEmbedder(OnnxEmbedder):
         path = Path(path)
         blob, changes = runnable_graph(path)
         self.session = make_session(blob, path, threads, providers, spinning)
-        self.card = card
+        self.model_card = card
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             names = ", ".join(i.name for i in inputs)
@@ -192,13 +192,13 @@ class CardOnnxEmbedder(OnnxEmbedder):
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         """uint8 RGB NCHW -> the graph's raw output for it (colour order, mean/std, layout)."""
-        if self.card.colour_order == "bgr":
+        if self.model_card.colour_order == "bgr":
             x = x[:, ::-1]
         if self._input_float:
             feed = (x.astype(np.float32) - self._mean) / self._std
         else:
             feed = np.ascontiguousarray(x)
-        if self.card.layout == "nhwc":
+        if self.model_card.layout == "nhwc":
             feed = feed.transpose(0, 2, 3, 1)
         out = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(feed)})
         return np.asarray(out[0], dtype=np.float32).reshape(len(x), -1)
