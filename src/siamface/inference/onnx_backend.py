@@ -248,8 +248,16 @@ def _card_input_size(path: Path, card, shape) -> int:
 
 def has_siamface_metadata(path: Path) -> bool:
     """Whether ``path`` is a ``siamface export`` file (its metadata record is present)."""
-    import onnx
+    try:
+        import onnx
+    except ImportError:  # the torch-free install: onnxruntime reads the metadata too
+        import onnxruntime as ort
 
+        try:
+            meta = ort.InferenceSession(str(path)).get_modelmeta().custom_metadata_map
+        except Exception:  # noqa: BLE001 - let the session report unreadable files
+            return True
+        return METADATA_KEY in meta
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # noqa: BLE001 - let the session report unreadable files
