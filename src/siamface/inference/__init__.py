@@ -134,8 +134,10 @@ def _open_single(spec: str, device: str, card: str | Path | None) -> Embedder:
         from siamface.inference.card import card_beside, read_card
 
         card_path = Path(card).expanduser() if card is not None else None
-        if card_path is None and not has_siamface_metadata(p):
-            card_path = card_beside(p)
+        if card_path is None:
+            beside = card_beside(p)  # looked at only when there is one: exports have none
+            if beside is not None and not has_siamface_metadata(p):
+                card_path = beside
         if card_path is not None:
             return CardOnnxEmbedder(p, read_card(card_path))
         return OnnxEmbedder(p)

@@ -22,8 +22,10 @@ Example (OpenCV Zoo's SFace, whose graph normalises its own input)::
     license: Apache-2.0
     provenance: https://github.com/opencv/opencv_zoo (face_recognition_sface, 2021dec)
 
-What a card cannot be checked for (a wrong colour order or mean/std still gives unit vectors)
-is what :func:`siamface.inference.card_check.check_card` measures on real faces.
+What is checked at load: the input size against the graph, the layout against the graph's
+channel axis, every key and value. What cannot be checked there (a wrong colour order or
+mean/std still gives unit vectors) shows on labelled faces: ``siamface evaluate`` with each
+candidate card (docs/models.md).
 """
 
 from __future__ import annotations

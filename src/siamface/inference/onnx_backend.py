@@ -121,7 +121,7 @@ class CardOnnxEmbedder(OnnxEmbedder):
         path = Path(path)
         blob, changes = runnable_graph(path)
         self.session = make_session(blob, path, threads, providers, spinning)
-        self.card = card
+        self.model_card = card
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             names = ", ".join(i.name for i in inputs)
@@ -193,13 +193,13 @@ class CardOnnxEmbedder(OnnxEmbedder):
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         """uint8 RGB NCHW -> the graph's raw output for it (colour order, mean/std, layout)."""
-        if self.card.colour_order == "bgr":
+        if self.model_card.colour_order == "bgr":
             x = x[:, ::-1]
         if self._input_float:
             feed = (x.astype(np.float32) - self._mean) / self._std
         else:
             feed = np.ascontiguousarray(x)
-        if self.card.layout == "nhwc":
+        if self.model_card.layout == "nhwc":
             feed = feed.transpose(0, 2, 3, 1)
         out = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(feed)})
         return np.asarray(out[0], dtype=np.float32).reshape(len(x), -1)
@@ -249,8 +249,16 @@ def _card_input_size(path: Path, card, shape) -> int:
 
 def has_siamface_metadata(path: Path) -> bool:
     """Whether ``path`` is a ``siamface export`` file (its metadata record is present)."""
-    import onnx
+    try:
+        import onnx
+    except ImportError:  # the torch-free install: onnxruntime reads the metadata too
+        import onnxruntime as ort
 
+        try:
+            meta = ort.InferenceSession(str(path)).get_modelmeta().custom_metadata_map
+        except Exception:  # noqa: BLE001 - let the session report unreadable files
+            return True
+        return METADATA_KEY in meta
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # noqa: BLE001 - let the session report unreadable files
