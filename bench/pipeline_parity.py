@@ -44,7 +44,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SIAMFACE_SHARED_DATA", REPO.parent / "shared" / "data"))
-SETS = {"celeba_wild": 100, "pins90": 150, "att40": 100}  # name -> same pairs per fold
+SETS = {"celeba_wild": 100, "pins90": 30, "att40": 30}  # name -> same pairs per fold
 
 
 class Reference:

@@ -56,6 +56,12 @@ PAD_RETRY = 0.3
 ROTATE_BELOW_SCORE = 0.8
 #: Two boxes from different canvases (padded, turned) overlapping this much are one face.
 NMS_IOU = 0.4
+#: A small photo (longest side under ``min_side``) is first searched at its own size, as
+#: OpenCV's pipeline does; only without a face this sure is it upscaled and searched again.
+#: On the sample data's small photos (pins90, att40) this gave the reference's landmarks where
+#: it finds a face (10-fold accuracy 95.7 % vs 95.2 % upscaling always) and upscaling where it
+#: does not (att40: 100 % vs the reference's 96.8 %).
+NATIVE_GOOD_SCORE = 0.9
 
 
 @dataclass(frozen=True)
@@ -277,13 +283,18 @@ def detect_faces(
     scored ``ROTATE_BELOW_SCORE``, the canvas is also tried turned by 90, 270 and 180
     degrees: detectors are trained on upright faces, and every celeba_wild photo where none
     was found held a face on its side or upside down. Landmarks stay in the subject's order,
-    so alignment turns such faces upright. The faces of every canvas tried are pooled and
+    so alignment turns such faces upright. A small photo is first searched at its own size
+    (:data:`NATIVE_GOOD_SCORE`). The faces of every canvas tried are pooled and
     duplicates suppressed (:func:`suppress_duplicates`), so one face is never reported twice.
     """
     if img.mode != "RGB":
         img = img.convert("RGB")
     w, h = img.size
     longest = max(w, h)
+    if longest < min_side and min(w, h) >= 32:
+        native = detect_faces(img, detector, longest, longest, pads[:1], rotations=False)
+        if native and max(f.score for f in native) >= NATIVE_GOOD_SCORE:
+            return native
     canvas = img
     if longest > max_side or longest < min_side:
         f = (max_side if longest > max_side else min_side) / longest
