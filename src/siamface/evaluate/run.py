@@ -242,8 +242,12 @@ def evaluate_pairs_file(
     workers: int | None = None,
     plots: bool = True,
     progress: bool = True,
+    probe_embedder=None,
 ) -> Evaluation:
-    """The LFW pairs protocol: listed pairs, 10-fold accuracy, AUC and TAR at FAR."""
+    """The LFW pairs protocol: listed pairs, 10-fold accuracy, AUC and TAR at FAR.
+
+    ``probe_embedder``: the second photo of each pair is embedded by it instead (e.g. the same
+    model seeing the photo under a camera condition)."""
     from siamface.evaluate.protocol import kfold_accuracy, read_pairs, resolve_pairs
 
     t0 = time.perf_counter()
@@ -262,8 +266,11 @@ def evaluate_pairs_file(
             f"({len(bad)} unreadable image(s) in all)"
         )
     t1 = time.perf_counter()
+    emb_b = emb
+    if probe_embedder is not None:
+        emb_b, _, _ = embed_all(probe_embedder, unique, batch_size, workers, progress)
     a = emb[[pos[x] for x, _ in files]]
-    b = emb[[pos[y] for _, y in files]]
+    b = emb_b[[pos[y] for _, y in files]]
     scores = np.einsum("ij,ij->i", a, b)
     same = pf.labels
     scored = ScoredPairs(
