@@ -9,6 +9,15 @@ Arms (``--arms``, default all):
   e  the article's script as written (../shared/tools/seed_recipe.py) for --budget-min
   att40  a domain sface has not seen (grayscale AT&T faces): fine-tuned on 20 people,
          tested on the other 20, against zero-shot
+  f  sface zero-shot on a CCTV-like copy of the test photos (each photo shrunk 4x, JPEG
+     quality 40 at that size, scaled back: a face about 25-28 px wide)
+  g  ``--config adapt-cctv`` for --cctv-budget-min, on that copy and on the clean photos
+  h  sface zero-shot under synthetic masks (``siamface evaluate --condition masked``)
+  i  ``--config adapt-mask`` for --mask-budget-min, masked and clean
+
+Adapted arms are compared with sface zero-shot on the same people by ``siamface evaluate
+--compare sface`` (each metric's difference with a 95 % interval, bootstrap over identities),
+and scored on the LFW-format pairs file (10-fold accuracy, mean and standard deviation).
 
 pins90 + celeba_wild are split by identity (seeded): the test identities are never trained on
 (every training arm carves its own validation split from the rest). Each model is scored on all
@@ -128,6 +137,135 @@ def evaluate(model: str, test_dir: Path, pairs: Path, out: Path) -> dict:
     }
 
 
+def cctv_copy(src: Path, dst: Path, factor: int = 4, quality: int = 40) -> int:
+    """A CCTV-like copy of every photo: shrunk ``factor`` x (area), JPEG ``quality`` at that
+    size, scaled back (bicubic); same folder and file names (pixels stored losslessly)."""
+    import io
+
+    from PIL import Image
+
+    n = 0
+    for f in sorted(src.rglob("*")):
+        if not f.is_file():
+            continue
+        out = dst / f.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        im = Image.open(f).convert("RGB")
+        small = im.resize(
+            (max(1, im.width // factor), max(1, im.height // factor)), Image.Resampling.BOX
+        )
+        buf = io.BytesIO()
+        small.save(buf, "JPEG", quality=quality)
+        back = Image.open(buf).convert("RGB").resize(im.size, Image.Resampling.BICUBIC)
+        back.save(out, "PNG")
+        n += 1
+    return n
+
+
+def compare_eval(model: str, data: Path, out: Path, extra: list[str] | None = None) -> dict:
+    """``siamface evaluate --compare sface``: paired differences with 95 % intervals."""
+    r = run_child(
+        [
+            *SIAMFACE,
+            "evaluate",
+            "--model",
+            model,
+            "--compare",
+            "sface",
+            "--data",
+            str(data),
+            *(extra or []),
+            "--json",
+            "--no-progress",
+            "--out",
+            str(out),
+        ],
+        log=out.with_suffix(".compare.log"),
+    )
+    if r["rc"] != 0:
+        return {"error": f"evaluate --compare exit {r['rc']}, see {out}.compare.log"}
+    rep = last_json(r["stdout"])
+    return {"verdict": rep["verdict"], "identities": rep["identities"], "metrics": rep["metrics"]}
+
+
+def kfold_eval(model: str, data: Path, pairs: Path, out: Path, extra: list[str] | None = None):
+    """10-fold accuracy (mean, std over folds) on the pairs file."""
+    r = run_child(
+        [
+            *SIAMFACE,
+            "evaluate",
+            "--model",
+            model,
+            "--data",
+            str(data),
+            "--pairs",
+            str(pairs),
+            *(extra or []),
+            "--json",
+            "--no-progress",
+            "--no-plots",
+            "--out",
+            str(out),
+        ],
+        log=out.with_suffix(".pairs.log"),
+    )
+    if r["rc"] != 0:
+        return {"error": f"evaluate --pairs exit {r['rc']}, see {out}.pairs.log"}
+    rep = last_json(r["stdout"])
+    k, m = rep["kfold"], rep["metrics"]
+    return {
+        "accuracy_10fold": round(k["accuracy_mean"], 5),
+        "accuracy_10fold_std": round(k["accuracy_std"], 5),
+        "auc": round(m["auc"], 5),
+        "tar_at_far_1e-3": m["tar_at_far"].get("1e-03"),
+    }
+
+
+def domain_arms(
+    key: str,
+    zero: str,
+    adapted_run: Path | None,
+    seen: Path,
+    clean: Path,
+    pairs: Path,
+    work: Path,
+    cond: list[str],
+) -> dict:
+    """A condition's zero-shot arm and adapted arm: under the condition and on clean people,
+    with paired intervals against sface and 10-fold accuracy; the issue's targets."""
+    out: dict = {zero: {"pairs_10fold": kfold_eval("sface", seen, pairs, work / f"k_{zero}", cond)}}
+    if adapted_run is None:
+        return out
+    best = str(adapted_run / "best.safetensors")
+    arm: dict = {"train": summary_of(adapted_run)}
+    arm["vs_sface_under_condition"] = compare_eval(best, seen, work / f"c_{key}", cond)
+    arm["vs_sface_clean"] = compare_eval(best, clean, work / f"c_{key}_clean")
+    arm["pairs_10fold"] = kfold_eval(best, seen, pairs, work / f"k_{key}", cond)
+    arm["pairs_10fold_clean"] = kfold_eval(best, clean, pairs, work / f"k_{key}_clean")
+    out[key] = arm
+    return out
+
+
+def domain_targets(res: dict, zero: str, key: str, acc_gain: float, tar_gain: float | None):
+    z, a = res.get(zero, {}).get("pairs_10fold", {}), res.get(key, {})
+    if "accuracy_10fold" not in z or "accuracy_10fold" not in a.get("pairs_10fold", {}):
+        return {}
+    acc = a["pairs_10fold"]["accuracy_10fold"] - z["accuracy_10fold"]
+    t: dict = {"accuracy_10fold_gain": round(acc, 5), "accuracy_met": acc >= acc_gain}
+    m = a.get("vs_sface_under_condition", {}).get("metrics")
+    if tar_gain is not None and m:
+        d = m["tar_at_far_1e-3"]
+        t["tar_at_far_1e-3_gain"] = round(d["delta"], 5)
+        t["tar_at_far_1e-3_gain_ci"] = [round(x, 5) for x in d["delta_ci"]]
+        t["tar_met"] = d["delta"] >= tar_gain
+    c = a.get("vs_sface_clean", {}).get("metrics")
+    if c:
+        t["clean_accuracy_delta"] = round(c["accuracy"]["delta"], 5)
+        t["clean_within_half_point"] = abs(c["accuracy"]["delta"]) <= 0.005
+        t["clean_significantly_worse_on"] = [k for k, r in c.items() if r["significant"] == "worse"]
+    return t
+
+
 def deltas(arm: dict, ref: dict) -> dict:
     out = {}
     for k in METRICS:
@@ -202,6 +340,13 @@ def main() -> int:
     ap.add_argument("--arms", default="a,b,c,d,e,att40", help="comma-separated arms to run")
     ap.add_argument("--budget-min", type=float, default=20.0, help="training budget per arm")
     ap.add_argument("--att40-budget-min", type=float, default=5.0)
+    ap.add_argument(
+        "--cctv-budget-min", type=float, default=None, help="arm g (default --budget-min)"
+    )
+    ap.add_argument(
+        "--mask-budget-min", type=float, default=None, help="arm i (default --budget-min)"
+    )
+    ap.add_argument("--g-args", default="", help="extra key=value for arm g (space-separated)")
     ap.add_argument("--test-fraction", type=float, default=0.2)
     ap.add_argument("--per-fold", type=int, default=300, help="pairs file: pairs per fold")
     ap.add_argument("--seed", type=int, default=0)
@@ -252,6 +397,13 @@ def main() -> int:
                 args.seed,
             )
         )
+    for n, preset, budget, extra in (
+        ("g", "adapt-cctv", args.cctv_budget_min, args.g_args.split()),
+        ("i", "adapt-mask", args.mask_budget_min, []),
+    ):
+        if n in arms:
+            b = budget if budget is not None else args.budget_min
+            jobs.append(train_job(n, work, train, b, ["--config", preset, *extra], args.seed))
     att = work / "att40"
     if "att40" in arms:
         res["att40_split"] = split_identities([data / "att40"], att, 0.0, args.seed, n_test=20)
@@ -370,6 +522,38 @@ def main() -> int:
         else:
             entry["log"] = str(work / "att40_train.log")
         arms_out["att40"] = entry
+    if arms & {"f", "g"}:
+        cctv = work / "main" / "test_cctv"
+        if not cctv.is_dir():
+            res["cctv_copy_images"] = cctv_copy(test, cctv)
+        run_g = work / "run_g" if results.get("g", {}).get("rc") == 0 else None
+        dom = domain_arms("g_adapt_cctv", "f_sface_cctv", run_g, cctv, test, pairs, work, [])
+        arms_out.update(dom)
+        res["target_g_vs_f"] = domain_targets(dom, "f_sface_cctv", "g_adapt_cctv", 0.05, 0.15)
+    if arms & {"h", "i"}:
+        run_i = work / "run_i" if results.get("i", {}).get("rc") == 0 else None
+        dom = domain_arms(
+            "i_adapt_mask",
+            "h_sface_mask",
+            run_i,
+            test,
+            test,
+            pairs,
+            work,
+            ["--condition", "masked"],
+        )
+        arms_out.update(dom)
+        res["target_i_vs_h"] = domain_targets(dom, "h_sface_mask", "i_adapt_mask", 0.03, None)
+    for n in ("g", "i"):
+        if n in results and results[n]["rc"] != 0:
+            arms_out[f"{n}_train_failed"] = {
+                "rc": results[n]["rc"],
+                "log": str(work / f"{n}_train.log"),
+            }
+    if "c" in arms and "c" in results and results["c"]["rc"] == 0:
+        arms_out["c_finetuned_from_sface"]["vs_sface"] = compare_eval(
+            str(work / "run_c" / "best.safetensors"), test, work / "c_c"
+        )
     res["arms"] = arms_out
     tars = []
     if (

@@ -165,9 +165,7 @@ def _occluder(st: _State, _: float, rng: np.random.Generator) -> None:
         axes = (int(round(0.36 * d)), int(round(0.24 * d)))
         cv2.ellipse(img, centre, axes, 0, 0, 360, (shade, shade, shade), -1, cv2.LINE_AA)
     y = int(round((lm[0, 1] + lm[1, 1]) / 2))
-    cv2.line(
-        img, (int(lm[0, 0] + 0.3 * d), y), (int(lm[1, 0] - 0.3 * d), y), (shade,) * 3, 2
-    )
+    cv2.line(img, (int(lm[0, 0] + 0.3 * d), y), (int(lm[1, 0] - 0.3 * d), y), (shade,) * 3, 2)
     st.img = img
 
 
@@ -308,6 +306,8 @@ def parse_condition(spec: str | None, seed: int = 0) -> Condition:
 
 def describe_conditions() -> str:
     """One line per degradation and preset, for ``--help``."""
-    lines = [f"  {d.name}:{d.default:g}  ({d.low:g}-{d.high:g}, {d.unit})" for d in REGISTRY.values()]
+    lines = [
+        f"  {d.name}:{d.default:g}  ({d.low:g}-{d.high:g}, {d.unit})" for d in REGISTRY.values()
+    ]
     lines += [f"  {k} = {v}" for k, v in PRESETS.items()]
     return "\n".join(lines)

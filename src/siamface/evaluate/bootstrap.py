@@ -54,7 +54,9 @@ class PairHistograms:
 
 
 def _bins(scores: np.ndarray) -> np.ndarray:
-    return np.clip(((np.asarray(scores, np.float64) + 1.0) * (BINS / 2)).astype(np.int64), 0, BINS - 1)
+    return np.clip(
+        ((np.asarray(scores, np.float64) + 1.0) * (BINS / 2)).astype(np.int64), 0, BINS - 1
+    )
 
 
 def clusters_of(labels: Sequence, max_clusters: int, seed: int = 0) -> np.ndarray:
@@ -169,7 +171,10 @@ def compare(
     k = new.clusters
     w = replicate_weights(k, replicates, seed)
     ones = np.ones((1, k))
-    pn, pr = metrics_from_histograms(*new.weighted(ones)), metrics_from_histograms(*ref.weighted(ones))
+    pn, pr = (
+        metrics_from_histograms(*new.weighted(ones)),
+        metrics_from_histograms(*ref.weighted(ones)),
+    )
     rn, rr = metrics_from_histograms(*new.weighted(w)), metrics_from_histograms(*ref.weighted(w))
     out: dict[str, dict] = {}
     for m, higher in METRICS.items():

@@ -277,9 +277,7 @@ def prepare_run_data(
         test_identities=test_ids,
         test_pixels=_RowView(pixels, te_rows) if pixels is not None and te_rows else None,
         test_clean_pixels=_RowView(pixels, te_idx) if cond and te_idx else None,
-        test_labels=np.array(
-            [test_ids.index(samples[i].identity) for i in te_idx], dtype=np.int64
-        ),
+        test_labels=np.array([test_ids.index(samples[i].identity) for i in te_idx], dtype=np.int64),
         test_paths=[samples[i].path for i in te_idx],
         train_source=train_source,
         condition=cond.spec if cond else None,

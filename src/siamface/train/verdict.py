@@ -68,7 +68,9 @@ def wise_ft(trainer: Trainer, start_sd: dict, tuned_sd: dict) -> tuple[float, li
     """Choose the mixing weight on validation; returns (alpha, table). ``alpha = 1`` keeps the
     fine-tuned weights."""
     cfg = trainer.cfg
-    best = next((h for h in trainer.state.history if h.get("epoch") == trainer.state.best_epoch), {})
+    best = next(
+        (h for h in trainer.state.history if h.get("epoch") == trainer.state.best_epoch), {}
+    )
     key = "val_" + cfg.select_metric if cfg.select_metric != "accuracy" else "val_accuracy"
     table = [{"alpha": 1.0, cfg.select_metric: best.get(key)}]
     chosen, chosen_value = 1.0, best.get(key)
@@ -84,7 +86,11 @@ def wise_ft(trainer: Trainer, start_sd: dict, tuned_sd: dict) -> tuple[float, li
             chosen, chosen_value = a, v
     trainer.log(
         "WiSE-FT on validation: "
-        + ", ".join(f"a={r['alpha']}: {r[cfg.select_metric]:.4f}" for r in table if r.get(cfg.select_metric) is not None)
+        + ", ".join(
+            f"a={r['alpha']}: {r[cfg.select_metric]:.4f}"
+            for r in table
+            if r.get(cfg.select_metric) is not None
+        )
         + f" -> a={chosen}"
     )
     return chosen, table
@@ -119,8 +125,11 @@ def final_verdict(trainer: Trainer) -> dict[str, Any] | None:
     try:
         cand_sd, cand = tuned_sd, f"epoch {trainer.state.best_epoch}"
         if trainer.state.best_epoch == 0:
-            out.update(kept="start", verdict="no epoch beat the start on validation; "
-                       "best.safetensors is the starting model")
+            out.update(
+                kept="start",
+                verdict="no epoch beat the start on validation; "
+                "best.safetensors is the starting model",
+            )
             return out
         if cfg.wise_ft:
             alpha, table = wise_ft(trainer, start_sd, tuned_sd)
@@ -140,7 +149,12 @@ def final_verdict(trainer: Trainer) -> dict[str, Any] | None:
             comps[name] = compare(h_new, h_ref, cfg.verdict_replicates, cfg.seed)
         out["comparisons"] = comps
         main = comps["test"][cfg.select_metric]
-        worse = [f"{k} ({n})" for n, c in comps.items() for k, r in c.items() if r["significant"] == "worse"]
+        worse = [
+            f"{k} ({n})"
+            for n, c in comps.items()
+            for k, r in c.items()
+            if r["significant"] == "worse"
+        ]
         gain = main["significant"] == "better"
         where = f"on {len(d.test_identities)} test people" + (
             f" under {d.condition}" if d.condition else ""
