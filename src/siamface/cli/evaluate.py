@@ -63,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     who.add_argument(
         "--held-out",
         metavar="RUN_DIR",
-        help="only the validation identities of a training run (never trained on)",
+        help="only the identities a training run never trained on: its test identities "
+        "(test_identities) when it has some, else its validation identities",
     )
     p.add_argument("--out", default="evaluation", metavar="DIR", help="report folder")
     p.add_argument(

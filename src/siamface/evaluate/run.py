@@ -98,12 +98,14 @@ def read_identity_list(spec: str) -> list[str]:
 
 
 def held_out_identities(run_dir: str | Path) -> list[str]:
-    """The validation (never trained on) identities of a training run directory."""
+    """The never-trained-on identities of a training run directory: its test identities
+    (which chose nothing) when it has some, else its validation identities."""
     run = Path(run_dir).expanduser()
     rep = run / "dataset_report.json" if run.is_dir() else run
     if not rep.is_file():
         raise SiamfaceError(f"{run} is not a training run directory (no dataset_report.json)")
-    names = json.loads(rep.read_text(encoding="utf-8")).get("val_identity_names") or []
+    report = json.loads(rep.read_text(encoding="utf-8"))
+    names = report.get("test_identity_names") or report.get("val_identity_names") or []
     if not names:
         raise SiamfaceError(f"{rep} lists no validation identities (val_identities=0?)")
     return list(names)
@@ -147,7 +149,10 @@ def training_overlap_note(
     if not (rep.is_file() and meta.is_file()):
         return None
     try:
-        val = set(json.loads(rep.read_text()).get("val_identity_names") or [])
+        report = json.loads(rep.read_text())
+        val = set(report.get("val_identity_names") or []) | set(
+            report.get("test_identity_names") or []
+        )
         data = [Path(d).expanduser().resolve() for d in json.loads(meta.read_text())["data"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
