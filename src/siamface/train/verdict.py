@@ -38,8 +38,9 @@ if TYPE_CHECKING:
     from siamface.evaluate.metrics import VerificationMetrics
     from siamface.train.loop import Trainer
 
-#: Mixing weights tried by WiSE-FT (1.0, the fine-tuned weights, is the best epoch itself).
-WISE_ALPHAS = (0.25, 0.5, 0.75)
+#: Mixing weights tried by WiSE-FT (1.0, the fine-tuned weights, is the best epoch itself),
+#: from the fine-tuned end towards the start: on a tie the mix nearer the start wins.
+WISE_ALPHAS = (0.75, 0.5, 0.25)
 MAX_CLUSTERS = 80
 
 
@@ -71,7 +72,7 @@ def wise_ft(trainer: Trainer, start_sd: dict, tuned_sd: dict) -> tuple[float, li
     best = next(
         (h for h in trainer.state.history if h.get("epoch") == trainer.state.best_epoch), {}
     )
-    key = "val_" + cfg.select_metric if cfg.select_metric != "accuracy" else "val_accuracy"
+    key = "val_" + cfg.select_metric  # how history.json names the validation metric
     table = [{"alpha": 1.0, cfg.select_metric: best.get(key)}]
     chosen, chosen_value = 1.0, best.get(key)
     higher = METRICS[cfg.select_metric]
@@ -82,7 +83,7 @@ def wise_ft(trainer: Trainer, start_sd: dict, tuned_sd: dict) -> tuple[float, li
             continue
         v = metric_value(m, cfg.select_metric)
         table.append({"alpha": a, cfg.select_metric: v, "auc": m.auc, "eer": m.eer})
-        if chosen_value is None or (v > chosen_value if higher else v < chosen_value):
+        if chosen_value is None or (v >= chosen_value if higher else v <= chosen_value):
             chosen, chosen_value = a, v
     trainer.log(
         "WiSE-FT on validation: "
