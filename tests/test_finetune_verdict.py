@@ -121,6 +121,16 @@ def test_paired_comparison_sees_a_worse_model_and_not_itself():
     assert worse["auc"]["delta_ci"][1] < 0
 
 
+def test_guard_margin_tolerates_small_significant_losses_only():
+    from siamface.train.verdict import worse_beyond
+
+    small = {"delta_ci": [-0.006, -0.002]}
+    assert worse_beyond(small, "accuracy", 0.0) and not worse_beyond(small, "accuracy", 0.01)
+    assert worse_beyond({"delta_ci": [-0.05, -0.02]}, "auc", 0.01)
+    assert worse_beyond({"delta_ci": [0.02, 0.04]}, "eer", 0.01)  # EER: higher is worse
+    assert not worse_beyond({"delta_ci": [-0.02, 0.01]}, "tar_at_far_1e-3", 0.0)
+
+
 def test_wise_ft_mixes_floating_weights_only():
     start = {"w": torch.zeros(3), "n": torch.tensor(4)}
     tuned = {"w": torch.ones(3), "n": torch.tensor(9)}

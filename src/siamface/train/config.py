@@ -167,6 +167,13 @@ class TrainConfig(BaseModel):
         "after training, mix the start's and the best epoch's weights (WiSE-FT); the mixing "
         "weight is chosen on the validation identities",
     )
+    guard_margin: float = _opt(
+        0.01,
+        "with a condition, the clean test faces may be significantly worse by at most this much "
+        "(each metric, e.g. 0.01 = 1 point) before the verdict keeps the start",
+        ge=0,
+        le=1,
+    )
     verdict_replicates: int = _opt(
         1000, "bootstrap replicates (over identities) of the final verdict", ge=50, le=100_000
     )

@@ -56,6 +56,13 @@ def mix_weights(start: dict, tuned: dict, alpha: float) -> dict:
     return out
 
 
+def worse_beyond(row: dict, metric: str, margin: float) -> bool:
+    """Is the candidate significantly worse than the start by more than ``margin``: the whole
+    95 % interval of the difference beyond ``-margin`` (``+margin`` for EER)?"""
+    lo, hi = row["delta_ci"]
+    return hi < -margin if METRICS[metric] else lo > margin
+
+
 def _validate(trainer: Trainer) -> VerificationMetrics | None:
     """Validation metrics of the trainer's model as it is (rank 0 only, no collectives)."""
     trainer.model.eval()
@@ -154,7 +161,7 @@ def final_verdict(trainer: Trainer) -> dict[str, Any] | None:
             f"{k} ({n})"
             for n, c in comps.items()
             for k, r in c.items()
-            if r["significant"] == "worse"
+            if worse_beyond(r, k, 0.0 if n == "test" else cfg.guard_margin)
         ]
         gain = main["significant"] == "better"
         where = f"on {len(d.test_identities)} test people" + (
