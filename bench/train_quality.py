@@ -71,7 +71,7 @@ def split_identities(
         out = work / part / f"{root_name}__{d.name}"
         out.mkdir(parents=True, exist_ok=True)
         for f in sorted(d.iterdir()):
-            if f.is_file():
+            if f.is_file() and not (out / f.name).is_symlink():  # (a reused --work)
                 (out / f.name).symlink_to(f.resolve())
         counts[part] += 1
     return {"train_identities": counts["train"], "test_identities": counts["test"]}
@@ -222,47 +222,41 @@ def kfold_eval(model: str, data: Path, pairs: Path, out: Path, extra: list[str] 
 
 
 def domain_arms(
-    key: str,
-    zero: str,
-    adapted_run: Path | None,
-    seen: Path,
-    clean: Path,
-    pairs: Path,
-    work: Path,
-    cond: list[str],
+    scorer, key: str, zero: str, run: Path | None, seen: Path, clean: Path, cond: str | None
 ) -> dict:
     """A condition's zero-shot arm and adapted arm: under the condition and on clean people,
-    with paired intervals against sface and 10-fold accuracy; the issue's targets."""
-    out: dict = {zero: {"pairs_10fold": kfold_eval("sface", seen, pairs, work / f"k_{zero}", cond)}}
-    if adapted_run is None:
+    each with intervals, paired differences against sface and 10-fold accuracy."""
+    out: dict = {zero: scorer.score("sface", seen, cond)}
+    if run is None:
         return out
-    best = str(adapted_run / "best.safetensors")
-    arm: dict = {"train": summary_of(adapted_run)}
-    arm["vs_sface_under_condition"] = compare_eval(best, seen, work / f"c_{key}", cond)
-    arm["vs_sface_clean"] = compare_eval(best, clean, work / f"c_{key}_clean")
-    arm["pairs_10fold"] = kfold_eval(best, seen, pairs, work / f"k_{key}", cond)
-    arm["pairs_10fold_clean"] = kfold_eval(best, clean, pairs, work / f"k_{key}_clean")
-    out[key] = arm
+    best = str(run / "best.safetensors")
+    out[key] = {
+        "train": summary_of(run),
+        "under_condition": scorer.score(best, seen, cond),
+        "clean": scorer.score(best, clean),
+    }
     return out
 
 
-def domain_targets(res: dict, zero: str, key: str, acc_gain: float, tar_gain: float | None):
-    z, a = res.get(zero, {}).get("pairs_10fold", {}), res.get(key, {})
-    if "accuracy_10fold" not in z or "accuracy_10fold" not in a.get("pairs_10fold", {}):
+def domain_targets(res: dict, key: str, acc_gain: float, tar_gain: float | None) -> dict:
+    """The issue's targets for an adapted arm against sface zero-shot on the same people."""
+    arm = res.get(key)
+    if not arm:
         return {}
-    acc = a["pairs_10fold"]["accuracy_10fold"] - z["accuracy_10fold"]
-    t: dict = {"accuracy_10fold_gain": round(acc, 5), "accuracy_met": acc >= acc_gain}
-    m = a.get("vs_sface_under_condition", {}).get("metrics")
-    if tar_gain is not None and m:
-        d = m["tar_at_far_1e-3"]
+    u, c = arm["under_condition"], arm["clean"]
+    acc = u["pairs_file"].get("accuracy_10fold_delta_vs_sface")
+    t: dict = {"accuracy_10fold_gain": acc, "accuracy_met": acc is not None and acc >= acc_gain}
+    if tar_gain is not None:
+        d = u["vs_sface"]["tar_at_far_1e-3"]
         t["tar_at_far_1e-3_gain"] = round(d["delta"], 5)
         t["tar_at_far_1e-3_gain_ci"] = [round(x, 5) for x in d["delta_ci"]]
         t["tar_met"] = d["delta"] >= tar_gain
-    c = a.get("vs_sface_clean", {}).get("metrics")
-    if c:
-        t["clean_accuracy_delta"] = round(c["accuracy"]["delta"], 5)
-        t["clean_within_half_point"] = abs(c["accuracy"]["delta"]) <= 0.005
-        t["clean_significantly_worse_on"] = [k for k, r in c.items() if r["significant"] == "worse"]
+    ca = c["pairs_file"].get("accuracy_10fold_delta_vs_sface")
+    t["clean_accuracy_10fold_delta"] = ca
+    t["clean_within_half_point"] = ca is not None and abs(ca) <= 0.005
+    t["clean_significantly_worse_on"] = [
+        k for k, r in c["vs_sface"].items() if r["significant"] == "worse"
+    ]
     return t
 
 
@@ -346,6 +340,11 @@ def main() -> int:
     ap.add_argument(
         "--mask-budget-min", type=float, default=None, help="arm i (default --budget-min)"
     )
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep finished training runs found in --work (run_X/summary.json), train the rest",
+    )
     ap.add_argument("--g-args", default="", help="extra key=value for arm g (space-separated)")
     ap.add_argument("--test-fraction", type=float, default=0.2)
     ap.add_argument("--per-fold", type=int, default=300, help="pairs file: pairs per fold")
@@ -366,7 +365,10 @@ def main() -> int:
     )
     test, train = work / "main" / "test", work / "main" / "train"
     pairs = work / "main" / "pairs.txt"
-    res["pairs"] = make_pairs(test, pairs, args.per_fold)
+    if pairs.is_file() and args.reuse:
+        res["pairs"] = {"reused": str(pairs)}
+    else:
+        res["pairs"] = make_pairs(test, pairs, args.per_fold)
     try:
         import dlib  # noqa: F401
 
@@ -441,20 +443,24 @@ def main() -> int:
     todo = [(n, cmd, work / f"{n}_train.log") for n, cmd, _ in jobs]
     if seed_run:
         todo.append(("e", seed_run, work / "e_train.log"))
+    if args.reuse:
+        done = {n for n, _, _ in todo if (work / f"run_{n}" / "summary.json").is_file()}
+        results.update({n: {"rc": 0, "wall_s": None, "peak_rss_mb": None} for n in done})
+        todo = [t for t in todo if t[0] not in done]
     if args.sequential:
         for n, cmd, log in todo:
             results[n] = run_child(cmd, log=log)
     else:
         with ThreadPoolExecutor(max(1, len(todo))) as pool:
             fut = {n: pool.submit(run_child, cmd, log) for n, cmd, log in todo}
-            results = {n: f.result() for n, f in fut.items()}
+            results |= {n: f.result() for n, f in fut.items()}
     res["training"] = {
         "mode": "sequential" if args.sequential else "parallel",
         "wall_s": round(time.perf_counter() - t0, 1),
         "loadavg_before_after": [round(load0, 2), round(os.getloadavg()[1], 2)],
     }
     arms_out: dict = {}
-    if "a" in arms or "c" in arms or "d" in arms:
+    if "c" in arms or "d" in arms or ("a" in arms and not arms & {"f", "g", "h", "i"}):
         arms_out["a_sface_zero_shot"] = evaluate("sface", test, pairs, work / "eval_a")
     if "b" in arms and has_dlib:
         arms_out["b_dlib_zero_shot"] = evaluate("dlib", test, pairs, work / "eval_b")
@@ -522,28 +528,25 @@ def main() -> int:
         else:
             entry["log"] = str(work / "att40_train.log")
         arms_out["att40"] = entry
+    scorer = None
+    if arms & {"f", "g", "h", "i"}:
+        from _domain_eval import DomainScorer
+
+        scorer = DomainScorer(pairs, seed=args.seed, cache=work / "embeddings")
+        arms_out["a_sface_clean_intervals"] = scorer.score("sface", test)
     if arms & {"f", "g"}:
         cctv = work / "main" / "test_cctv"
         if not cctv.is_dir():
             res["cctv_copy_images"] = cctv_copy(test, cctv)
         run_g = work / "run_g" if results.get("g", {}).get("rc") == 0 else None
-        dom = domain_arms("g_adapt_cctv", "f_sface_cctv", run_g, cctv, test, pairs, work, [])
+        dom = domain_arms(scorer, "g_adapt_cctv", "f_sface_cctv", run_g, cctv, test, None)
         arms_out.update(dom)
-        res["target_g_vs_f"] = domain_targets(dom, "f_sface_cctv", "g_adapt_cctv", 0.05, 0.15)
+        res["target_g_vs_f"] = domain_targets(dom, "g_adapt_cctv", 0.05, 0.15)
     if arms & {"h", "i"}:
         run_i = work / "run_i" if results.get("i", {}).get("rc") == 0 else None
-        dom = domain_arms(
-            "i_adapt_mask",
-            "h_sface_mask",
-            run_i,
-            test,
-            test,
-            pairs,
-            work,
-            ["--condition", "masked"],
-        )
+        dom = domain_arms(scorer, "i_adapt_mask", "h_sface_mask", run_i, test, test, "masked")
         arms_out.update(dom)
-        res["target_i_vs_h"] = domain_targets(dom, "h_sface_mask", "i_adapt_mask", 0.03, None)
+        res["target_i_vs_h"] = domain_targets(dom, "i_adapt_mask", 0.03, None)
     for n in ("g", "i"):
         if n in results and results[n]["rc"] != 0:
             arms_out[f"{n}_train_failed"] = {
