@@ -301,3 +301,27 @@ def test_evaluate_compare_and_condition(pins_small, tiny_checkpoint, start_ckpt,
         == 2
     )
     assert "unknown condition 'fog'" in capsys.readouterr().err
+
+
+def test_start_embeddings_and_cached_features_follow_the_training_rows(pins_small, start_ckpt):
+    """The training set is rows of a pixel store shared with validation (and degraded copies):
+    item i must be embedded from its own row, not from row i of the store."""
+    from siamface.data.transforms import normalize_batch
+    from siamface.model.network import build_model
+    from siamface.train.data import prepare_run_data
+    from siamface.train.start import embed_dataset
+
+    ck = load_checkpoint(start_ckpt)
+    cfg = make_config(overrides=[*FAST, f"init={start_ckpt}", "val_identities=4"])
+    d = prepare_run_data(cfg, [str(pins_small)], progress=False, base=ck.preprocessing)
+    assert d.train.rows is not None
+    assert not torch.equal(d.train.rows, torch.arange(len(d.train)))
+    model = build_model(ck.model_cfg)
+    model.load_state_dict(ck.state_dict)
+    model.eval()
+    got = embed_dataset(model, d.train, d.preprocessing, torch.device("cpu"), batch_size=8)
+    idx = [0, len(d.train) // 2, len(d.train) - 1]
+    x = normalize_batch(torch.stack([d.train.raw(i) for i in idx]), d.preprocessing)
+    with torch.no_grad():
+        want = model(x)
+    assert torch.allclose(got[idx], want, atol=1e-4)
