@@ -9,6 +9,15 @@ Arms (``--arms``, default all):
   e  the article's script as written (../shared/tools/seed_recipe.py) for --budget-min
   att40  a domain sface has not seen (grayscale AT&T faces): fine-tuned on 20 people,
          tested on the other 20, against zero-shot
+  f  sface zero-shot on a CCTV-like copy of the test photos (each photo shrunk 4x, JPEG
+     quality 40 at that size, scaled back: a face about 25-28 px wide)
+  g  ``--config adapt-cctv`` for --cctv-budget-min, on that copy and on the clean photos
+  h  sface zero-shot under synthetic masks (``siamface evaluate --condition masked``)
+  i  ``--config adapt-mask`` for --mask-budget-min, masked and clean
+
+Adapted arms are compared with sface zero-shot on the same people by ``siamface evaluate
+--compare sface`` (each metric's difference with a 95 % interval, bootstrap over identities),
+and scored on the LFW-format pairs file (10-fold accuracy, mean and standard deviation).
 
 pins90 + celeba_wild are split by identity (seeded): the test identities are never trained on
 (every training arm carves its own validation split from the rest). Each model is scored on all
@@ -62,7 +71,7 @@ def split_identities(
         out = work / part / f"{root_name}__{d.name}"
         out.mkdir(parents=True, exist_ok=True)
         for f in sorted(d.iterdir()):
-            if f.is_file():
+            if f.is_file() and not (out / f.name).is_symlink():  # (a reused --work)
                 (out / f.name).symlink_to(f.resolve())
         counts[part] += 1
     return {"train_identities": counts["train"], "test_identities": counts["test"]}
@@ -126,6 +135,129 @@ def evaluate(model: str, test_dir: Path, pairs: Path, out: Path) -> dict:
         "impostor_pairs": m["n_impostor"],
         "embed_seconds": res["all_pairs"].get("timing_s", {}).get("embed"),
     }
+
+
+def cctv_copy(src: Path, dst: Path, factor: int = 4, quality: int = 40) -> int:
+    """A CCTV-like copy of every photo: shrunk ``factor`` x (area), JPEG ``quality`` at that
+    size, scaled back (bicubic); same folder and file names (pixels stored losslessly)."""
+    import io
+
+    from PIL import Image
+
+    n = 0
+    for f in sorted(src.rglob("*")):
+        if not f.is_file():
+            continue
+        out = dst / f.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        im = Image.open(f).convert("RGB")
+        small = im.resize(
+            (max(1, im.width // factor), max(1, im.height // factor)), Image.Resampling.BOX
+        )
+        buf = io.BytesIO()
+        small.save(buf, "JPEG", quality=quality)
+        back = Image.open(buf).convert("RGB").resize(im.size, Image.Resampling.BICUBIC)
+        back.save(out, "PNG")
+        n += 1
+    return n
+
+
+def compare_eval(model: str, data: Path, out: Path, extra: list[str] | None = None) -> dict:
+    """``siamface evaluate --compare sface``: paired differences with 95 % intervals."""
+    r = run_child(
+        [
+            *SIAMFACE,
+            "evaluate",
+            "--model",
+            model,
+            "--compare",
+            "sface",
+            "--data",
+            str(data),
+            *(extra or []),
+            "--json",
+            "--no-progress",
+            "--out",
+            str(out),
+        ],
+        log=out.with_suffix(".compare.log"),
+    )
+    if r["rc"] != 0:
+        return {"error": f"evaluate --compare exit {r['rc']}, see {out}.compare.log"}
+    rep = last_json(r["stdout"])
+    return {"verdict": rep["verdict"], "identities": rep["identities"], "metrics": rep["metrics"]}
+
+
+def kfold_eval(model: str, data: Path, pairs: Path, out: Path, extra: list[str] | None = None):
+    """10-fold accuracy (mean, std over folds) on the pairs file."""
+    r = run_child(
+        [
+            *SIAMFACE,
+            "evaluate",
+            "--model",
+            model,
+            "--data",
+            str(data),
+            "--pairs",
+            str(pairs),
+            *(extra or []),
+            "--json",
+            "--no-progress",
+            "--no-plots",
+            "--out",
+            str(out),
+        ],
+        log=out.with_suffix(".pairs.log"),
+    )
+    if r["rc"] != 0:
+        return {"error": f"evaluate --pairs exit {r['rc']}, see {out}.pairs.log"}
+    rep = last_json(r["stdout"])
+    k, m = rep["kfold"], rep["metrics"]
+    return {
+        "accuracy_10fold": round(k["accuracy_mean"], 5),
+        "accuracy_10fold_std": round(k["accuracy_std"], 5),
+        "auc": round(m["auc"], 5),
+        "tar_at_far_1e-3": m["tar_at_far"].get("1e-03"),
+    }
+
+
+def domain_arms(
+    scorer, key: str, zero: str, run: Path | None, seen: Path, clean: Path, cond: str | None
+) -> dict:
+    """A condition's zero-shot arm and adapted arm: under the condition and on clean people,
+    each with intervals, paired differences against sface and 10-fold accuracy."""
+    out: dict = {zero: scorer.score("sface", seen, cond)}
+    if run is None:
+        return out
+    best = str(run / "best.safetensors")
+    out[key] = {
+        "train": summary_of(run),
+        "under_condition": scorer.score(best, seen, cond),
+        "clean": scorer.score(best, clean),
+    }
+    return out
+
+
+def domain_targets(res: dict, key: str, acc_gain: float, tar_gain: float | None) -> dict:
+    """The issue's targets for an adapted arm against sface zero-shot on the same people."""
+    arm = res.get(key)
+    if not arm:
+        return {}
+    u, c = arm["under_condition"], arm["clean"]
+    acc = u["pairs_file"].get("accuracy_10fold_delta_vs_sface")
+    t: dict = {"accuracy_10fold_gain": acc, "accuracy_met": acc is not None and acc >= acc_gain}
+    if tar_gain is not None:
+        d = u["vs_sface"]["tar_at_far_1e-3"]
+        t["tar_at_far_1e-3_gain"] = round(d["delta"], 5)
+        t["tar_at_far_1e-3_gain_ci"] = [round(x, 5) for x in d["delta_ci"]]
+        t["tar_met"] = d["delta"] >= tar_gain
+    ca = c["pairs_file"].get("accuracy_10fold_delta_vs_sface")
+    t["clean_accuracy_10fold_delta"] = ca
+    t["clean_within_half_point"] = ca is not None and abs(ca) <= 0.005
+    t["clean_significantly_worse_on"] = [
+        k for k, r in c["vs_sface"].items() if r["significant"] == "worse"
+    ]
+    return t
 
 
 def deltas(arm: dict, ref: dict) -> dict:
@@ -202,6 +334,18 @@ def main() -> int:
     ap.add_argument("--arms", default="a,b,c,d,e,att40", help="comma-separated arms to run")
     ap.add_argument("--budget-min", type=float, default=20.0, help="training budget per arm")
     ap.add_argument("--att40-budget-min", type=float, default=5.0)
+    ap.add_argument(
+        "--cctv-budget-min", type=float, default=None, help="arm g (default --budget-min)"
+    )
+    ap.add_argument(
+        "--mask-budget-min", type=float, default=None, help="arm i (default --budget-min)"
+    )
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep finished training runs found in --work (run_X/summary.json), train the rest",
+    )
+    ap.add_argument("--g-args", default="", help="extra key=value for arm g (space-separated)")
     ap.add_argument("--test-fraction", type=float, default=0.2)
     ap.add_argument("--per-fold", type=int, default=300, help="pairs file: pairs per fold")
     ap.add_argument("--seed", type=int, default=0)
@@ -221,7 +365,10 @@ def main() -> int:
     )
     test, train = work / "main" / "test", work / "main" / "train"
     pairs = work / "main" / "pairs.txt"
-    res["pairs"] = make_pairs(test, pairs, args.per_fold)
+    if pairs.is_file() and args.reuse:
+        res["pairs"] = {"reused": str(pairs)}
+    else:
+        res["pairs"] = make_pairs(test, pairs, args.per_fold)
     try:
         import dlib  # noqa: F401
 
@@ -252,6 +399,13 @@ def main() -> int:
                 args.seed,
             )
         )
+    for n, preset, budget, extra in (
+        ("g", "adapt-cctv", args.cctv_budget_min, args.g_args.split()),
+        ("i", "adapt-mask", args.mask_budget_min, []),
+    ):
+        if n in arms:
+            b = budget if budget is not None else args.budget_min
+            jobs.append(train_job(n, work, train, b, ["--config", preset, *extra], args.seed))
     att = work / "att40"
     if "att40" in arms:
         res["att40_split"] = split_identities([data / "att40"], att, 0.0, args.seed, n_test=20)
@@ -289,20 +443,24 @@ def main() -> int:
     todo = [(n, cmd, work / f"{n}_train.log") for n, cmd, _ in jobs]
     if seed_run:
         todo.append(("e", seed_run, work / "e_train.log"))
+    if args.reuse:
+        done = {n for n, _, _ in todo if (work / f"run_{n}" / "summary.json").is_file()}
+        results.update({n: {"rc": 0, "wall_s": None, "peak_rss_mb": None} for n in done})
+        todo = [t for t in todo if t[0] not in done]
     if args.sequential:
         for n, cmd, log in todo:
             results[n] = run_child(cmd, log=log)
     else:
         with ThreadPoolExecutor(max(1, len(todo))) as pool:
             fut = {n: pool.submit(run_child, cmd, log) for n, cmd, log in todo}
-            results = {n: f.result() for n, f in fut.items()}
+            results |= {n: f.result() for n, f in fut.items()}
     res["training"] = {
         "mode": "sequential" if args.sequential else "parallel",
         "wall_s": round(time.perf_counter() - t0, 1),
         "loadavg_before_after": [round(load0, 2), round(os.getloadavg()[1], 2)],
     }
     arms_out: dict = {}
-    if "a" in arms or "c" in arms or "d" in arms:
+    if "c" in arms or "d" in arms or ("a" in arms and not arms & {"f", "g", "h", "i"}):
         arms_out["a_sface_zero_shot"] = evaluate("sface", test, pairs, work / "eval_a")
     if "b" in arms and has_dlib:
         arms_out["b_dlib_zero_shot"] = evaluate("dlib", test, pairs, work / "eval_b")
@@ -370,6 +528,35 @@ def main() -> int:
         else:
             entry["log"] = str(work / "att40_train.log")
         arms_out["att40"] = entry
+    scorer = None
+    if arms & {"f", "g", "h", "i"}:
+        from _domain_eval import DomainScorer
+
+        scorer = DomainScorer(pairs, seed=args.seed, cache=work / "embeddings")
+        arms_out["a_sface_clean_intervals"] = scorer.score("sface", test)
+    if arms & {"f", "g"}:
+        cctv = work / "main" / "test_cctv"
+        if not cctv.is_dir():
+            res["cctv_copy_images"] = cctv_copy(test, cctv)
+        run_g = work / "run_g" if results.get("g", {}).get("rc") == 0 else None
+        dom = domain_arms(scorer, "g_adapt_cctv", "f_sface_cctv", run_g, cctv, test, None)
+        arms_out.update(dom)
+        res["target_g_vs_f"] = domain_targets(dom, "g_adapt_cctv", 0.05, 0.15)
+    if arms & {"h", "i"}:
+        run_i = work / "run_i" if results.get("i", {}).get("rc") == 0 else None
+        dom = domain_arms(scorer, "i_adapt_mask", "h_sface_mask", run_i, test, test, "masked")
+        arms_out.update(dom)
+        res["target_i_vs_h"] = domain_targets(dom, "i_adapt_mask", 0.03, None)
+    for n in ("g", "i"):
+        if n in results and results[n]["rc"] != 0:
+            arms_out[f"{n}_train_failed"] = {
+                "rc": results[n]["rc"],
+                "log": str(work / f"{n}_train.log"),
+            }
+    if "c" in arms and "c" in results and results["c"]["rc"] == 0:
+        arms_out["c_finetuned_from_sface"]["vs_sface"] = compare_eval(
+            str(work / "run_c" / "best.safetensors"), test, work / "c_c"
+        )
     res["arms"] = arms_out
     tars = []
     if (

@@ -70,7 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     who.add_argument(
         "--held-out",
         metavar="RUN_DIR",
-        help="only the validation identities of a training run (never trained on)",
+        help="only the identities a training run never trained on: its test identities "
+        "(test_identities) when it has some, else its validation identities",
     )
     p.add_argument("--out", default="evaluation", metavar="DIR", help="report folder")
     p.add_argument(
@@ -87,11 +88,43 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="score a seeded sample of N impostor pairs when there are more "
         "(default: all up to 2e9, else a 1e8 sample)",
     )
-    p.add_argument("--seed", type=int, default=0, help="impostor-sample seed")
+    p.add_argument(
+        "--compare",
+        metavar="OTHER_MODEL",
+        help="compare --model with this one on the same pairs: each metric's difference with a "
+        "95%% interval by bootstrap over identities (writes OUT/compare.json)",
+    )
+    p.add_argument(
+        "--condition",
+        metavar="SPEC",
+        help="see every face under a camera condition, e.g. lowres:28,jpeg:40 or a preset "
+        "(cctv, cctv-eval, masked, infrared); applied to the aligned crop, the same for every "
+        "model and run. Degradations: " + ", ".join(_condition_names()),
+    )
+    p.add_argument(
+        "--condition-probe-only",
+        action="store_true",
+        help="with --condition: only the second photo of each pair is degraded (enrolled clean, "
+        "seen by the camera); needs --pairs or --compare",
+    )
+    p.add_argument(
+        "--replicates",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="bootstrap replicates of --compare (default 1000)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="impostor-sample, condition, bootstrap seed")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_embed_args(p)
     p.set_defaults(func=run)
+
+
+def _condition_names() -> list[str]:
+    from siamface.data.conditions import REGISTRY
+
+    return list(REGISTRY)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,14 +144,30 @@ def run(args: argparse.Namespace) -> int:
         plots=not args.no_plots,
         progress=not args.no_progress,
     )
+    cond = None
+    if args.condition:
+        from siamface.data.conditions import parse_condition
+
+        cond = parse_condition(args.condition, args.seed)
+    elif args.condition_probe_only:
+        raise SiamfaceError("--condition-probe-only needs --condition SPEC")
+    if args.compare:
+        return _run_compare(args, cond, common)
     if args.pairs:
         if len(args.data) != 1:
             raise SiamfaceError("--pairs takes one --data folder (the image root)")
         if args.identities or args.held_out:
             raise SiamfaceError("--identities/--held-out do not apply to a pairs file")
         model = open_model_arg(args)
+        model, probe = _conditioned(model, cond, args.condition_probe_only)
         result = ev.evaluate_pairs_file(
-            model, args.pairs, args.data[0], Path(args.out), no_face=args.no_face, **common
+            model,
+            args.pairs,
+            args.data[0],
+            Path(args.out),
+            probe_embedder=probe,
+            no_face=args.no_face,
+            **common,
         )
         centred = result.report.get("data", {}).get("no_face_centre") or []
         if centred and not args.json:
@@ -135,15 +184,73 @@ def run(args: argparse.Namespace) -> int:
         elif args.held_out:
             ids = ev.held_out_identities(args.held_out)
         images = ev.collect_images(args.data, ids)  # check the data before loading the model
+        if cond and args.condition_probe_only:
+            raise SiamfaceError(
+                "--condition-probe-only on all pairs of a folder: use --pairs FILE, or "
+                "--compare OTHER_MODEL (which supports it)"
+            )
         model = open_model_arg(args)
+        model, _ = _conditioned(model, cond, False)
         kw = {}
         if args.max_impostors:
             kw = {"max_impostors": args.max_impostors, "sample_size": args.max_impostors}
         result = ev.evaluate_folders(model, images, Path(args.out), seed=args.seed, **kw, **common)
+    if cond:
+        result.report["condition"] = {"spec": cond.spec, "probe_only": args.condition_probe_only}
+        ev.write_report(Path(args.out), result.report)
     if args.json:
         print(json.dumps(result.report, indent=1, ensure_ascii=False))
     else:
         for line in summary_lines(result.report):
             print(line)
         print(f"report: {Path(args.out) / 'report.json'}", file=sys.stdout)
+    return 0
+
+
+def _conditioned(model, cond, probe_only: bool):
+    """(embedder of the first photos, embedder of the second photos or None)."""
+    if not cond:
+        return model, None
+    from siamface.evaluate.compare import ConditionedEmbedder
+
+    seen = ConditionedEmbedder(model, cond)
+    return (model, seen) if probe_only else (seen, None)
+
+
+def _run_compare(args: argparse.Namespace, cond, common: dict) -> int:
+    """``--compare``: both models on the same pairs, differences with intervals."""
+    from siamface.errors import SiamfaceError
+    from siamface.evaluate import compare as cmp
+    from siamface.evaluate import run as ev
+    from siamface.inference import open_model
+
+    kw = {"batch_size": args.batch_size, "workers": args.workers, "progress": common["progress"]}
+    opts = {"replicates": args.replicates, "seed": args.seed, **kw}
+    if args.pairs:
+        if len(args.data) != 1:
+            raise SiamfaceError("--pairs takes one --data folder (the image root)")
+        new, ref = open_model_arg(args), open_model(args.compare, device=args.device)
+        rep = cmp.compare_pairs_file(
+            new, ref, args.pairs, args.data[0], cond, args.condition_probe_only, **opts
+        )
+    else:
+        ids = None
+        if args.identities:
+            ids = ev.read_identity_list(args.identities)
+        elif args.held_out:
+            ids = ev.held_out_identities(args.held_out)
+        images = ev.collect_images(args.data, ids)
+        new, ref = open_model_arg(args), open_model(args.compare, device=args.device)
+        rep = cmp.compare_folders(
+            new, ref, images.paths, images.labels, cond, args.condition_probe_only, **opts
+        )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(rep, indent=1), encoding="utf-8")
+    if args.json:
+        print(json.dumps(rep, indent=1, ensure_ascii=False))
+    else:
+        for line in cmp.summary_lines(rep):
+            print(line)
+        print(f"report: {out / 'compare.json'}")
     return 0

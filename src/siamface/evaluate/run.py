@@ -98,12 +98,14 @@ def read_identity_list(spec: str) -> list[str]:
 
 
 def held_out_identities(run_dir: str | Path) -> list[str]:
-    """The validation (never trained on) identities of a training run directory."""
+    """The never-trained-on identities of a training run directory: its test identities
+    (which chose nothing) when it has some, else its validation identities."""
     run = Path(run_dir).expanduser()
     rep = run / "dataset_report.json" if run.is_dir() else run
     if not rep.is_file():
         raise SiamfaceError(f"{run} is not a training run directory (no dataset_report.json)")
-    names = json.loads(rep.read_text(encoding="utf-8")).get("val_identity_names") or []
+    report = json.loads(rep.read_text(encoding="utf-8"))
+    names = report.get("test_identity_names") or report.get("val_identity_names") or []
     if not names:
         raise SiamfaceError(f"{rep} lists no validation identities (val_identities=0?)")
     return list(names)
@@ -147,7 +149,10 @@ def training_overlap_note(
     if not (rep.is_file() and meta.is_file()):
         return None
     try:
-        val = set(json.loads(rep.read_text()).get("val_identity_names") or [])
+        report = json.loads(rep.read_text())
+        val = set(report.get("val_identity_names") or []) | set(
+            report.get("test_identity_names") or []
+        )
         data = [Path(d).expanduser().resolve() for d in json.loads(meta.read_text())["data"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -269,6 +274,7 @@ def evaluate_pairs_file(
     workers: int | None = None,
     plots: bool = True,
     progress: bool = True,
+    probe_embedder=None,
     no_face: str = "centre",
 ) -> Evaluation:
     """The LFW pairs protocol: listed pairs, 10-fold accuracy, AUC and TAR at FAR.
@@ -276,7 +282,8 @@ def evaluate_pairs_file(
     Every listed pair must be scored. A readable photo where no face is found is embedded
     from its centre (``no_face="centre"``, the framing of face-centred benchmark photos) and
     listed in the report (``data.no_face_centre``); ``no_face="error"`` stops instead.
-    """
+    ``probe_embedder``: the second photo of each pair is embedded by it instead (e.g. the same
+    model seeing the photo under a camera condition)."""
     from siamface.evaluate.protocol import kfold_accuracy, read_pairs, resolve_pairs
 
     if no_face not in ("centre", "error"):
@@ -300,8 +307,18 @@ def evaluate_pairs_file(
             f"({len(bad)} unreadable image(s) in all)"
         )
     t1 = time.perf_counter()
+    emb_b = emb
+    if probe_embedder is not None:
+        emb_b, kept_b, errors_b = embed_all(probe_embedder, unique, batch_size, workers, progress)
+        if errors_b and no_face == "centre":
+            emb_b, _, errors_b, _ = _centre_fallback(
+                probe_embedder, unique, emb_b, kept_b, errors_b
+            )
+        if errors_b:
+            i, why = next(iter(errors_b.items()))
+            raise SiamfaceError(f"{pairs_path}: cannot read {unique[i]} as a probe: {why}")
     a = emb[[pos[x] for x, _ in files]]
-    b = emb[[pos[y] for _, y in files]]
+    b = emb_b[[pos[y] for _, y in files]]
     scores = np.einsum("ij,ij->i", a, b)
     same = pf.labels
     scored = ScoredPairs(

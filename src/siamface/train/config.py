@@ -145,6 +145,38 @@ class TrainConfig(BaseModel):
         ge=0,
         le=10_000_000,
     )
+    test_identities: float = _opt(
+        0.0,
+        "identities held out for the final verdict (never used to choose anything): fraction "
+        "(<1) or count (>=1); with init, best.safetensors differs from the start only when "
+        "the gain on select_metric is positive at the 95% lower bound on them; 0 = none",
+        ge=0,
+        le=10_000_000,
+    )
+    condition: str | None = _opt(
+        None,
+        "domain condition, e.g. lowres:14-44,jpeg:20-70 or a preset (cctv, masked, infrared): "
+        "a share of training images (condition_rate) become degraded copies, and validation and "
+        "test people are seen under it (see docs/finetune.md)",
+    )
+    condition_rate: float = _opt(
+        0.5, "share of the training images that are degraded copies (with condition)", gt=0, lt=1
+    )
+    wise_ft: bool = _opt(
+        False,
+        "after training, mix the start's and the best epoch's weights (WiSE-FT); the mixing "
+        "weight is chosen on the validation identities",
+    )
+    guard_margin: float = _opt(
+        0.01,
+        "with a condition, the clean test faces may be significantly worse by at most this much "
+        "(each metric, e.g. 0.01 = 1 point) before the verdict keeps the start",
+        ge=0,
+        le=1,
+    )
+    verdict_replicates: int = _opt(
+        1000, "bootstrap replicates (over identities) of the final verdict", ge=50, le=100_000
+    )
     min_images_per_identity: int = _opt(
         2, "identities with fewer images are excluded", ge=2, le=1_000_000
     )
@@ -381,8 +413,17 @@ class TrainConfig(BaseModel):
                 f"batch_size ({self.batch_size}) must be a multiple of grad_accum "
                 f"({self.grad_accum}) x m_per_class ({self.m_per_class})"
             )
-        if self.val_identities >= 1 and not float(self.val_identities).is_integer():
-            raise ValueError("val_identities >= 1 is a count and must be a whole number")
+        for key in ("val_identities", "test_identities"):
+            v = getattr(self, key)
+            if v >= 1 and not float(v).is_integer():
+                raise ValueError(f"{key} >= 1 is a count and must be a whole number")
+        if self.condition:
+            from siamface.data.conditions import parse_condition
+
+            try:
+                parse_condition(self.condition)
+            except SiamfaceError as err:
+                raise ValueError(str(err)) from None
         if self.unlabeled and not self.teacher:
             raise ValueError(
                 "unlabeled images only train through distillation: set teacher=... too"

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from siamface.data.conditions import Condition, parse_condition, path_key
 from siamface.data.dataset import FaceImageDataset
 from siamface.data.folders import Sample, scan_identity_folders, scan_images
 from siamface.data.marker import MARKER_NAME, check_complete, read_marker
@@ -75,6 +76,16 @@ class RunData:
     excluded_cross_duplicates: int
     preprocessing: Preprocessing
     scan: dict = field(default_factory=dict)  # how the file check went (for the log/bench)
+    # Test identities: held out for the final verdict only, never used to choose anything.
+    test_identities: list[str] = field(default_factory=list)
+    test_pixels: object | None = None  # rows as seen under ``condition`` (or clean)
+    test_clean_pixels: object | None = None  # the same rows clean (None without condition)
+    test_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    test_paths: list[Path] = field(default_factory=list)
+    # With a training condition: item i of ``train`` shows the clean image ``train_source[i]``
+    # (its own index for clean items), the anchor of keep_close and of class-mean centres.
+    train_source: list[int] | None = None
+    condition: str | None = None
 
 
 def cache_bytes(cfg: TrainConfig, local_world: int) -> int:
@@ -185,20 +196,42 @@ def prepare_run_data(
             f"need at least 2 identities with >= {cfg.min_images_per_identity} readable images; "
             f"found {len(kept_ids)}"
         )
-    train_ids, val_ids = split_identities(kept_ids, cfg.val_identities, cfg.seed)
+    # The test identities are carved first, with their own seed, so that adding a test split
+    # leaves the rule that draws validation identities from the rest unchanged.
+    rest, test_ids = split_identities(kept_ids, cfg.test_identities, cfg.seed + 7919)
+    train_ids, val_ids = split_identities(rest, cfg.val_identities, cfg.seed)
     val_ids = cap_validation(val_ids, counts, cfg.val_max_images, cfg.seed)
     if len(train_ids) * cfg.m_per_class < cfg.batch_size:
         raise SiamfaceError(
             f"m_per_class ({cfg.m_per_class}) x training identities ({len(train_ids)}) must be "
             f">= batch_size ({cfg.batch_size}); lower batch_size or add identities"
         )
-    tr_set, va_set = set(train_ids), set(val_ids)
+    tr_set, va_set, te_set = set(train_ids), set(val_ids), set(test_ids)
     tr_idx = [i for i in good if scan.samples[i].identity in tr_set]
     va_idx = [i for i in good if scan.samples[i].identity in va_set]
+    te_idx = [i for i in good if scan.samples[i].identity in te_set]
     label_of = {ident: k for k, ident in enumerate(train_ids)}
     samples: list[Sample] = scan.samples
     labels = [label_of[samples[i].identity] for i in tr_idx]
     rows, train_paths = list(tr_idx), [samples[i].path for i in tr_idx]
+    pixels = result.pixels
+    cond = parse_condition(cfg.condition, cfg.seed) if cfg.condition else None
+    train_source = None
+    va_rows, te_rows = list(va_idx), list(te_idx)
+    if cond:
+        if pixels is None:
+            raise SiamfaceError(
+                f"condition={cfg.condition} needs the decoded images in memory; raise cache_gb "
+                f"(now {cfg.cache_gb}) or train on fewer images"
+            )
+        pixels, extra_rows, va_rows, te_rows = degraded_rows(
+            pixels, tr_idx, va_idx, te_idx, [s.path for s in samples], cond, cfg.condition_rate
+        )
+        n_clean = len(tr_idx)
+        train_source = list(range(n_clean)) + [j % n_clean for j in range(len(extra_rows))]
+        labels += [labels[j % n_clean] for j in range(len(extra_rows))]
+        train_paths += [train_paths[j % n_clean] for j in range(len(extra_rows))]
+        rows += extra_rows
     n_unlabeled = 0
     if extra:
         # Appended after the labelled images with label -1; only the distillation terms use
@@ -210,7 +243,8 @@ def prepare_run_data(
         labels += [-1] * n_unlabeled
         rows += [n_samples + j for j in ok_extra]
         train_paths += [extra[j] for j in ok_extra]
-    pixels = result.pixels
+        if train_source is not None:
+            train_source += list(range(len(train_source), len(train_source) + n_unlabeled))
     train = FaceImageDataset(
         labels=labels,
         size=pre.image_size,
@@ -225,7 +259,7 @@ def prepare_run_data(
     return RunData(
         train=train,
         train_identities=train_ids,
-        val_pixels=_RowView(pixels, va_idx) if pixels is not None else None,
+        val_pixels=_RowView(pixels, va_rows) if pixels is not None else None,
         val_paths=[samples[i].path for i in va_idx],
         val_labels=np.array([val_label_of[samples[i].identity] for i in va_idx], dtype=np.int64),
         val_identities=val_ids,
@@ -240,7 +274,42 @@ def prepare_run_data(
             "pixels_in_ram": keep,
             "pixels_from_disk_cache": result.pixels_from_disk,
         },
+        test_identities=test_ids,
+        test_pixels=_RowView(pixels, te_rows) if pixels is not None and te_rows else None,
+        test_clean_pixels=_RowView(pixels, te_idx) if cond and te_idx else None,
+        test_labels=np.array([test_ids.index(samples[i].identity) for i in te_idx], dtype=np.int64),
+        test_paths=[samples[i].path for i in te_idx],
+        train_source=train_source,
+        condition=cond.spec if cond else None,
     )
+
+
+def degraded_rows(
+    pixels: torch.Tensor,
+    tr_idx: list[int],
+    va_idx: list[int],
+    te_idx: list[int],
+    paths: list[Path],
+    cond: Condition,
+    rate: float,
+) -> tuple[torch.Tensor, list[int], list[int], list[int]]:
+    """The pixel store with degraded images appended: ``rate`` of the training set becomes
+    degraded copies (a fixed number per image, so frozen-layer features stay cacheable), and
+    the validation and test images as the condition shows them (one fixed version each).
+
+    Each copy's degradation is keyed by its file path and copy number, and the seed: the same
+    run, a resume or another run on the same data degrade every image identically."""
+    n = len(tr_idx)
+    copies = round(n * rate / (1.0 - rate)) if n else 0
+    jobs = [(tr_idx[j % n], f"{paths[tr_idx[j % n]]}#{j // n}") for j in range(copies)]
+    jobs += [(i, str(paths[i])) for i in va_idx + te_idx]
+    out = torch.empty((len(jobs), *pixels.shape[1:]), dtype=torch.uint8)
+    for k, (row, key) in enumerate(jobs):
+        out[k] = cond.apply_chw(pixels[row], path_key(key))
+    base = len(pixels)
+    allpix = torch.cat([pixels, out])
+    new = list(range(base, base + len(jobs)))
+    return allpix, new[:copies], new[copies : copies + len(va_idx)], new[copies + len(va_idx) :]
 
 
 class _RowView:

@@ -186,7 +186,11 @@ class FeatureCacheSwitch(Callback):
 
         def load(a: int, b: int) -> torch.Tensor:
             if train.pixels is not None:
-                return train.pixels[a:b]
+                # Item i is row ``rows[i]`` of the shared pixel store (which also holds the
+                # validation images), not row i.
+                return (
+                    train.pixels[train.rows[a:b]] if train.rows is not None else train.pixels[a:b]
+                )
             return torch.stack([train.raw(i) for i in range(a, b)])
 
         return cache.fill_all(

@@ -85,6 +85,7 @@ from siamface.train.state import (
 )
 from siamface.train.step import StepResult, TrainStep
 from siamface.train.validation import Validator, is_better, metric_value, recalibrate_bn
+from siamface.train.verdict import final_verdict
 from siamface.train.weights import load_weights
 from siamface.version import __version__
 
@@ -319,6 +320,10 @@ class Trainer:
         )
         if need_start:
             ref = self._start_embeddings()
+            if self.data.train_source is not None:
+                # Degraded copies are anchored to the start's embedding of the clean image:
+                # the camera should not move a face away from where the start put it.
+                ref = ref[torch.as_tensor(self.data.train_source)]
             if classifier and cfg.class_mean_centres and self._resume_state is None:
                 n = train.n_labeled
                 centres = class_means(ref[:n], train.labels[:n], len(self.data.train_identities))
@@ -677,8 +682,13 @@ class Trainer:
         if start is not None and summary.get("best"):
             summary["vs_start"] = compare_with_start(summary["best"], start)
             summary["init"] = self.start.info()
-            self.files.write_json("summary.json", summary)
             self.log(summary["vs_start"]["verdict"])
+            if self.ctx.is_main:
+                verdict = final_verdict(self)
+                if verdict is not None:
+                    summary["verdict"] = verdict
+                    self.log(verdict["verdict"])
+            self.files.write_json("summary.json", summary)
         self.callbacks.on_train_end(self, summary)
         return summary
 

@@ -122,6 +122,10 @@ class Reporter:
             "val_images": len(d.val_labels),
             "excluded_cross_identity_duplicates": d.excluded_cross_duplicates,
             "val_identity_names": d.val_identities,
+            "test_identities": len(d.test_identities),
+            "test_images": len(d.test_labels),
+            "test_identity_names": d.test_identities,
+            "condition": d.condition,
         }
         self.run_dir.write_json("dataset_report.json", rep)
         self.log("dataset report:")
@@ -131,7 +135,19 @@ class Reporter:
             f"  split by identity: {len(d.train_identities)} train identities "
             f"({len(d.train)} images), {len(d.val_identities)} validation identities "
             f"({len(d.val_labels)} images)"
+            + (
+                f", {len(d.test_identities)} test identities ({len(d.test_labels)} images, "
+                "for the final verdict only)"
+                if d.test_identities
+                else ""
+            )
         )
+        if d.condition:
+            copies = sum(1 for i, j in enumerate(d.train_source or []) if i != j)
+            self.log(
+                f"  condition {d.condition}: {copies} of the {len(d.train)} training images "
+                "are degraded copies; validation and test people are seen under it"
+            )
         if d.excluded_cross_duplicates:
             self.log(
                 f"  {d.excluded_cross_duplicates} files duplicated across identities were left "

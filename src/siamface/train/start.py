@@ -104,7 +104,12 @@ def embed_dataset(
         idx = range(start, min(start + batch_size, len(dataset)))
         bar.update(len(idx))
         if dataset.pixels is not None:
-            x = dataset.pixels[start : idx.stop]
+            rows = (
+                dataset.rows[start : idx.stop]
+                if dataset.rows is not None
+                else slice(start, idx.stop)
+            )
+            x = dataset.pixels[rows]
         else:
             x = torch.stack([dataset.raw(i) for i in idx])
         x = normalize_batch(x, pre).to(device)

@@ -1,0 +1,200 @@
+"""The end of a fine-tuning run: WiSE-FT mixing, then an honest verdict on test people.
+
+Validation identities choose the epoch (and the WiSE-FT mixing weight), so their numbers are
+optimistic: a run that picks the best of 30 noisy epochs on 78 people "beats" its start there
+even when nothing was learnt. The verdict is therefore measured on *test* identities that
+chose nothing (``test_identities``), as a paired comparison of the candidate with the start on
+the same people, with a 95 % interval by bootstrap over identities
+(:mod:`siamface.evaluate.bootstrap`). ``best.safetensors`` stays the candidate only when the
+gain on ``select_metric`` is positive at the interval's lower bound and no metric is
+significantly worse (under the training condition and, with one, on clean faces too);
+otherwise it is rewritten as the starting model and the run says "no significant gain".
+
+WiSE-FT (Wortsman et al., 2022): the weights ``(1 - a) * start + a * fine_tuned`` usually keep
+what the start knew on other people while keeping most of the fine-tune's gain; ``a`` is
+chosen on the validation identities from a small grid.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from siamface.embed import embed_uint8
+from siamface.evaluate.bootstrap import (
+    METRICS,
+    clusters_of,
+    compare,
+    format_delta,
+    histograms_all_pairs,
+)
+from siamface.model.checkpoint import load_checkpoint, save_checkpoint
+from siamface.train.checkpoints import BEST
+from siamface.train.validation import metric_value
+
+if TYPE_CHECKING:
+    from siamface.evaluate.metrics import VerificationMetrics
+    from siamface.train.loop import Trainer
+
+#: Mixing weights tried by WiSE-FT (1.0, the fine-tuned weights, is the best epoch itself),
+#: from the fine-tuned end towards the start: on a tie the mix nearer the start wins.
+WISE_ALPHAS = (0.75, 0.5, 0.25)
+MAX_CLUSTERS = 80
+
+
+def mix_weights(start: dict, tuned: dict, alpha: float) -> dict:
+    """``(1 - alpha) * start + alpha * tuned`` for floating tensors; the rest from ``tuned``."""
+    out = {}
+    for k, v in tuned.items():
+        s = start.get(k)
+        if s is not None and v.is_floating_point() and s.shape == v.shape:
+            out[k] = torch.lerp(s.to(v.dtype), v, alpha)
+        else:
+            out[k] = v
+    return out
+
+
+def worse_beyond(row: dict, metric: str, margin: float) -> bool:
+    """Is the candidate significantly worse than the start by more than ``margin``: the whole
+    95 % interval of the difference beyond ``-margin`` (``+margin`` for EER)?"""
+    lo, hi = row["delta_ci"]
+    return hi < -margin if METRICS[metric] else lo > margin
+
+
+def _validate(trainer: Trainer) -> VerificationMetrics | None:
+    """Validation metrics of the trainer's model as it is (rank 0 only, no collectives)."""
+    trainer.model.eval()
+    emb = None
+    if trainer.feature_cache is not None and trainer.validator.enabled:
+        emb = trainer.feature_cache.validation_embeddings(trainer)
+    return trainer.validator.run(trainer.model, emb)
+
+
+def wise_ft(trainer: Trainer, start_sd: dict, tuned_sd: dict) -> tuple[float, list[dict]]:
+    """Choose the mixing weight on validation; returns (alpha, table). ``alpha = 1`` keeps the
+    fine-tuned weights."""
+    cfg = trainer.cfg
+    best = next(
+        (h for h in trainer.state.history if h.get("epoch") == trainer.state.best_epoch), {}
+    )
+    key = "val_" + cfg.select_metric  # how history.json names the validation metric
+    table = [{"alpha": 1.0, cfg.select_metric: best.get(key)}]
+    chosen, chosen_value = 1.0, best.get(key)
+    higher = METRICS[cfg.select_metric]
+    for a in WISE_ALPHAS:
+        trainer.model.load_state_dict(mix_weights(start_sd, tuned_sd, a))
+        m = _validate(trainer)
+        if m is None:
+            continue
+        v = metric_value(m, cfg.select_metric)
+        table.append({"alpha": a, cfg.select_metric: v, "auc": m.auc, "eer": m.eer})
+        if chosen_value is None or (v >= chosen_value if higher else v <= chosen_value):
+            chosen, chosen_value = a, v
+    trainer.log(
+        "WiSE-FT on validation: "
+        + ", ".join(
+            f"a={r['alpha']}: {r[cfg.select_metric]:.4f}"
+            for r in table
+            if r.get(cfg.select_metric) is not None
+        )
+        + f" -> a={chosen}"
+    )
+    return chosen, table
+
+
+@torch.no_grad()
+def _embed(trainer: Trainer, sd: dict, pixels) -> np.ndarray:
+    trainer.model.load_state_dict(sd)
+    return embed_uint8(
+        trainer.model, pixels, trainer.pre, 128, trainer.device, trainer.cfg.channels_last
+    )
+
+
+def final_verdict(trainer: Trainer) -> dict[str, Any] | None:
+    """WiSE-FT (if asked), then the candidate vs the start on the test identities; rewrites
+    ``best.safetensors`` with whatever the verdict keeps. None without a start or test set."""
+    d, cfg = trainer.data, trainer.cfg
+    if trainer.start is None or not d.test_identities or d.test_pixels is None:
+        return None
+    run = trainer.run_dir
+    start_sd = {k: v.cpu() for k, v in trainer.start.checkpoint.state_dict.items()}
+    best_ck = load_checkpoint(run / BEST)
+    tuned_sd = best_ck.state_dict
+    was = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    out: dict[str, Any] = {
+        "test_identities": len(d.test_identities),
+        "test_images": int(len(d.test_labels)),
+        "condition": d.condition,
+        "select_metric": cfg.select_metric,
+        "best_epoch": trainer.state.best_epoch,
+    }
+    try:
+        cand_sd, cand = tuned_sd, f"epoch {trainer.state.best_epoch}"
+        if trainer.state.best_epoch == 0:
+            out.update(
+                kept="start",
+                verdict="no epoch beat the start on validation; "
+                "best.safetensors is the starting model",
+            )
+            return out
+        if cfg.wise_ft:
+            alpha, table = wise_ft(trainer, start_sd, tuned_sd)
+            out["wise_ft"] = {"alpha": alpha, "validation": table}
+            if alpha < 1.0:
+                cand_sd = mix_weights(start_sd, tuned_sd, alpha)
+                cand = f"WiSE-FT a={alpha} of epoch {trainer.state.best_epoch}"
+        out["candidate"] = cand
+        groups = clusters_of(d.test_labels, MAX_CLUSTERS, cfg.seed)
+        sets = {"test": d.test_pixels}
+        if d.test_clean_pixels is not None:
+            sets["test_clean"] = d.test_clean_pixels
+        comps = {}
+        for name, pix in sets.items():
+            h_new = histograms_all_pairs(_embed(trainer, cand_sd, pix), d.test_labels, groups)
+            h_ref = histograms_all_pairs(_embed(trainer, start_sd, pix), d.test_labels, groups)
+            comps[name] = compare(h_new, h_ref, cfg.verdict_replicates, cfg.seed)
+        out["comparisons"] = comps
+        main = comps["test"][cfg.select_metric]
+        worse = [
+            f"{k} ({n})"
+            for n, c in comps.items()
+            for k, r in c.items()
+            if worse_beyond(r, k, 0.0 if n == "test" else cfg.guard_margin)
+        ]
+        gain = main["significant"] == "better"
+        where = f"on {len(d.test_identities)} test people" + (
+            f" under {d.condition}" if d.condition else ""
+        )
+        if gain and not worse:
+            out["kept"] = "fine-tuned"
+            out["verdict"] = (
+                f"fine-tuning kept ({cand}): {where}, {format_delta(cfg.select_metric, main)}; "
+                "no metric significantly worse"
+            )
+            if cand_sd is not tuned_sd:
+                trainer.model.load_state_dict(cand_sd)
+                _save_best(trainer, cand_sd, best_ck.info.get("epoch", trainer.state.best_epoch))
+        else:
+            why = f"significantly worse: {', '.join(worse)}" if worse else "gain not significant"
+            out["kept"] = "start"
+            out["verdict"] = (
+                f"no significant gain ({format_delta(cfg.select_metric, main)}, {where}; "
+                f"{why}); best.safetensors is the starting model"
+            )
+            _save_best(trainer, start_sd, 0)
+        return out
+    finally:
+        trainer.model.load_state_dict(was)
+
+
+def _save_best(trainer: Trainer, sd: dict, epoch: int) -> None:
+    """Rewrite best.safetensors with ``sd``, its validation threshold measured now."""
+    from siamface.train.rundir import writing
+
+    trainer.model.load_state_dict(sd)
+    m = _validate(trainer)
+    ckpt = trainer.checkpoint(m, epoch)
+    with writing(trainer.run_dir / BEST, "a checkpoint"):
+        save_checkpoint(ckpt, trainer.run_dir / BEST)
