@@ -117,7 +117,7 @@ def test_article_preset_matches_the_articles_script_constants():
 
 
 def test_unknown_config_name_lists_the_presets(tmp_path):
-    with pytest.raises(ConfigError, match="presets: article, cpu-laptop") as err:
+    with pytest.raises(ConfigError, match="presets: adapt-cctv, adapt-mask, article") as err:
         make_config(str(tmp_path / "nothing.yaml"))
     assert all(name in str(err.value) for name in preset_names())
 
