@@ -368,3 +368,45 @@ def test_pairs_protocol_scores_every_pair_when_no_face_is_found(tmp_path, capsys
     assert report["data"]["images_embedded"] == 8
     assert cli([*args, "--out", str(tmp_path / "ev2"), "--no-face", "error"]) == 2
     assert "no face found" in capsys.readouterr().err
+
+
+def test_identify_answers_for_every_face_in_cli_api_and_rest(two_people, tmp_path, capsys):
+    """The two-person photo, one of them enrolled: every face is searched and answered with
+    its box (the enrolled one by name, the other unknown), in the CLI, the API and REST."""
+    import shutil
+
+    from test_serve_api import running
+
+    import siamface
+    from siamface.cli.main import main as cli
+    from siamface.serve import create_app
+
+    people = tmp_path / "people" / "alice"
+    people.mkdir(parents=True)
+    shutil.copy2(two_people["alone"], people / "alone.jpg")
+    gallery = tmp_path / "gallery"
+    assert cli(["gallery", "enroll", str(gallery), str(people.parent), "--model", "sface"]) == 0
+    capsys.readouterr()
+    pair = two_people["pair"]
+
+    def check(faces: list[dict]) -> None:
+        assert len(faces) == 2
+        left = min(faces, key=lambda f: f["box"][0])
+        right = max(faces, key=lambda f: f["box"][0])
+        assert iou(left["box"], two_people["left_box"]) > 0.2
+        assert left["identity"] == "alice" and left["known"] is True
+        assert right["identity"] == "unknown" and right["known"] is False
+
+    assert cli(["identify", str(gallery), str(pair), "--every-face", "--json"]) == 0
+    check(json.loads(capsys.readouterr().out)["faces"])
+    check(siamface.load("sface").identify(pair, gallery))
+    with running(create_app("sface", gallery)) as client:
+        r = client.post(
+            "/identify?every_face=true",
+            files={"image": ("pair.jpg", pair.read_bytes(), "image/jpeg")},
+        )
+        assert r.status_code == 200, r.text
+        check(r.json()["faces"])
+        # without every_face the photo is ambiguous: refused with both boxes
+        r = client.post("/identify", files={"image": ("pair.jpg", pair.read_bytes())})
+        assert r.status_code == 422 and len(r.json()["faces"]) == 2

@@ -143,6 +143,33 @@ class FaceModel:
         (``loss=bce`` models; the article's probability output); None without one."""
         return self.embedder.probability(similarity)
 
+    def identify(self, image: ImageLike, gallery, top_k: int = 5) -> list[dict]:
+        """Who is in the photo: one answer per face (largest first), each with its ``box`` in
+        photo pixels, the best ``top_k`` enrolled people and ``identity`` ("unknown" below the
+        gallery's open-set threshold). ``gallery`` is a gallery folder, URL or open gallery."""
+        from siamface.data.images import load_rgb
+        from siamface.gallery import open_gallery
+
+        img = load_rgb(Path(image)) if isinstance(image, (str, Path)) else image
+        if isinstance(img, np.ndarray):
+            img = Image.fromarray(img)
+        found, _ = self.embedder.locate_every_face(img)
+        emb = self.embedder.embed_batch(np.stack([f.crop.transpose(2, 0, 1) for f in found]))
+
+        def search(g) -> list[dict]:
+            res = g.search(emb, top_k, fingerprint=self.embedder.fingerprint)
+            out = []
+            for f, r in zip(found, res, strict=True):
+                c = f.choice
+                box = None if c is None or c.face is None else [float(v) for v in c.face.box]
+                out.append({"box": box, **r.to_dict()})
+            return out
+
+        if hasattr(gallery, "search"):  # an open gallery (a folder's or a Milvus one)
+            return search(gallery)
+        with open_gallery(gallery) as g:
+            return search(g)
+
     def verify_identity(
         self, image: ImageLike, person: str, gallery, threshold: float | None = None
     ) -> ClaimVerification:

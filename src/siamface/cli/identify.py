@@ -33,6 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="print results as JSON")
     add_face_arg(p, "--face", "the photo (one IMG)")
+    p.add_argument(
+        "--every-face",
+        action="store_true",
+        help="answer for every face in each photo (with its box), not only the one it is about",
+    )
     p.set_defaults(func=run)
 
 
@@ -49,11 +54,15 @@ def run(args: argparse.Namespace) -> int:
         raise SiamfaceError(f"--top-k must be at least 1, got {args.top_k}")
     if args.face and len(args.images) != 1:
         raise SiamfaceError("--face picks a face of one photo: give one IMG with it")
+    if args.face and args.every_face:
+        raise SiamfaceError("--face and --every-face exclude each other")
     with open_gallery(args.gallery) as g:
         if len(g) == 0:
             raise SiamfaceError(f"gallery {args.gallery} is empty; enroll people first")
         embedder = load_gallery_model(g, args.model)
         paths = [Path(p) for p in args.images]
+        if args.every_face:
+            return _every_face(args, g, embedder, paths)
         # Photo by photo: each says which of its faces it used, and one with two equally
         # likely faces is answered with an error naming them (the others still answered).
         faces, errors, detections = [], {}, {}
@@ -85,6 +94,46 @@ def run(args: argparse.Namespace) -> int:
             _print(o)
     # 2, not 1: a script must tell "could not read an image" from a successful answer.
     return 2 if errors else 0
+
+
+def _every_face(args, g, embedder, paths) -> int:
+    """Every person in each photo: one search per face, answered with its box."""
+    import numpy as np
+
+    from siamface.data.images import ImageLoadError, load_rgb
+
+    out, failed = [], False
+    thr = "gallery" if args.threshold is None else args.threshold
+    for p in paths:
+        try:
+            found, _ = embedder.locate_every_face(load_rgb(p))
+        except ImageLoadError as err:
+            out.append({"image": str(p), "error": str(err) or "unreadable image"})
+            failed = True
+            continue
+        emb = embedder.embed_batch(np.stack([f.crop.transpose(2, 0, 1) for f in found]))
+        results = g.search(emb, args.top_k, fingerprint=embedder.fingerprint, threshold=thr)
+        faces = []
+        for f, r in zip(found, results, strict=True):
+            c = f.choice
+            box = None if c is None or c.face is None else [round(float(v), 1) for v in c.face.box]
+            faces.append({"index": 0 if c is None else c.index, "box": box, **r.to_dict()})
+        out.append({"image": str(p), "faces": faces})
+    if args.json:
+        print(json.dumps(out if len(out) > 1 else out[0], indent=1))
+    else:
+        for o in out:
+            if "error" in o:
+                _print(o)
+                continue
+            for f in o["faces"]:
+                at = (
+                    ""
+                    if f["box"] is None
+                    else " at (" + ", ".join(str(round(v)) for v in f["box"]) + ")"
+                )
+                _print({**f, "image": f"{o['image']} face {f['index']}{at}"})
+    return 2 if failed else 0
 
 
 def _print(o: dict) -> None:

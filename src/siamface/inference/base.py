@@ -122,6 +122,18 @@ class Embedder:
 
         return AlignedFace(resize_uint8(img.convert("RGB"), pre.image_size), None)
 
+    def locate_every_face(self, img: Image.Image) -> tuple[list, int]:
+        """Every face of the photo (boxes that merge two faces excepted), each as this model
+        sees it: (:class:`~siamface.faces.align.AlignedFace` records, largest first, whose
+        ``choice`` says which face each is; the position in that list of the face the photo
+        is about by the model's face rule). A model without detection gives one."""
+        first = self.locate(img)
+        if first.choice is None or not first.choice.several:
+            return [first], 0
+        keep = [i for i in range(len(first.choice.faces)) if i not in first.choice.merged]
+        found = [self.locate(img, pick=i) for i in keep]
+        return found, keep.index(first.choice.index)
+
     def centre_face(self, img: Image.Image) -> np.ndarray:
         """The photo's centre as this model's face, without detection (see
         :func:`siamface.faces.align.centre_face`): the pairs protocol's no-face fallback."""

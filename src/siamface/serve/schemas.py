@@ -81,6 +81,18 @@ class MatchOut(BaseModel):
     thumbnail: str = Field(description="URL of the person's thumbnail (404 when none)")
 
 
+class FaceIdentityOut(BaseModel):
+    """The answer for one face of the photo (``?every_face=true``)."""
+
+    index: int = Field(description="the face's number in detections[0].faces")
+    box: list[float] | None = Field(description="x0, y0, x1, y1 in the photo's pixels")
+    identity: str
+    known: bool
+    score: float | None
+    threshold: float | None
+    matches: list[MatchOut]
+
+
 class IdentifyOut(BaseModel):
     identity: str = Field(description="best match, or 'unknown' below the threshold")
     known: bool
@@ -91,6 +103,9 @@ class IdentifyOut(BaseModel):
     face: str | None = Field(None, description="with ?faces=true: the aligned probe face")
     detections: list[DetectionOut] = Field(
         default_factory=list, description="every face found in the photo and the one used"
+    )
+    faces: list[FaceIdentityOut] | None = Field(
+        None, description="with ?every_face=true: an answer for every face in the photo"
     )
 
 

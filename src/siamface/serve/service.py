@@ -196,6 +196,39 @@ class Service:
             raise BadRequest(f"{label}: {err}", field=face_field(field)) from err
         return np.ascontiguousarray(found.crop.transpose(2, 0, 1)), found.choice
 
+    def every_face_from_bytes(self, data: bytes, label: str, field: str):
+        """Decode an upload and cut every face in it (for answers about every person):
+        ([(CHW face, its choice)], position of the face the photo is about)."""
+        try:
+            img = decode_rgb(data, max_pixels=self.max_pixels)
+            found, main = self.embedder.locate_every_face(img)
+        except ImageLoadError as err:
+            raise api_error(err, field=field, label=label) from err
+        faces = [(np.ascontiguousarray(f.crop.transpose(2, 0, 1)), f.choice) for f in found]
+        return faces, main
+
+    async def read_every_face(self, upload: UploadFile, field: str) -> tuple[list[Upload], int]:
+        """Every face of one uploaded photo, each an :class:`Upload` with its own choice,
+        and the position of the face the photo is about."""
+        data = await upload.read()
+        label = f"{field} ({upload.filename})" if upload.filename else field
+        pixels = self._admit(data, label, field)
+        digest = hashlib.sha256(data).hexdigest()
+        async with self.budget.reserve(pixels):
+            found, main = await run_in_threadpool(self.every_face_from_bytes, data, label, field)
+        return [Upload(face, digest, upload.filename, field, c) for face, c in found], main
+
+    def _admit(self, data: bytes, label: str, field: str) -> int:
+        """The upload's pixel count, refused above the per-image limit (header only)."""
+        pixels = image_pixels(data, label, field)
+        if pixels > self.max_pixels:
+            raise ImageTooLarge(
+                f"{label}: image too large ({pixels / 1e6:.1f} megapixels, limit "
+                f"{self.max_pixels / 1e6:g})",
+                field=field,
+            )
+        return pixels
+
     async def read(self, upload: UploadFile, field: str, pick: str | None = None) -> Upload:
         return await self.read_bytes(await upload.read(), upload.filename, field, pick)
 
@@ -205,13 +238,7 @@ class Service:
         """One photo's bytes -> its face (checked against the pixel limits first); ``pick``
         says which of several faces (a number or a box), else the auto rule decides."""
         label = f"{field} ({filename})" if filename else field
-        pixels = image_pixels(data, label, field)
-        if pixels > self.max_pixels:
-            raise ImageTooLarge(
-                f"{label}: image too large ({pixels / 1e6:.1f} megapixels, limit "
-                f"{self.max_pixels / 1e6:g})",
-                field=field,
-            )
+        pixels = self._admit(data, label, field)
         try:
             chosen = FacePick.parse(pick)
         except SiamfaceError as err:
