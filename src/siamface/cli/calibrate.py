@@ -127,99 +127,12 @@ def other_target(args: argparse.Namespace) -> tuple[str, Path] | None:
     return None
 
 
-def run_other(args: argparse.Namespace, kind: str, out: Path) -> int:
-    """Calibrate a fusion or a carded ONNX model: the new threshold goes into its file."""
+def measure_threshold(args: argparse.Namespace):
+    """Embed ``--data`` with ``--model`` and choose the threshold (at ``--far``, or for the
+    best accuracy): (model, evaluation, threshold record with its TAR/FAR and date, rates)."""
     from siamface.evaluate import run as ev
     from siamface.evaluate.metrics import DEFAULT_FARS, threshold_record
 
-    ids = None
-    if args.identities:
-        ids = ev.read_identity_list(args.identities)
-    elif args.held_out:
-        ids = ev.held_out_identities(args.held_out)
-    images = ev.collect_images(args.data, ids)
-    model = open_model_arg(args)
-    fars = tuple(sorted(set(DEFAULT_FARS) | {args.far}, reverse=True))
-    result = ev.evaluate_folders(
-        model,
-        images,
-        None,
-        fars=fars,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        plots=False,
-        progress=not args.no_progress,
-    )
-    m, scored = result.metrics, result.scored
-    source = ", ".join(str(r) for r in images.roots)
-    if args.best_accuracy:
-        rec = {"value": m.best_accuracy_threshold, "target_far": None, "method": "best_accuracy"}
-        rec["source"] = source
-    else:
-        rec = threshold_record(m, args.far, source)
-    rates = scored.rates_at(rec["value"])
-    rec.update(tar=rates["tar"], far=rates["far"], calibrated=datetime.date.today().isoformat())
-    old = model.threshold
-    if kind == "fusion":
-        from siamface.inference.fusion import packaged_fusion, read_fusion, write_fusion
-        from siamface.inference.tta import split_tta
-
-        base = split_tta(args.model)[0]
-        src = Path(base).expanduser()
-        fusion = src if src.exists() else packaged_fusion(base.split("+"))
-        if fusion is None:
-            from siamface.errors import SiamfaceError
-
-            raise SiamfaceError(
-                f"{base} has no learned weights to keep: run siamface fuse to make a fusion file"
-            )
-        data = read_fusion(fusion)
-        data["threshold"] = rec
-        write_fusion(data, out)
-    else:
-        import dataclasses
-
-        from siamface.inference.card import write_card
-
-        card = dataclasses.replace(
-            getattr(model, "inner", model).model_card,
-            threshold=float(rec["value"]),
-            threshold_source=f"siamface calibrate on {source}, {rec['calibrated']} "
-            f"(TAR {rec['tar']:.4f}, FAR {rec['far']:.2e})",
-        )
-        write_card(card, out)
-    if args.json:
-        print(json.dumps({kind: str(out), "threshold": rec, "previous": old}))
-        return 0
-    print(
-        f"threshold {rec['value']:.4f}: measured TAR {rec['tar']:.4f}, FAR {rec['far']:.2e} on "
-        f"{m.n_genuine:,} genuine / {m.n_impostor:,} impostor pairs"
-    )
-    print(f"written to {out}")
-    return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    from siamface.evaluate import run as ev
-    from siamface.evaluate.metrics import DEFAULT_FARS, threshold_record
-    from siamface.fileio import check_output_file
-    from siamface.model.checkpoint import load_checkpoint, save_checkpoint
-    from siamface.model.zoo import get_pretrained, resolve_checkpoint
-
-    other = other_target(args)
-    if other is not None:
-        return run_other(args, *other)
-    builtin = not Path(args.model).expanduser().exists() and get_pretrained(args.model)
-    if builtin and not args.out:
-        from siamface.errors import SiamfaceError
-
-        raise SiamfaceError(
-            f"{args.model} is a built-in model: give --out FILE.safetensors for the calibrated copy"
-        )
-    src = None if builtin else checkpoint_path(args.model)
-    out = Path(args.out).expanduser() if args.out else src
-    check_output_file(out, "checkpoint")  # before the embedding work, not after
     ids = None
     if args.identities:
         ids = ev.read_identity_list(args.identities)
@@ -256,14 +169,79 @@ def run(args: argparse.Namespace) -> int:
     else:
         rec = threshold_record(m, args.far, source)
     rates = scored.rates_at(rec["value"])
+    rec.update(tar=rates["tar"], far=rates["far"], calibrated=datetime.date.today().isoformat())
+    return model, result, rec, rates
+
+
+def run_other(args: argparse.Namespace, kind: str, out: Path) -> int:
+    """Calibrate a fusion or a carded ONNX model: the new threshold goes into its file."""
+    model, result, rec, _ = measure_threshold(args)
+    m = result.metrics
+    old = model.threshold
+    if kind == "fusion":
+        from siamface.inference.fusion import packaged_fusion, read_fusion, write_fusion
+        from siamface.inference.tta import split_tta
+
+        base = split_tta(args.model)[0]
+        src = Path(base).expanduser()
+        fusion = src if src.exists() else packaged_fusion(base.split("+"))
+        if fusion is None:
+            from siamface.errors import SiamfaceError
+
+            raise SiamfaceError(
+                f"{base} has no learned weights to keep: run siamface fuse to make a fusion file"
+            )
+        data = read_fusion(fusion)
+        data["threshold"] = rec
+        write_fusion(data, out)
+    else:
+        import dataclasses
+
+        from siamface.inference.card import write_card
+
+        card = dataclasses.replace(
+            getattr(model, "inner", model).model_card,
+            threshold=float(rec["value"]),
+            threshold_source=f"siamface calibrate on {rec['source']}, {rec['calibrated']} "
+            f"(TAR {rec['tar']:.4f}, FAR {rec['far']:.2e})",
+        )
+        write_card(card, out)
+    if args.json:
+        print(json.dumps({kind: str(out), "threshold": rec, "previous": old}))
+        return 0
+    print(
+        f"threshold {rec['value']:.4f}: measured TAR {rec['tar']:.4f}, FAR {rec['far']:.2e} on "
+        f"{m.n_genuine:,} genuine / {m.n_impostor:,} impostor pairs"
+    )
+    print(f"written to {out}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from siamface.fileio import check_output_file
+    from siamface.model.checkpoint import load_checkpoint, save_checkpoint
+    from siamface.model.zoo import get_pretrained, resolve_checkpoint
+
+    other = other_target(args)
+    if other is not None:
+        return run_other(args, *other)
+    builtin = not Path(args.model).expanduser().exists() and get_pretrained(args.model)
+    if builtin and not args.out:
+        from siamface.errors import SiamfaceError
+
+        raise SiamfaceError(
+            f"{args.model} is a built-in model: give --out FILE.safetensors for the calibrated copy"
+        )
+    src = None if builtin else checkpoint_path(args.model)
+    out = Path(args.out).expanduser() if args.out else src
+    check_output_file(out, "checkpoint")  # before the embedding work, not after
+    model, result, rec, rates = measure_threshold(args)
+    m = result.metrics
     rec.update(
-        tar=rates["tar"],
-        far=rates["far"],
         balanced_accuracy=rates["balanced_accuracy"],
         n_genuine=m.n_genuine,
         identities=result.report["data"]["identities"],
         images=result.report["data"]["images_embedded"],
-        calibrated=datetime.date.today().isoformat(),
     )
     notes = list(result.report["notes"])
     above = round(rates["far"] * m.n_impostor)

@@ -88,14 +88,4 @@ class FlipEmbedder(Embedder):
         if onnx is not None and isinstance(self.inner, onnx.OnnxEmbedder):
             # torch-free models stay torch-free: the threaded decoding loop of the ONNX backend
             return onnx.embed_files_threaded(self, paths, batch_size, workers, progress, ambiguous)
-        from siamface.embed import embed_files
-
-        return embed_files(
-            self.embed_batch,
-            [Path(p) for p in paths],
-            self.preprocessing,
-            batch_size=batch_size,
-            workers=workers,
-            loader=self.face_loader(ambiguous),
-            progress=progress,
-        )
+        return super().embed_paths(paths, batch_size, workers, progress, ambiguous)
