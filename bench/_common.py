@@ -70,9 +70,9 @@ def seed_checkpoint_to_siamface(pth: Path, out: Path) -> Path:
     unchanged by siamface's L2 normalisation."""
     import torch
 
-    from siamface.data.transforms import Preprocessing
     from siamface.model.checkpoint import Checkpoint, save_checkpoint
     from siamface.model.network import ModelConfig
+    from siamface.tensors.transforms import Preprocessing
 
     sd = torch.load(pth, map_location="cpu", weights_only=True)
     sd = {("head." + k[9:] if k.startswith("embedder.") else k): v for k, v in sd.items()}

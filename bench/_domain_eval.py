@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from siamface.data.conditions import parse_condition
-from siamface.evaluate import bootstrap as bs
-from siamface.evaluate.compare import ConditionedEmbedder
-from siamface.evaluate.protocol import kfold_accuracy, read_pairs, resolve_pairs
-from siamface.evaluate.run import collect_images
-from siamface.inference import open_model
+from siamface.embed.load import open_model
+from siamface.scores import bootstrap as bs
+from siamface.scores.compare import ConditionedEmbedder
+from siamface.scores.evaluate import collect_images
+from siamface.scores.protocol import kfold_accuracy, read_pairs, resolve_pairs
+from siamface.tensors.conditions import parse_condition
 
 
 class DomainScorer:

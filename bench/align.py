@@ -41,8 +41,8 @@ def bench_detection(paths: list[Path], default: str) -> dict:
     """Found / several-faces fractions and ms per photo for each installed detector."""
     import torch
 
-    from siamface.data.images import ImageLoadError, load_rgb
     from siamface.faces.detect import detect_faces, detector_infos, get_detector, is_available
+    from siamface.folders.images import ImageLoadError, load_rgb
 
     torch.set_num_threads(1)  # torch-based backends: same single thread as the others
     images = []
@@ -159,9 +159,9 @@ def main() -> int:
         print(f"bench/align.py: data folder not found: {args.data}", file=sys.stderr)
         return 2
 
-    from siamface.data.folders import scan_identity_folders
     from siamface.faces.detect import DEFAULT_DETECTOR
     from siamface.faces.prepare import PrepareOptions, prepare_folders
+    from siamface.folders.identities import scan_identity_folders
 
     result: dict = {
         "bench": "align",

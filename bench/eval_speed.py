@@ -108,9 +108,9 @@ def make_models(work: Path, seed: int) -> tuple[Path, Path, dict]:
     import torch
     from torch import nn
 
-    from siamface.data.transforms import Preprocessing
     from siamface.model.checkpoint import Checkpoint, save_checkpoint
     from siamface.model.network import ModelConfig, build_model
+    from siamface.tensors.transforms import Preprocessing
 
     torch.manual_seed(seed)
     cfg = ModelConfig(backbone=BACKBONE, embedding_size=DIM)
@@ -151,8 +151,8 @@ def make_models(work: Path, seed: int) -> tuple[Path, Path, dict]:
         from PIL import Image
         from torchvision import transforms
 
-        from siamface.data.images import load_rgb
-        from siamface.data.transforms import Preprocessing, normalize_batch, resize_uint8
+        from siamface.folders.images import load_rgb, resize_uint8
+        from siamface.tensors.transforms import Preprocessing, normalize_batch
 
         img_path = sorted((SHARED / "data" / "pins90").glob("*/*"))[0]
         tv = transforms.Compose(
@@ -205,7 +205,7 @@ def embedding_ab(ckpt: Path, data: Path, images: int, rounds: int) -> dict:
     tensors, alternated in one process so both see the same machine load."""
     import torch
 
-    from siamface.inference import open_model
+    from siamface.embed.load import open_model
 
     emb = open_model(ckpt, device="cpu")
     paths = sorted(data.glob("*/*"))[:images]
@@ -235,7 +235,7 @@ def embedding_ab(ckpt: Path, data: Path, images: int, rounds: int) -> dict:
 
 def scoring_microbench(n_ids: int, per_id: int, repeats: int) -> float:
     """Best-of-``repeats`` seconds of siamface's pair scoring on same-shaped embeddings."""
-    from siamface.evaluate.pairs import score_all_pairs
+    from siamface.scores.pairs import score_all_pairs
 
     rng = np.random.default_rng(0)
     e = rng.normal(size=(n_ids * per_id, DIM)).astype(np.float32)
@@ -252,7 +252,7 @@ def scoring_microbench(n_ids: int, per_id: int, repeats: int) -> float:
 PAIR_MEMORY_CHILD = r"""
 import json, sys, time, tracemalloc
 import numpy as np
-from siamface.evaluate.pairs import score_all_pairs
+from siamface.scores.pairs import score_all_pairs
 n, per = int(sys.argv[1]), int(sys.argv[2])
 rng = np.random.default_rng(0)
 e = rng.normal(size=(n, 512)).astype(np.float32); e /= np.linalg.norm(e, axis=1, keepdims=True)

@@ -65,7 +65,7 @@ def cold_start(model: Path, a: Path, b: Path, runs: int) -> dict:
 
 
 def warm(embedder, a: Path, b: Path, runs: int) -> dict:
-    from siamface.data.images import load_rgb
+    from siamface.folders.images import load_rgb
 
     def pair() -> float:
         faces = np.stack([embedder.face_array(load_rgb(p)).transpose(2, 0, 1) for p in (a, b)])
@@ -97,9 +97,9 @@ def main() -> None:
     ap.add_argument("--warm-runs", type=int, default=50)
     args = ap.parse_args()
 
+    from siamface.embed.onnx_backend import OnnxEmbedder
+    from siamface.embed.torch_backend import TorchEmbedder
     from siamface.export.onnx_export import export_onnx
-    from siamface.inference import TorchEmbedder
-    from siamface.inference.onnx_backend import OnnxEmbedder
 
     with tempfile.TemporaryDirectory(prefix="siamface-bench-") as tmp:
         tmp = Path(tmp)

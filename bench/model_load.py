@@ -23,7 +23,7 @@ from _common import machine
 
 CHILD = r"""
 import sys, time
-import siamface, siamface.model.checkpoint as C, siamface.inference.torch_backend  # noqa
+import siamface, siamface.model.checkpoint as C, siamface.embed.torch_backend  # noqa
 if sys.argv[2] == "baseline":
     C.check_weights = lambda *a, **k: None
 t0 = time.perf_counter()
@@ -41,9 +41,9 @@ def main() -> None:
 
     import torch
 
-    from siamface.data.transforms import Preprocessing
     from siamface.model.checkpoint import Checkpoint, save_checkpoint
     from siamface.model.network import ModelConfig, build_model
+    from siamface.tensors.transforms import Preprocessing
 
     cfg = ModelConfig(backbone=args.backbone, embedding_size=args.embedding_size)
     torch.manual_seed(0)

@@ -70,7 +70,7 @@ def images_of(root: Path) -> tuple[list[Path], list[str]]:
 
 def crops(model, paths: list[Path], threads: int) -> tuple[dict[int, np.ndarray], int]:
     """{index: CHW uint8 crop} made by the model's own face loader; and the failure count."""
-    from siamface.data.images import ImageLoadError
+    from siamface.folders.images import ImageLoadError
 
     load = model.face_loader()
 
@@ -92,7 +92,7 @@ def embed(model, faces: np.ndarray, batch: int = 32) -> np.ndarray:
 
 
 def all_pairs_metrics(emb: np.ndarray, labels: np.ndarray) -> dict:
-    from siamface.evaluate.metrics import all_pair_scores, verification_metrics
+    from siamface.scores.metrics import all_pair_scores, verification_metrics
 
     s, same = all_pair_scores(emb, labels)
     m = verification_metrics(s, same, (1e-3, 1e-4))
@@ -107,7 +107,7 @@ def all_pairs_metrics(emb: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def kfold(emb: np.ndarray, index: dict[Path, int], pairs: list, same, folds) -> dict:
-    from siamface.evaluate.protocol import kfold_accuracy
+    from siamface.scores.protocol import kfold_accuracy
 
     ok = [k for k, (a, b) in enumerate(pairs) if a in index and b in index]
     ia = np.array([index[pairs[k][0]] for k in ok])
@@ -142,8 +142,8 @@ def fit(
     objective: str = "logistic",
 ) -> Path:
     """Fit fusion weights on training people and write the fusion file (as siamface fuse)."""
-    from siamface.evaluate.metrics import threshold_record, verification_metrics
-    from siamface.inference.fusion import fit_fusion, fusion_pairs, fusion_record, write_fusion
+    from siamface.embed.fusion import fit_fusion, fusion_pairs, fusion_record, write_fusion
+    from siamface.scores.metrics import threshold_record, verification_metrics
 
     pi, pj, same = fusion_pairs(labels, 200_000, 0)
     scores = np.stack([np.einsum("ij,ij->i", e[pi], e[pj]) for e in embs], axis=1)
@@ -167,7 +167,7 @@ def fit(
 def speed(specs: dict[str, str], files: list[Path], rounds: int = 3) -> dict:
     """End-to-end images/s (embed_paths: decode, detection, alignment, network), rounds
     alternated so that a shared machine's load falls on every arm alike."""
-    from siamface.inference import open_model
+    from siamface.embed.load import open_model
 
     models = {k: open_model(s, device="cpu") for k, s in specs.items()}
     rates: dict[str, list[float]] = {k: [] for k in models}
@@ -194,7 +194,7 @@ def network_speed(arms: dict) -> dict:
 
 def subsample_delta(embs: dict, labels: np.ndarray, a: str, b: str, reps: int, seed: int) -> dict:
     """90 % interval of (a - b) in TAR@FAR=1e-3 and AUC over re-draws of 80 % of the people."""
-    from siamface.evaluate.metrics import all_pair_scores, verification_metrics
+    from siamface.scores.metrics import all_pair_scores, verification_metrics
 
     rng = np.random.default_rng(seed)
     people = np.unique(labels)
@@ -234,8 +234,8 @@ def main() -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_model_quality_"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("SIAMFACE_CACHE", str(work / "cache"))
-    from siamface.evaluate.protocol import read_pairs, resolve_pairs
-    from siamface.inference import open_model
+    from siamface.embed.load import open_model
+    from siamface.scores.protocol import read_pairs, resolve_pairs
 
     data = SHARED / "data"
     res: dict = {"bench": "model_quality", "machine": machine(), "workdir": str(work)}

@@ -77,7 +77,7 @@ class Reference:
 
 def siamface_arm(embedder, path: Path):
     """(unit embedding or None, chosen box or None, aligned crop or None) via siamface."""
-    from siamface.data.images import ImageLoadError, load_rgb
+    from siamface.folders.images import ImageLoadError, load_rgb
 
     try:
         found = embedder.locate(load_rgb(path))
@@ -97,8 +97,8 @@ def _iou(a, b) -> float:
 
 
 def _metrics(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict:
-    from siamface.evaluate.metrics import verification_metrics
-    from siamface.evaluate.protocol import kfold_accuracy
+    from siamface.scores.metrics import verification_metrics
+    from siamface.scores.protocol import kfold_accuracy
 
     m = verification_metrics(scores, same, (1e-3,))
     kf = kfold_accuracy(scores, same, folds)
@@ -144,7 +144,7 @@ def _bootstrap(ref_s, our_s, same, folds, ident, rounds: int, seed: int = 0) -> 
 def _side_by_side(path: Path, ref_box, our_box, ref_crop, our_crop, cos: float, out: Path):
     from PIL import Image, ImageDraw
 
-    from siamface.data.images import load_rgb
+    from siamface.folders.images import load_rgb
 
     img = load_rgb(path)
     scale = 360 / max(img.size)
@@ -183,7 +183,7 @@ def run_set(
 ) -> dict:
     from tqdm import tqdm
 
-    from siamface.evaluate.protocol import make_pairs, resolve_pairs
+    from siamface.scores.protocol import make_pairs, resolve_pairs
 
     root = SHARED_DATA / name
     pf = make_pairs(root, folds=10, per_fold=per_fold, seed=0)

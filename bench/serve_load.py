@@ -55,9 +55,9 @@ def default_model(folder: Path) -> Path:
     """A random-init checkpoint of the default size (cost does not depend on the weights)."""
     import torch
 
-    from siamface.data.transforms import Preprocessing
     from siamface.model.checkpoint import Checkpoint, save_checkpoint
     from siamface.model.network import ModelConfig, build_model
+    from siamface.tensors.transforms import Preprocessing
 
     torch.manual_seed(0)
     cfg = ModelConfig(backbone=DEFAULT_BACKBONE, embedding_size=DEFAULT_DIM)

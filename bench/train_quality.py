@@ -312,7 +312,7 @@ def embed_speed(models: list[str], folder: Path, n: int = 128) -> dict:
     alignment excluded), measured alternately in rounds so load falls on all alike."""
     import numpy as np
 
-    from siamface.inference import open_model
+    from siamface.embed.load import open_model
 
     opened = {m: open_model(m, device="cpu") for m in models}
     rng = np.random.default_rng(0)

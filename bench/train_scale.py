@@ -132,7 +132,7 @@ print(json.dumps({"rank": rank, "extra_mb": round((peak - base) / 1024, 1)}))
 
 VAL_CHILD = r"""
 import json, resource, sys, time, numpy as np
-from siamface.evaluate.pairs import score_all_pairs
+from siamface.scores.pairs import score_all_pairs
 from siamface.train.validation import VAL_MAX_IMPOSTORS
 n, ids = int(sys.argv[1]), int(sys.argv[2])
 rng = np.random.default_rng(0)

@@ -334,8 +334,8 @@ def main() -> None:
 
     import torch
 
+    from siamface.embed.load import open_model
     from siamface.gallery import Gallery
-    from siamface.inference import open_model
 
     info = {"machine": machine(), "torch_threads": args.threads}
     n = args.people + args.strangers + args.distractors

@@ -67,9 +67,9 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     """A randomly initialised tiny-backbone checkpoint (64 px, 32-d) with a threshold."""
     import torch
 
-    from siamface.data.transforms import Preprocessing
     from siamface.model.checkpoint import Checkpoint, save_checkpoint
     from siamface.model.network import ModelConfig, build_model
+    from siamface.tensors.transforms import Preprocessing
 
     torch.manual_seed(0)
     cfg = ModelConfig(backbone=TINY_BACKBONE, embedding_size=32)

@@ -9,7 +9,7 @@ from math import comb
 from conftest import needs_data
 
 from siamface.cli.main import main
-from siamface.data.marker import read_marker, write_marker
+from siamface.folders.marker import read_marker, write_marker
 
 pytestmark = needs_data
 

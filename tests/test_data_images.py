@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siamface.data.folders import scan_identity_folders
-from siamface.data.images import ImageLoadError, load_rgb
-from siamface.data.report import build_report
-from siamface.data.split import split_identities
 from siamface.errors import SiamfaceError
+from siamface.folders.identities import scan_identity_folders
+from siamface.folders.images import ImageLoadError, load_rgb
+from siamface.folders.report import build_report
+from siamface.folders.split import split_identities
 
 
 def _save(img: Image.Image, path, **kw):

@@ -11,9 +11,9 @@ import pytest
 from conftest import SHARED_DATA, copy_identities, needs_data
 
 from siamface.cli.main import main
-from siamface.data.images import load_rgb
 from siamface.faces import detect
 from siamface.faces.align import AlignParams, align_face_image, find_faces
+from siamface.folders.images import load_rgb
 
 pytestmark = needs_data
 cv2 = pytest.importorskip("cv2")
@@ -65,7 +65,7 @@ def test_yunet_falls_back_to_opencv_where_yuface_is_missing(monkeypatch):
         assert detect.is_available("yunet")
         assert isinstance(detect.get_detector("yunet"), detect.OpenCVYuNetDetector)
         # a checkpoint or prepared tree that says detector=yunet still aligns faces
-        from siamface.data.transforms import Preprocessing
+        from siamface.tensors.transforms import Preprocessing
 
         pre = Preprocessing(image_size=112, aligned=True, align={"detector": "yunet"})
         face = align_face_image(load_rgb(_photos(1)[0]), pre)

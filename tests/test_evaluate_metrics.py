@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from siamface.evaluate.metrics import (
+from siamface.scores.metrics import (
     all_pair_scores,
     verification_metrics,
     weighted_verification_metrics,
 )
-from siamface.evaluate.pairs import ScoreSet, pair_counts, score_all_pairs
+from siamface.scores.pairs import ScoreSet, pair_counts, score_all_pairs
 
 
 def _unit(rng, n, d=16, labels=None, signal=0.4):

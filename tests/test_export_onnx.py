@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from siamface.cli.main import COMMANDS, main
-from siamface.data.transforms import Preprocessing
+from siamface.embed.load import open_model
+from siamface.embed.onnx_backend import OnnxEmbedder
+from siamface.embed.torch_backend import TorchEmbedder
 from siamface.errors import SiamfaceError
 from siamface.export.onnx_export import (
     MAX_SAMPLE_IMAGES,
@@ -23,10 +25,9 @@ from siamface.export.onnx_export import (
     parity_check,
     synthetic_faces,
 )
-from siamface.inference import TorchEmbedder, open_model
-from siamface.inference.onnx_backend import OnnxEmbedder
 from siamface.model.checkpoint import Checkpoint, load_checkpoint
 from siamface.model.network import ModelConfig, build_model
+from siamface.tensors.transforms import Preprocessing
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -225,7 +226,7 @@ def test_inference_runs_without_torch(tiny_onnx, tiny_checkpoint, pins_small, tm
             raise SystemExit("the guard did not block torch")
         from siamface.cli.main import build_parser
         build_parser()  # every command's module imports without torch
-        from siamface.inference import open_model
+        from siamface.embed.load import open_model
         m = open_model({str(tiny_onnx[0])!r})
         emb, err = m.embed_paths({[str(p) for p in imgs]!r}, batch_size=2, progress=False)
         assert not err, err

@@ -18,8 +18,6 @@ import pytest
 from conftest import SHARED_DATA
 from PIL import Image
 
-from siamface.data.images import load_rgb
-from siamface.data.transforms import Preprocessing
 from siamface.errors import SiamfaceError
 from siamface.faces import AmbiguousFaceError
 from siamface.faces.align import AlignParams, align_face, align_face_image, locate_face, warp_face
@@ -32,6 +30,8 @@ from siamface.faces.detect import (
     suppress_duplicates,
     yunet_onnx_path,
 )
+from siamface.folders.images import load_rgb
+from siamface.tensors.transforms import Preprocessing
 
 cv2 = pytest.importorskip("cv2")
 WILD = SHARED_DATA / "celeba_wild"

@@ -35,9 +35,9 @@ def test_sface_matches_opencv_reference(sface):
     cv2 = pytest.importorskip("cv2")
     if int(cv2.__version__.split(".")[0]) != 4:
         pytest.skip(f"OpenCV {cv2.__version__}: only 4.x's FaceRecognizerSF runs the SFace file")
-    from siamface.data.transforms import normalize_batch
     from siamface.faces.align import align_face_image
     from siamface.model.zoo import sface_onnx_path
+    from siamface.tensors.transforms import normalize_batch
 
     files = [f for group in _files(CELEBA, 6, 2) for f in group]
     faces = np.stack(

@@ -10,8 +10,6 @@ import pytest
 from conftest import SHARED_DATA
 from PIL import Image
 
-from siamface.data.images import ImageLoadError, load_rgb
-from siamface.data.transforms import Preprocessing
 from siamface.errors import SiamfaceError
 from siamface.faces import DetectorUnavailable, NoFaceError
 from siamface.faces import detect as detect_mod
@@ -27,6 +25,8 @@ from siamface.faces.align import (
 )
 from siamface.faces.choose import choose_face
 from siamface.faces.detect import Face, detect_faces, get_detector
+from siamface.folders.images import ImageLoadError, load_rgb
+from siamface.tensors.transforms import Preprocessing
 
 WILD = SHARED_DATA / "celeba_wild"
 needs_wild = pytest.mark.skipif(not WILD.is_dir(), reason=f"sample data not found at {WILD}")
@@ -274,11 +274,11 @@ def test_face_in_a_huge_image_is_found_and_aligned():
 
 @needs_wild
 def test_embed_paths_skips_and_reports_photos_without_a_face(tmp_path):
-    """The contract with embed.py: aligned checkpoints align raw photos, report no-face."""
+    """The contract with embed/pipeline.py: aligned checkpoints align raw photos, report no-face."""
     import torch
     from conftest import TINY_BACKBONE
 
-    from siamface.embed import embed_paths
+    from siamface.embed.pipeline import embed_paths
     from siamface.model.network import ModelConfig, build_model
 
     noise = tmp_path / "noise.png"

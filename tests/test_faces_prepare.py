@@ -15,8 +15,6 @@ from conftest import REPO, SHARED_DATA
 from PIL import Image
 
 from siamface.cli.main import main
-from siamface.data.images import load_rgb
-from siamface.data.transforms import Preprocessing
 from siamface.errors import SiamfaceError
 from siamface.faces.align import AlignParams, align_face_image
 from siamface.faces.detect import DEFAULT_DETECTOR
@@ -28,6 +26,8 @@ from siamface.faces.prepare import (
     prepare_folders,
     read_marker,
 )
+from siamface.folders.images import load_rgb
+from siamface.tensors.transforms import Preprocessing
 
 WILD = SHARED_DATA / "celeba_wild"
 pytestmark = pytest.mark.skipif(not WILD.is_dir(), reason=f"sample data not found at {WILD}")

@@ -32,9 +32,9 @@ def _private_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def start_ckpt(tmp_path_factory) -> str:
     """A small trained-looking starting model: the tiny backbone at 32 px, 16-d."""
-    from siamface.data.transforms import Preprocessing
     from siamface.model.checkpoint import Checkpoint, save_checkpoint
     from siamface.model.network import ModelConfig, build_model
+    from siamface.tensors.transforms import Preprocessing
 
     torch.manual_seed(1)
     cfg = ModelConfig(backbone=TINY_BACKBONE, embedding_size=16)

@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import TINY_BACKBONE
 
-from siamface.data.conditions import parse_condition, path_key
 from siamface.errors import SiamfaceError
-from siamface.evaluate import bootstrap as bs
-from siamface.evaluate.pairs import score_all_pairs
 from siamface.model.checkpoint import load_checkpoint
+from siamface.scores import bootstrap as bs
+from siamface.scores.pairs import score_all_pairs
+from siamface.tensors.conditions import parse_condition, path_key
 from siamface.train.config import make_config
 from siamface.train.loop import Trainer
 from siamface.train.verdict import mix_weights
@@ -30,9 +30,9 @@ def _private_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def start_ckpt(tmp_path_factory) -> str:
     """A random tiny starting model (32 px, 16-d): anything trained beats it on validation."""
-    from siamface.data.transforms import Preprocessing
     from siamface.model.checkpoint import Checkpoint, save_checkpoint
     from siamface.model.network import ModelConfig, build_model
+    from siamface.tensors.transforms import Preprocessing
 
     torch.manual_seed(3)
     cfg = ModelConfig(backbone=TINY_BACKBONE, embedding_size=16)
@@ -306,8 +306,8 @@ def test_evaluate_compare_and_condition(pins_small, tiny_checkpoint, start_ckpt,
 def test_start_embeddings_and_cached_features_follow_the_training_rows(pins_small, start_ckpt):
     """The training set is rows of a pixel store shared with validation (and degraded copies):
     item i must be embedded from its own row, not from row i of the store."""
-    from siamface.data.transforms import normalize_batch
     from siamface.model.network import build_model
+    from siamface.tensors.transforms import normalize_batch
     from siamface.train.data import prepare_run_data
     from siamface.train.start import embed_dataset
 

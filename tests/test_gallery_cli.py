@@ -15,13 +15,13 @@ import pytest
 from PIL import Image
 
 from siamface.cli.main import main
-from siamface.data.images import ImageLoadError, load_rgb
-from siamface.data.transforms import Preprocessing, resize_uint8
-from siamface.embed import embed_files
+from siamface.embed.load import Embedder
+from siamface.embed.pipeline import embed_files
 from siamface.errors import SiamfaceError
+from siamface.folders.images import ImageLoadError, load_rgb, resize_uint8
 from siamface.gallery import Gallery, NewPerson
 from siamface.gallery.enroll import embed_plan, plan_enrollment
-from siamface.inference import Embedder
+from siamface.tensors.transforms import Preprocessing
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:

@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 
 from siamface.errors import SiamfaceError
-from siamface.gallery.evaluate import evaluate_open_set, identification_metrics, split_open_set
+from siamface.gallery.identification import (
+    evaluate_open_set,
+    identification_metrics,
+    split_open_set,
+)
 from siamface.gallery.results import Match, SearchResult
 
 

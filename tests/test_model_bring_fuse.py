@@ -69,7 +69,7 @@ def _images(root: Path) -> tuple[list[Path], list[str]]:
 @pytest.fixture(scope="module")
 def aligned(people) -> np.ndarray:
     """Real faces aligned to the ArcFace template at 112 px (NCHW uint8)."""
-    from siamface.inference import open_model
+    from siamface.embed.load import open_model
 
     sface = open_model("sface", device="cpu")
     files, _ = _images(people)
@@ -81,8 +81,8 @@ def aligned(people) -> np.ndarray:
 def test_opencv_zoo_sface_file_matches_builtin_sface(sface_file, aligned):
     """The shipped file (weights declared as graph inputs, batch fixed to 1) is folded at
     load and gives the built-in sface's embeddings on real aligned faces."""
-    from siamface.inference import open_model
-    from siamface.inference.onnx_backend import CardOnnxEmbedder
+    from siamface.embed.load import open_model
+    from siamface.embed.onnx_backend import CardOnnxEmbedder
 
     theirs = open_model(sface_file)
     assert isinstance(theirs, CardOnnxEmbedder)
@@ -110,8 +110,8 @@ def test_onnx_without_card_is_refused_with_what_to_do(tmp_path):
 
 
 def test_bad_cards_fail_in_one_line(sface_file, tmp_path):
+    from siamface.embed.load import open_model
     from siamface.errors import SiamfaceError
-    from siamface.inference import open_model
 
     cases = {
         "color_ordr: bgr\nmean: 0\nstd: 1\n": "unknown key",
@@ -177,7 +177,7 @@ def test_second_architecture_through_its_card_only(tmp_path, people):
     through its card alone and embeds real faces as the network defines; the same file with
     the colour order wrong in its card gives other embeddings (nothing in the graph can tell:
     documented, and measurable with siamface evaluate)."""
-    from siamface.inference import open_model
+    from siamface.embed.load import open_model
 
     timm_net = _TimmFaceNet()
     onnx_file = timm_net.export(tmp_path / "tiny.onnx")
@@ -215,7 +215,7 @@ def test_calibrate_writes_the_threshold_into_the_card(people, sface_file, tmp_pa
     assert r.returncode == 0, r.stderr
     value = json.loads(r.stdout)["threshold"]["value"]
     assert value != pytest.approx(0.363)  # measured on these people, not the card's
-    from siamface.inference import open_model
+    from siamface.embed.load import open_model
 
     model = open_model(sface_file, card=out)
     assert model.threshold["value"] == pytest.approx(value)
@@ -226,7 +226,7 @@ def test_calibrate_writes_the_threshold_into_the_card(people, sface_file, tmp_pa
 # ------------------------------------------------------------------------- flip averaging
 @needs_data
 def test_flip_averaging_is_mirror_invariant_and_part_of_the_model(aligned, sface_file):
-    from siamface.inference import model_reference, open_model
+    from siamface.embed.load import model_reference, open_model
 
     plain = open_model(sface_file)
     flip = open_model(f"{sface_file}:tta=flip")
@@ -243,8 +243,8 @@ def test_flip_averaging_is_mirror_invariant_and_part_of_the_model(aligned, sface
 
 
 def test_unknown_tta_is_refused():
+    from siamface.embed.load import open_model
     from siamface.errors import SiamfaceError
-    from siamface.inference import open_model
 
     with pytest.raises(SiamfaceError, match="tta must be one of"):
         open_model("sface:tta=rotate")
@@ -256,7 +256,7 @@ def test_fuse_cli_and_fused_model_everywhere(tmp_path, sface_file):
     """siamface fuse fits weights on real pairs; one cosine of the fused embeddings equals
     the weighted sum of the members' cosines; the fused file verifies, enrols and identifies
     through the CLI; an ANN index over fused embeddings finds what exact search finds."""
-    from siamface.inference import open_model
+    from siamface.embed.load import open_model
 
     people = copy_identities(SHARED_DATA / "pins90", tmp_path / "few", 4, 3)
     # Members: the built-in sface and the third-party file (through its card), with flip.
@@ -319,7 +319,7 @@ def test_fuse_cli_and_fused_model_everywhere(tmp_path, sface_file):
 @needs_data
 def test_third_party_onnx_as_distillation_teacher(people, sface_file):
     """teacher= takes the carded file like any model: its embeddings are the teacher's."""
-    from siamface.inference import open_model
+    from siamface.embed.load import open_model
     from siamface.train.distill import teacher_embeddings
 
     files, _ = _images(people)
@@ -333,7 +333,7 @@ def test_served_model_card_shows_licence_provenance_and_contract(sface_file):
     pytest.importorskip("fastapi")
     from test_serve_api import running
 
-    from siamface.inference import open_model
+    from siamface.embed.load import open_model
     from siamface.serve import create_app
 
     with running(create_app(open_model(f"{sface_file}:tta=flip"), None)) as client:
@@ -348,7 +348,7 @@ def test_served_model_card_shows_licence_provenance_and_contract(sface_file):
 def test_model_lists_open_the_shipped_fusion_or_equal_weights(sface_file):
     """``sface+dlib`` opens the fitted fusion shipped with siamface; a list without a fitted
     file gets equal weights, and its card says it was not fitted."""
-    from siamface.inference import model_available, model_reference, open_model
+    from siamface.embed.load import model_available, model_reference, open_model
 
     unfitted = open_model(f"sface+{sface_file}")
     assert np.allclose(unfitted.weights, [0.5, 0.5])
@@ -368,7 +368,7 @@ def test_fit_fusion_weights_informative_members_and_the_tar_objective():
     never accepts fewer genuine pairs at the target FAR than the regression's weights."""
     from sklearn.metrics import roc_curve
 
-    from siamface.inference.fusion import fit_fusion
+    from siamface.embed.fusion import fit_fusion
 
     rng = np.random.default_rng(0)
     same = np.r_[np.ones(500, bool), np.zeros(20000, bool)]

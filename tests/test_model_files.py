@@ -297,7 +297,7 @@ def onnx_model(tiny_checkpoint, tmp_path_factory):
 def _onnx_with(src, dst, edit):
     import onnx
 
-    from siamface.inference.onnx_backend import METADATA_KEY
+    from siamface.embed.onnx_backend import METADATA_KEY
 
     m = onnx.load(str(src))
     props = {p.key: p.value for p in m.metadata_props}

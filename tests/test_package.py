@@ -38,9 +38,9 @@ def test_evaluate_and_onnx_inference_stay_torch_free(tmp_path):
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "import siamface.evaluate.run, siamface.inference.onnx_backend\n"
-        "from siamface.evaluate.report import write_report\n"
-        "from siamface.evaluate.protocol import PairsFile, write_pairs\n"
+        "import siamface.scores.evaluate, siamface.embed.onnx_backend\n"
+        "from siamface.scores.report import write_report\n"
+        "from siamface.scores.protocol import PairsFile, write_pairs\n"
         f"write_report(Path({str(tmp_path)!r}), {{'ok': 1}})\n"
         f"write_pairs(PairsFile(1, 1), Path({str(tmp_path)!r}) / 'pairs.txt')\n"
         "print('torch' in sys.modules)\n"

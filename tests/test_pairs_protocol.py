@@ -8,7 +8,7 @@ from PIL import Image
 
 from siamface.cli.main import main
 from siamface.errors import SiamfaceError
-from siamface.evaluate.protocol import (
+from siamface.scores.protocol import (
     ImageIndex,
     best_threshold,
     kfold_accuracy,

@@ -20,9 +20,9 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from siamface.data.images import load_rgb
+from siamface.embed.load import open_model
 from siamface.export.onnx_export import export_onnx
-from siamface.inference import open_model
+from siamface.folders.images import load_rgb
 from siamface.serve import create_app
 from siamface.serve.batcher import MicroBatcher
 
@@ -82,7 +82,7 @@ def local(onnx_model):
 
 
 def local_embedding(model, data: bytes) -> np.ndarray:
-    from siamface.data.images import decode_rgb
+    from siamface.folders.images import decode_rgb
 
     return model.embed_images([decode_rgb(data)])[0]
 
@@ -160,7 +160,7 @@ def test_gallery_enroll_identify_list_remove(client, local):
     assert thumb_url == "/gallery/thumbnails/Alice%20Smith"
     t = client.get(thumb_url)
     assert t.status_code == 200 and t.headers["content-type"] == "image/jpeg"
-    from siamface.data.images import decode_rgb
+    from siamface.folders.images import decode_rgb
 
     thumb = np.asarray(Image.open(io.BytesIO(t.content))).astype(int)
     faces = [local.face_array(decode_rgb(d)).astype(int) for d in alice]
@@ -282,9 +282,9 @@ def test_no_face_is_a_422(tmp_path, pins_small):
     pytest.importorskip("yuface")
     import torch
 
-    from siamface.data.transforms import Preprocessing
     from siamface.model.checkpoint import Checkpoint, save_checkpoint
     from siamface.model.network import ModelConfig, build_model
+    from siamface.tensors.transforms import Preprocessing
 
     torch.manual_seed(0)
     cfg = ModelConfig(backbone="test_efficientnet", embedding_size=16)
@@ -430,7 +430,7 @@ def test_uploads_decode_like_files(tmp_path, local):
     img.paste(200, (10, 10, 30, 40))
     p = tmp_path / "gray.png"
     img.save(p)
-    from siamface.data.images import decode_rgb
+    from siamface.folders.images import decode_rgb
 
     a = local.face_array(decode_rgb(p.read_bytes()))
     b = local.face_array(load_rgb(p))
@@ -469,7 +469,7 @@ def test_faces_the_model_saw_come_back_on_request(client, local):
     """``?faces=true``: the crops the model embedded, as JPEG data URLs (what the page shows)."""
     import base64
 
-    from siamface.data.images import decode_rgb
+    from siamface.folders.images import decode_rgb
 
     a, b = jpeg(61, size=(130, 90)), jpeg(62)
     files = {"image1": ("a.jpg", a), "image2": ("b.jpg", b)}

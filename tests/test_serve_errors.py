@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from test_serve_api import jpeg, running
 
-from siamface.inference import open_model
+from siamface.embed.load import open_model
 from siamface.serve import create_app
 from siamface.serve.errors import DOMAIN_ERRORS, ApiError, Busy, api_error
 from siamface.serve.limits import PixelBudget
@@ -262,9 +262,9 @@ def test_busy_is_raised_after_the_wait():
 
 
 def test_domain_errors_map_by_type_not_by_text():
-    from siamface.data.images import ImageLoadError
     from siamface.errors import SiamfaceError
     from siamface.faces.errors import NoFaceError
+    from siamface.folders.images import ImageLoadError
 
     # same message, different types -> different answers
     assert api_error(NoFaceError("x")).code == "no_face"

@@ -15,11 +15,11 @@ import torch
 from test_serve_api import jpeg, running
 
 from siamface.cli.main import main as cli
-from siamface.data.transforms import Preprocessing
 from siamface.errors import SiamfaceError
 from siamface.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from siamface.model.network import ModelConfig, build_model
 from siamface.serve import create_app
+from siamface.tensors.transforms import Preprocessing
 
 STATIC = resources.files("siamface.serve") / "static"
 

@@ -12,7 +12,7 @@ from conftest import SHARED_DATA, copy_identities, needs_data
 from PIL import Image
 
 from siamface.cli.main import main
-from siamface.data.images import MIN_IMAGE_SIDE, ImageLoadError, load_rgb
+from siamface.folders.images import MIN_IMAGE_SIDE, ImageLoadError, load_rgb
 
 pytestmark = needs_data
 FAST = ["--workers", "0", "--no-progress"]

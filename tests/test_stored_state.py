@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import needs_data
 
-from siamface.data.scan_index import INDEX_FILE, ScanIndex, scan_files
+from siamface.folders.scan_index import INDEX_FILE, ScanIndex, scan_files
 
 pytestmark = needs_data
 
@@ -220,8 +220,8 @@ def test_gallery_check_drops_what_cannot_be_re_embedded(capsys, gallery):
 # ----------------------------------------------------------------------------- aligned faces
 @pytest.mark.parametrize("damage", ["swapped", "random_bytes"])
 def test_aligned_face_cache_damage_is_found(tmp_path, caplog, damage):
-    from siamface.data.transforms import Preprocessing
     from siamface.faces.cache import FaceCache
+    from siamface.tensors.transforms import Preprocessing
 
     cache = FaceCache(Preprocessing(image_size=16, aligned=True), root=tmp_path)
     faces = {d: np.full((16, 16, 3), v, np.uint8) for d, v in (("a" * 64, 10), ("b" * 64, 200))}

@@ -20,7 +20,7 @@ import torch
 from conftest import REPO, TINY_BACKBONE
 from safetensors.torch import load_file
 
-from siamface.data.batches import rank_order
+from siamface.tensors.batches import rank_order
 from siamface.train.config import make_config
 from siamface.train.loop import Trainer
 

@@ -13,13 +13,13 @@ from conftest import SHARED_DATA, TINY_BACKBONE, TINY_TRAIN, copy_identities, ne
 from safetensors.torch import load_file, save_file
 
 from siamface.cli.main import main
-from siamface.data.dataset import FaceImageDataset
-from siamface.data.marker import read_marker, write_marker
-from siamface.data.scan_index import ScanIndex, scan_files
 from siamface.errors import SiamfaceError
+from siamface.folders.marker import read_marker, write_marker
+from siamface.folders.scan_index import ScanIndex, scan_files
 from siamface.model.checkpoint import read_metadata
 from siamface.model.network import ModelConfig, build_model
 from siamface.model.pretrained import load_backbone_file, load_pretrained
+from siamface.tensors.dataset import FaceImageDataset
 from siamface.train.config import make_config
 from siamface.train.loop import Trainer, use_bf16
 

@@ -17,9 +17,9 @@ from conftest import TINY_TRAIN
 from pytorch_metric_learning import losses
 from torch import nn
 
-from siamface.data.batch_augment import BatchAugment
-from siamface.data.scan_index import INDEX_FILE, ScanIndex, scan_files
-from siamface.data.transforms import Preprocessing, train_augmentation
+from siamface.folders.scan_index import INDEX_FILE, ScanIndex, scan_files
+from siamface.tensors.batch_augment import BatchAugment
+from siamface.tensors.transforms import Preprocessing, train_augmentation
 from siamface.train.config import make_config
 from siamface.train.data import cap_validation
 from siamface.train.loop import Trainer

@@ -40,8 +40,8 @@ RTSP_PY = "/usr/bin/python3"
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """Actors, an SFace gallery with the enrolled ones (other photos of them), the clip."""
+    from siamface.embed.load import open_model
     from siamface.gallery import Gallery
-    from siamface.inference import open_model
 
     root = tmp_path_factory.mktemp("watch")
     people = single_face_people(SHARED_DATA / "celeba_wild", 4, 4)

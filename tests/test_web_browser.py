@@ -60,8 +60,8 @@ def setup(pins_small, tmp_path_factory) -> dict:
     calibrated threshold: two of one person above it, one of another person and a stranger
     below it."""
     from siamface.cli.main import main as cli
+    from siamface.embed.load import open_model
     from siamface.faces.detect import DEFAULT_DETECTOR, is_available
-    from siamface.inference import open_model
 
     if not is_available(DEFAULT_DETECTOR):
         pytest.skip(f"face detector {DEFAULT_DETECTOR} not installed (needed by SFace)")
@@ -606,9 +606,9 @@ def test_concurrent_requests_to_an_aligned_model_do_not_hang(server, setup):
 def test_photo_with_two_people_shows_boxes_and_the_click_decides(browser, server, setup, tmp_path):
     """A photo of two people, equally likely: the page shows the refusal, draws a box on
     each face of the photo, and the face the person clicks is the one verified."""
-    from siamface.data.images import load_rgb
-    from siamface.data.transforms import Preprocessing
     from siamface.faces.align import align_face_image
+    from siamface.folders.images import load_rgb
+    from siamface.tensors.transforms import Preprocessing
 
     def portrait(path: Path) -> Image.Image:
         pre = Preprocessing(image_size=200, aligned=True, align={"margin": 0.8})

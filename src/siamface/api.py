@@ -23,8 +23,7 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
-from siamface.errors import SiamfaceError
-from siamface.verify import (
+from siamface.decide.verify import (
     ClaimVerification,
     Verification,
     check_threshold,
@@ -32,6 +31,7 @@ from siamface.verify import (
     resolve_threshold,
     verify_claim,
 )
+from siamface.errors import SiamfaceError
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray]  # noqa: UP007 - readable alias
 
@@ -147,7 +147,7 @@ class FaceModel:
         """Who is in the photo: one answer per face (largest first), each with its ``box`` in
         photo pixels, the best ``top_k`` enrolled people and ``identity`` ("unknown" below the
         gallery's open-set threshold). ``gallery`` is a gallery folder, URL or open gallery."""
-        from siamface.data.images import load_rgb
+        from siamface.folders.images import load_rgb
         from siamface.gallery import open_gallery
 
         img = load_rgb(Path(image)) if isinstance(image, (str, Path)) else image
@@ -204,6 +204,6 @@ def load(path: str | Path, device: str = "auto", threshold: float | None = None)
 
     ``threshold`` overrides the stored decision threshold.
     """
-    from siamface.inference import open_model
+    from siamface.embed.load import open_model
 
     return FaceModel(open_model(path, device=device), threshold=threshold)

@@ -34,10 +34,10 @@ def face_of(model, path: Path, pick: str | None, flag: str = "--face", quiet: bo
     :class:`SiamfaceError` naming every face when the choice is ambiguous and not settled
     by ``pick``, and for unreadable photos or photos without a face.
     """
-    from siamface.data.images import ImageLoadError, load_rgb
     from siamface.errors import SiamfaceError
     from siamface.faces.choose import FacePick
     from siamface.faces.errors import AmbiguousFaceError
+    from siamface.folders.images import ImageLoadError, load_rgb
 
     try:
         chosen = FacePick.parse(pick)

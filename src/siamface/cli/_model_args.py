@@ -66,6 +66,6 @@ def rate(text: str) -> float:
 
 
 def open_model_arg(args: argparse.Namespace):
-    from siamface.inference import open_model
+    from siamface.embed.load import open_model
 
     return open_model(args.model, device=args.device, card=getattr(args, "card", None))

@@ -98,9 +98,9 @@ def other_target(args: argparse.Namespace) -> tuple[str, Path] | None:
     """Models whose threshold lives outside a checkpoint: ("fusion", file to write) for a
     fusion (a file, or ``a+b``, which needs --out), ("card", card to write) for a third-party
     ONNX file; None for checkpoints and built-in models."""
+    from siamface.embed.fusion import is_fusion_file
+    from siamface.embed.tta import split_tta
     from siamface.errors import SiamfaceError
-    from siamface.inference.fusion import is_fusion_file
-    from siamface.inference.tta import split_tta
 
     base, tta = split_tta(args.model)
     p = Path(base).expanduser()
@@ -110,8 +110,8 @@ def other_target(args: argparse.Namespace) -> tuple[str, Path] | None:
             raise SiamfaceError(f"{args.model} is a shipped fusion: give --out FILE.json")
         return "fusion", out or p
     if p.suffix == ".onnx" and p.is_file():
-        from siamface.inference.card import card_beside
-        from siamface.inference.onnx_backend import has_siamface_metadata
+        from siamface.embed.card import card_beside
+        from siamface.embed.onnx_backend import has_siamface_metadata
 
         if has_siamface_metadata(p) and not args.card:
             return None  # an export: checkpoint_path explains what to do
@@ -130,8 +130,8 @@ def other_target(args: argparse.Namespace) -> tuple[str, Path] | None:
 def measure_threshold(args: argparse.Namespace):
     """Embed ``--data`` with ``--model`` and choose the threshold (at ``--far``, or for the
     best accuracy): (model, evaluation, threshold record with its TAR/FAR and date, rates)."""
-    from siamface.evaluate import run as ev
-    from siamface.evaluate.metrics import DEFAULT_FARS, threshold_record
+    from siamface.scores import evaluate as ev
+    from siamface.scores.metrics import DEFAULT_FARS, threshold_record
 
     ids = None
     if args.identities:
@@ -179,8 +179,8 @@ def run_other(args: argparse.Namespace, kind: str, out: Path) -> int:
     m = result.metrics
     old = model.threshold
     if kind == "fusion":
-        from siamface.inference.fusion import packaged_fusion, read_fusion, write_fusion
-        from siamface.inference.tta import split_tta
+        from siamface.embed.fusion import packaged_fusion, read_fusion, write_fusion
+        from siamface.embed.tta import split_tta
 
         base = split_tta(args.model)[0]
         src = Path(base).expanduser()
@@ -197,7 +197,7 @@ def run_other(args: argparse.Namespace, kind: str, out: Path) -> int:
     else:
         import dataclasses
 
-        from siamface.inference.card import write_card
+        from siamface.embed.card import write_card
 
         card = dataclasses.replace(
             getattr(model, "inner", model).model_card,

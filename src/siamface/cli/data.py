@@ -55,8 +55,8 @@ def _no_action(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from siamface.data.check import check_dataset
     from siamface.errors import SiamfaceError
+    from siamface.folders.check import check_dataset
 
     if args.min_images < 2:
         raise SiamfaceError(f"--min-images must be at least 2, got {args.min_images}")

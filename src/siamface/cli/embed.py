@@ -42,8 +42,8 @@ def list_images(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     reported, not silently dropped; broken symbolic links count as images so that reading
     them reports them too.
     """
-    from siamface.data.images import is_image_path, unsupported_reason
     from siamface.errors import SiamfaceError
+    from siamface.folders.images import is_image_path, unsupported_reason
 
     if not root.is_dir():
         raise SiamfaceError(f"data folder not found: {root}")

@@ -94,11 +94,11 @@ def _resolve(args: argparse.Namespace) -> tuple[str, list[str], list[str] | None
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from siamface.data.folders import scan_identity_folders
+    from siamface.embed.load import open_model
     from siamface.errors import SiamfaceError
     from siamface.fileio import atomic_write, check_output_file
-    from siamface.gallery.evaluate import DEFAULT_FARS, evaluate_open_set, split_open_set
-    from siamface.inference import open_model
+    from siamface.folders.identities import scan_identity_folders
+    from siamface.gallery.identification import DEFAULT_FARS, evaluate_open_set, split_open_set
 
     model_path, data, names = _resolve(args)
     if args.out:

@@ -76,18 +76,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from siamface.errors import SiamfaceError
-    from siamface.evaluate import run as ev
-    from siamface.evaluate.metrics import DEFAULT_FARS, threshold_record, verification_metrics
-    from siamface.fileio import check_output_file
-    from siamface.inference import model_reference, open_model
-    from siamface.inference.fusion import (
+    from siamface.embed.fusion import (
         fit_fusion,
         fusion_pairs,
         fusion_record,
         write_fusion,
     )
-    from siamface.inference.tta import FlipEmbedder
+    from siamface.embed.load import model_reference, open_model
+    from siamface.embed.tta import FlipEmbedder
+    from siamface.errors import SiamfaceError
+    from siamface.fileio import check_output_file
+    from siamface.scores import evaluate as ev
+    from siamface.scores.metrics import DEFAULT_FARS, threshold_record, verification_metrics
 
     if len(args.models) < 2:
         raise SiamfaceError("fuse needs two or more models, e.g. siamface fuse sface dlib ...")

@@ -162,8 +162,8 @@ def _open(spec: str):
 
 def load_gallery_model(gallery, model: str | None):
     """The model to embed images for ``gallery``: ``--model`` or the one it records."""
+    from siamface.embed.load import model_available, open_model
     from siamface.errors import SiamfaceError
-    from siamface.inference import model_available, open_model
 
     if model is None:
         src = gallery.model_source
@@ -178,12 +178,12 @@ def load_gallery_model(gallery, model: str | None):
 
 
 def run_enroll(args: argparse.Namespace) -> int:
+    from siamface.embed.load import model_reference, open_model
     from siamface.errors import SiamfaceError
     from siamface.gallery import Gallery
     from siamface.gallery.backends import backend_name
     from siamface.gallery.enroll import embed_plan, plan_enrollment
     from siamface.gallery.validation import parse_metadata
-    from siamface.inference import model_reference, open_model
 
     metadata = parse_metadata(args.metadata, "--metadata")
     plan = plan_enrollment(args.inputs, args.name)  # input errors before anything is opened

@@ -100,7 +100,7 @@ def _every_face(args, g, embedder, paths) -> int:
     """Every person in each photo: one search per face, answered with its box."""
     import numpy as np
 
-    from siamface.data.images import ImageLoadError, load_rgb
+    from siamface.folders.images import ImageLoadError, load_rgb
 
     out, failed = [], False
     thr = "gallery" if args.threshold is None else args.threshold

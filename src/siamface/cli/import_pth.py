@@ -61,11 +61,16 @@ def run(args: argparse.Namespace) -> int:
     import math
     from pathlib import Path
 
-    from siamface.data.transforms import IMAGENET_MEAN, IMAGENET_STD, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
     from siamface.errors import SiamfaceError
     from siamface.fileio import check_output_file
     from siamface.model.article import import_article_model
     from siamface.model.checkpoint import save_checkpoint
+    from siamface.tensors.transforms import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        MAX_IMAGE_SIZE,
+        MIN_IMAGE_SIZE,
+    )
 
     if not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
         raise SiamfaceError(

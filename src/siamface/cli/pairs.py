@@ -71,8 +71,8 @@ def _summary(pf, path: Path) -> dict:
 
 
 def run_make(args: argparse.Namespace) -> int:
-    from siamface.evaluate.protocol import make_pairs, write_pairs
     from siamface.fileio import check_output_file
+    from siamface.scores.protocol import make_pairs, write_pairs
 
     check_output_file(args.out, "pairs file")
     pf = make_pairs(args.data, args.folds, args.per_fold, args.seed)
@@ -89,7 +89,7 @@ def run_make(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from siamface.evaluate.protocol import read_pairs, resolve_pairs
+    from siamface.scores.protocol import read_pairs, resolve_pairs
 
     path = Path(args.pairs)
     pf = read_pairs(path)

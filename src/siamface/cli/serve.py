@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get("SIAMFACE_API_KEY") or None
     model = args.model
     if args.card:
-        from siamface.inference import open_model
+        from siamface.embed.load import open_model
 
         model = open_model(args.model, device=args.device, card=args.card)
     app = create_app(

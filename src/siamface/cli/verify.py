@@ -99,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
 def _run_one(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from siamface.decide.verify import decide, resolve_threshold
     from siamface.errors import SiamfaceError
-    from siamface.verify import decide, resolve_threshold
 
     a, b = (Path(x).expanduser() for x in args.images)
     for p in (a, b):
@@ -146,9 +146,9 @@ def _because(r) -> str:
 def _run_claim(args: argparse.Namespace) -> int:
     """One face against a claimed identity enrolled in a gallery."""
     from siamface.cli.gallery import load_gallery_model
+    from siamface.decide.verify import verify_claim
     from siamface.errors import SiamfaceError
     from siamface.gallery import Gallery
-    from siamface.verify import verify_claim
 
     if not (args.gallery and args.person):
         raise SiamfaceError("--gallery and --as go together: --gallery G --as NAME IMAGE")
@@ -191,8 +191,8 @@ def _one_json(args, model, r) -> dict:
 
 
 def _run_csv(args: argparse.Namespace) -> int:
+    from siamface.decide.verify import read_pairs_csv, resolve_threshold, verify_pairs
     from siamface.fileio import atomic_write, check_output_file
-    from siamface.verify import read_pairs_csv, resolve_threshold, verify_pairs
 
     rows = read_pairs_csv(args.pairs_csv, args.root)  # checks every path before model work
     if args.out:

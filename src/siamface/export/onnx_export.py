@@ -7,7 +7,7 @@ Design choices, and why:
   they cannot get mean/std wrong, and the input tensor is 4x smaller than float32.
 * **Dynamic batch.** One file serves single requests and the REST service's micro-batches.
 * **Metadata inside the file** (``metadata_props``): a JSON record under ``"siamface"``
-  with everything :class:`~siamface.inference.onnx_backend.OnnxEmbedder` needs (embedding and
+  with everything :class:`~siamface.embed.onnx_backend.OnnxEmbedder` needs (embedding and
   input size, mean/std, alignment, decision threshold, source fingerprint, version), plus the
   same values as flat keys for people inspecting the file in Netron or ``onnx``.
 * **Parity check before the file appears.** The export runs in a temporary file next to the
@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from siamface.data.images import ImageLoadError, is_image_path, load_rgb
-from siamface.data.transforms import Preprocessing
+from siamface.embed.onnx_backend import FORMAT, FORMAT_VERSION, METADATA_KEY, OnnxEmbedder
 from siamface.errors import SiamfaceError
 from siamface.fileio import atomic_write, check_output_file
-from siamface.inference.onnx_backend import FORMAT, FORMAT_VERSION, METADATA_KEY, OnnxEmbedder
+from siamface.folders.images import ImageLoadError, is_image_path, load_rgb
 from siamface.model.checkpoint import Checkpoint
 from siamface.model.zoo import resolve_checkpoint
+from siamface.tensors.transforms import Preprocessing
 from siamface.version import __version__
 
 DEFAULT_OPSET = 18
@@ -49,7 +49,7 @@ MAX_SAMPLE_IMAGES = 64
 
 class UInt8EmbeddingNet(nn.Module):
     """uint8 NCHW RGB -> unit embeddings: the checkpoint's network with its normalisation
-    folded in (same arithmetic as :func:`siamface.data.transforms.normalize_batch`)."""
+    folded in (same arithmetic as :func:`siamface.tensors.transforms.normalize_batch`)."""
 
     def __init__(self, net: nn.Module, pre: Preprocessing) -> None:
         super().__init__()
@@ -260,7 +260,7 @@ def parity_check(
     threshold and at the median PyTorch score (so both outcomes occur even when the stored
     threshold puts every synthetic pair on one side).
     """
-    from siamface.data.transforms import normalize_batch
+    from siamface.tensors.transforms import normalize_batch
 
     net = ckpt.build("cpu")
     with torch.inference_mode():
@@ -322,7 +322,7 @@ def _sample_faces(samples: Sequence[str | Path] | None, ckpt: Checkpoint) -> tup
     if pre.aligned:
         from siamface.faces.align import align_face_image as face_fn
     else:
-        from siamface.data.transforms import resize_uint8
+        from siamface.folders.images import resize_uint8
 
         def face_fn(img, pre):
             return resize_uint8(img, pre.image_size)

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from siamface.data.images import load_rgb
 from siamface.errors import SiamfaceError
 from siamface.faces.choose import (
     DEFAULT_FACE_POLICY,
@@ -40,9 +39,10 @@ from siamface.faces.detect import (
     refine_face,
 )
 from siamface.faces.errors import AmbiguousFaceError, NoFaceError
+from siamface.folders.images import load_rgb
 
 if TYPE_CHECKING:  # torch-free at run time: prepare's worker processes never load torch
-    from siamface.data.transforms import Preprocessing
+    from siamface.tensors.transforms import Preprocessing
 
 #: ArcFace / InsightFace landmark template for a 112x112 crop (pixel-index coordinates):
 #: eye on the image's left, eye on the image's right, nose tip, left and right mouth corner.

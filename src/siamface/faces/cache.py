@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from siamface.data.images import ImageLoadError, load_rgb
 from siamface.faces.errors import AmbiguousFaceError, NoFaceError, is_ambiguous
+from siamface.folders.images import ImageLoadError, load_rgb
 from siamface.integrity import discard, open_sqlite_cache, row_digest, sqlite_files
 from siamface.system import cache_dir
 
 if TYPE_CHECKING:
-    from siamface.data.transforms import Preprocessing
+    from siamface.tensors.transforms import Preprocessing
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Failures of the face layer, typed so that batch code can decide what is fatal.
 
 A photo without a detectable face is a property of that one file, like a truncated JPEG, so
-:class:`NoFaceError` is an :class:`~siamface.data.images.ImageLoadError`: embedding, training
+:class:`NoFaceError` is an :class:`~siamface.folders.images.ImageLoadError`: embedding, training
 and ``prepare`` skip and report it. A missing detector package is an environment problem that
 affects every image, so :class:`DetectorUnavailable` is a user-facing
 :class:`~siamface.errors.SiamfaceError` that stops the command with an install hint.
@@ -9,8 +9,8 @@ affects every image, so :class:`DetectorUnavailable` is a user-facing
 
 from __future__ import annotations
 
-from siamface.data.images import ImageLoadError
 from siamface.errors import SiamfaceError
+from siamface.folders.images import ImageLoadError
 
 
 class NoFaceError(ImageLoadError):

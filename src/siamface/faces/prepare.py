@@ -27,9 +27,15 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from siamface.data.folders import scan_identity_folders
-from siamface.data.images import ImageLoadError, load_rgb
-from siamface.data.marker import (
+from siamface.errors import OutputError, SiamfaceError
+from siamface.faces.align import AlignParams, find_faces, warp_face
+from siamface.faces.choose import choose_face
+from siamface.faces.detect import get_detector, refine_face
+from siamface.faces.errors import NoFaceError
+from siamface.fileio import atomic_write, check_output_dir, output_error
+from siamface.folders.identities import scan_identity_folders
+from siamface.folders.images import ImageLoadError, load_rgb
+from siamface.folders.marker import (
     MARKER_FORMAT,
     MARKER_NAME,
     MARKER_VERSION,
@@ -37,12 +43,6 @@ from siamface.data.marker import (
     read_marker,
     write_marker,
 )
-from siamface.errors import OutputError, SiamfaceError
-from siamface.faces.align import AlignParams, find_faces, warp_face
-from siamface.faces.choose import choose_face
-from siamface.faces.detect import get_detector, refine_face
-from siamface.faces.errors import NoFaceError
-from siamface.fileio import atomic_write, check_output_dir, output_error
 from siamface.system import usable_cpus
 from siamface.version import __version__
 

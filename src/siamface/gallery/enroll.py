@@ -11,20 +11,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from siamface.data.folders import scan_identity_folders
-from siamface.data.images import (
+from siamface.embed.load import Embedder
+from siamface.errors import SiamfaceError
+from siamface.faces.errors import is_ambiguous
+from siamface.folders.identities import scan_identity_folders
+from siamface.folders.images import (
     ImageLoadError,
     file_digest,
     is_image_path,
     load_rgb,
     unsupported_reason,
 )
-from siamface.errors import SiamfaceError
-from siamface.faces.errors import is_ambiguous
 from siamface.gallery.records import NewPerson
 from siamface.gallery.thumbnail import make_thumbnail
 from siamface.gallery.validation import check_name
-from siamface.inference import Embedder
 
 _SHOW = 10
 

@@ -21,8 +21,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from siamface.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from siamface.errors import SiamfaceError
+from siamface.tensors.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 if TYPE_CHECKING:  # torch loads on use, so that `siamface --help` can show the defaults
     import torch

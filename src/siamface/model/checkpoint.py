@@ -17,7 +17,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from siamface.data.transforms import Preprocessing
 from siamface.errors import SiamfaceError
 from siamface.fileio import atomic_write  # noqa: F401 - re-exported (moved there, torch-free)
 from siamface.model.network import EmbeddingNet, ModelConfig, PairHead, build_model
@@ -27,6 +26,7 @@ from siamface.model.validate import (
     contract_digest,
     parse_header,
 )
+from siamface.tensors.transforms import Preprocessing
 
 FORMAT = "siamface.checkpoint"
 FORMAT_VERSION = 1

@@ -36,8 +36,8 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from siamface.data.transforms import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from siamface.errors import SiamfaceError
+from siamface.tensors.transforms import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 
 #: Largest embedding size a header may declare (real models use 128-2048).
 MAX_EMBEDDING_SIZE = 65536
@@ -117,7 +117,7 @@ def check_format(meta: Mapping, path: Path | str, fmt: str, max_version: int) ->
 
 
 def check_preprocessing(pre: Mapping, path: Path | str, prefix: str = "preprocessing") -> None:
-    """Types and ranges of a :class:`~siamface.data.transforms.Preprocessing` record."""
+    """Types and ranges of a :class:`~siamface.tensors.transforms.Preprocessing` record."""
     size = pre.get("image_size")
     if not _int_in(size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE):
         raise _fail(

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from siamface.data.transforms import Preprocessing
 from siamface.errors import SiamfaceError
 from siamface.model.checkpoint import Checkpoint
 from siamface.model.network import ModelConfig, build_model
 from siamface.model.registry import get_architecture
 from siamface.registry import Registry
+from siamface.tensors.transforms import Preprocessing
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from siamface.embed.load import Embedder, open_model
 from siamface.errors import SiamfaceError
-from siamface.inference import Embedder, open_model
 from siamface.serve.batcher import MicroBatcher
 from siamface.serve.errors import install_error_handlers
 from siamface.serve.limits import BodyLimit, PixelBudget

@@ -23,9 +23,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from siamface.data.images import ImageLoadError
 from siamface.errors import SiamfaceError
 from siamface.faces.errors import AmbiguousFaceError, NoFaceError
+from siamface.folders.images import ImageLoadError
 from siamface.names import NameError_
 
 log = logging.getLogger("siamface.serve")

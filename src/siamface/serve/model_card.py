@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from pathlib import PurePath
 
-from siamface.inference import Embedder
+from siamface.embed.load import Embedder
 
 #: Keys of a model's ``info`` shown on the card (anything else stays in the file).
 INFO_KEYS = (

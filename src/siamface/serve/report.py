@@ -1,7 +1,7 @@
 """A ``siamface evaluate`` report folder, served on the model card (``serve --report DIR``).
 
 The folder holds ``report.json`` and the plots it lists under ``plots`` (ROC, DET, score
-histograms; see :mod:`siamface.evaluate.report`). Only those files are served, by kind, so a
+histograms; see :mod:`siamface.scores.report`). Only those files are served, by kind, so a
 request can never name another file. The report is read once at start-up; a folder that is not
 a report is refused then, with the reason, rather than showing an empty card later.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from siamface.errors import SiamfaceError
 
-#: File name written by ``siamface evaluate`` (siamface.evaluate.report.REPORT_NAME; not
+#: File name written by ``siamface evaluate`` (siamface.scores.report.REPORT_NAME; not
 #: imported from there because that module needs scikit-learn, which serving does not).
 REPORT_NAME = "report.json"
 

@@ -24,10 +24,10 @@ from fastapi import UploadFile
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from siamface.data.images import ImageLoadError, decode_rgb
+from siamface.embed.load import Embedder
 from siamface.errors import SiamfaceError
 from siamface.faces.choose import FaceChoice, FacePick
-from siamface.inference import Embedder
+from siamface.folders.images import ImageLoadError, decode_rgb
 from siamface.serve.batcher import MicroBatcher
 from siamface.serve.errors import (
     BadImage,
@@ -110,7 +110,7 @@ def runs_on_gpu(embedder: Embedder) -> bool:
 
 
 def backend_name(embedder: Embedder) -> str:
-    onnx = sys.modules.get("siamface.inference.onnx_backend")
+    onnx = sys.modules.get("siamface.embed.onnx_backend")
     if onnx is not None and isinstance(embedder, onnx.OnnxEmbedder):
         return "onnxruntime"
     return "pytorch"

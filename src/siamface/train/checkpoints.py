@@ -12,10 +12,10 @@ from typing import Any
 
 from torch import nn
 
-from siamface.data.transforms import Preprocessing
-from siamface.evaluate.metrics import VerificationMetrics, threshold_record
 from siamface.model.checkpoint import Checkpoint, save_checkpoint
 from siamface.model.network import ModelConfig
+from siamface.scores.metrics import VerificationMetrics, threshold_record
+from siamface.tensors.transforms import Preprocessing
 from siamface.version import __version__
 
 BEST = "best.safetensors"

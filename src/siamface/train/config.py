@@ -418,7 +418,7 @@ class TrainConfig(BaseModel):
             if v >= 1 and not float(v).is_integer():
                 raise ValueError(f"{key} >= 1 is a count and must be a whole number")
         if self.condition:
-            from siamface.data.conditions import parse_condition
+            from siamface.tensors.conditions import parse_condition
 
             try:
                 parse_condition(self.condition)

@@ -10,18 +10,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from siamface.data.conditions import Condition, parse_condition, path_key
-from siamface.data.dataset import FaceImageDataset
-from siamface.data.folders import Sample, scan_identity_folders, scan_images
-from siamface.data.marker import MARKER_NAME, check_complete, read_marker
-from siamface.data.report import DatasetReport, build_report
-from siamface.data.scan_index import ScanIndex, index_path, scan_files
-from siamface.data.split import split_identities
-from siamface.data.transforms import Preprocessing, train_augmentation
 from siamface.errors import SiamfaceError
 from siamface.faces.cache import CachedAlignedDecoder
+from siamface.folders.identities import Sample, scan_identity_folders, scan_images
+from siamface.folders.marker import MARKER_NAME, check_complete, read_marker
+from siamface.folders.report import DatasetReport, build_report
+from siamface.folders.scan_index import ScanIndex, index_path, scan_files
+from siamface.folders.split import split_identities
 from siamface.model.network import backbone_default_norm
 from siamface.system import usable_cpus
+from siamface.tensors.conditions import Condition, parse_condition, path_key
+from siamface.tensors.dataset import FaceImageDataset
+from siamface.tensors.transforms import Preprocessing, train_augmentation
 from siamface.train.config import TrainConfig
 from siamface.train.distributed import DistContext, barrier
 

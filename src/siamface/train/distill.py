@@ -133,7 +133,7 @@ def teacher_embeddings(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) unit vectors of teacher ``spec`` for ``paths`` and an (N,) bool mask of the
     images it could embed (no face found for it: False). Cached by content."""
-    from siamface.inference import open_model
+    from siamface.embed.load import open_model
 
     teacher = open_model(spec)
     digests = list(digests) if digests is not None else [file_digest(p) for p in paths]

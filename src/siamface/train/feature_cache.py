@@ -89,7 +89,7 @@ class PrefixFeatureCache:
         forward pass that fills the cache. ``load(a, b)``: uint8 NCHW images a..b-1."""
         from tqdm import tqdm
 
-        from siamface.data.transforms import normalize_batch
+        from siamface.tensors.transforms import normalize_batch
 
         was = self.model.training
         self.model.eval()

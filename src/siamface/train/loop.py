@@ -28,14 +28,14 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from siamface.data.batch_augment import BatchAugment
-from siamface.data.batches import rank_steps
 from siamface.errors import SiamfaceError
-from siamface.evaluate.metrics import VerificationMetrics
 from siamface.faces.cache import file_digest
 from siamface.model.checkpoint import Checkpoint
 from siamface.model.network import ModelConfig, build_model
+from siamface.scores.metrics import VerificationMetrics
 from siamface.system import heap_kept
+from siamface.tensors.batch_augment import BatchAugment
+from siamface.tensors.batches import rank_steps
 from siamface.train.callbacks import Callback, CallbackList
 from siamface.train.checkpoints import build_checkpoint, save_epoch_checkpoints
 from siamface.train.config import TrainConfig, make_config

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from siamface.evaluate.metrics import VerificationMetrics
+from siamface.scores.metrics import VerificationMetrics
 from siamface.train.data import RunData
 from siamface.train.rundir import RunDir
 from siamface.train.step import StepResult

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from siamface.data.dataset import FaceImageDataset
-from siamface.data.transforms import Preprocessing, normalize_batch
 from siamface.errors import ConfigError
 from siamface.model.checkpoint import Checkpoint
 from siamface.model.zoo import resolve_checkpoint
+from siamface.tensors.dataset import FaceImageDataset
+from siamface.tensors.transforms import Preprocessing, normalize_batch
 from siamface.train.config import TrainConfig
 
 #: Config keys the starting model decides; setting them to something else is an error.

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from siamface.data.transforms import Preprocessing
+from siamface.tensors.transforms import Preprocessing
 from siamface.train.objective import Batch, Objective
 from siamface.train.optim import OptimizerBundle
 

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from siamface.data.transforms import Preprocessing, normalize_batch
-from siamface.embed import embed_uint8, plain_loader
-from siamface.evaluate.metrics import DEFAULT_FARS, VerificationMetrics
-from siamface.evaluate.pairs import score_all_pairs
+from siamface.embed.pipeline import embed_uint8, plain_loader
+from siamface.scores.metrics import DEFAULT_FARS, VerificationMetrics
+from siamface.scores.pairs import score_all_pairs
+from siamface.tensors.transforms import Preprocessing, normalize_batch
 from siamface.train.data import RunData
 
 #: Impostor pairs scored per validation (all genuine pairs are always kept); above it a seeded
@@ -70,7 +70,7 @@ class Validator:
             return embed_uint8(
                 model, d.val_pixels, self.pre, self.batch_size, self.device, self.channels_last
             )
-        from siamface.embed import embed_paths
+        from siamface.embed.pipeline import embed_paths
 
         emb, _ = embed_paths(
             model,

@@ -5,7 +5,7 @@ optimistic: a run that picks the best of 30 noisy epochs on 78 people "beats" it
 even when nothing was learnt. The verdict is therefore measured on *test* identities that
 chose nothing (``test_identities``), as a paired comparison of the candidate with the start on
 the same people, with a 95 % interval by bootstrap over identities
-(:mod:`siamface.evaluate.bootstrap`). ``best.safetensors`` stays the candidate only when the
+(:mod:`siamface.scores.bootstrap`). ``best.safetensors`` stays the candidate only when the
 gain on ``select_metric`` is positive at the interval's lower bound and no metric is
 significantly worse (under the training condition and, with one, on clean faces too);
 otherwise it is rewritten as the starting model and the run says "no significant gain".
@@ -22,20 +22,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from siamface.embed import embed_uint8
-from siamface.evaluate.bootstrap import (
+from siamface.embed.pipeline import embed_uint8
+from siamface.model.checkpoint import load_checkpoint, save_checkpoint
+from siamface.scores.bootstrap import (
     METRICS,
     clusters_of,
     compare,
     format_delta,
     histograms_all_pairs,
 )
-from siamface.model.checkpoint import load_checkpoint, save_checkpoint
 from siamface.train.checkpoints import BEST
 from siamface.train.validation import metric_value
 
 if TYPE_CHECKING:
-    from siamface.evaluate.metrics import VerificationMetrics
+    from siamface.scores.metrics import VerificationMetrics
     from siamface.train.loop import Trainer
 
 #: Mixing weights tried by WiSE-FT (1.0, the fine-tuned weights, is the best epoch itself),

@@ -426,8 +426,8 @@ def watch(
             if ev["event"] == "identity" and ev["person"] != "unknown":
                 print(ev["person"], ev["time"])
     """
+    from siamface.embed.load import Embedder, model_available, open_model
     from siamface.gallery import Gallery, open_gallery
-    from siamface.inference import Embedder, model_available, open_model
 
     opts = WatchOptions(**options)
     own = not isinstance(gallery, Gallery)

@@ -31,6 +31,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from siamface.decide.verify import decide, resolve_threshold
 from siamface.errors import SiamfaceError
 from siamface.gallery.validation import json_depth
 from siamface.serve.errors import ApiError, BadRequest, Busy, InvalidRequest, NoThreshold
@@ -44,7 +45,6 @@ from siamface.serve.routes.deps import (
 )
 from siamface.serve.schemas import BatchEmbedOut, BatchIdentifyOut, BatchVerifyOut
 from siamface.serve.service import Service, Upload
-from siamface.verify import decide, resolve_threshold
 
 router = APIRouter(tags=["batch"])
 

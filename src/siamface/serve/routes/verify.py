@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
+from siamface.decide.verify import claim_threshold, claimed_score, decide, resolve_threshold
 from siamface.errors import SiamfaceError
 from siamface.serve.errors import BadRequest, NotEnrolled, NoThreshold
 from siamface.serve.routes.deps import (
@@ -21,7 +22,6 @@ from siamface.serve.routes.deps import (
 )
 from siamface.serve.schemas import VerifyOut
 from siamface.serve.service import Service, data_url
-from siamface.verify import claim_threshold, claimed_score, decide, resolve_threshold
 
 router = APIRouter(tags=["faces"])
 

@@ -1,1 +1,0 @@
-"""Data layer: identity folders on disk, robust image decoding, splits, reports, transforms."""

@@ -1,1 +1,0 @@
-"""Scores -> metrics: verification error rates, thresholds, plots and protocols."""
