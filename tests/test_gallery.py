@@ -13,8 +13,14 @@ import numpy as np
 import pytest
 
 from siamface.errors import SiamfaceError
-from siamface.gallery import UNKNOWN, Gallery, ModelMismatchError, NewPerson
-from siamface.gallery import index as index_mod
+from siamface.gallery import (
+    UNKNOWN,
+    Gallery,
+    ModelMismatchError,
+    NewPerson,
+    index_choice,
+    index_file,
+)
 from siamface.gallery.sync import INDEX_NAME
 
 FP = "f" * 16
@@ -201,7 +207,7 @@ def test_index_is_rebuilt_when_missing_damaged_or_stale(gallery, tmp_path):
             else:
                 got = g.search(x[:, 0], fingerprint=FP)
             assert [r.identity for r in got] == expect
-        assert index_mod.read_index_header(f)["version"] == 1  # rebuilt file saved
+        assert index_file.read_index_header(f)["version"] == 1  # rebuilt file saved
     # stale: the database moved on without the index (e.g. writer died after commit)
     old = (path / INDEX_NAME).read_bytes()
     with Gallery.open(path) as g:
@@ -228,7 +234,7 @@ def test_second_handle_sees_writes_of_the_first(gallery, tmp_path, rng):
 
 
 def test_auto_index_switches_to_compressed_and_back(tmp_path, rng, monkeypatch):
-    monkeypatch.setattr(index_mod, "EXACT_MAX", 300)
+    monkeypatch.setattr(index_choice, "EXACT_MAX", 300)
     g = Gallery.create(tmp_path / "big", fingerprint=FP, embedding_size=DIM, threshold=0.5)
     x = person_images(rng, 400, 1, spread=0.0)[:, 0]
     g.enroll_many([NewPerson(f"id{i}", x[i]) for i in range(200)], fingerprint=FP)

@@ -421,7 +421,7 @@ def test_damaged_index_header_is_rebuilt(capsys, tmp_path):
     treated as damaged: listed as 'not built', and rebuilt from the database on search."""
     import struct
 
-    from siamface.gallery.index import _MAGIC, read_index_header
+    from siamface.gallery.index_file import _MAGIC, read_index_header
 
     g = tmp_path / "g"
     _synthetic_gallery(g)

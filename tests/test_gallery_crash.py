@@ -15,7 +15,7 @@ import pytest
 
 from siamface.gallery import Gallery, NewPerson
 from siamface.gallery.faults import FAULT_ENV as _FAULT_ENV
-from siamface.gallery.index import read_index_header
+from siamface.gallery.index_file import read_index_header
 from siamface.gallery.sync import INDEX_NAME
 
 FP = "c" * 16

@@ -7,6 +7,7 @@ import pytest
 
 from siamface.errors import SiamfaceError
 from siamface.gallery import index as ix
+from siamface.gallery import index_choice, index_file
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +17,7 @@ def data():
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("kind", sorted(ix.KINDS))
+@pytest.mark.parametrize("kind", sorted(ix.INDEX_KINDS.names()))
 def test_backend_add_search_remove_roundtrip(kind, data, tmp_path):
     pytest.importorskip({"hnsw": "hnswlib", "usearch": "usearch"}.get(kind, "faiss"))
     params = {"nlist": 8, "nprobe": 8} if kind == "ivfpqfs" else {}
@@ -39,8 +40,8 @@ def test_backend_add_search_remove_roundtrip(kind, data, tmp_path):
     assert idx.ntotal == len(data) - 10
     _, again = idx.search(data[:10], 5)
     assert not np.isin(again, ids[:10]).any()
-    ix.write_index_file(tmp_path / "i.bin", idx, {"version": 3})
-    head, loaded = ix.read_index_file(tmp_path / "i.bin")
+    index_file.write_index_file(tmp_path / "i.bin", idx, {"version": 3})
+    head, loaded = index_file.read_index_file(tmp_path / "i.bin")
     assert head["version"] == 3 and head["kind"] == kind and loaded.ntotal == idx.ntotal
     np.testing.assert_array_equal(loaded.search(data[10:20], 3)[1], idx.search(data[10:20], 3)[1])
 
@@ -50,16 +51,16 @@ def test_empty_index_and_damaged_files(tmp_path, data):
     s, i = idx.search(data[:2], 3)
     assert (i == -1).all() and np.isneginf(s).all()
     p = tmp_path / "i.bin"
-    ix.write_index_file(p, idx, {"version": 1})
+    index_file.write_index_file(p, idx, {"version": 1})
     raw = p.read_bytes()
     p.write_bytes(raw[:-10])
     with pytest.raises(ValueError):
-        ix.read_index_file(p)
+        index_file.read_index_file(p)
     p.write_bytes(b"nonsense")
-    assert ix.read_index_header(p) is None
+    assert index_file.read_index_header(p) is None
     with pytest.raises(ValueError, match="not a siamface"):
-        ix.read_index_file(p)
-    assert ix.read_index_header(tmp_path / "missing") is None
+        index_file.read_index_file(p)
+    assert index_file.read_index_header(tmp_path / "missing") is None
     with pytest.raises(SiamfaceError, match="unknown index kind"):
         ix.make_index("annoy", 32)
     with pytest.raises(SiamfaceError, match="divide"):
@@ -67,9 +68,9 @@ def test_empty_index_and_damaged_files(tmp_path, data):
 
 
 def test_size_rule():
-    assert ix.choose_kind(10) == "flat"
-    assert ix.choose_kind(ix.EXACT_MAX) == "flat"
-    assert ix.choose_kind(ix.EXACT_MAX + 1) == ix.LARGE_KIND == "pqfs"
+    assert index_choice.choose_kind(10) == "flat"
+    assert index_choice.choose_kind(index_choice.EXACT_MAX) == "flat"
+    assert index_choice.choose_kind(index_choice.EXACT_MAX + 1) == index_choice.LARGE_KIND == "pqfs"
 
 
 def test_float16_store_keeps_ids_sorted_and_rescores():

@@ -7,12 +7,17 @@ decorated function and nothing else: no tuple of names to keep in step elsewhere
 ``register_model`` / ``create_model`` pattern).
 
 Kept free of heavy imports: ``siamface --help`` lists the registered names, so the modules that
-fill registries import torch inside their builders, not at module level.
+fill registries import torch inside their builders, not at module level. A *lazy* entry
+(:meth:`Registry.register_lazy`) names its builder as ``"module:attribute"`` and imports it only
+when the entry is chosen: an optional dependency (pymilvus, onnxruntime, dlib, hnswlib) stays
+optional, and listing the choices imports nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -24,12 +29,26 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @dataclass(frozen=True)
 class Entry(Generic[F]):
-    """One registered choice."""
+    """One registered choice: its builder, or where to import it from (``"module:attr"``)."""
 
     name: str
-    builder: F
+    target: F | str
     help: str = ""
     facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lazy(self) -> bool:
+        """True when the builder is named, not held (imported on first :attr:`builder`)."""
+        return isinstance(self.target, str)
+
+    @property
+    def builder(self) -> F:
+        """The builder, importing its module first for a lazy entry (an ImportError of a
+        missing optional dependency reaches the caller, which knows the install hint)."""
+        if not isinstance(self.target, str):
+            return self.target
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)
 
 
 class Registry(Generic[F]):
@@ -50,6 +69,32 @@ class Registry(Generic[F]):
             return builder
 
         return add
+
+    def register_lazy(self, name: str, target: str, help: str = "", **facts: Any) -> None:  # noqa: A002
+        """Add an entry whose builder is ``target`` (``"package.module:attribute"``), imported
+        only when the entry is built: optional dependencies stay optional and listing the
+        names (``--help``) stays fast."""
+        if ":" not in target:
+            raise ValueError(f"a lazy {self.family} is 'module:attribute', got {target!r}")
+        if name in self._entries:
+            raise ValueError(f"{self.family} {name!r} is already registered")
+        self._entries[name] = Entry(name, target, help, dict(facts))
+
+    @contextlib.contextmanager
+    def scoped(self) -> Iterator[Registry[F]]:
+        """Changes made inside the block (registered, replaced or removed entries) are undone
+        on leaving it: tests and plugins that try a temporary choice."""
+        saved = dict(self._entries)
+        try:
+            yield self
+        finally:
+            self._entries.clear()
+            self._entries.update(saved)
+
+    def replace(self, name: str, builder: F | str, help: str = "", **facts: Any) -> None:  # noqa: A002
+        """Put ``builder`` (or a ``"module:attr"`` target) in place of entry ``name``,
+        keeping its position (inside :meth:`scoped` in tests)."""
+        self._entries[name] = Entry(name, builder, help, dict(facts))
 
     def unregister(self, name: str) -> None:
         """Remove an entry (plugins and tests that register temporary choices)."""

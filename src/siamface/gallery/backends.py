@@ -3,22 +3,26 @@
 A spec is a folder path (``builtin``) or a URL: ``milvus://HOST:PORT/COLLECTION`` (also
 ``http://`` and ``https://``, as pymilvus writes Milvus addresses) for ``milvus``. Adding a
 backend is a subclass of :class:`~siamface.gallery.gallery.Gallery` with a ``handles(spec)``
-class method, listed here; ``--help`` texts and validation read :data:`BACKENDS`.
+class method, registered lazily here; ``--help`` texts and validation read :data:`BACKENDS`.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 
 from siamface.errors import SiamfaceError
 from siamface.gallery.gallery import Gallery
+from siamface.registry import Registry
 
-#: backend name -> "module:Class" (imported on use: pymilvus is an optional extra)
-BACKENDS: dict[str, str] = {
-    "builtin": "siamface.gallery.builtin:BuiltinGallery",
-    "milvus": "siamface.gallery.milvus:MilvusGallery",
-}
+#: The gallery backends by name; each class is imported when chosen (pymilvus is an
+#: optional extra).
+BACKENDS: Registry[type[Gallery]] = Registry("gallery backend")
+BACKENDS.register_lazy(
+    "builtin", "siamface.gallery.builtin:BuiltinGallery", help="SQLite + faiss in a folder"
+)
+BACKENDS.register_lazy(
+    "milvus", "siamface.gallery.milvus:MilvusGallery", help="a Milvus collection (pymilvus)"
+)
 #: URL schemes and the backend they mean
 SCHEMES: dict[str, str] = {"milvus": "milvus", "http": "milvus", "https": "milvus"}
 SPEC_HELP = (
@@ -28,10 +32,12 @@ SPEC_HELP = (
 
 
 def backend_class(name: str) -> type[Gallery]:
+    """The :class:`Gallery` subclass registered as ``name`` (its module imported now)."""
     if name not in BACKENDS:
-        raise SiamfaceError(f"unknown gallery backend {name!r}; choose from {', '.join(BACKENDS)}")
-    module, _, cls = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+        raise SiamfaceError(
+            f"unknown gallery backend {name!r}; choose from {', '.join(BACKENDS.names())}"
+        )
+    return BACKENDS.get(name).builder
 
 
 def backend_name(spec: object) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 from siamface.errors import SiamfaceError
 from siamface.gallery.faults import fault_point
 from siamface.gallery.gallery import Gallery
-from siamface.gallery.index import KINDS
+from siamface.gallery.index import INDEX_KINDS
 from siamface.gallery.records import NewPerson, PersonRecord
 from siamface.gallery.results import Candidate
 from siamface.gallery.store import (
@@ -76,7 +76,7 @@ class BuiltinGallery(Gallery):
     file. Open with ``Gallery.open(path)`` / ``Gallery.create(path, ...)``."""
 
     backend = "builtin"
-    index_kinds = tuple(KINDS)
+    index_kinds = INDEX_KINDS.names()
 
     def __init__(self, path: Path, store: Store) -> None:
         self.path = path

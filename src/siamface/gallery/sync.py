@@ -21,15 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from siamface.errors import SiamfaceError
-from siamface.gallery.index import (
-    RETRAIN_GROWTH,
-    VectorIndex,
-    choose_kind,
-    make_index,
-    read_index_file,
-    read_index_header,
-    write_index_file,
-)
+from siamface.gallery.index import VectorIndex, make_index
+from siamface.gallery.index_choice import RETRAIN_GROWTH, choose_kind
+from siamface.gallery.index_file import read_index_file, read_index_header, write_index_file
 from siamface.gallery.store import Store
 
 INDEX_NAME = "index.bin"
