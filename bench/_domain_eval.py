@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from siamface.embed.load import open_model
+from siamface.embed.load import create_embedder
 from siamface.scores import bootstrap as bs
 from siamface.scores.compare import ConditionedEmbedder
 from siamface.scores.evaluate import collect_images
@@ -37,7 +37,7 @@ class DomainScorer:
 
     def _model(self, spec: str):
         if spec not in self._models:
-            self._models[spec] = open_model(spec, device="cpu")
+            self._models[spec] = create_embedder(spec, device="cpu")
         return self._models[spec]
 
     def embed(self, model: str, folder: Path, condition: str | None = None):

@@ -205,9 +205,9 @@ def embedding_ab(ckpt: Path, data: Path, images: int, rounds: int) -> dict:
     tensors, alternated in one process so both see the same machine load."""
     import torch
 
-    from siamface.embed.load import open_model
+    from siamface.embed.load import create_embedder
 
-    emb = open_model(ckpt, device="cpu")
+    emb = create_embedder(ckpt, device="cpu")
     paths = sorted(data.glob("*/*"))[:images]
     x = torch.randint(0, 256, (64, 3, SIZE, SIZE), dtype=torch.uint8).numpy()
     emb.embed_batch(x)  # warm-up, as a long evaluation amortises it

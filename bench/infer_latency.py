@@ -97,8 +97,7 @@ def main() -> None:
     ap.add_argument("--warm-runs", type=int, default=50)
     args = ap.parse_args()
 
-    from siamface.embed.onnx_backend import OnnxEmbedder
-    from siamface.embed.torch_backend import TorchEmbedder
+    from siamface.embed import create_embedder
     from siamface.export.onnx_export import export_onnx
 
     with tempfile.TemporaryDirectory(prefix="siamface-bench-") as tmp:
@@ -119,10 +118,10 @@ def main() -> None:
         for threads in (None, 1):
             tag = "default_threads" if threads is None else "1_thread"
             warm_res[f"onnx_{tag}"] = warm(
-                OnnxEmbedder(onnx_path, threads=threads), a, b, args.warm_runs
+                create_embedder(onnx_path, threads=threads), a, b, args.warm_runs
             )
             warm_res[f"torch_{tag}"] = warm(
-                TorchEmbedder(ckpt, device="cpu", threads=threads), a, b, args.warm_runs
+                create_embedder(ckpt, device="cpu", threads=threads), a, b, args.warm_runs
             )
 
     def r(x, y):

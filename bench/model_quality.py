@@ -13,7 +13,7 @@ Every embedding comes from the public pipeline: each member's own face loader (d
 alignment of ``siamface.faces``) cuts its crops once and each member embeds them and their
 mirror images once; the flip arms average the two, the fused arms are the fused model's own
 ``combine`` of the members' vectors (the fused model opened from the fusion file written here).
-On a subset, every arm's model object (``open_model(spec)``) is run as the commands run it
+On a subset, every arm's model object (``create_embedder(spec)``) is run as the commands run it
 and must give the same vectors (``model_vs_bench_max_abs_diff``). Arm ``fused_tar``: weights
 chosen for TAR at FAR 1e-3/1e-2 on the fitting people (``siamface fuse --objective tar``).
 Speed: images/s of each arm end to end (``embed_paths`` on the same files, decode + detection
@@ -167,9 +167,9 @@ def fit(
 def speed(specs: dict[str, str], files: list[Path], rounds: int = 3) -> dict:
     """End-to-end images/s (embed_paths: decode, detection, alignment, network), rounds
     alternated so that a shared machine's load falls on every arm alike."""
-    from siamface.embed.load import open_model
+    from siamface.embed.load import create_embedder
 
-    models = {k: open_model(s, device="cpu") for k, s in specs.items()}
+    models = {k: create_embedder(s, device="cpu") for k, s in specs.items()}
     rates: dict[str, list[float]] = {k: [] for k in models}
     for m in models.values():  # warm-up: lazy detector / predictor loading
         m.embed_paths(files[:2], progress=False, workers=1)
@@ -234,7 +234,7 @@ def main() -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_model_quality_"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("SIAMFACE_CACHE", str(work / "cache"))
-    from siamface.embed.load import open_model
+    from siamface.embed.load import create_embedder
     from siamface.scores.protocol import read_pairs, resolve_pairs
 
     data = SHARED / "data"
@@ -252,7 +252,7 @@ def main() -> int:
     pairs = resolve_pairs(pf, test, pairs_file)
     same, folds = pf.labels, pf.fold_ids
 
-    members = [open_model(m, device="cpu") for m in MEMBERS]
+    members = [create_embedder(m, device="cpu") for m in MEMBERS]
     test_paths, test_labels = images_of(test)
     fit_paths, fit_labels = images_of(fit_dir)
     t0 = time.perf_counter()
@@ -278,7 +278,7 @@ def main() -> int:
     labels = np.array([test_labels[i] for i in t_ok])
     flabels = [fit_labels[i] for i in f_ok]
 
-    flip = {m: open_model(f"{m}:tta=flip", device="cpu") for m in MEMBERS}
+    flip = {m: create_embedder(f"{m}:tta=flip", device="cpu") for m in MEMBERS}
     t0 = time.perf_counter()
     fit_pf = [plain_and_flip(m, f) for m, f in zip(members, fit_faces, strict=True)]
     fused_file = fit("fused", members, [p for p, _ in fit_pf], flabels, work, "none")
@@ -287,9 +287,9 @@ def main() -> int:
         "fused_tar", members, [p for p, _ in fit_pf], flabels, work, "none", objective="tar"
     )
     res["fit_seconds"] = round(time.perf_counter() - t0, 1)
-    fused = open_model(str(fused_file), device="cpu")
-    fused_flip = open_model(str(fused_flip_file), device="cpu")
-    fused_tar = open_model(str(fused_tar_file), device="cpu")
+    fused = create_embedder(str(fused_file), device="cpu")
+    fused_flip = create_embedder(str(fused_flip_file), device="cpu")
+    fused_tar = create_embedder(str(fused_tar_file), device="cpu")
     res["fusion"] = {
         "fused_tar": json.loads(fused_tar_file.read_text())["members"],
         "fused": json.loads(fused_file.read_text())["members"],

@@ -312,9 +312,9 @@ def embed_speed(models: list[str], folder: Path, n: int = 128) -> dict:
     alignment excluded), measured alternately in rounds so load falls on all alike."""
     import numpy as np
 
-    from siamface.embed.load import open_model
+    from siamface.embed.load import create_embedder
 
-    opened = {m: open_model(m, device="cpu") for m in models}
+    opened = {m: create_embedder(m, device="cpu") for m in models}
     rng = np.random.default_rng(0)
     rates: dict[str, list[float]] = {m: [] for m in models}
     for _ in range(3):

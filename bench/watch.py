@@ -334,7 +334,7 @@ def main() -> None:
 
     import torch
 
-    from siamface.embed.load import open_model
+    from siamface.embed.load import create_embedder
     from siamface.gallery import Gallery
 
     info = {"machine": machine(), "torch_threads": args.threads}
@@ -347,7 +347,7 @@ def main() -> None:
     strangers = names[args.people : args.people + args.strangers]
     distractors = names[args.people + args.strangers :]
     actors = make_actors(people, enrolled, strangers, args.seconds)
-    embedder = open_model("sface")
+    embedder = create_embedder("sface")
     torch.set_num_threads(args.threads)  # after loading: the model's loader sets its own count
     with tempfile.TemporaryDirectory() as tmp:
         g = Gallery.create(

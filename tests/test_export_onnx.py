@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from siamface.cli.main import COMMANDS, main
-from siamface.embed.load import open_model
+from siamface.embed.load import create_embedder
 from siamface.embed.onnx_backend import OnnxEmbedder
 from siamface.embed.torch_backend import TorchEmbedder
 from siamface.errors import SiamfaceError
@@ -91,8 +91,8 @@ def test_parity_report_and_onnx_embedder_match_checkpoint(tiny_checkpoint, tiny_
     # the median threshold splits the pairs, so the decision comparison is not vacuous
     assert 0 < par["decisions"]["median_score"]["accepted"] < par["pairs"]
 
-    onnx_model = open_model(path)
-    torch_model = open_model(tiny_checkpoint, device="cpu")
+    onnx_model = create_embedder(path)
+    torch_model = create_embedder(tiny_checkpoint, device="cpu")
     assert isinstance(onnx_model, OnnxEmbedder) and isinstance(torch_model, TorchEmbedder)
     assert onnx_model.fingerprint == torch_model.fingerprint
     assert onnx_model.threshold == torch_model.threshold
@@ -113,7 +113,7 @@ def test_onnx_embed_paths_matches_torch_and_reports_bad_files(
     bad.write_text("not an image")
     paths = _images(pins_small, 5)
     paths.insert(2, bad)
-    onnx_model, torch_model = open_model(tiny_onnx[0]), open_model(tiny_checkpoint, "cpu")
+    onnx_model, torch_model = create_embedder(tiny_onnx[0]), create_embedder(tiny_checkpoint, "cpu")
     e1, err1 = onnx_model.embed_paths(paths, batch_size=2, workers=2, progress=False)
     e2, err2 = torch_model.embed_paths(paths, batch_size=2, workers=0, progress=False)
     assert list(err1) == list(err2) == [2]
@@ -179,11 +179,11 @@ def test_open_model_rejects_foreign_or_broken_onnx(tmp_path):
     foreign = tmp_path / "foreign.onnx"
     torch.onnx.export(net, (torch.zeros(1, 3, 2, 2),), str(foreign), dynamo=False)
     with pytest.raises(SiamfaceError, match="not made by 'siamface export'"):
-        open_model(foreign)
+        create_embedder(foreign)
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"\x00garbage" * 10)
     with pytest.raises(SiamfaceError, match="not a readable ONNX model"):
-        open_model(broken)
+        create_embedder(broken)
 
 
 def test_export_cli(tiny_checkpoint, tmp_path, capsys):
@@ -213,7 +213,7 @@ def _run_torch_free(code: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_inference_runs_without_torch(tiny_onnx, tiny_checkpoint, pins_small, tmp_path):
     """The inference-only install: ONNX model + numpy/pillow/onnxruntime, no torch."""
     imgs = _images(pins_small, 3)
-    expected = open_model(tiny_checkpoint, "cpu").embed_paths(imgs, progress=False)[0]
+    expected = create_embedder(tiny_checkpoint, "cpu").embed_paths(imgs, progress=False)[0]
     np.save(tmp_path / "expected.npy", expected)
     code = f"""
         import sys, json
@@ -226,8 +226,8 @@ def test_inference_runs_without_torch(tiny_onnx, tiny_checkpoint, pins_small, tm
             raise SystemExit("the guard did not block torch")
         from siamface.cli.main import build_parser
         build_parser()  # every command's module imports without torch
-        from siamface.embed.load import open_model
-        m = open_model({str(tiny_onnx[0])!r})
+        from siamface.embed.load import create_embedder
+        m = create_embedder({str(tiny_onnx[0])!r})
         emb, err = m.embed_paths({[str(p) for p in imgs]!r}, batch_size=2, progress=False)
         assert not err, err
         assert np.abs(emb - np.load("expected.npy")).max() < 1e-4
@@ -284,7 +284,7 @@ def test_gallery_from_checkpoint_is_searched_with_onnx_without_torch(
     """Same fingerprint: a gallery enrolled with the checkpoint works with its ONNX export."""
     from siamface.gallery import Gallery
 
-    model = open_model(tiny_checkpoint, "cpu")
+    model = create_embedder(tiny_checkpoint, "cpu")
     people = sorted(p for p in pins_small.iterdir() if p.is_dir())[:3]
     with Gallery.create(
         tmp_path / "g", fingerprint=model.fingerprint, embedding_size=32, threshold=None

@@ -141,19 +141,22 @@ def test_align_params_defaults_roundtrip_and_validation():
 def test_unknown_or_missing_detector_names_the_fix(monkeypatch):
     with pytest.raises(DetectorUnavailable, match="unknown face detector 'nope'.*yunet"):
         get_detector("nope")
-    info = detect_mod._REGISTRY["yunet"]
-    fake = detect_mod.DetectorInfo(
-        "yunet", info.cls, "siamface_no_such_pkg", "pip install no-such-pkg", "x", "x"
+    registry = detect_mod.DETECTORS
+    entry = registry.get("yunet")
+    facts = dict(
+        entry.facts, module="no_such_pkg", install="pip install no-such-pkg", fallback=None
     )
-    monkeypatch.setitem(detect_mod._REGISTRY, "yunet", fake)
     get_detector.cache_clear()
-    try:
-        with pytest.raises(DetectorUnavailable, match="pip install no-such-pkg"):
-            get_detector("yunet")
-        with pytest.raises(SiamfaceError, match="pip install no-such-pkg"):
-            aligned_loader(Preprocessing(aligned=True, align={"detector": "yunet"}))
-    finally:
-        get_detector.cache_clear()
+    with registry.scoped():
+        registry.replace("yunet", entry.builder, **facts)
+        try:
+            with pytest.raises(DetectorUnavailable, match="pip install no-such-pkg"):
+                get_detector("yunet")
+            with pytest.raises(SiamfaceError, match="pip install no-such-pkg"):
+                aligned_loader(Preprocessing(aligned=True, align={"detector": "yunet"}))
+        finally:
+            get_detector.cache_clear()
+    assert registry.get("yunet").facts["module"] == "yuface"  # the real entry is back
 
 
 def test_no_face_error_is_an_image_load_error():
@@ -278,7 +281,8 @@ def test_embed_paths_skips_and_reports_photos_without_a_face(tmp_path):
     import torch
     from conftest import TINY_BACKBONE
 
-    from siamface.embed.pipeline import embed_paths
+    from siamface.embed.pipeline import embed_files
+    from siamface.embed.tensors import batch_embedder
     from siamface.model.network import ModelConfig, build_model
 
     noise = tmp_path / "noise.png"
@@ -287,39 +291,41 @@ def test_embed_paths_skips_and_reports_photos_without_a_face(tmp_path):
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone=TINY_BACKBONE, embedding_size=16))
     pre = Preprocessing(image_size=64, aligned=True)
-    emb, errors = embed_paths(model, paths, pre, batch_size=4, workers=0, progress=False)
+    embed_batch = batch_embedder(model, pre)
+    emb, errors = embed_files(embed_batch, paths, pre, batch_size=4, workers=0, progress=False)
     assert emb.shape == (2, 16)
     assert list(errors) == [2] and "no face" in errors[2]
 
 
-def test_a_new_backend_plugs_in_by_name_without_touching_callers(monkeypatch):
+def test_a_new_backend_plugs_in_by_name_without_touching_callers():
     """Register a stub detector; alignment and the loaders use it through the settings."""
     from siamface.faces.detect import FaceDetector, register_detector
 
     seen = []
-    monkeypatch.setattr(detect_mod, "_REGISTRY", dict(detect_mod._REGISTRY))
+    with detect_mod.DETECTORS.scoped():
 
-    @register_detector("stub", module="numpy", install="-", license="-", summary="test")
-    class StubDetector(FaceDetector):
-        def detect_array(self, rgb):
-            seen.append(rgb.shape)
-            h, w = rgb.shape[:2]
-            # A face occupying the canvas' middle half, eyes level.
-            lm = (arcface_template(112) - 0.5) / 112 * (w / 2) + [w / 4, h / 4]
-            return [Face(box=(w / 4, h / 4, 3 * w / 4, 3 * h / 4), landmarks=lm, score=0.99)]
+        @register_detector("stub", module="numpy", install="-", license="-", summary="test")
+        class StubDetector(FaceDetector):
+            def detect_array(self, rgb):
+                seen.append(rgb.shape)
+                h, w = rgb.shape[:2]
+                # A face occupying the canvas' middle half, eyes level.
+                lm = (arcface_template(112) - 0.5) / 112 * (w / 2) + [w / 4, h / 4]
+                return [Face(box=(w / 4, h / 4, 3 * w / 4, 3 * h / 4), landmarks=lm, score=0.99)]
 
-    get_detector.cache_clear()
-    try:
-        assert "stub" in [i.name for i in detect_mod.detector_infos()]
-        img = Image.new("RGB", (400, 400), (0, 0, 0))
-        img.paste((255, 255, 255), (100, 100, 300, 300))  # the "face" the stub reports
-        pre = Preprocessing(image_size=64, aligned=True, align={"detector": "stub"})
-        out = align_face_image(img, pre)
-        assert seen == [(400, 400, 3)]
-        # The stub's face square fills the crop exactly: all white inside.
-        assert out.shape == (64, 64, 3) and out[2:-2, 2:-2].min() == 255
-    finally:
         get_detector.cache_clear()
+        try:
+            assert "stub" in [i.name for i in detect_mod.detector_infos()]
+            img = Image.new("RGB", (400, 400), (0, 0, 0))
+            img.paste((255, 255, 255), (100, 100, 300, 300))  # the "face" the stub reports
+            pre = Preprocessing(image_size=64, aligned=True, align={"detector": "stub"})
+            out = align_face_image(img, pre)
+            assert seen == [(400, 400, 3)]
+            # The stub's face square fills the crop exactly: all white inside.
+            assert out.shape == (64, 64, 3) and out[2:-2, 2:-2].min() == 255
+        finally:
+            get_detector.cache_clear()
+    assert "stub" not in detect_mod.DETECTORS  # the registry is as before
 
 
 def test_mtcnn_backend_when_installed():

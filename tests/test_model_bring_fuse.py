@@ -69,9 +69,9 @@ def _images(root: Path) -> tuple[list[Path], list[str]]:
 @pytest.fixture(scope="module")
 def aligned(people) -> np.ndarray:
     """Real faces aligned to the ArcFace template at 112 px (NCHW uint8)."""
-    from siamface.embed.load import open_model
+    from siamface.embed.load import create_embedder
 
-    sface = open_model("sface", device="cpu")
+    sface = create_embedder("sface", device="cpu")
     files, _ = _images(people)
     return np.stack([sface.face_array(Image.open(f)).transpose(2, 0, 1) for f in files])
 
@@ -81,14 +81,14 @@ def aligned(people) -> np.ndarray:
 def test_opencv_zoo_sface_file_matches_builtin_sface(sface_file, aligned):
     """The shipped file (weights declared as graph inputs, batch fixed to 1) is folded at
     load and gives the built-in sface's embeddings on real aligned faces."""
-    from siamface.embed.load import open_model
+    from siamface.embed.load import create_embedder
     from siamface.embed.onnx_backend import CardOnnxEmbedder
 
-    theirs = open_model(sface_file)
+    theirs = create_embedder(sface_file)
     assert isinstance(theirs, CardOnnxEmbedder)
     assert theirs.metadata["graph"]["dropped_inputs"] > 100  # the weights listed as inputs
     assert theirs.preprocessing.image_size == 112  # read from the graph, not the card
-    ours = open_model("sface", device="cpu")
+    ours = create_embedder("sface", device="cpu")
     a, b = theirs.embed_batch(aligned), ours.embed_batch(aligned)
     assert a.shape == b.shape == (len(aligned), 128)
     assert np.abs(a - b).max() <= 1e-3
@@ -110,7 +110,7 @@ def test_onnx_without_card_is_refused_with_what_to_do(tmp_path):
 
 
 def test_bad_cards_fail_in_one_line(sface_file, tmp_path):
-    from siamface.embed.load import open_model
+    from siamface.embed.load import create_embedder
     from siamface.errors import SiamfaceError
 
     cases = {
@@ -125,7 +125,7 @@ def test_bad_cards_fail_in_one_line(sface_file, tmp_path):
         card = tmp_path / "c.card.yaml"
         card.write_text(text)
         with pytest.raises(SiamfaceError, match=expected):
-            open_model(sface_file, card=card)
+            create_embedder(sface_file, card=card)
 
 
 class _TimmFaceNet:
@@ -177,7 +177,7 @@ def test_second_architecture_through_its_card_only(tmp_path, people):
     through its card alone and embeds real faces as the network defines; the same file with
     the colour order wrong in its card gives other embeddings (nothing in the graph can tell:
     documented, and measurable with siamface evaluate)."""
-    from siamface.embed.load import open_model
+    from siamface.embed.load import create_embedder
 
     timm_net = _TimmFaceNet()
     onnx_file = timm_net.export(tmp_path / "tiny.onnx")
@@ -192,7 +192,7 @@ def test_second_architecture_through_its_card_only(tmp_path, people):
         "provenance": "exported by the test suite",
     }
     card.write_text(json.dumps(contract))
-    model = open_model(onnx_file, card=card)
+    model = create_embedder(onnx_file, card=card)
     assert model.preprocessing.image_size == 64  # from the graph
     assert not model.preprocessing.aligned
     files, _ = _images(people)
@@ -200,9 +200,9 @@ def test_second_architecture_through_its_card_only(tmp_path, people):
     got = model.embed_batch(faces)
     assert np.abs(got - timm_net.reference(faces)).max() <= 1e-4
     card.write_text(json.dumps({**contract, "colour_order": "rgb"}))
-    wrong = open_model(onnx_file, card=card).embed_batch(faces)
+    wrong = create_embedder(onnx_file, card=card).embed_batch(faces)
     assert np.abs(wrong - got).max() > 1e-2
-    assert open_model(onnx_file, card=card).fingerprint != model.fingerprint
+    assert create_embedder(onnx_file, card=card).fingerprint != model.fingerprint
 
 
 @needs_data
@@ -215,9 +215,9 @@ def test_calibrate_writes_the_threshold_into_the_card(people, sface_file, tmp_pa
     assert r.returncode == 0, r.stderr
     value = json.loads(r.stdout)["threshold"]["value"]
     assert value != pytest.approx(0.363)  # measured on these people, not the card's
-    from siamface.embed.load import open_model
+    from siamface.embed.load import create_embedder
 
-    model = open_model(sface_file, card=out)
+    model = create_embedder(sface_file, card=out)
     assert model.threshold["value"] == pytest.approx(value)
     assert "siamface calibrate" in model.threshold["source"]
     assert model.card()["license"] == "Apache-2.0"  # the rest of the card is kept
@@ -226,10 +226,10 @@ def test_calibrate_writes_the_threshold_into_the_card(people, sface_file, tmp_pa
 # ------------------------------------------------------------------------- flip averaging
 @needs_data
 def test_flip_averaging_is_mirror_invariant_and_part_of_the_model(aligned, sface_file):
-    from siamface.embed.load import model_reference, open_model
+    from siamface.embed.load import create_embedder, model_reference
 
-    plain = open_model(sface_file)
-    flip = open_model(f"{sface_file}:tta=flip")
+    plain = create_embedder(sface_file)
+    flip = create_embedder(f"{sface_file}:tta=flip")
     mirrored = np.ascontiguousarray(aligned[..., ::-1])
     e, e_m = flip.embed_batch(aligned), flip.embed_batch(mirrored)
     assert np.abs(e - e_m).max() <= 1e-4  # a face and its mirror: one embedding
@@ -243,11 +243,11 @@ def test_flip_averaging_is_mirror_invariant_and_part_of_the_model(aligned, sface
 
 
 def test_unknown_tta_is_refused():
-    from siamface.embed.load import open_model
+    from siamface.embed.load import create_embedder
     from siamface.errors import SiamfaceError
 
     with pytest.raises(SiamfaceError, match="tta must be one of"):
-        open_model("sface:tta=rotate")
+        create_embedder("sface:tta=rotate")
 
 
 # --------------------------------------------------------------------------------- fusion
@@ -256,7 +256,7 @@ def test_fuse_cli_and_fused_model_everywhere(tmp_path, sface_file):
     """siamface fuse fits weights on real pairs; one cosine of the fused embeddings equals
     the weighted sum of the members' cosines; the fused file verifies, enrols and identifies
     through the CLI; an ANN index over fused embeddings finds what exact search finds."""
-    from siamface.embed.load import open_model
+    from siamface.embed.load import create_embedder
 
     people = copy_identities(SHARED_DATA / "pins90", tmp_path / "few", 4, 3)
     # Members: the built-in sface and the third-party file (through its card), with flip.
@@ -272,12 +272,12 @@ def test_fuse_cli_and_fused_model_everywhere(tmp_path, sface_file):
     assert rec["threshold"]["value"] is not None and rec["provenance"]["genuine_pairs"] == 12
     assert rec["tta"] == "flip"
 
-    fused = open_model(out)
+    fused = create_embedder(out)
     assert fused.info["tta"] == "flip" and len(fused.info["members"]) == 2
     files, _ = _images(people)
     emb, errors = fused.embed_paths(files, progress=False, workers=1)
     assert not errors and emb.shape == (len(files), 256)
-    members = [open_model("sface:tta=flip"), open_model(f"{sface_file}:tta=flip")]
+    members = [create_embedder("sface:tta=flip"), create_embedder(f"{sface_file}:tta=flip")]
     parts = [m.embed_paths(files, progress=False, workers=1)[0] for m in members]
     i, j = np.triu_indices(len(files), 1)
     fused_cos = np.einsum("ij,ij->i", emb[i], emb[j])
@@ -319,13 +319,13 @@ def test_fuse_cli_and_fused_model_everywhere(tmp_path, sface_file):
 @needs_data
 def test_third_party_onnx_as_distillation_teacher(people, sface_file):
     """teacher= takes the carded file like any model: its embeddings are the teacher's."""
-    from siamface.embed.load import open_model
+    from siamface.embed.load import create_embedder
     from siamface.train.distill import teacher_embeddings
 
     files, _ = _images(people)
     emb, ok = teacher_embeddings(str(sface_file), files[:4], progress=False, log_fn=lambda _: None)
     assert ok.all() and emb.shape == (4, 128)
-    direct, _ = open_model(sface_file).embed_paths(files[:4], progress=False)
+    direct, _ = create_embedder(sface_file).embed_paths(files[:4], progress=False)
     assert np.abs(emb - direct).max() <= 1e-5
 
 
@@ -333,10 +333,10 @@ def test_served_model_card_shows_licence_provenance_and_contract(sface_file):
     pytest.importorskip("fastapi")
     from test_serve_api import running
 
-    from siamface.embed.load import open_model
+    from siamface.embed.load import create_embedder
     from siamface.serve import create_app
 
-    with running(create_app(open_model(f"{sface_file}:tta=flip"), None)) as client:
+    with running(create_app(create_embedder(f"{sface_file}:tta=flip"), None)) as client:
         card = client.get("/model-card").json()
     tr = card["training"]
     assert tr["license"] == "Apache-2.0"
@@ -348,15 +348,15 @@ def test_served_model_card_shows_licence_provenance_and_contract(sface_file):
 def test_model_lists_open_the_shipped_fusion_or_equal_weights(sface_file):
     """``sface+dlib`` opens the fitted fusion shipped with siamface; a list without a fitted
     file gets equal weights, and its card says it was not fitted."""
-    from siamface.embed.load import model_available, model_reference, open_model
+    from siamface.embed.load import create_embedder, model_available, model_reference
 
-    unfitted = open_model(f"sface+{sface_file}")
+    unfitted = create_embedder(f"sface+{sface_file}")
     assert np.allclose(unfitted.weights, [0.5, 0.5])
     assert "not fitted" in unfitted.info["description"]
     assert unfitted.threshold["value"] == pytest.approx(0.363)
     assert model_available(model_reference(f"sface+{sface_file}"))
     pytest.importorskip("dlib", reason="dlib not installed (pip install 'siamface[dlib]')")
-    shipped = open_model("sface+dlib")
+    shipped = create_embedder("sface+dlib")
     assert model_reference("sface+dlib") == "sface+dlib"
     assert shipped.weights[1] > shipped.weights[0] > 0  # fitted: dlib carries more weight
     assert shipped.threshold["method"] == "far" and shipped.pair_head is not None

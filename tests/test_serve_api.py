@@ -20,7 +20,7 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from siamface.embed.load import open_model
+from siamface.embed.load import create_embedder
 from siamface.export.onnx_export import export_onnx
 from siamface.folders.images import load_rgb
 from siamface.serve import create_app
@@ -78,7 +78,7 @@ def client(onnx_model, tmp_path_factory) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def local(onnx_model):
     """The same model in-process, to check the server's numbers."""
-    return open_model(onnx_model)
+    return create_embedder(onnx_model)
 
 
 def local_embedding(model, data: bytes) -> np.ndarray:

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from test_serve_api import jpeg, running
 
-from siamface.embed.load import open_model
+from siamface.embed.load import create_embedder
 from siamface.serve import create_app
 from siamface.serve.errors import DOMAIN_ERRORS, ApiError, Busy, api_error
 from siamface.serve.limits import PixelBudget
@@ -164,7 +164,7 @@ class _Broken:
 @pytest.mark.parametrize("mode,status,code", [("crash", 500, "internal_error"),
                                               ("nan", 500, "model_error")])  # fmt: skip
 def test_model_failures_are_json_500s(onnx_path, mode, status, code):
-    inner = open_model(onnx_path)
+    inner = create_embedder(onnx_path)
     broken = _Broken(inner, mode)
     app = create_app(inner)
     app.state.service.embedder = broken
@@ -193,7 +193,7 @@ class _SlowFaces:
 def test_pixel_budget_queues_then_answers_busy(onnx_path):
     """With room for one image's pixels, concurrent uploads decode one at a time; one that
     cannot start within the wait limit gets 503 busy (with Retry-After), the others 200."""
-    inner = open_model(onnx_path)
+    inner = create_embedder(onnx_path)
     app = create_app(inner, max_pixels_in_flight=100 * 100, decode_wait_s=1.0)
     app.state.service.embedder = _SlowFaces(inner)
     image = png(100, 100)

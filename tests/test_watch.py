@@ -40,7 +40,7 @@ RTSP_PY = "/usr/bin/python3"
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """Actors, an SFace gallery with the enrolled ones (other photos of them), the clip."""
-    from siamface.embed.load import open_model
+    from siamface.embed.load import create_embedder
     from siamface.gallery import Gallery
 
     root = tmp_path_factory.mktemp("watch")
@@ -55,7 +55,7 @@ def setup(tmp_path_factory):
         # C: not enrolled, from 1 s to 5 s, shrinking
         Actor(c, people[c][0], [(1, 5)], (0.88, 0.55), (0.8, 0.5), 0.6, 0.45, enrolled=False),
     ]
-    embedder = open_model("sface")
+    embedder = create_embedder("sface")
     gallery = root / "gallery"
     g = Gallery.create(
         gallery,

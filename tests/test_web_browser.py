@@ -60,7 +60,7 @@ def setup(pins_small, tmp_path_factory) -> dict:
     calibrated threshold: two of one person above it, one of another person and a stranger
     below it."""
     from siamface.cli.main import main as cli
-    from siamface.embed.load import open_model
+    from siamface.embed.load import create_embedder
     from siamface.faces.detect import DEFAULT_DETECTOR, is_available
 
     if not is_available(DEFAULT_DETECTOR):
@@ -76,7 +76,7 @@ def setup(pins_small, tmp_path_factory) -> dict:
             shutil.copy2(f, subset / person.name / f.name)
     assert cli(["evaluate", "--model", str(ckpt), "--data", str(subset), "--out",
                 str(root / "report"), "--no-progress", "--workers", "1"]) == 0  # fmt: skip
-    model = open_model(ckpt, device="cpu")
+    model = create_embedder(ckpt, device="cpu")
     threshold = float(model.threshold["value"])
     files = sorted(subset.glob("*/*.jpg"))
     emb, bad = model.embed_paths(files, progress=False, workers=1)

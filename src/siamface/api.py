@@ -204,6 +204,6 @@ def load(path: str | Path, device: str = "auto", threshold: float | None = None)
 
     ``threshold`` overrides the stored decision threshold.
     """
-    from siamface.embed.load import open_model
+    from siamface.embed.load import create_embedder
 
-    return FaceModel(open_model(path, device=device), threshold=threshold)
+    return FaceModel(create_embedder(path, device=device), threshold=threshold)

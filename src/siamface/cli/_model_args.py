@@ -66,6 +66,6 @@ def rate(text: str) -> float:
 
 
 def open_model_arg(args: argparse.Namespace):
-    from siamface.embed.load import open_model
+    from siamface.embed.load import create_embedder
 
-    return open_model(args.model, device=args.device, card=getattr(args, "card", None))
+    return create_embedder(args.model, device=args.device, card=getattr(args, "card", None))

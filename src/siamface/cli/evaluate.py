@@ -219,7 +219,7 @@ def _conditioned(model, cond, probe_only: bool):
 
 def _run_compare(args: argparse.Namespace, cond, common: dict) -> int:
     """``--compare``: both models on the same pairs, differences with intervals."""
-    from siamface.embed.load import open_model
+    from siamface.embed.load import create_embedder
     from siamface.errors import SiamfaceError
     from siamface.scores import compare as cmp
     from siamface.scores import evaluate as ev
@@ -229,7 +229,7 @@ def _run_compare(args: argparse.Namespace, cond, common: dict) -> int:
     if args.pairs:
         if len(args.data) != 1:
             raise SiamfaceError("--pairs takes one --data folder (the image root)")
-        new, ref = open_model_arg(args), open_model(args.compare, device=args.device)
+        new, ref = open_model_arg(args), create_embedder(args.compare, device=args.device)
         rep = cmp.compare_pairs_file(
             new, ref, args.pairs, args.data[0], cond, args.condition_probe_only, **opts
         )
@@ -240,7 +240,7 @@ def _run_compare(args: argparse.Namespace, cond, common: dict) -> int:
         elif args.held_out:
             ids = ev.held_out_identities(args.held_out)
         images = ev.collect_images(args.data, ids)
-        new, ref = open_model_arg(args), open_model(args.compare, device=args.device)
+        new, ref = open_model_arg(args), create_embedder(args.compare, device=args.device)
         rep = cmp.compare_folders(
             new, ref, images.paths, images.labels, cond, args.condition_probe_only, **opts
         )

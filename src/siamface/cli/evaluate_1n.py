@@ -94,7 +94,7 @@ def _resolve(args: argparse.Namespace) -> tuple[str, list[str], list[str] | None
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from siamface.embed.load import open_model
+    from siamface.embed.load import create_embedder
     from siamface.errors import SiamfaceError
     from siamface.fileio import atomic_write, check_output_file
     from siamface.folders.identities import scan_identity_folders
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             raise SiamfaceError(f"identities not found in {data}: {', '.join(missing[:5])}")
         samples = [s for s in samples if s.identity in wanted]
-    embedder = open_model(model_path)
+    embedder = create_embedder(model_path)
     progress = not args.no_progress and not args.json
     emb, errors = embedder.embed_paths(
         [s.path for s in samples],

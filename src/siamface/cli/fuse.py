@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         fusion_record,
         write_fusion,
     )
-    from siamface.embed.load import model_reference, open_model
+    from siamface.embed.load import create_embedder, model_reference
     from siamface.embed.tta import FlipEmbedder
     from siamface.errors import SiamfaceError
     from siamface.fileio import check_output_file
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if len(set(images.labels)) < 2:
         raise SiamfaceError("fuse needs at least two people in --data")
     refs = [model_reference(m) for m in args.models]
-    members = [open_model(m, device=args.device) for m in args.models]
+    members = [create_embedder(m, device=args.device) for m in args.models]
     scored = [FlipEmbedder(m) for m in members] if args.tta == "flip" else members
     n = len(images.paths)
     embs, errors = [], {}

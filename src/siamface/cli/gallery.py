@@ -162,7 +162,7 @@ def _open(spec: str):
 
 def load_gallery_model(gallery, model: str | None):
     """The model to embed images for ``gallery``: ``--model`` or the one it records."""
-    from siamface.embed.load import model_available, open_model
+    from siamface.embed.load import create_embedder, model_available
     from siamface.errors import SiamfaceError
 
     if model is None:
@@ -172,13 +172,13 @@ def load_gallery_model(gallery, model: str | None):
                 f"give --model: the gallery's model ({src or 'not recorded'}) is not available"
             )
         model = src
-    embedder = open_model(model)
+    embedder = create_embedder(model)
     gallery.check_model(embedder.fingerprint, embedder.embedding_size)
     return embedder
 
 
 def run_enroll(args: argparse.Namespace) -> int:
-    from siamface.embed.load import model_reference, open_model
+    from siamface.embed.load import create_embedder, model_reference
     from siamface.errors import SiamfaceError
     from siamface.gallery import Gallery
     from siamface.gallery.backends import backend_name
@@ -211,7 +211,7 @@ def run_enroll(args: argparse.Namespace) -> int:
             raise SiamfaceError(f"{where} is not a siamface gallery (no gallery.sqlite inside)")
         if not args.model:
             raise SiamfaceError(f"{where} does not exist yet: give --model to create it")
-        embedder = open_model(args.model)
+        embedder = create_embedder(args.model)
         threshold = args.threshold
         if threshold is None and embedder.threshold:
             threshold = embedder.threshold.get("value")

@@ -147,9 +147,9 @@ def run(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get("SIAMFACE_API_KEY") or None
     model = args.model
     if args.card:
-        from siamface.embed.load import open_model
+        from siamface.embed.load import create_embedder
 
-        model = open_model(args.model, device=args.device, card=args.card)
+        model = create_embedder(args.model, device=args.device, card=args.card)
     app = create_app(
         model,
         args.gallery,

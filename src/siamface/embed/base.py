@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from siamface.embed.pipeline import default_loader, embed_files
 from siamface.errors import SiamfaceError
-from siamface.folders.images import resize_uint8
+from siamface.folders.images import load_rgb, resize_uint8
 from siamface.tensors.transforms import Preprocessing
 
 
@@ -24,6 +25,9 @@ class Embedder:
     info: dict
     #: The BCE pair head's two scalars ``{"scale", "bias"}`` when the model has one.
     pair_head: dict | None = None
+    #: Decode files in a thread pool rather than DataLoader processes (torch-free backends:
+    #: the ONNX-only install has no torch; see :mod:`siamface.embed.pipeline`).
+    decode_in_threads: bool = False
 
     def embed_batch(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 NCHW faces of the model's input size -> (N, D) float32 unit vectors."""
@@ -104,8 +108,6 @@ class Embedder:
         fail (as :class:`~siamface.faces.AmbiguousFaceError`) instead of using the likelier.
         Models with their own face geometry (dlib's chips) override this and :meth:`locate`
         together."""
-        from siamface.embed.pipeline import default_loader
-
         return default_loader(self.preprocessing, ambiguous)
 
     def locate(self, img: Image.Image, pick=None, ambiguous: str = "pick"):
@@ -192,13 +194,24 @@ class Embedder:
         progress: bool = True,
         ambiguous: str = "pick",
     ) -> tuple[np.ndarray, dict[int, str]]:
-        """Embed image files in batches with parallel decoding.
+        """Embed image files in batches with parallel decoding (the one file pipeline,
+        :func:`~siamface.embed.pipeline.embed_files`).
 
         Returns (embeddings of the readable files in order, {index: reason} for the others).
         ``ambiguous="refuse"`` lists photos with two equally likely faces among the others.
         """
-        from siamface.embed.pipeline import embed_files
-
+        if self.decode_in_threads:
+            return embed_files(
+                self.embed_batch,
+                [Path(p) for p in paths],
+                self.preprocessing,
+                batch_size=batch_size,
+                workers=workers,
+                loader=DecodedFaceLoader(self, ambiguous),
+                progress=progress,
+                threads=True,
+                empty_dim=self.embedding_size,
+            )
         return embed_files(
             self.embed_batch,
             [Path(p) for p in paths],
@@ -212,3 +225,14 @@ class Embedder:
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Cosine similarity of matching rows (embeddings are unit vectors)."""
         return np.einsum("ij,ij->i", np.atleast_2d(a), np.atleast_2d(b))
+
+
+class DecodedFaceLoader:
+    """Path -> the model's face via :meth:`Embedder.face_array` (in the calling process: the
+    thread-pool decoding of torch-free backends, which share the model's detector)."""
+
+    def __init__(self, embedder: Embedder, ambiguous: str = "pick") -> None:
+        self.embedder, self.ambiguous = embedder, ambiguous
+
+    def __call__(self, path: Path) -> np.ndarray:
+        return self.embedder.face_array(load_rgb(path), self.ambiguous)

@@ -174,3 +174,9 @@ class DlibEmbedder(Embedder):
             return np.zeros((0, self.embedding_size), dtype=np.float32)
         vecs = np.asarray(self._net.compute_face_descriptor(chips), dtype=np.float32)
         return vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+
+
+def open_dlib(spec: str = "dlib", device: str = "auto") -> DlibEmbedder:
+    """The ``dlib`` entry of :data:`~siamface.embed.load.EMBEDDER_BACKENDS` (one network, on
+    the CPU: ``spec`` and ``device`` are accepted for the common signature)."""
+    return DlibEmbedder()

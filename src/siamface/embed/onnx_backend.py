@@ -10,14 +10,13 @@ torch: it is what the inference-only install (numpy + pillow + onnxruntime) runs
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from siamface.embed.base import Embedder
+from siamface.embed.card import card_beside, read_card
 from siamface.errors import SiamfaceError
-from siamface.folders.images import ImageLoadError, load_rgb
 from siamface.model.validate import check_onnx_metadata, parse_header
 from siamface.system import usable_cpus
 from siamface.tensors.transforms import Preprocessing
@@ -33,8 +32,11 @@ class OnnxEmbedder(Embedder):
 
     ``threads`` caps onnxruntime's intra-op threads (default: all cores). Thread spinning is
     off by default: spinning workers burn the cores that image decoding and the web server
-    need, for a gain that only shows in back-to-back micro-benchmarks.
+    need, for a gain that only shows in back-to-back micro-benchmarks. Files are decoded in a
+    thread pool (PIL and onnxruntime release the GIL), never in torch's DataLoader.
     """
+
+    decode_in_threads = True
 
     def __init__(
         self,
@@ -80,18 +82,27 @@ class OnnxEmbedder(Embedder):
         out = self.session.run([self.output_name], {self.input_name: x})[0]
         return self.checked(out)
 
-    def embed_paths(
-        self,
-        paths: Sequence[str | Path],
-        batch_size: int = 64,
-        workers: int | None = None,
-        progress: bool = True,
-        ambiguous: str = "pick",
-    ) -> tuple[np.ndarray, dict[int, str]]:
-        """Embed image files: decoding in a thread pool (PIL and onnxruntime release the
-        GIL), one batch decoded ahead of the one being embedded. Torch-free, unlike the
-        DataLoader loop behind the checkpoint backend; same result contract."""
-        return embed_files_threaded(self, paths, batch_size, workers, progress, ambiguous)
+
+def open_onnx(
+    path: str | Path,
+    device: str = "auto",
+    card: str | Path | None = None,
+    threads: int | None = None,
+    providers: Sequence[str] | None = None,
+) -> OnnxEmbedder:
+    """The ``onnx`` entry of :data:`~siamface.embed.load.EMBEDDER_BACKENDS`: an export made
+    by ``siamface export``, or a third-party file run through its model card (``card``, or
+    ``FILE.card.yaml`` beside a file without siamface metadata). ``device`` is unused:
+    onnxruntime picks CUDA when it has it."""
+    path = Path(path)
+    card_path = Path(card).expanduser() if card is not None else None
+    if card_path is None:
+        beside = card_beside(path)  # looked at only when there is one: exports have none
+        if beside is not None and not has_siamface_metadata(path):
+            card_path = beside
+    if card_path is not None:
+        return CardOnnxEmbedder(path, read_card(card_path), threads=threads, providers=providers)
+    return OnnxEmbedder(path, threads=threads, providers=providers)
 
 
 class CardOnnxEmbedder(OnnxEmbedder):
@@ -322,66 +333,3 @@ def _check_graph_matches(path: Path, in_shape, out_shape, size: int, dim: int) -
             f"{path}: the graph returns {out_shape[1]}-d embeddings but its metadata says "
             f"{dim}; the file was edited or damaged"
         )
-
-
-def embed_files_threaded(
-    embedder: Embedder,
-    paths: Sequence[str | Path],
-    batch_size: int = 64,
-    workers: int | None = None,
-    progress: bool = True,
-    ambiguous: str = "pick",
-) -> tuple[np.ndarray, dict[int, str]]:
-    """Backend-neutral, torch-free file embedding loop.
-
-    Returns (embeddings of the readable files in order, {index: reason} for the others), as
-    :meth:`Embedder.embed_paths` does.
-    """
-    paths = [Path(p) for p in paths]
-    workers = workers or max(1, min(4, usable_cpus()))
-
-    def load(p: Path) -> np.ndarray | str:
-        try:
-            return embedder.face_array(load_rgb(p), ambiguous).transpose(2, 0, 1)
-        except ImageLoadError as err:
-            return str(err) or "unreadable image"
-
-    bar = _progress_bar(len(paths), progress)
-    errors: dict[int, str] = {}
-    out: list[np.ndarray] = []
-    starts = range(0, len(paths), batch_size)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-
-        def submit(start: int) -> list[Future]:
-            return [pool.submit(load, p) for p in paths[start : start + batch_size]]
-
-        pending = submit(0) if paths else []
-        for start in starts:
-            current = pending
-            nxt = start + batch_size
-            pending = submit(nxt) if nxt < len(paths) else []
-            faces = []
-            for k, fut in enumerate(current):
-                res = fut.result()
-                if isinstance(res, str):
-                    errors[start + k] = res
-                else:
-                    faces.append(res)
-            if faces:
-                out.append(embedder.embed_batch(np.stack(faces)))
-            if bar is not None:
-                bar.update(len(current))
-    if bar is not None:
-        bar.close()
-    emb = np.concatenate(out) if out else np.zeros((0, embedder.embedding_size), np.float32)
-    return emb, errors
-
-
-def _progress_bar(total: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # progress bars are optional in the minimal install
-        return None
-    return tqdm(total=total, desc="embedding", unit="img")

@@ -1,12 +1,18 @@
-"""PyTorch backend: runs a siamface ``.safetensors`` checkpoint or a built-in face model."""
+"""PyTorch backend: runs a siamface ``.safetensors`` checkpoint or a built-in face model.
+
+Imported only when a torch model is opened (a lazy entry of
+:data:`~siamface.embed.load.EMBEDDER_BACKENDS`), so it imports torch at the top."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from siamface.embed.base import Embedder
+from siamface.embed.tensors import embed_tensors
+from siamface.model.zoo import resolve_checkpoint
 from siamface.system import usable_cpus
 
 
@@ -15,10 +21,6 @@ class TorchEmbedder(Embedder):
     run with PyTorch."""
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None):
-        import torch
-
-        from siamface.model.zoo import resolve_checkpoint
-
         ckpt = resolve_checkpoint(path)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -42,11 +44,10 @@ class TorchEmbedder(Embedder):
         self.probe()
 
     def embed_batch(self, pixels: np.ndarray) -> np.ndarray:
-        import torch
-
-        from siamface.tensors.transforms import normalize_batch
-
-        with torch.inference_mode():
-            x = normalize_batch(torch.as_tensor(pixels), self.preprocessing).to(self.device)
-            x = x.contiguous(memory_format=torch.channels_last)
-            return self.checked(self.model(x).float().cpu().numpy())
+        if len(pixels) == 0:
+            return np.zeros((0, self.embedding_size), dtype=np.float32)
+        x = torch.as_tensor(pixels)
+        emb = embed_tensors(
+            self.model, x, self.preprocessing, batch_size=len(x), device=self.device
+        )
+        return self.checked(emb.numpy())

@@ -14,8 +14,6 @@ it, and a fusion file records it per member.
 from __future__ import annotations
 
 import re
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +53,7 @@ class FlipEmbedder(Embedder):
         self.source = Path(f"{inner.source}:tta=flip")
         self.info = {**(inner.info or {}), "tta": "flip"}
         self.pair_head = None
+        self.decode_in_threads = inner.decode_in_threads  # torch-free models stay torch-free
 
     def embed_batch(self, pixels: np.ndarray) -> np.ndarray:
         x = np.asarray(pixels)
@@ -75,17 +74,3 @@ class FlipEmbedder(Embedder):
 
     def display_face(self, img: Image.Image) -> np.ndarray:
         return self.inner.display_face(img)
-
-    def embed_paths(
-        self,
-        paths: Sequence[str | Path],
-        batch_size: int = 64,
-        workers: int | None = None,
-        progress: bool = True,
-        ambiguous: str = "pick",
-    ) -> tuple[np.ndarray, dict[int, str]]:
-        onnx = sys.modules.get("siamface.embed.onnx_backend")
-        if onnx is not None and isinstance(self.inner, onnx.OnnxEmbedder):
-            # torch-free models stay torch-free: the threaded decoding loop of the ONNX backend
-            return onnx.embed_files_threaded(self, paths, batch_size, workers, progress, ambiguous)
-        return super().embed_paths(paths, batch_size, workers, progress, ambiguous)

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from siamface.embed.onnx_backend import FORMAT, FORMAT_VERSION, METADATA_KEY, OnnxEmbedder
+from siamface.embed.load import create_embedder
+from siamface.embed.onnx_backend import FORMAT, FORMAT_VERSION, METADATA_KEY
 from siamface.errors import SiamfaceError
 from siamface.fileio import atomic_write, check_output_file
 from siamface.folders.images import ImageLoadError, is_image_path, load_rgb
@@ -265,7 +266,7 @@ def parity_check(
     net = ckpt.build("cpu")
     with torch.inference_mode():
         ref = net(normalize_batch(torch.from_numpy(faces), ckpt.preprocessing)).numpy()
-    ort_model = OnnxEmbedder(onnx_path, providers=["CPUExecutionProvider"])
+    ort_model = create_embedder(onnx_path, backend="onnx", providers=["CPUExecutionProvider"])
     got = ort_model.embed_batch(faces)
     single = np.concatenate([ort_model.embed_batch(faces[i : i + 1]) for i in range(3)])
     diff = float(np.abs(got - ref).max())

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from siamface.faces.errors import AmbiguousFaceError, NoFaceError, is_ambiguous
-from siamface.folders.images import ImageLoadError, load_rgb
+from siamface.folders.images import ImageLoadError, file_digest, load_rgb
 from siamface.integrity import discard, open_sqlite_cache, row_digest, sqlite_files
 from siamface.system import cache_dir
 
@@ -57,14 +57,6 @@ def cache_key(pre: Preprocessing) -> str:
     params = AlignParams.from_dict(pre.align).to_dict()
     blob = json.dumps({"v": ALIGN_VERSION, "size": pre.image_size, "align": params}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class FaceCache:

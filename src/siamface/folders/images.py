@@ -122,7 +122,8 @@ def _decode(source: Path | io.BytesIO, max_pixels: int | None = None) -> Image.I
 
 
 def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of the file bytes, used to find byte-identical images across a dataset."""
+    """SHA-256 of the file bytes: the one content key of an image file (byte-identical images
+    across a dataset, the face cache's key, distillation targets, gallery duplicates)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

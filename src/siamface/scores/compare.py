@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from siamface.embed.pipeline import embed_files
 from siamface.errors import SiamfaceError
 from siamface.scores.bootstrap import (
     METRICS,
@@ -59,8 +60,6 @@ class ConditionedEmbedder:
         return ConditionedLoader(self._inner.face_loader(), self.condition)
 
     def embed_paths(self, paths, batch_size=64, workers=None, progress=True):
-        from siamface.embed.pipeline import embed_files
-
         return embed_files(
             self._inner.embed_batch,
             [Path(p) for p in paths],

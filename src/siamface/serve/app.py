@@ -19,7 +19,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from siamface.embed.load import Embedder, open_model
+from siamface.embed.load import Embedder, create_embedder
 from siamface.errors import SiamfaceError
 from siamface.serve.batcher import MicroBatcher
 from siamface.serve.errors import install_error_handlers
@@ -87,7 +87,9 @@ def create_app(
         raise SiamfaceError(f"the decode wait must be positive, got {decode_wait_s} s")
     evaluation = EvaluationReport.load(report) if report is not None else None
     embedder = (
-        model_path if isinstance(model_path, Embedder) else open_model(model_path, device=device)
+        model_path
+        if isinstance(model_path, Embedder)
+        else create_embedder(model_path, device=device)
     )
     if embedder.preprocessing.aligned:
         from siamface.faces.align import aligned_loader

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from siamface.errors import SiamfaceError
-from siamface.faces.cache import file_digest
+from siamface.folders.images import file_digest
 from siamface.integrity import (
     DamagedCache,
     discard,
@@ -133,9 +133,9 @@ def teacher_embeddings(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) unit vectors of teacher ``spec`` for ``paths`` and an (N,) bool mask of the
     images it could embed (no face found for it: False). Cached by content."""
-    from siamface.embed.load import open_model
+    from siamface.embed.load import create_embedder
 
-    teacher = open_model(spec)
+    teacher = create_embedder(spec)
     digests = list(digests) if digests is not None else [file_digest(p) for p in paths]
     cache = TeacherCache(
         f"{teacher.fingerprint}:{teacher.embedding_size}", dim=teacher.embedding_size

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from siamface.embed.tensors import embed_tensors
 from siamface.train.callbacks import Callback
 from siamface.train.freeze import FreezeSchedule, backbone_stages
 from siamface.train.step import TrainStep
@@ -74,7 +75,6 @@ class PrefixFeatureCache:
                 f = stage(f)
         return F.normalize(self.model.head(f), dim=1)
 
-    @torch.no_grad()
     def fill_all(
         self,
         load: Callable[[int, int], torch.Tensor],
@@ -87,25 +87,19 @@ class PrefixFeatureCache:
         """Compute every image's prefix features (eval mode) and return the whole model's
         embeddings of the images, so the starting model's embeddings come out of the same
         forward pass that fills the cache. ``load(a, b)``: uint8 NCHW images a..b-1."""
-        from tqdm import tqdm
-
-        from siamface.tensors.transforms import normalize_batch
-
-        was = self.model.training
-        self.model.eval()
-        n = len(self.filled)
-        out = []
-        bar = tqdm(total=n, desc="frozen layers", unit="img", disable=not progress)
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            x = normalize_batch(load(start, stop), pre).to(device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out.append(self.suffix(self.features(x, torch.arange(start, stop))).float().cpu())
-            bar.update(stop - start)
-        bar.close()
-        self.model.train(was)
-        return torch.cat(out) if out else torch.zeros(0, 0)
+        return embed_tensors(
+            self.model,
+            load,
+            pre,
+            count=len(self.filled),
+            batch_size=batch_size,
+            device=device,
+            channels_last=channels_last,
+            forward=lambda x, index: self.suffix(self.features(x, index)),
+            inference=False,  # the cache is written again by later training steps
+            progress=progress,
+            desc="frozen layers",
+        )
 
     def features(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         idx = index.cpu().long()

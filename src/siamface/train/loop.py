@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from siamface.errors import SiamfaceError
-from siamface.faces.cache import file_digest
+from siamface.folders.images import file_digest
 from siamface.model.checkpoint import Checkpoint
 from siamface.model.network import ModelConfig, build_model
 from siamface.scores.metrics import VerificationMetrics

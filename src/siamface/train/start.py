@@ -22,11 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from siamface.embed.tensors import embed_tensors
 from siamface.errors import ConfigError
 from siamface.model.checkpoint import Checkpoint
 from siamface.model.zoo import resolve_checkpoint
 from siamface.tensors.dataset import FaceImageDataset
-from siamface.tensors.transforms import Preprocessing, normalize_batch
+from siamface.tensors.transforms import Preprocessing
 from siamface.train.config import TrainConfig
 
 #: Config keys the starting model decides; setting them to something else is an error.
@@ -83,7 +84,6 @@ class StartingModel:
         return out
 
 
-@torch.no_grad()
 def embed_dataset(
     model: nn.Module,
     dataset: FaceImageDataset,
@@ -94,31 +94,25 @@ def embed_dataset(
     progress: bool = False,
 ) -> torch.Tensor:
     """Embeddings (N, D) of every un-augmented image of ``dataset``, in dataset order."""
-    from tqdm import tqdm
 
-    was_training = model.training
-    model.eval()
-    out = []
-    bar = tqdm(total=len(dataset), desc="starting model", unit="img", disable=not progress)
-    for start in range(0, len(dataset), batch_size):
-        idx = range(start, min(start + batch_size, len(dataset)))
-        bar.update(len(idx))
+    def load(a: int, b: int) -> torch.Tensor:
         if dataset.pixels is not None:
-            rows = (
-                dataset.rows[start : idx.stop]
-                if dataset.rows is not None
-                else slice(start, idx.stop)
-            )
-            x = dataset.pixels[rows]
-        else:
-            x = torch.stack([dataset.raw(i) for i in idx])
-        x = normalize_batch(x, pre).to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out.append(model(x).float().cpu())
-    bar.close()
-    model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, 0)
+            rows = dataset.rows[a:b] if dataset.rows is not None else slice(a, b)
+            return dataset.pixels[rows]
+        return torch.stack([dataset.raw(i) for i in range(a, b)])
+
+    return embed_tensors(
+        model,
+        load,
+        pre,
+        count=len(dataset),
+        batch_size=batch_size,
+        device=device,
+        channels_last=channels_last,
+        inference=False,  # the anchors of the keep-close term meet autograd later
+        progress=progress,
+        desc="starting model",
+    )
 
 
 def class_means(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

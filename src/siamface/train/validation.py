@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from siamface.embed.pipeline import embed_uint8, plain_loader
+from siamface.embed.pipeline import embed_files, plain_loader
+from siamface.embed.tensors import batch_embedder, embed_tensors
 from siamface.scores.metrics import DEFAULT_FARS, VerificationMetrics
 from siamface.scores.pairs import score_all_pairs
 from siamface.tensors.transforms import Preprocessing, normalize_batch
@@ -64,20 +65,22 @@ class Validator:
     def enabled(self) -> bool:
         return bool(self.data.val_identities)
 
-    def embed(self, model: nn.Module) -> torch.Tensor:
+    def embed(self, model: nn.Module) -> np.ndarray:
         d = self.data
         if d.val_pixels is not None:
-            return embed_uint8(
-                model, d.val_pixels, self.pre, self.batch_size, self.device, self.channels_last
-            )
-        from siamface.embed.pipeline import embed_paths
-
-        emb, _ = embed_paths(
-            model,
+            return embed_tensors(
+                model,
+                d.val_pixels,
+                self.pre,
+                batch_size=self.batch_size,
+                device=self.device,
+                channels_last=self.channels_last,
+            ).numpy()
+        emb, _ = embed_files(
+            batch_embedder(model, self.pre, self.device, self.channels_last),
             d.val_paths,
             self.pre,
             self.batch_size,
-            device=self.device,
             loader=plain_loader(self.pre),
             progress=False,
         )

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from siamface.embed.pipeline import embed_uint8
+from siamface.embed.tensors import embed_tensors
 from siamface.model.checkpoint import load_checkpoint, save_checkpoint
 from siamface.scores.bootstrap import (
     METRICS,
@@ -107,9 +107,14 @@ def wise_ft(trainer: Trainer, start_sd: dict, tuned_sd: dict) -> tuple[float, li
 @torch.no_grad()
 def _embed(trainer: Trainer, sd: dict, pixels) -> np.ndarray:
     trainer.model.load_state_dict(sd)
-    return embed_uint8(
-        trainer.model, pixels, trainer.pre, 128, trainer.device, trainer.cfg.channels_last
-    )
+    return embed_tensors(
+        trainer.model,
+        pixels,
+        trainer.pre,
+        batch_size=128,
+        device=trainer.device,
+        channels_last=trainer.cfg.channels_last,
+    ).numpy()
 
 
 def final_verdict(trainer: Trainer) -> dict[str, Any] | None:

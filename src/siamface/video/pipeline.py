@@ -426,7 +426,7 @@ def watch(
             if ev["event"] == "identity" and ev["person"] != "unknown":
                 print(ev["person"], ev["time"])
     """
-    from siamface.embed.load import Embedder, model_available, open_model
+    from siamface.embed.load import Embedder, create_embedder, model_available
     from siamface.gallery import Gallery, open_gallery
 
     opts = WatchOptions(**options)
@@ -441,7 +441,7 @@ def watch(
                 raise SiamfaceError(
                     f"give a model: the gallery's model ({ref or 'not recorded'}) is not available"
                 )
-            embedder = open_model(ref)
+            embedder = create_embedder(ref)
         yield from Watcher(source, g, embedder, opts, on_frame).events()
     finally:
         if own:
