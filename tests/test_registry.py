@@ -108,3 +108,26 @@ def test_detector_choices_in_help_come_from_the_registry(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert "{" + ",".join(detector_names()) + "}" in help_text
     assert set(detector_names()) == set(DETECTORS.names())
+
+
+def test_create_embedder_picks_the_backend_by_name_and_says_what_is_missing(tmp_path):
+    from siamface.embed import create_embedder
+    from siamface.embed.load import EMBEDDER_BACKENDS, backend_for
+
+    weights = tmp_path / "m.safetensors"
+    weights.write_bytes(b"")
+    assert backend_for(str(weights)) == "torch" and backend_for("dlib") == "dlib"
+    with pytest.raises(SiamfaceError, match=r"model not found: .*built-in models: dlib, sface"):
+        create_embedder(tmp_path / "missing.onnx")
+    with pytest.raises(ConfigError, match="embedder backend must be one of torch, onnx, dlib"):
+        create_embedder(weights, backend="tflite")
+    with pytest.raises(SiamfaceError, match="backend='onnx' applies to one model file"):
+        create_embedder("sface+dlib", backend="onnx")
+    with EMBEDDER_BACKENDS.scoped():
+        facts = EMBEDDER_BACKENDS.get("torch").facts
+        EMBEDDER_BACKENDS.replace("torch", "siamface_no_such_runtime:Embedder", **facts)
+        with pytest.raises(
+            SiamfaceError, match=r"cannot run .*m.safetensors: PyTorch support is missing .*torch"
+        ):
+            create_embedder(weights)
+    assert EMBEDDER_BACKENDS.get("torch").target == "siamface.embed.torch_backend:TorchEmbedder"
