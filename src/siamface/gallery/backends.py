@@ -21,10 +21,13 @@ BACKENDS.register_lazy(
     "builtin", "siamface.gallery.builtin:BuiltinGallery", help="SQLite + faiss in a folder"
 )
 BACKENDS.register_lazy(
-    "milvus", "siamface.gallery.milvus:MilvusGallery", help="a Milvus collection (pymilvus)"
+    "milvus",
+    "siamface.gallery.milvus:MilvusGallery",
+    help="a Milvus collection (pymilvus)",
+    schemes=("milvus", "http", "https"),
 )
-#: URL schemes and the backend they mean
-SCHEMES: dict[str, str] = {"milvus": "milvus", "http": "milvus", "https": "milvus"}
+#: URL schemes and the backend they mean (a backend's ``schemes`` fact)
+SCHEMES: dict[str, str] = {s: e.name for e in BACKENDS for s in e.facts.get("schemes", ())}
 SPEC_HELP = (
     "a gallery folder (built-in SQLite + faiss), or a Milvus collection as "
     "milvus://HOST:PORT/COLLECTION (or http(s)://HOST:PORT/COLLECTION)"
