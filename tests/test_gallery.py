@@ -12,6 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from siamface.decide.threshold import Threshold
 from siamface.errors import SiamfaceError
 from siamface.gallery import UNKNOWN, Gallery, ModelMismatchError, NewPerson
 from siamface.gallery import index as index_mod
@@ -71,8 +72,8 @@ def test_search_finds_own_identity_and_rejects_strangers(gallery, rng):
     assert all(r.identity == UNKNOWN and not r.known for r in out)
     assert all(r.score is not None and r.score < 0.7 for r in out)
     assert not any(m.accepted for r in out for m in r.matches)
-    # closed-set (threshold=None) always names someone
-    closed = gallery.search(strangers, top_k=2, fingerprint=FP, threshold=None)
+    # closed-set always names someone
+    closed = gallery.search(strangers, top_k=2, fingerprint=FP, closed_set=True)
     assert all(r.known for r in closed)
     assert json.dumps([r.to_dict() for r in out])  # JSON-ready
 
@@ -256,7 +257,7 @@ def test_threshold_settings(gallery, rng):
     assert gallery.search(v, fingerprint=FP)[0].identity == "p02"
     with pytest.raises(SiamfaceError, match="cosine"):
         gallery.set_threshold(3)
-    assert gallery.search(v, fingerprint=FP, threshold=0.2)[0].threshold == 0.2
+    assert gallery.search(v, fingerprint=FP, threshold=Threshold.given(0.2))[0].threshold == 0.2
 
 
 WRITER = textwrap.dedent(

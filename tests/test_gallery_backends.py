@@ -87,7 +87,7 @@ def test_identify_top_k_and_unknown(gallery, x):
     strangers = unit(rng.standard_normal((10, DIM)))
     out = gallery.search(strangers, top_k=2, fingerprint=FP)
     assert all(r.identity == UNKNOWN and r.score < 0.7 for r in out)
-    assert all(r.known for r in gallery.search(strangers, 2, fingerprint=FP, threshold=None))
+    assert all(r.known for r in gallery.search(strangers, 2, fingerprint=FP, closed_set=True))
     gallery.set_aggregation("max")  # every image; a person scores by their best one
     best = gallery.search(x[7, 1], top_k=5, fingerprint=FP)[0]
     assert best.identity == "p07" and best.score == pytest.approx(1.0, abs=1e-4)
@@ -261,7 +261,7 @@ def consistent_state(spec: str) -> dict:
         exported = g.export([p.name for p in people])
         assert [len(e.embeddings) for e in exported] == [p.n_images for p in people]
         templates = np.stack([unit(e.embeddings.mean(0)) for e in exported])
-        found = g.search(templates, 1, fingerprint=FP, threshold=None)
+        found = g.search(templates, 1, fingerprint=FP, closed_set=True)
         assert [r.identity for r in found] == [p.name for p in people]
         n_people, n_images = g.counts()
         assert (n_people, n_images) == (len(people), sum(p.n_images for p in people))
@@ -409,7 +409,7 @@ def test_migrate_both_ways_resumable_and_verified(milvus_server, tmp_path, x):
         assert [(p.name, p.n_images, p.metadata) for p in a.people()] == [
             (p.name, p.n_images, p.metadata) for p in b.people()
         ]
-        assert b.threshold == 0.6 and b.aggregation == "max"
+        assert b.threshold.value == 0.6 and b.aggregation == "max"
         assert b.thumbnail("thumbed") == a.thumbnail("thumbed")
         ea, eb = a.export(["p05"])[0], b.export(["p05"])[0]
         np.testing.assert_array_equal(ea.embeddings, eb.embeddings)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from siamface.decide.open_set import Match, SearchResult
 from siamface.errors import SiamfaceError
 from siamface.gallery.identification import (
     evaluate_open_set,
     identification_metrics,
     split_open_set,
 )
-from siamface.gallery.results import Match, SearchResult
 
 
 def _res(*pairs) -> SearchResult:
