@@ -15,6 +15,7 @@ import uuid
 
 import numpy as np
 import pytest
+from gallery_helpers import enrolled_gallery, person_images, snapshot, unit
 
 from siamface.errors import SiamfaceError
 from siamface.gallery import UNKNOWN, Gallery, ModelMismatchError, NewPerson, open_gallery
@@ -23,15 +24,6 @@ from siamface.gallery.faults import FAULT_ENV
 FP = "b" * 16
 DIM = 32
 BACKENDS = ["builtin", "milvus"]
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
-def person_images(rng, n_people: int, per: int, spread: float = 0.5) -> np.ndarray:
-    centres = unit(rng.standard_normal((n_people, 1, DIM)))
-    return unit(centres + spread / np.sqrt(DIM) * rng.standard_normal((n_people, per, DIM)))
 
 
 @pytest.fixture(params=BACKENDS)
@@ -45,30 +37,13 @@ def spec(request, tmp_path) -> str:
 
 @pytest.fixture
 def x():
-    return person_images(np.random.default_rng(0), 20, 3)
+    return person_images(np.random.default_rng(0), 20, 3, DIM)
 
 
 @pytest.fixture
 def gallery(spec, x):
-    g = Gallery.create(spec, fingerprint=FP, embedding_size=DIM, threshold=0.7)
-    g.enroll_many(
-        [
-            NewPerson(
-                f"p{i:02d}",
-                x[i],
-                [f"p{i}_{j}.jpg" for j in range(3)],
-                [f"d{i}_{j}" for j in range(3)],
-            )
-            for i in range(20)
-        ],
-        fingerprint=FP,
-    )
-    yield g
-    g.close()
-
-
-def snapshot(g: Gallery) -> tuple:
-    return [p.to_dict() for p in g.people()], g.counts()
+    with enrolled_gallery(spec, x, FP, digests=True) as g:
+        yield g
 
 
 def test_backend_is_chosen_by_spec(gallery, spec):
