@@ -83,9 +83,7 @@ def check_threshold(value: object, what: str = "threshold") -> float:
             raise SiamfaceError(f"{what} must be a number, got {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise SiamfaceError(f"{what} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise SiamfaceError(f"{what} must be a finite number, got {value!r}")
-    if not MIN_THRESHOLD <= float(value) <= MAX_THRESHOLD:
+    if not MIN_THRESHOLD <= float(value) <= MAX_THRESHOLD:  # also refuses NaN
         raise SiamfaceError(f"{what} is a cosine similarity in [-1, 1], got {value}")
     return float(value)
 
