@@ -234,7 +234,12 @@ def test_threshold_settings(gallery, rng, x):
     assert gallery.search(v, fingerprint=FP)[0].identity == "p02"
     with pytest.raises(SiamfaceError, match="cosine"):
         gallery.set_threshold(3)
-    assert gallery.search(v, fingerprint=FP, threshold=Threshold.given(0.2))[0].threshold == 0.2
+    # a threshold given for one search decides that search only
+    gallery.set_threshold(0.999)
+    r = gallery.search(v, fingerprint=FP, threshold=Threshold.given(0.2))[0]
+    assert r.identity == "p02" and r.threshold == 0.2
+    assert gallery.search(v, fingerprint=FP)[0].identity == UNKNOWN
+    assert gallery.threshold.value == 0.999
 
 
 WRITER = textwrap.dedent(
