@@ -142,15 +142,16 @@ def fit(
     objective: str = "logistic",
 ) -> Path:
     """Fit fusion weights on training people and write the fusion file (as siamface fuse)."""
+    from siamface.decide.threshold import Threshold
     from siamface.embed.fusion import fit_fusion, fusion_pairs, fusion_record, write_fusion
-    from siamface.scores.metrics import threshold_record, verification_metrics
+    from siamface.scores.metrics import verification_metrics
 
     pi, pj, same = fusion_pairs(labels, 200_000, 0)
     scores = np.stack([np.einsum("ij,ij->i", e[pi], e[pj]) for e in embs], axis=1)
     w = fit_fusion(scores, same, objective=objective)
     m = verification_metrics(scores @ np.asarray(w["weights"]), same, (1e-2, 1e-3, 1e-4))
     src = "pins90 + celeba_wild training identities (bench/model_quality.py split, seed 0)"
-    thr = threshold_record(m, 1e-3, src)
+    thr = Threshold.at_far(m, 1e-3, src).to_record()
     prov = {
         "data": src,
         "identities": len(set(labels)),

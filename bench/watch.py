@@ -373,7 +373,7 @@ def main() -> None:
             "gallery_people": len(g),
             "actor_visits": sum(len(a.spans) for a in actors),
             "frames_by_faces_on_screen": faces_on_screen(actors, args.seconds),
-            "threshold": g.threshold,
+            "threshold": g.threshold and g.threshold.value,
         }
         info["cpu_ms_per_stage"] = cpu_per_stage(clip, embedder)
         if args.stages_only:

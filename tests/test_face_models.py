@@ -67,10 +67,19 @@ def test_sface_weights_fill_every_tensor(sface):
     # the BatchNorm statistics are the trained ones
     assert float(sface.state_dict["backbone.stem.1.running_var"].std()) > 0
     assert sface.preprocessing.aligned and sface.preprocessing.image_size == 112
-    assert sface.fingerprint == sface.fingerprint  # deterministic per build
-    from siamface.model.zoo import pretrained_checkpoint
+    # the fingerprint names these weights: a fresh read of the ONNX file (cache cleared, new
+    # tensors) gives the same one, and one changed weight gives another
+    from siamface.model.checkpoint import fingerprint
+    from siamface.model.zoo import _sface_arrays, pretrained_checkpoint
 
-    assert pretrained_checkpoint("sface").fingerprint == sface.fingerprint
+    _sface_arrays.cache_clear()
+    again = pretrained_checkpoint("sface")
+    key = "backbone.stem.1.running_var"
+    assert again.state_dict[key] is not sface.state_dict[key]
+    assert again.fingerprint == sface.fingerprint
+    edited = {k: v.clone() for k, v in again.state_dict.items()}
+    edited[key][0] += 1e-3
+    assert fingerprint(edited) != sface.fingerprint
 
 
 def test_backbone_sface_pretrained_auto_loads_the_trunk():
@@ -111,9 +120,16 @@ def test_load_sface_verifies_real_faces():
     gen, imp = sims[iu][same], sims[iu][~same]
     assert gen.mean() > imp.mean() + 0.3
     assert (gen > np.median(imp)).all()
-    r = model.verify(groups[0][0], groups[0][1])
-    assert r.threshold == pytest.approx(model.threshold)
-    assert r.same == (r.similarity >= r.threshold)
+    # at its stored threshold the model tells these people apart: the most alike genuine
+    # pair is the same person, the least alike impostor pair is not
+    files = [f for g in groups for f in g]
+    gi, gj = np.argwhere(np.triu(labels[:, None] == labels[None, :], 1))[np.argmax(gen)]
+    ii, ij = np.argwhere(np.triu(labels[:, None] != labels[None, :], 1))[np.argmin(imp)]
+    r = model.verify(files[gi], files[gj])
+    assert r.same and r.threshold_source.startswith("checkpoint")
+    assert not model.verify(files[ii], files[ij]).same
+    # and a threshold given for the call decides instead of the stored one
+    assert not model.verify(files[gi], files[gj], threshold=min(1.0, r.similarity + 1e-3)).same
 
 
 @needs_data

@@ -11,7 +11,9 @@ import textwrap
 
 import numpy as np
 import pytest
+from gallery_helpers import enrolled_gallery, person_images, snapshot, unit
 
+from siamface.decide.threshold import Threshold
 from siamface.errors import SiamfaceError
 from siamface.gallery import (
     UNKNOWN,
@@ -27,44 +29,23 @@ FP = "f" * 16
 DIM = 32
 
 
-def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
-def person_images(rng, n_people: int, per: int, spread: float = 0.5) -> np.ndarray:
-    """(people, images, DIM) unit vectors clustered around one centre per person."""
-    centres = unit(rng.standard_normal((n_people, 1, DIM)))
-    return unit(centres + spread / np.sqrt(DIM) * rng.standard_normal((n_people, per, DIM)))
-
-
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
 
 
 @pytest.fixture
-def gallery(tmp_path, rng):
-    g = Gallery.create(tmp_path / "g", fingerprint=FP, embedding_size=DIM, threshold=0.7)
-    x = person_images(rng, 20, 3)
-    g.enroll_many(
-        [NewPerson(f"p{i:02d}", x[i], [f"p{i}_{j}.jpg" for j in range(3)]) for i in range(20)],
-        fingerprint=FP,
-    )
-    g.test_vectors = x  # type: ignore[attr-defined]
-    yield g
-    g.close()
+def x(rng):
+    return person_images(rng, 20, 3, DIM)
 
 
-def snapshot(g: Gallery) -> tuple:
-    return (
-        [p.to_dict() for p in g.people()],
-        g.info()["images"],
-        g.store.version(),
-    )
+@pytest.fixture
+def gallery(tmp_path, x):
+    with enrolled_gallery(tmp_path / "g", x, FP) as g:
+        yield g
 
 
-def test_search_finds_own_identity_and_rejects_strangers(gallery, rng):
-    x = gallery.test_vectors
+def test_search_finds_own_identity_and_rejects_strangers(gallery, rng, x):
     probes = unit(x[:, 0] + 0.3 / np.sqrt(DIM) * rng.standard_normal((20, DIM)))
     res = gallery.search(probes, top_k=3, fingerprint=FP)
     assert [r.identity for r in res] == [f"p{i:02d}" for i in range(20)]
@@ -77,14 +58,13 @@ def test_search_finds_own_identity_and_rejects_strangers(gallery, rng):
     assert all(r.identity == UNKNOWN and not r.known for r in out)
     assert all(r.score is not None and r.score < 0.7 for r in out)
     assert not any(m.accepted for r in out for m in r.matches)
-    # closed-set (threshold=None) always names someone
-    closed = gallery.search(strangers, top_k=2, fingerprint=FP, threshold=None)
+    # closed-set always names someone
+    closed = gallery.search(strangers, top_k=2, fingerprint=FP, closed_set=True)
     assert all(r.known for r in closed)
     assert json.dumps([r.to_dict() for r in out])  # JSON-ready
 
 
-def test_max_aggregation_scores_best_image(gallery, rng):
-    x = gallery.test_vectors
+def test_max_aggregation_scores_best_image(gallery, rng, x):
     gallery.set_aggregation("max")
     assert gallery.info()["index"]["vectors"] == 60  # one vector per image now
     res = gallery.search(x[7, 1], top_k=5, fingerprint=FP)[0]
@@ -94,8 +74,7 @@ def test_max_aggregation_scores_best_image(gallery, rng):
     assert gallery.search(x[7, 1], fingerprint=FP)[0].score < 0.999
 
 
-def test_enroll_append_remove_and_persistence(gallery, tmp_path, rng):
-    x = gallery.test_vectors
+def test_enroll_append_remove_and_persistence(gallery, tmp_path, rng, x):
     extra = unit(rng.standard_normal((2, DIM)))
     rec = gallery.enroll("p03", extra, fingerprint=FP, append=True, metadata={"team": "a"})
     assert rec.n_images == 5 and rec.metadata == {"team": "a"}
@@ -137,16 +116,16 @@ def test_enroll_append_remove_and_persistence(gallery, tmp_path, rng):
         ),
     ],
 )
-def test_bad_input_is_refused_and_changes_nothing(gallery, call, message):
+def test_bad_input_is_refused_and_changes_nothing(gallery, call, message, x):
     before = snapshot(gallery)
     with pytest.raises(SiamfaceError, match=message):
-        call(gallery, gallery.test_vectors)
+        call(gallery, x)
     assert snapshot(gallery) == before
     assert "fresh" not in gallery
 
 
-def test_probe_of_wrong_model_or_size_is_refused(gallery):
-    q = gallery.test_vectors[0, :1]
+def test_probe_of_wrong_model_or_size_is_refused(gallery, x):
+    q = x[0, :1]
     with pytest.raises(ModelMismatchError, match="built with model"):
         gallery.search(q, fingerprint="1234567890abcdef")
     with pytest.raises(ModelMismatchError, match="64-d.*32-d"):
@@ -187,8 +166,7 @@ def test_missing_corrupt_and_foreign_gallery_folders(tmp_path):
         Gallery.create(tmp_path / "x", fingerprint=FP, embedding_size=DIM, aggregation="median")
 
 
-def test_index_is_rebuilt_when_missing_damaged_or_stale(gallery, tmp_path):
-    x = gallery.test_vectors
+def test_index_is_rebuilt_when_missing_damaged_or_stale(gallery, tmp_path, x):
     path = tmp_path / "g"
     expect = [r.identity for r in gallery.search(x[:, 0], fingerprint=FP)]
     gallery.close()
@@ -218,7 +196,7 @@ def test_index_is_rebuilt_when_missing_damaged_or_stale(gallery, tmp_path):
         assert g.info()["index"]["current"]
 
 
-def test_second_handle_sees_writes_of_the_first(gallery, tmp_path, rng):
+def test_second_handle_sees_writes_of_the_first(gallery, tmp_path, rng, x):
     reader = Gallery.open(tmp_path / "g")
     v = unit(rng.standard_normal(DIM))
     assert reader.search(v, fingerprint=FP)[0].identity != "newcomer"
@@ -226,7 +204,7 @@ def test_second_handle_sees_writes_of_the_first(gallery, tmp_path, rng):
     assert reader.search(v, fingerprint=FP)[0].identity == "newcomer"
     gallery.remove("newcomer")
     assert reader.search(v, fingerprint=FP)[0].identity != "newcomer"
-    probe = gallery.test_vectors[0, 0]
+    probe = x[0, 0]
     assert reader.search(probe, fingerprint=FP)[0].identity == "p00"
     gallery.set_threshold(0.9999)  # settings written by one handle reach the other
     assert reader.search(probe, fingerprint=FP)[0].identity == UNKNOWN
@@ -236,7 +214,7 @@ def test_second_handle_sees_writes_of_the_first(gallery, tmp_path, rng):
 def test_auto_index_switches_to_compressed_and_back(tmp_path, rng, monkeypatch):
     monkeypatch.setattr(index_choice, "EXACT_MAX", 300)
     g = Gallery.create(tmp_path / "big", fingerprint=FP, embedding_size=DIM, threshold=0.5)
-    x = person_images(rng, 400, 1, spread=0.0)[:, 0]
+    x = person_images(rng, 400, 1, DIM, spread=0.0)[:, 0]
     g.enroll_many([NewPerson(f"id{i}", x[i]) for i in range(200)], fingerprint=FP)
     assert g.info()["index"]["kind"] == "flat"
     g.enroll_many([NewPerson(f"id{i}", x[i]) for i in range(200, 400)], fingerprint=FP)
@@ -254,15 +232,20 @@ def test_auto_index_switches_to_compressed_and_back(tmp_path, rng, monkeypatch):
     g.close()
 
 
-def test_threshold_settings(gallery, rng):
-    v = gallery.test_vectors[2, 0]
+def test_threshold_settings(gallery, rng, x):
+    v = x[2, 0]
     gallery.set_threshold(0.999)
     assert gallery.search(v, fingerprint=FP)[0].identity == UNKNOWN
     gallery.set_threshold(None)
     assert gallery.search(v, fingerprint=FP)[0].identity == "p02"
     with pytest.raises(SiamfaceError, match="cosine"):
         gallery.set_threshold(3)
-    assert gallery.search(v, fingerprint=FP, threshold=0.2)[0].threshold == 0.2
+    # a threshold given for one search decides that search only
+    gallery.set_threshold(0.999)
+    r = gallery.search(v, fingerprint=FP, threshold=Threshold.given(0.2))[0]
+    assert r.identity == "p02" and r.threshold == 0.2
+    assert gallery.search(v, fingerprint=FP)[0].identity == UNKNOWN
+    assert gallery.threshold.value == 0.999
 
 
 WRITER = textwrap.dedent(
@@ -279,9 +262,8 @@ WRITER = textwrap.dedent(
 )
 
 
-def test_concurrent_reader_and_writer_processes(gallery, tmp_path):
+def test_concurrent_reader_and_writer_processes(gallery, tmp_path, x):
     """Searches keep working (and stay consistent) while another process enrolls."""
-    x = gallery.test_vectors
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "g")])
     reader = Gallery.open(tmp_path / "g")
     seen = 0
@@ -317,7 +299,7 @@ def _jpeg(colour=(200, 30, 30), size=(112, 112), noise: bool = False) -> bytes:
     return buf.getvalue()
 
 
-def test_thumbnails_stored_kept_on_append_and_refused_when_too_large(gallery, tmp_path, rng):
+def test_thumbnails_stored_kept_on_append_and_refused_when_too_large(gallery, tmp_path, rng, x):
     from siamface.gallery.thumbnail import MAX_THUMBNAIL_BYTES, make_thumbnail
 
     assert gallery.thumbnail("p00") is None and gallery.thumbnail("nobody") is None

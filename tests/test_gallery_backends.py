@@ -15,6 +15,7 @@ import uuid
 
 import numpy as np
 import pytest
+from gallery_helpers import enrolled_gallery, person_images, snapshot, unit
 
 from siamface.errors import SiamfaceError
 from siamface.gallery import UNKNOWN, Gallery, ModelMismatchError, NewPerson, open_gallery
@@ -23,15 +24,6 @@ from siamface.gallery.faults import FAULT_ENV
 FP = "b" * 16
 DIM = 32
 BACKENDS = ["builtin", "milvus"]
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
-def person_images(rng, n_people: int, per: int, spread: float = 0.5) -> np.ndarray:
-    centres = unit(rng.standard_normal((n_people, 1, DIM)))
-    return unit(centres + spread / np.sqrt(DIM) * rng.standard_normal((n_people, per, DIM)))
 
 
 @pytest.fixture(params=BACKENDS)
@@ -45,30 +37,13 @@ def spec(request, tmp_path) -> str:
 
 @pytest.fixture
 def x():
-    return person_images(np.random.default_rng(0), 20, 3)
+    return person_images(np.random.default_rng(0), 20, 3, DIM)
 
 
 @pytest.fixture
 def gallery(spec, x):
-    g = Gallery.create(spec, fingerprint=FP, embedding_size=DIM, threshold=0.7)
-    g.enroll_many(
-        [
-            NewPerson(
-                f"p{i:02d}",
-                x[i],
-                [f"p{i}_{j}.jpg" for j in range(3)],
-                [f"d{i}_{j}" for j in range(3)],
-            )
-            for i in range(20)
-        ],
-        fingerprint=FP,
-    )
-    yield g
-    g.close()
-
-
-def snapshot(g: Gallery) -> tuple:
-    return [p.to_dict() for p in g.people()], g.counts()
+    with enrolled_gallery(spec, x, FP, digests=True) as g:
+        yield g
 
 
 def test_backend_is_chosen_by_spec(gallery, spec):
@@ -87,7 +62,7 @@ def test_identify_top_k_and_unknown(gallery, x):
     strangers = unit(rng.standard_normal((10, DIM)))
     out = gallery.search(strangers, top_k=2, fingerprint=FP)
     assert all(r.identity == UNKNOWN and r.score < 0.7 for r in out)
-    assert all(r.known for r in gallery.search(strangers, 2, fingerprint=FP, threshold=None))
+    assert all(r.known for r in gallery.search(strangers, 2, fingerprint=FP, closed_set=True))
     gallery.set_aggregation("max")  # every image; a person scores by their best one
     best = gallery.search(x[7, 1], top_k=5, fingerprint=FP)[0]
     assert best.identity == "p07" and best.score == pytest.approx(1.0, abs=1e-4)
@@ -261,7 +236,7 @@ def consistent_state(spec: str) -> dict:
         exported = g.export([p.name for p in people])
         assert [len(e.embeddings) for e in exported] == [p.n_images for p in people]
         templates = np.stack([unit(e.embeddings.mean(0)) for e in exported])
-        found = g.search(templates, 1, fingerprint=FP, threshold=None)
+        found = g.search(templates, 1, fingerprint=FP, closed_set=True)
         assert [r.identity for r in found] == [p.name for p in people]
         n_people, n_images = g.counts()
         assert (n_people, n_images) == (len(people), sum(p.n_images for p in people))
@@ -409,7 +384,7 @@ def test_migrate_both_ways_resumable_and_verified(milvus_server, tmp_path, x):
         assert [(p.name, p.n_images, p.metadata) for p in a.people()] == [
             (p.name, p.n_images, p.metadata) for p in b.people()
         ]
-        assert b.threshold == 0.6 and b.aggregation == "max"
+        assert b.threshold.value == 0.6 and b.aggregation == "max"
         assert b.thumbnail("thumbed") == a.thumbnail("thumbed")
         ea, eb = a.export(["p05"])[0], b.export(["p05"])[0]
         np.testing.assert_array_equal(ea.embeddings, eb.embeddings)

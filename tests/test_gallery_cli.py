@@ -443,7 +443,7 @@ def test_damaged_index_header_is_rebuilt(capsys, tmp_path):
             else contextlib.nullcontext(),
         ):
             q = np.ones(8, np.float32)
-            assert gal.search(q, 2, fingerprint="a" * 16, threshold=None)[0].known
+            assert gal.search(q, 2, fingerprint="a" * 16, closed_set=True)[0].known
         assert read_index_header(f)["dim"] == 8  # rebuilt and saved
 
 

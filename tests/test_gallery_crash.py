@@ -12,6 +12,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from gallery_helpers import random_units
 
 from siamface.gallery import Gallery, NewPerson
 from siamface.gallery.faults import FAULT_ENV as _FAULT_ENV
@@ -23,8 +24,7 @@ DIM = 16
 
 
 def _vecs(seed: int, n: int) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    return random_units(seed, n, DIM)
 
 
 @pytest.fixture

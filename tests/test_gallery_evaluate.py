@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gallery_helpers import person_images, random_units
 
+from siamface.decide.open_set import Match, SearchResult
 from siamface.errors import SiamfaceError
 from siamface.gallery.identification import (
     evaluate_open_set,
     identification_metrics,
     split_open_set,
 )
-from siamface.gallery.results import Match, SearchResult
 
 
 def _res(*pairs) -> SearchResult:
@@ -61,16 +62,12 @@ def test_split_is_disjoint_seeded_and_checked():
 
 
 def test_evaluate_open_set_through_a_gallery(tmp_path):
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((12, 1, 64))
-    emb = (centres + 0.3 * rng.standard_normal((12, 5, 64))).reshape(60, 64)
-    emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+    emb = person_images(np.random.default_rng(0), 12, 5, 64, spread=0.3).reshape(60, 64)
     labels = [f"id{i // 5}" for i in range(60)]
     split = split_open_set(labels, strangers=4, enroll_images=2)
     for agg in ("mean", "max"):
         m = evaluate_open_set(emb, split, "x" * 16, agg, threshold=0.5, workdir=tmp_path)
         assert m.rank["1"] == 1.0 and m.dir_at_far["1e-01"] == 1.0  # well separated
-    noisy = rng.standard_normal(emb.shape).astype(np.float32)
-    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    noisy = random_units(1, *emb.shape)
     m = evaluate_open_set(noisy, split, "x" * 16, "mean", workdir=tmp_path)
     assert m.rank["1"] < 0.5  # random embeddings cannot identify anyone

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 import time
 
 import httpx
@@ -176,46 +177,67 @@ def test_model_failures_are_json_500s(onnx_path, mode, status, code):
         assert c.get("/health").status_code == 200
 
 
-class _SlowFaces:
-    """The ONNX model with a slow face step, so that decodes overlap in time."""
+class _GatedFaces:
+    """The ONNX model with a face step that holds its decode slot until the test lets it go,
+    so that overlapping decodes are arranged by events, never by sleeps beating a hold."""
 
     def __init__(self, inner) -> None:
         self._inner = inner
+        self.entered = threading.Event()
+        self.release = threading.Event()
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
     def locate(self, img, pick=None, ambiguous="pick"):
-        time.sleep(0.4)
+        self.entered.set()
+        assert self.release.wait(30), "the test never released the face step"
         return self._inner.locate(img, pick=pick, ambiguous=ambiguous)
 
 
+async def _until(cond, what: str, limit_s: float = 30.0) -> None:
+    """Wait for a condition another thread makes true (a state, not a time, decides)."""
+    deadline = time.monotonic() + limit_s
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
 def test_pixel_budget_queues_then_answers_busy(onnx_path):
-    """With room for one image's pixels, concurrent uploads decode one at a time; one that
-    cannot start within the wait limit gets 503 busy (with Retry-After), the others 200."""
+    """With room for one image's pixels, a second upload waits for the first decode and is
+    then answered (200); one that cannot start within the wait limit gets 503 busy (with
+    Retry-After), and the decode it waited for still answers 200."""
     inner = create_embedder(onnx_path)
-    app = create_app(inner, max_pixels_in_flight=100 * 100, decode_wait_s=1.0)
-    app.state.service.embedder = _SlowFaces(inner)
+    app = create_app(inner, max_pixels_in_flight=100 * 100, decode_wait_s=30.0)
+    svc = app.state.service
     image = png(100, 100)
     with running(app) as c:
         base = str(c.base_url)
 
-        async def fire():
-            async with httpx.AsyncClient(base_url=base, timeout=30) as ac:
-                return await asyncio.gather(
-                    *(ac.post("/embed", files={"image": (f"{i}.png", image)}) for i in range(5))
-                )
+        async def pair(wait_s: float, settle) -> tuple[httpx.Response, httpx.Response]:
+            """Upload A and hold its decode; upload B; release A once ``settle`` holds."""
+            gate = svc.embedder = _GatedFaces(inner)
+            svc.budget.max_wait_s = wait_s
+            async with httpx.AsyncClient(base_url=base, timeout=60) as ac:
+                a = asyncio.create_task(ac.post("/embed", files={"image": ("a.png", image)}))
+                assert await asyncio.to_thread(gate.entered.wait, 30), "A never decoded"
+                b = asyncio.create_task(ac.post("/embed", files={"image": ("b.png", image)}))
+                await settle(b)
+                gate.release.set()
+                return await a, await b
 
-        responses = asyncio.run(fire())
+        waits = svc.budget.waits
+        queued = asyncio.run(
+            pair(30.0, lambda _: _until(lambda: svc.budget.waits > waits, "B to queue"))
+        )
+        assert [r.status_code for r in queued] == [200, 200]
+        refused = asyncio.run(pair(0.05, lambda b: asyncio.wait({b})))  # B gives up first
         limits = c.get("/health").json()["limits"]
-    codes = sorted(r.status_code for r in responses)
-    assert codes.count(200) >= 2 and 503 in codes, codes  # 0.4 s each, 1 s of patience
-    for r in responses:
-        if r.status_code == 503:
-            assert_shape(r, 503, "busy")
-            assert r.headers["retry-after"] == "2"
+    assert [r.status_code for r in refused] == [200, 503]
+    assert_shape(refused[1], 503, "busy")
+    assert refused[1].headers["retry-after"] == "2"
     assert limits["peak_pixels_in_flight"] == 100 * 100  # never two decodes at once
-    assert limits["decodes_refused_busy"] == codes.count(503)
+    assert limits["decodes_refused_busy"] == 1 and limits["decodes_waited"] == 2
     assert limits["pixels_in_flight"] == 0
 
 
@@ -224,22 +246,26 @@ def test_pixel_budget_is_fifo_and_releases_on_cancel():
 
     async def scenario():
         budget = PixelBudget(10, max_wait_s=5)
+        hold = asyncio.Event()
 
-        async def job(i: int, n: int, hold: float) -> None:
+        async def job(i: int, n: int, gate: asyncio.Event | None = None) -> None:
             async with budget.reserve(n):
                 order.append(i)
                 assert budget.in_use <= 10 or budget.in_use == n
-                await asyncio.sleep(hold)
+                if gate is not None:
+                    await gate.wait()
 
-        first = asyncio.create_task(job(0, 8, 0.05))
-        await asyncio.sleep(0.01)
-        waiting = asyncio.create_task(job(9, 8, 0))  # will be cancelled while queued
-        await asyncio.sleep(0.01)
-        rest = [asyncio.create_task(job(i, 5, 0.01)) for i in (1, 2, 3)]
-        await asyncio.sleep(0.01)
+        first = asyncio.create_task(job(0, 8, hold))
+        await _until(lambda: order == [0], "the first job to start")
+        waiting = asyncio.create_task(job(9, 8))  # will be cancelled while queued
+        await _until(lambda: budget.waits == 1, "job 9 to queue")
+        rest = [asyncio.create_task(job(i, 5)) for i in (1, 2, 3)]
+        await _until(lambda: budget.waits == 4, "jobs 1-3 to queue behind it")
         waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        hold.set()
         await asyncio.gather(first, *rest)
-        big = asyncio.create_task(job(4, 50, 0))  # larger than the whole budget: runs alone
+        big = asyncio.create_task(job(4, 50))  # larger than the whole budget: runs alone
         await big
         return budget
 

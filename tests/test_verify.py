@@ -148,10 +148,14 @@ def test_load_api(tiny_checkpoint, images):
     np.testing.assert_allclose(m.embed(np.asarray(pil)), e[0], atol=1e-5)
     r = m.verify(a, b)
     assert r.similarity == pytest.approx(float(e[0] @ e[1]), abs=1e-5)
-    assert r.same == (r.similarity >= 0.5) and r.threshold == 0.5
+    assert r.threshold == 0.5 and r.threshold_source == "checkpoint: test on fixture"
+    # the decision moves with the threshold: at the pair's own score it is the same person,
+    # just above it not
+    assert m.verify(a, b, threshold=r.similarity).same is True
+    assert m.verify(a, b, threshold=min(1.0, r.similarity + 1e-3)).same is False
     assert m.verify(e[0], a).similarity == pytest.approx(1.0, abs=1e-5)
-    r2 = m.verify(a, c, threshold=1.0)
-    assert r2.same is (r2.similarity >= 1.0) and r2.threshold_source == "given"
+    r2 = m.verify(a, c, threshold=1.0)  # two different photos never reach cosine 1
+    assert r2.same is False and r2.threshold_source == "given"
     for bad in (2.0, float("nan"), -1.5):  # thresholds are cosines, as in verify and serve
         with pytest.raises(SiamfaceError, match="threshold"):
             m.verify(a, c, threshold=bad)

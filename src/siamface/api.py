@@ -23,12 +23,12 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
+from siamface.decide.threshold import Threshold
 from siamface.decide.verify import (
     ClaimVerification,
     Verification,
-    check_threshold,
-    decide,
-    resolve_threshold,
+    decide_pair,
+    pair_threshold,
     verify_claim,
 )
 from siamface.errors import SiamfaceError
@@ -41,21 +41,25 @@ class FaceModel:
 
     def __init__(self, embedder, threshold: float | None = None):
         self.embedder = embedder
-        self._override = None if threshold is None else check_threshold(threshold)
+        self._override = (
+            None if threshold is None else Threshold.given(threshold, source="given to load()")
+        )
 
     # -- what the model is -------------------------------------------------------------
     @property
     def threshold(self) -> float | None:
         """The decision threshold in use (given to :func:`load`, else the stored one)."""
-        if self._override is not None:
-            return float(self._override)
-        t = self.embedder.threshold
-        return None if not t or t.get("value") is None else float(t["value"])
+        t = self._override or self._stored
+        return None if t is None else t.value
 
     @property
     def threshold_info(self) -> dict | None:
         """The stored threshold record (target FAR, TAR, where it was calibrated)."""
         return self.embedder.threshold
+
+    @property
+    def _stored(self) -> Threshold | None:
+        return Threshold.parse(self.embedder.threshold)
 
     @property
     def fingerprint(self) -> str:
@@ -131,12 +135,10 @@ class FaceModel:
     def verify(self, a: ImageLike, b: ImageLike, threshold: float | None = None) -> Verification:
         """Same person? ``similarity >= threshold`` with the given, load-time or stored
         threshold; raises :class:`SiamfaceError` when the model has none."""
-        t = threshold if threshold is not None else self._override
-        value, source = resolve_threshold(self.embedder.threshold, t, str(self.embedder.source))
-        if t is not None and threshold is None:
-            source = "given to load()"
+        given = Threshold.given(threshold) if threshold is not None else self._override
+        thr = pair_threshold(given, self._stored, str(self.embedder.source))
         sim = self.similarity(a, b)
-        return decide(sim, value, source, self.probability(sim))
+        return decide_pair(sim, thr, self.probability(sim))
 
     def probability(self, similarity: float) -> float | None:
         """Same-person probability for a cosine similarity, from the model's BCE pair head
@@ -182,9 +184,9 @@ class FaceModel:
         emb = self._embed_list([image], 1)[0]
 
         def decide_in(g: Gallery) -> ClaimVerification:
-            t = threshold
-            if t is None and g.threshold is None:
-                t = self._override
+            t = None if threshold is None else Threshold.given(threshold)
+            if t is None and g.threshold is None and self._override is not None:
+                t = Threshold.given(self._override.value)  # said plainly 'given' here
             return verify_claim(self.embedder, g, emb, person, t)
 
         if isinstance(gallery, Gallery):

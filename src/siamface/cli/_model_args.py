@@ -4,6 +4,10 @@ calibrate), so they spell the same things the same way."""
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from siamface.decide.threshold import Threshold
 
 #: What ``--model`` accepts, shared by every command that takes a model.
 MODEL_HELP = (
@@ -43,13 +47,13 @@ def positive_int(text: str) -> int:
     return v
 
 
-def threshold_value(text: str) -> float:
-    """A decision threshold: a cosine similarity in [-1, 1] (the rule the server, the API
-    and ``gallery set`` apply too; 'nan' and 5 are refused)."""
-    from siamface.model.validate import check_threshold
+def threshold_value(text: str) -> Threshold:
+    """``--threshold T``: a threshold given for this run, a cosine similarity in [-1, 1] (the
+    rule the server, the API and ``gallery set`` apply too; 'nan' and 5 are refused)."""
+    from siamface.decide.threshold import Threshold  # lazy: --help speed
 
     try:
-        return check_threshold(text)
+        return Threshold.given(text)
     except Exception as err:  # noqa: BLE001 - argparse wants ArgumentTypeError
         raise argparse.ArgumentTypeError(str(err)) from None
 

@@ -129,9 +129,10 @@ def other_target(args: argparse.Namespace) -> tuple[str, Path] | None:
 
 def measure_threshold(args: argparse.Namespace):
     """Embed ``--data`` with ``--model`` and choose the threshold (at ``--far``, or for the
-    best accuracy): (model, evaluation, threshold record with its TAR/FAR and date, rates)."""
+    best accuracy): (model, evaluation, threshold with its measured TAR/FAR and date, rates)."""
+    from siamface.decide.threshold import Threshold
     from siamface.scores import evaluate as ev
-    from siamface.scores.metrics import DEFAULT_FARS, threshold_record
+    from siamface.scores.metrics import DEFAULT_FARS
 
     ids = None
     if args.identities:
@@ -159,23 +160,27 @@ def measure_threshold(args: argparse.Namespace):
     if images.identity_filter:
         source += f" ({images.identity_filter})"
     if args.best_accuracy:
-        rec = {
-            "value": m.best_accuracy_threshold,
-            "target_far": None,
-            "method": "best_accuracy",
-            "source": source,
-            "n_impostor": m.n_impostor,
-        }
+        thr = Threshold.parse(
+            {
+                "value": m.best_accuracy_threshold,
+                "target_far": None,
+                "method": "best_accuracy",
+                "source": source,
+                "n_impostor": m.n_impostor,
+            }
+        )
     else:
-        rec = threshold_record(m, args.far, source)
-    rates = scored.rates_at(rec["value"])
-    rec.update(tar=rates["tar"], far=rates["far"], calibrated=datetime.date.today().isoformat())
-    return model, result, rec, rates
+        thr = Threshold.at_far(m, args.far, source)
+    rates = scored.rates_at(thr.value)
+    today = datetime.date.today().isoformat()
+    thr = thr.with_fields(tar=rates["tar"], far=rates["far"], calibrated=today)
+    return model, result, thr, rates
 
 
 def run_other(args: argparse.Namespace, kind: str, out: Path) -> int:
     """Calibrate a fusion or a carded ONNX model: the new threshold goes into its file."""
-    model, result, rec, _ = measure_threshold(args)
+    model, result, thr, _ = measure_threshold(args)
+    rec = thr.to_record()
     m = result.metrics
     old = model.threshold
     if kind == "fusion":
@@ -235,14 +240,14 @@ def run(args: argparse.Namespace) -> int:
     src = None if builtin else checkpoint_path(args.model)
     out = Path(args.out).expanduser() if args.out else src
     check_output_file(out, "checkpoint")  # before the embedding work, not after
-    model, result, rec, rates = measure_threshold(args)
+    model, result, thr, rates = measure_threshold(args)
     m = result.metrics
-    rec.update(
+    rec = thr.with_fields(
         balanced_accuracy=rates["balanced_accuracy"],
         n_genuine=m.n_genuine,
         identities=result.report["data"]["identities"],
         images=result.report["data"]["images_embedded"],
-    )
+    ).to_record()
     notes = list(result.report["notes"])
     above = round(rates["far"] * m.n_impostor)
     if not args.best_accuracy and above < MIN_IMPOSTORS_ABOVE:

@@ -94,6 +94,7 @@ def _resolve(args: argparse.Namespace) -> tuple[str, list[str], list[str] | None
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from siamface.decide.threshold import Threshold
     from siamface.embed.load import create_embedder
     from siamface.errors import SiamfaceError
     from siamface.fileio import atomic_write, check_output_file
@@ -125,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
         labels, args.strangers, args.enroll_images, args.max_probes_per_id, args.seed
     )
     fars = tuple(args.far) if args.far else DEFAULT_FARS
-    thr = (embedder.threshold or {}).get("value")
+    stored = Threshold.parse(embedder.threshold)
+    thr = None if stored is None else stored.value
     aggs = ["mean", "max"] if args.aggregation == "both" else [args.aggregation]
     results = {
         a: evaluate_open_set(

@@ -76,6 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from siamface.decide.threshold import Threshold
     from siamface.embed.fusion import (
         fit_fusion,
         fusion_pairs,
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from siamface.errors import SiamfaceError
     from siamface.fileio import check_output_file
     from siamface.scores import evaluate as ev
-    from siamface.scores.metrics import DEFAULT_FARS, threshold_record, verification_metrics
+    from siamface.scores.metrics import DEFAULT_FARS, verification_metrics
 
     if len(args.models) < 2:
         raise SiamfaceError("fuse needs two or more models, e.g. siamface fuse sface dlib ...")
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     fars = tuple(sorted(set(DEFAULT_FARS) | {args.far}, reverse=True))
     m = verification_metrics(fused, same, fars)
     source = ", ".join(str(r) for r in images.roots)
-    thr = threshold_record(m, args.far, source)
+    thr = Threshold.at_far(m, args.far, source).to_record()
     per_member = {
         a: round(float(verification_metrics(scores[:, k], same, fars).auc), 5)
         for k, a in enumerate(args.models)

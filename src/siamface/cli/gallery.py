@@ -178,6 +178,7 @@ def load_gallery_model(gallery, model: str | None):
 
 
 def run_enroll(args: argparse.Namespace) -> int:
+    from siamface.decide.threshold import Threshold
     from siamface.embed.load import create_embedder, model_reference
     from siamface.errors import SiamfaceError
     from siamface.gallery import Gallery
@@ -213,8 +214,8 @@ def run_enroll(args: argparse.Namespace) -> int:
             raise SiamfaceError(f"{where} does not exist yet: give --model to create it")
         embedder = create_embedder(args.model)
         threshold = args.threshold
-        if threshold is None and embedder.threshold:
-            threshold = embedder.threshold.get("value")
+        if threshold is None:
+            threshold = Threshold.parse(embedder.threshold)
         gallery = None
     if gallery is not None and not args.append:
         taken = [n for n, _ in plan.groups if n in gallery]

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         if len(errors) == len(paths):
             i, reason = next(iter(errors.items()))
             raise SiamfaceError(f"cannot use {paths[i]}: {reason}")
-        thr = "gallery" if args.threshold is None else args.threshold
+        thr = args.threshold  # None: the gallery's own
         results = g.search(emb, args.top_k, fingerprint=embedder.fingerprint, threshold=thr)
     out, it = [], iter(results)
     for i, p in enumerate(paths):
@@ -103,7 +103,7 @@ def _every_face(args, g, embedder, paths) -> int:
     from siamface.folders.images import ImageLoadError, load_rgb
 
     out, failed = [], False
-    thr = "gallery" if args.threshold is None else args.threshold
+    thr = args.threshold  # None: the gallery's own
     for p in paths:
         try:
             found, _ = embedder.locate_every_face(load_rgb(p))

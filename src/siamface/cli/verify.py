@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
 def _run_one(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from siamface.decide.verify import decide, resolve_threshold
+    from siamface.decide.threshold import Threshold
+    from siamface.decide.verify import Verification, decide_pair, pair_threshold
     from siamface.errors import SiamfaceError
 
     a, b = (Path(x).expanduser() for x in args.images)
@@ -116,16 +117,17 @@ def _run_one(args: argparse.Namespace) -> int:
     sim = float(emb[0] @ emb[1])
     detections = [d for d in (da, db) if d is not None]
     try:
-        thr, source = resolve_threshold(model.threshold, args.threshold, args.model)
+        thr = pair_threshold(args.threshold, Threshold.parse(model.threshold), args.model)
     except SiamfaceError as err:
-        r = decide(sim, 0.0, "none", model.probability(sim))
+        p = model.probability(sim)
+        r = Verification(sim, False, 0.0, "none", None if p is None else float(p))
         if args.json:
             out = _one_json(args, model, r) | {"same": None, "error": str(err)}
             print(json.dumps(out | {"detections": detections}))
         else:
             print(f"similarity {r.similarity:.4f}; no decision:", file=sys.stderr)
         raise
-    r = decide(sim, thr, source, model.probability(sim))
+    r = decide_pair(sim, thr, model.probability(sim))
     if args.json:
         print(json.dumps(_one_json(args, model, r) | {"detections": detections}))
     else:
@@ -191,19 +193,19 @@ def _one_json(args, model, r) -> dict:
 
 
 def _run_csv(args: argparse.Namespace) -> int:
-    from siamface.decide.verify import read_pairs_csv, resolve_threshold, verify_pairs
+    from siamface.decide.threshold import Threshold
+    from siamface.decide.verify import pair_threshold, read_pairs_csv, verify_pairs
     from siamface.fileio import atomic_write, check_output_file
 
     rows = read_pairs_csv(args.pairs_csv, args.root)  # checks every path before model work
     if args.out:
         check_output_file(args.out, "results file")
     model = open_model_arg(args)
-    thr, source = resolve_threshold(model.threshold, args.threshold, args.model)
+    thr = pair_threshold(args.threshold, Threshold.parse(model.threshold), args.model)
     results = verify_pairs(
         model,
         [(r.a, r.b) for r in rows],
         thr,
-        source,
         batch_size=args.batch_size,
         workers=args.workers,
         progress=not args.no_progress,
@@ -212,7 +214,7 @@ def _run_csv(args: argparse.Namespace) -> int:
     n_same = sum(r.same for r in results)
     summary = (
         f"{len(results)} pairs: {n_same} same, {len(results) - n_same} different "
-        f"(threshold {thr:.4f}, {source})"
+        f"(threshold {thr.value:.4f}, {thr.describe()})"
     )
     table = [
         {"line": row.line, "image1": str(row.a), "image2": str(row.b), **res.to_dict()}
@@ -236,8 +238,8 @@ def _run_csv(args: argparse.Namespace) -> int:
                 {
                     "model": str(model.source),
                     "fingerprint": model.fingerprint,
-                    "threshold": thr,
-                    "threshold_source": source,
+                    "threshold": thr.value,
+                    "threshold_source": thr.describe(),
                     "pairs": table,
                 }
             )

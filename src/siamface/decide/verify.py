@@ -16,16 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
+from siamface.decide.threshold import Threshold
 from siamface.errors import SiamfaceError
 from siamface.folders.images import is_image_path
-from siamface.model.validate import check_threshold
 
 __all__ = [
     "ClaimVerification",
     "Verification",
-    "check_threshold",
-    "decide",
-    "resolve_threshold",
+    "claim_threshold",
+    "decide_pair",
+    "pair_threshold",
     "verify_claim",
 ]
 
@@ -61,36 +61,27 @@ class ClaimVerification(Verification):
     gallery: str = ""
 
 
-def describe_threshold(record: dict) -> str:
-    """'checkpoint: FAR 1e-03 on validation identities' style provenance of a stored one."""
-    parts = ["checkpoint"]
-    method = record.get("method")
-    if record.get("target_far") is not None and method in (None, "far"):
-        parts.append(f"FAR {record['target_far']:g}")
-    elif method:
-        parts.append(str(method))
-    if record.get("source"):
-        parts.append(f"on {record['source']}")
-    return " ".join(parts[:1]) + (": " + " ".join(parts[1:]) if len(parts) > 1 else "")
-
-
-def resolve_threshold(stored: dict | None, override: float | None, model: str) -> tuple[float, str]:
-    """The threshold to decide with: the given one, else the checkpoint's; else an error."""
-    if override is not None:
-        return check_threshold(override), "given"
-    if stored and stored.get("value") is not None:
-        return float(stored["value"]), describe_threshold(stored)
+def pair_threshold(given: Threshold | None, stored: Threshold | None, model: str) -> Threshold:
+    """The threshold to decide a pair with: the given one, else the model's stored one; a
+    model without one cannot decide (an error that says how to get one)."""
+    if given is not None:
+        return given
+    if stored is not None:
+        return stored
     raise SiamfaceError(
         f"{model} has no stored decision threshold; pass a threshold (--threshold T), or store "
         f"one with 'siamface calibrate --model {model} --data VALIDATION_DIR'"
     )
 
 
-def decide(
-    similarity: float, threshold: float, source: str, probability: float | None = None
+def decide_pair(
+    similarity: float, threshold: Threshold, probability: float | None = None
 ) -> Verification:
+    """One 1:1 decision at ``threshold``, reported with the threshold's provenance."""
     p = None if probability is None else float(probability)
-    return Verification(float(similarity), bool(similarity >= threshold), threshold, source, p)
+    return Verification(
+        float(similarity), threshold.accepts(similarity), threshold.value, threshold.describe(), p
+    )
 
 
 # ----------------------------------------------------------------------------- claimed identity
@@ -103,7 +94,7 @@ def claimed_score(gallery, embedding: np.ndarray, person: str, fingerprint: str)
     k = min(n, 16)
     probe = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
     while True:
-        result = gallery.search(probe, k, fingerprint=fingerprint, threshold=None)[0]
+        result = gallery.search(probe, k, fingerprint=fingerprint, closed_set=True)[0]
         for m in result.matches:
             if m.name == person:
                 return float(m.score)
@@ -112,19 +103,16 @@ def claimed_score(gallery, embedding: np.ndarray, person: str, fingerprint: str)
         k = min(n, k * 8)
 
 
-def claim_threshold(
-    gallery, override: float | None, model_threshold: dict | None
-) -> tuple[float, str]:
+def claim_threshold(gallery, given: Threshold | None, stored: Threshold | None) -> Threshold:
     """Threshold for a claimed identity: the given one, else the gallery's (its open-set
     threshold, normally the model's calibrated one), else the model's stored one."""
-    if override is not None:
-        return check_threshold(override), "given"
-    if gallery.threshold is not None:
-        return check_threshold(
-            gallery.threshold, "gallery threshold"
-        ), f"gallery {gallery.location}"
-    if model_threshold and model_threshold.get("value") is not None:
-        return float(model_threshold["value"]), describe_threshold(model_threshold)
+    if given is not None:
+        return given
+    own = gallery.threshold
+    if own is not None:
+        return own
+    if stored is not None:
+        return stored
     raise SiamfaceError(
         f"gallery {gallery.location} has no threshold (closed-set) and the model stores none; pass "
         f"--threshold T or set one with 'siamface gallery set {gallery.location} --threshold T'"
@@ -132,21 +120,14 @@ def claim_threshold(
 
 
 def verify_claim(
-    embedder, gallery, embedding: np.ndarray, person: str, threshold: float | None = None
+    embedder, gallery, embedding: np.ndarray, person: str, threshold: Threshold | None = None
 ) -> ClaimVerification:
     """Is the face with ``embedding`` the enrolled ``person``? Decided at the gallery's
     threshold (or ``threshold``); the gallery refuses embeddings of another model."""
-    thr, source = claim_threshold(gallery, threshold, embedder.threshold)
+    thr = claim_threshold(gallery, threshold, Threshold.parse(embedder.threshold))
     score = claimed_score(gallery, embedding, person, embedder.fingerprint)
-    return ClaimVerification(
-        similarity=score,
-        same=bool(score >= thr),
-        threshold=thr,
-        threshold_source=source,
-        probability=embedder.probability(score),
-        person=person,
-        gallery=str(gallery.location),
-    )
+    v = decide_pair(score, thr, embedder.probability(score))
+    return ClaimVerification(**v.to_dict(), person=person, gallery=str(gallery.location))
 
 
 # ----------------------------------------------------------------------------- many pairs
@@ -200,8 +181,7 @@ def read_pairs_csv(path: str | Path, root: str | Path | None = None) -> list[Pai
 def verify_pairs(
     embedder,
     pairs: Sequence[tuple[Path, Path]],
-    threshold: float,
-    source: str,
+    threshold: Threshold,
     batch_size: int = 64,
     workers: int | None = None,
     progress: bool = False,
@@ -226,6 +206,6 @@ def verify_pairs(
     sims = embedder.similarity(emb[[pos[a] for a, _ in pairs]], emb[[pos[b] for _, b in pairs]])
     probs = embedder.pair_probability(sims)
     return [
-        decide(float(s), threshold, source, None if probs is None else probs[k])
+        decide_pair(float(s), threshold, None if probs is None else probs[k])
         for k, s in enumerate(sims)
     ]

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from siamface.errors import SiamfaceError
+from siamface.model.validate import check_threshold
 
 #: Card file names looked for beside ``model.onnx`` (first found wins).
 CARD_SUFFIXES = (".card.yaml", ".card.yml", ".card.json")
@@ -147,12 +148,7 @@ def card_from_dict(raw: dict, where: str = "model card") -> ModelCard:
             raise SiamfaceError(f"{where}: input_size must be 16..1024, got {size}")
     thr = d.get("threshold")
     if thr is not None:
-        try:
-            thr = float(thr)
-        except (TypeError, ValueError):
-            raise SiamfaceError(f"{where}: threshold must be a number, got {thr!r}") from None
-        if not -1.0 <= thr <= 1.0:
-            raise SiamfaceError(f"{where}: threshold is a cosine in [-1, 1], got {thr}")
+        thr = check_threshold(thr, f"{where}: threshold")
     try:
         margin = float(d.get("margin", 0.0))
     except (TypeError, ValueError):

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from siamface.decide.threshold import Threshold
 from siamface.embed.load import create_embedder
 from siamface.embed.onnx_backend import FORMAT, FORMAT_VERSION, METADATA_KEY
 from siamface.errors import SiamfaceError
@@ -275,8 +276,9 @@ def parity_check(
     iu = np.triu_indices(len(faces), k=1)
     s_ref, s_got = (ref @ ref.T)[iu], (got @ got.T)[iu]
     thresholds = {"median_score": float(np.median(s_ref))}
-    if ckpt.threshold and ckpt.threshold.get("value") is not None:
-        thresholds["stored"] = float(ckpt.threshold["value"])
+    stored = Threshold.parse(ckpt.threshold)
+    if stored is not None:
+        thresholds["stored"] = stored.value
     decisions = {}
     mismatched = 0
     for name, thr in thresholds.items():

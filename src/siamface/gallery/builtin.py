@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from siamface.decide.open_set import Candidate
 from siamface.errors import SiamfaceError
 from siamface.gallery.faults import fault_point
 from siamface.gallery.gallery import Gallery
 from siamface.gallery.index import INDEX_KINDS
 from siamface.gallery.records import NewPerson, PersonRecord
-from siamface.gallery.results import Candidate
 from siamface.gallery.store import (
     DB_NAME,
     FORMAT,

@@ -32,16 +32,16 @@ from typing import ClassVar
 
 import numpy as np
 
+from siamface.decide.open_set import UNKNOWN, Candidate, Match, SearchResult, decide_open_set
+from siamface.decide.threshold import Threshold
 from siamface.errors import SiamfaceError
 from siamface.gallery.records import NewPerson, PersonRecord
-from siamface.gallery.results import UNKNOWN, Candidate, Match, SearchResult, decide
 from siamface.gallery.store import mean_template
 from siamface.gallery.validation import (
     AGGREGATIONS,
     DEFAULT_AGGREGATION,
     ModelMismatchError,
     check_choice,
-    check_threshold,
     check_top_k,
     checked_person,
     unit_vectors,
@@ -90,7 +90,7 @@ class Gallery(ABC):
         *,
         fingerprint: str,
         embedding_size: int,
-        threshold: float | None = None,
+        threshold: Threshold | float | None = None,
         model_source: str | None = None,
         aggregation: str = DEFAULT_AGGREGATION,
         index_kind: str = "auto",
@@ -113,7 +113,7 @@ class Gallery(ABC):
         settings = {
             "fingerprint": fingerprint,
             "embedding_size": embedding_size,
-            "threshold": check_threshold(threshold),
+            "threshold": _stored(threshold),
             "model_source": None if model_source is None else str(model_source),
             "aggregation": aggregation,
             "index_kind": index_kind,
@@ -172,8 +172,11 @@ class Gallery(ABC):
         return int(self._settings()["embedding_size"])
 
     @property
-    def threshold(self) -> float | None:
-        return self._settings(fresh=True)["threshold"]
+    def threshold(self) -> Threshold | None:
+        """The open-set threshold set on this gallery (None: closed-set), re-read each time
+        so that a ``gallery set`` from another process is seen."""
+        value = self._settings(fresh=True)["threshold"]
+        return None if value is None else Threshold.of_gallery(value, self.location)
 
     @property
     def aggregation(self) -> str:
@@ -188,9 +191,9 @@ class Gallery(ABC):
         """What the index holds: one vector per ``person`` (mean) or per ``image`` (max)."""
         return "person" if self.aggregation == "mean" else "image"
 
-    def set_threshold(self, value: float | None) -> None:
+    def set_threshold(self, value: Threshold | float | None) -> None:
         """Set (or clear, with None) the open-set threshold on cosine similarity."""
-        self._set_settings(threshold=check_threshold(value))
+        self._set_settings(threshold=_stored(value))
 
     def set_aggregation(self, mode: str) -> None:
         """Switch between mean templates and per-image search (the index is rebuilt)."""
@@ -414,15 +417,24 @@ class Gallery(ABC):
         top_k: int = 5,
         *,
         fingerprint: str,
-        threshold: float | None | str = "gallery",
+        threshold: Threshold | None = None,
+        closed_set: bool = False,
     ) -> list[SearchResult]:
         """Identify each probe embedding: up to ``top_k`` people, best first, with their
         cosine similarity; ``identity`` is ``"unknown"`` when the best score is below the
-        threshold (the gallery's unless one is given; ``None`` = closed-set)."""
+        threshold: ``threshold`` when given, else the gallery's own. ``closed_set=True``
+        decides without any threshold (the best match is always named; for rank metrics and
+        for scoring a claimed identity)."""
         check_top_k(top_k)
+        if closed_set and threshold is not None:
+            raise SiamfaceError("a closed-set search takes no threshold")
+        if threshold is not None and not isinstance(threshold, Threshold):
+            raise SiamfaceError(
+                f"threshold must be a Threshold (e.g. Threshold.given(0.4)), got {threshold!r}"
+            )
         q = self._vectors(embeddings, fingerprint, "probe")
-        thr = self.threshold if threshold == "gallery" else check_threshold(threshold)
-        return [decide(ranked, thr) for ranked in self._search(q, top_k)]
+        thr = None if closed_set else threshold if threshold is not None else self.threshold
+        return [decide_open_set(ranked, thr) for ranked in self._search(q, top_k)]
 
     @abstractmethod
     def _search(self, q: np.ndarray, top_k: int) -> list[list[Candidate]]:
@@ -434,6 +446,15 @@ class Gallery(ABC):
         names = [p.name for p in self.people()]
         for i in range(0, len(names), batch):
             yield names[i : i + batch]
+
+
+def _stored(threshold: Threshold | float | None) -> float | None:
+    """A gallery stores its threshold as a bare number (or null: closed-set)."""
+    if threshold is None:
+        return None
+    if isinstance(threshold, Threshold):
+        return threshold.value
+    return Threshold.given(threshold).value
 
 
 def template_of(embeddings: np.ndarray) -> np.ndarray:

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from siamface.decide.open_set import SearchResult
 from siamface.errors import SiamfaceError
 from siamface.gallery.gallery import Gallery
 from siamface.gallery.records import NewPerson
-from siamface.gallery.results import SearchResult
 from siamface.scores.metrics import far_key
 
 DEFAULT_FARS = (0.01, 0.05, 0.1)
@@ -212,8 +212,8 @@ def evaluate_open_set(
             g.enroll_many(people, fingerprint=fingerprint)
             k = min(max(ranks), len(split.enrolled))
             g_rows = [r for r, _ in split.genuine]
-            gen = g.search(emb[g_rows], k, fingerprint=fingerprint, threshold=None)
-            strg = g.search(emb[split.stranger_rows], k, fingerprint=fingerprint, threshold=None)
+            gen = g.search(emb[g_rows], k, fingerprint=fingerprint, closed_set=True)
+            strg = g.search(emb[split.stranger_rows], k, fingerprint=fingerprint, closed_set=True)
     return identification_metrics(
         gen, [lab for _, lab in split.genuine], strg, aggregation, fars, ranks, threshold
     )

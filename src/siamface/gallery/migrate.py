@@ -113,15 +113,17 @@ def _verify(
             f"counts differ: source {s_counts[0]} people / {s_counts[1]} images, destination "
             f"{d_counts[0]} / {d_counts[1]} (the destination held other people before?)"
         )
-    if src.threshold != dst.threshold or src.aggregation != dst.aggregation:
+    src_thr, dst_thr = src.threshold, dst.threshold  # each says its own gallery: compare values
+    same_thr = (src_thr and src_thr.value) == (dst_thr and dst_thr.value)
+    if not same_thr or src.aggregation != dst.aggregation:
         rep.problems.append("threshold or aggregation differ between source and destination")
     rng = np.random.default_rng(seed)
     picked = sorted(rng.choice(len(names), size=min(n, len(names)), replace=False).tolist())
     if picked:
         people = src.export([names[i] for i in picked])
         q = np.stack([p.embeddings[0] for p in people])
-        a = src.search(q, k, fingerprint=src.fingerprint, threshold=None)
-        b = dst.search(q, k, fingerprint=src.fingerprint, threshold=None)
+        a = src.search(q, k, fingerprint=src.fingerprint, closed_set=True)
+        b = dst.search(q, k, fingerprint=src.fingerprint, closed_set=True)
         for ra, rb in zip(a, b, strict=True):
             diff = abs((ra.score or 0.0) - (rb.score or 0.0))
             rep.max_score_diff = max(rep.max_score_diff, diff)

@@ -60,11 +60,11 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from siamface.decide.open_set import Candidate
 from siamface.errors import SiamfaceError
 from siamface.gallery.faults import fault_point
 from siamface.gallery.gallery import Gallery
 from siamface.gallery.records import NewPerson, PersonRecord
-from siamface.gallery.results import Candidate
 from siamface.gallery.store import mean_template
 from siamface.gallery.validation import checked_settings, usable
 from siamface.names import MAX_NAME, normal_name

@@ -14,10 +14,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from siamface.decide.open_set import UNKNOWN
 from siamface.errors import SiamfaceError
 from siamface.gallery.records import NewPerson
-from siamface.gallery.results import UNKNOWN
 from siamface.gallery.thumbnail import check_thumbnail
+from siamface.model.validate import check_threshold
 from siamface.names import check_person_name
 
 AGGREGATIONS = ("mean", "max")
@@ -111,20 +112,6 @@ def check_choice(what: str, value: object, choices: Sequence[str]) -> str:
     return str(value)
 
 
-def check_threshold(value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise SiamfaceError(f"threshold must be a number, got {value!r}")
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise SiamfaceError(f"threshold must be a number, got {value!r}") from None
-    if not -1.0 <= v <= 1.0:  # also refuses NaN
-        raise SiamfaceError(f"threshold is a cosine similarity in [-1, 1], got {v}")
-    return v
-
-
 def check_top_k(top_k: object) -> int:
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise SiamfaceError(f"top_k must be a positive integer, got {top_k!r}")
@@ -210,7 +197,8 @@ def checked_settings(meta: Mapping[str, object], where: str, index_kinds: Sequen
         invalid[key], out[key] = str(err), default
 
     try:
-        out["threshold"] = check_threshold(meta.get("threshold"))
+        stored = meta.get("threshold")
+        out["threshold"] = None if stored is None else check_threshold(stored)
     except SiamfaceError:
         bad(
             "threshold",

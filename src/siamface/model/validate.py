@@ -31,6 +31,7 @@ import functools
 import hashlib
 import json
 import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -65,17 +66,24 @@ def _int_in(v: object, lo: int, hi: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
 
+#: The range of a decision threshold: a cosine similarity.
+MIN_THRESHOLD, MAX_THRESHOLD = -1.0, 1.0
+
+
 def check_threshold(value: object, what: str = "threshold") -> float:
-    """A decision threshold: a finite cosine similarity in [-1, 1] (the rule ``verify``,
-    ``gallery set`` and the server share). Raises :class:`SiamfaceError` otherwise."""
+    """A decision threshold: a finite cosine similarity in [-1, 1]. The one spelling of the
+    rule: model headers, model cards, galleries, the CLI, the API and the server all come
+    here (through :class:`~siamface.decide.threshold.Threshold` above this layer), so a
+    threshold refused by one is refused by all. Text is parsed (command lines, query
+    strings); booleans are not numbers. Raises :class:`SiamfaceError` otherwise."""
     if isinstance(value, str):
         try:
             value = float(value)
         except ValueError:
             raise SiamfaceError(f"{what} must be a number, got {value!r}") from None
-    if not _is_number(value) or not math.isfinite(value):
-        raise SiamfaceError(f"{what} must be a finite number, got {value!r}")
-    if not -1.0 <= float(value) <= 1.0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise SiamfaceError(f"{what} must be a number, got {value!r}")
+    if not MIN_THRESHOLD <= float(value) <= MAX_THRESHOLD:  # also refuses NaN
         raise SiamfaceError(f"{what} is a cosine similarity in [-1, 1], got {value}")
     return float(value)
 

@@ -136,30 +136,6 @@ def all_pair_scores(
     return scores, same
 
 
-def threshold_record(m: VerificationMetrics, target_far: float, source: str) -> dict:
-    """The decision threshold stored in a checkpoint: at ``target_far`` when measurable,
-    else at the EER (and said so)."""
-    key = far_key(target_far)
-    thr = m.threshold_at_far.get(key)  # compute m with target_far among its ``fars``
-    if thr is not None:
-        return {
-            "value": thr,
-            "target_far": target_far,
-            "tar": m.tar_at_far[key],
-            "method": "far",
-            "source": source,
-            "n_impostor": m.n_impostor,
-        }
-    return {
-        "value": m.eer_threshold,
-        "target_far": target_far,
-        "tar": 1.0 - m.eer,
-        "method": "eer (target FAR not measurable with this many impostor pairs)",
-        "source": source,
-        "n_impostor": m.n_impostor,
-    }
-
-
 def roc_points(
     scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from siamface.decide.threshold import Threshold
 from siamface.embed.load import Embedder, create_embedder
 from siamface.errors import SiamfaceError
 from siamface.serve.batcher import MicroBatcher
@@ -74,8 +75,7 @@ def create_app(
     """
     if not max_upload_mb > 0:
         raise SiamfaceError(f"max upload size must be positive, got {max_upload_mb} MB")
-    if threshold is not None and not -1.0 <= threshold <= 1.0:
-        raise SiamfaceError(f"threshold is a cosine similarity in [-1, 1], got {threshold}")
+    given = None if threshold is None else Threshold.given(threshold)
     if api_key is not None and not api_key.strip():
         raise SiamfaceError("the API key is empty")
     if batching not in BATCHING_MODES:
@@ -116,7 +116,7 @@ def create_app(
         embedder,
         gallery,
         api_key=api_key,
-        threshold=threshold,
+        threshold=given,
         max_upload_mb=max_upload_mb,
         max_pixels=max_pixels,
         batcher=batcher,

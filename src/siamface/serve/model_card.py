@@ -88,7 +88,8 @@ def model_card(service) -> dict:
     """The card as JSON for ``GET /model-card`` (the page renders it in either language)."""
     e = service.embedder
     info = e.info if isinstance(getattr(e, "info", None), dict) else {}
-    threshold = service.threshold_record
+    thr = service.decision_threshold
+    threshold = None if thr is None else thr.to_record()
     if threshold is not None and "source" in threshold:
         threshold = {**threshold, "source": public_names(threshold["source"])}
     report = None

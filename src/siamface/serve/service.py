@@ -24,6 +24,7 @@ from fastapi import UploadFile
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from siamface.decide.threshold import Threshold
 from siamface.embed.load import Embedder
 from siamface.errors import SiamfaceError
 from siamface.faces.choose import FaceChoice, FacePick
@@ -109,6 +110,10 @@ def runs_on_gpu(embedder: Embedder) -> bool:
     return "CUDAExecutionProvider" in (getattr(embedder, "providers", None) or [])
 
 
+def _value(threshold: Threshold | None) -> float | None:
+    return None if threshold is None else threshold.value
+
+
 def backend_name(embedder: Embedder) -> str:
     onnx = sys.modules.get("siamface.embed.onnx_backend")
     if onnx is not None and isinstance(embedder, onnx.OnnxEmbedder):
@@ -127,7 +132,7 @@ def open_gallery(spec: str | Path, embedder: Embedder):
         create={
             "fingerprint": embedder.fingerprint,
             "embedding_size": embedder.embedding_size,
-            "threshold": (embedder.threshold or {}).get("value"),
+            "threshold": _value(Threshold.parse(embedder.threshold)),
             "model_source": str(embedder.source),
         },
     )
@@ -158,7 +163,7 @@ class Service:
         gallery,
         *,
         api_key: str | None,
-        threshold: float | None,
+        threshold: Threshold | None,
         max_upload_mb: float,
         max_pixels: int,
         batcher: MicroBatcher,
@@ -264,16 +269,18 @@ class Service:
 
     # -- descriptions --------------------------------------------------------------------
     @property
-    def threshold_record(self) -> dict | None:
-        """The decision threshold and its provenance (an override is described as given)."""
-        if self.threshold is not None:
-            return {"value": self.threshold, "source": "given", "method": "given"}
-        rec = self.embedder.threshold
-        return dict(rec) if rec and rec.get("value") is not None else None
+    def stored_threshold(self) -> Threshold | None:
+        """The model's own threshold (calibrated with it), if it has one."""
+        return Threshold.parse(self.embedder.threshold)
+
+    @property
+    def decision_threshold(self) -> Threshold | None:
+        """The 1:1 threshold answers use: the server's ``--threshold``, else the model's."""
+        return self.threshold if self.threshold is not None else self.stored_threshold
 
     def model_info(self) -> dict:
         e = self.embedder
-        thr = self.threshold_record
+        thr = self.decision_threshold
         return {
             "fingerprint": e.fingerprint,
             "backend": backend_name(e),
@@ -281,5 +288,5 @@ class Service:
             "embedding_size": e.embedding_size,
             "image_size": e.preprocessing.image_size,
             "aligned": e.preprocessing.aligned,
-            "threshold": thr["value"] if thr else None,
+            "threshold": thr.value if thr else None,
         }

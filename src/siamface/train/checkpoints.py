@@ -12,9 +12,10 @@ from typing import Any
 
 from torch import nn
 
+from siamface.decide.threshold import Threshold
 from siamface.model.checkpoint import Checkpoint, save_checkpoint
 from siamface.model.network import ModelConfig
-from siamface.scores.metrics import VerificationMetrics, threshold_record
+from siamface.scores.metrics import VerificationMetrics
 from siamface.tensors.transforms import Preprocessing
 from siamface.version import __version__
 
@@ -32,7 +33,11 @@ def build_checkpoint(
     info: dict[str, Any],
 ) -> Checkpoint:
     """The model as it is now, with the threshold for ``calib_far`` from ``metrics``."""
-    thr = threshold_record(metrics, calib_far, "validation identities") if metrics else None
+    thr = (
+        Threshold.at_far(metrics, calib_far, "validation identities").to_record()
+        if metrics
+        else None
+    )
     pair_head = None
     if hasattr(loss_fn, "pair_head"):
         pair_head = {k: v.detach().cpu() for k, v in loss_fn.pair_head.state_dict().items()}

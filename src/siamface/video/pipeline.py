@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from siamface.decide.threshold import Threshold
 from siamface.errors import SiamfaceError
 from siamface.gallery import UNKNOWN
 from siamface.video.faces import FaceFinder, FrameFace
@@ -50,7 +51,7 @@ class WatchOptions:
     min_face: float = 24.0
     min_score: float = 0.6
     detector: str | None = None
-    threshold: float | None = None  # None: the gallery's (else the model's)
+    threshold: Threshold | float | None = None  # None: the gallery's (else the model's)
     lost_after: float = 1.0  # seconds without a detection that end a track
     settle_faces: int = 8  # embed every face of a track until it has this many embedded
     reembed_every: int = 4  # then every Nth detection (and any better face than before)
@@ -100,17 +101,18 @@ def _when(frame_time: tuple[int, float]) -> dict:
     return {"frame": frame_time[0], "time": round(frame_time[1], 3)}
 
 
-def resolve_threshold(gallery, embedder, given: float | None) -> float:
+def resolve_threshold(gallery, embedder, given: Threshold | float | None) -> Threshold:
     """The open-set threshold: given, else the gallery's, else the model's calibrated one.
     Watching without any threshold would name every face after its nearest enrolled person,
     so that is refused."""
     if given is not None:
-        return float(given)
-    if gallery.threshold is not None:
-        return float(gallery.threshold)
-    t = embedder.threshold
-    if t and t.get("value") is not None:
-        return float(t["value"])
+        return given if isinstance(given, Threshold) else Threshold.given(given)
+    own = gallery.threshold
+    if own is not None:
+        return own
+    stored = Threshold.parse(embedder.threshold)
+    if stored is not None:
+        return stored
     raise SiamfaceError(
         "no open-set threshold: set one on the gallery ('siamface gallery set --threshold') "
         "or give --threshold; without one every face would be named after someone"
@@ -180,7 +182,7 @@ class Watcher:
             "kind": src.spec.kind,
             "fps": src.fps,
             "size": list(src.size) if src.size else None,
-            "threshold": round(self.threshold, 6),
+            "threshold": round(self.threshold.value, 6),
             "step": self.step,
             "detect_every": self.opts.detect_every,
         }
@@ -309,7 +311,7 @@ class Watcher:
         template = st.identity.template()
         if template is None or st.identity.faces < self.opts.rules.min_faces:
             return False
-        if float(template @ face.embedding) >= self.threshold * 0.5:
+        if float(template @ face.embedding) >= self.threshold.value * 0.5:
             st.odd = 0
             return False
         st.odd += 1

@@ -31,7 +31,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from siamface.decide.verify import decide, resolve_threshold
+from siamface.decide.verify import decide_pair, pair_threshold
 from siamface.errors import SiamfaceError
 from siamface.gallery.validation import json_depth
 from siamface.serve.errors import ApiError, BadRequest, Busy, InvalidRequest, NoThreshold
@@ -40,6 +40,7 @@ from siamface.serve.routes.deps import (
     NOT_FOUND,
     UPLOAD_ERRORS,
     get_service,
+    given_threshold,
     threshold_query,
     thumbnail_url,
 )
@@ -189,9 +190,9 @@ async def verify_batch(
 ) -> dict:
     """Many pairs: ``image1[i]`` against ``image2[i]``, each decided at the model's threshold
     (or ``?threshold=``)."""
-    override = threshold if threshold is not None else svc.threshold
+    given = given_threshold(threshold) or svc.threshold
     try:
-        thr, source = resolve_threshold(svc.embedder.threshold, override, "this model")
+        thr = pair_threshold(given, svc.stored_threshold, "this model")
     except SiamfaceError as err:
         raise NoThreshold(f"{err}; pass ?threshold=T", field="threshold") from err
     got = await read_items(request, ("image1", "image2"))
@@ -215,9 +216,7 @@ async def verify_batch(
             results.append({"index": i, "error": _error(bad)})  # type: ignore[arg-type]
             continue
         s = float(a @ b)
-        results.append(
-            {"index": i, **decide(s, thr, source, svc.embedder.probability(s)).to_dict()}
-        )
+        results.append({"index": i, **decide_pair(s, thr, svc.embedder.probability(s)).to_dict()})
     return {"model": svc.embedder.fingerprint, "results": results}
 
 
@@ -239,7 +238,7 @@ async def identify_batch(
     faces = await _faces(svc, items, "images")
     embs = await _embed(svc, faces)
     good = [e for e in embs if e is not None]
-    thr = "gallery" if threshold is None else threshold
+    thr = given_threshold(threshold)  # None: the gallery's own
     found = []
     if good:
         q = np.stack(good)

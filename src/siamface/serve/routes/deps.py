@@ -9,6 +9,8 @@ from urllib.parse import quote
 from fastapi import Form, Query, Request, Security
 from fastapi.security import APIKeyHeader
 
+from siamface.decide.threshold import Threshold
+from siamface.model.validate import MAX_THRESHOLD, MIN_THRESHOLD
 from siamface.serve.errors import MissingApiKey, WritesDisabled, WrongApiKey
 from siamface.serve.schemas import ErrorOut
 from siamface.serve.service import Service
@@ -41,7 +43,19 @@ def require_key(request: Request, key: str | None = Security(_key_header)) -> No
 
 
 def threshold_query() -> object:
-    return Query(None, ge=-1.0, le=1.0, description="override the decision threshold (cosine)")
+    """``?threshold=``: checked by the framework (a 422 naming the field, before the body),
+    within the bounds the one threshold rule uses."""
+    return Query(
+        None,
+        ge=MIN_THRESHOLD,
+        le=MAX_THRESHOLD,
+        description="override the decision threshold (cosine)",
+    )
+
+
+def given_threshold(value: float | None) -> Threshold | None:
+    """The ``?threshold=`` of a request as a :class:`Threshold` (None: not given)."""
+    return None if value is None else Threshold.given(value)
 
 
 def face_form(field: str) -> object:

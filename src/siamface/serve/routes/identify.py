@@ -12,6 +12,7 @@ from siamface.serve.routes.deps import (
     face_form,
     faces_query,
     get_service,
+    given_threshold,
     threshold_query,
     thumbnail_url,
 )
@@ -42,7 +43,7 @@ async def identify(
         return await _every_face(image, top_k, threshold, svc, gallery)
     up = await svc.read(image, "image", face)
     emb = await svc.embed([up])
-    thr = "gallery" if threshold is None else threshold
+    thr = given_threshold(threshold)  # None: the gallery's own
     result = await run_in_threadpool(
         lambda: gallery.search(emb, top_k, fingerprint=svc.embedder.fingerprint, threshold=thr)
     )
@@ -61,7 +62,7 @@ async def identify(
 async def _every_face(image, top_k: int, threshold, svc: Service, gallery) -> dict:
     ups, main = await svc.read_every_face(image, "image")
     emb = await svc.embed(ups)
-    thr = "gallery" if threshold is None else threshold
+    thr = given_threshold(threshold)  # None: the gallery's own
     results = await run_in_threadpool(
         lambda: gallery.search(emb, top_k, fingerprint=svc.embedder.fingerprint, threshold=thr)
     )

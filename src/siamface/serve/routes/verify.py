@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
-from siamface.decide.verify import claim_threshold, claimed_score, decide, resolve_threshold
+from siamface.decide.verify import claim_threshold, claimed_score, decide_pair, pair_threshold
 from siamface.errors import SiamfaceError
 from siamface.serve.errors import BadRequest, NotEnrolled, NoThreshold
 from siamface.serve.routes.deps import (
@@ -18,6 +18,7 @@ from siamface.serve.routes.deps import (
     face_form,
     faces_query,
     get_service,
+    given_threshold,
     threshold_query,
 )
 from siamface.serve.schemas import VerifyOut
@@ -52,9 +53,9 @@ async def verify(
         raise BadRequest("send either image2 (two photos) or person (a claimed identity)")
     if person is not None:
         return await _verify_claim(image1, person, threshold, faces, face1, svc)
-    override = threshold if threshold is not None else svc.threshold
+    given = given_threshold(threshold) or svc.threshold
     try:
-        thr, source = resolve_threshold(svc.embedder.threshold, override, "this model")
+        thr = pair_threshold(given, svc.stored_threshold, "this model")
     except SiamfaceError as err:
         raise NoThreshold(f"{err}; pass ?threshold=T", field="threshold") from err
     a, b = await asyncio.gather(
@@ -62,7 +63,7 @@ async def verify(
     )
     emb = await svc.embed([a, b])
     similarity = float(emb[0] @ emb[1])
-    result = decide(similarity, thr, source, svc.embedder.probability(similarity))
+    result = decide_pair(similarity, thr, svc.embedder.probability(similarity))
     out = {
         **result.to_dict(),
         "model": svc.embedder.fingerprint,
@@ -85,15 +86,15 @@ async def _verify_claim(
     name = person.strip()
     if await run_in_threadpool(gallery.person, name) is None:
         raise NotEnrolled(f"{name!r} is not enrolled in the gallery", field="person")
-    override = threshold if threshold is not None else svc.threshold
+    given = given_threshold(threshold) or svc.threshold
     try:
-        thr, source = claim_threshold(gallery, override, svc.embedder.threshold)
+        thr = claim_threshold(gallery, given, svc.stored_threshold)
     except SiamfaceError as err:
         raise NoThreshold(f"{err}; pass ?threshold=T", field="threshold") from err
     up = await svc.read(image, "image1", face)
     emb = await svc.embed([up])
     score = await run_in_threadpool(claimed_score, gallery, emb[0], name, svc.embedder.fingerprint)
-    result = decide(score, thr, source, svc.embedder.probability(score))
+    result = decide_pair(score, thr, svc.embedder.probability(score))
     out = {
         **result.to_dict(),
         "model": svc.embedder.fingerprint,

@@ -1,13 +1,17 @@
-"""Search answers: ranked :class:`Match` candidates and the open-set :class:`SearchResult`.
+"""1:N decisions: ranked :class:`Match` candidates and the open-set :class:`SearchResult`.
 
-Backends only rank (person, score) pairs; turning them into a decision at the threshold is
-done here, once, so every backend decides "unknown" the same way.
+Gallery backends only rank (person, score) pairs; turning them into a decision at the
+threshold is done here, once (:func:`decide_open_set`), beside the 1:1 one
+(:func:`~siamface.decide.verify.decide_pair`), so every backend decides "unknown" the same
+way and by the same rule (:meth:`Threshold.accepts`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from siamface.decide.threshold import Threshold
 
 #: The name reported for a probe whose best score is below the threshold.
 UNKNOWN = "unknown"
@@ -66,18 +70,20 @@ class Candidate:
     metadata: dict = field(default_factory=dict)
 
 
-def decide(ranked: Sequence[Candidate], threshold: float | None) -> SearchResult:
-    """Candidates (best first) -> the open-set answer at ``threshold`` (None: closed-set)."""
+def decide_open_set(ranked: Sequence[Candidate], threshold: Threshold | None) -> SearchResult:
+    """Candidates (best first) -> the open-set answer at ``threshold``; None decides
+    closed-set (the best candidate is always named)."""
     matches = [
         Match(
             c.name,
             float(c.score),
             c.person_id,
-            threshold is None or c.score >= threshold,
+            threshold is None or threshold.accepts(c.score),
             c.metadata,
         )
         for c in ranked
     ]
+    value = None if threshold is None else threshold.value
     if matches and matches[0].accepted:
-        return SearchResult(matches[0].name, matches[0].score, matches, threshold)
-    return SearchResult(UNKNOWN, matches[0].score if matches else None, matches, threshold)
+        return SearchResult(matches[0].name, matches[0].score, matches, value)
+    return SearchResult(UNKNOWN, matches[0].score if matches else None, matches, value)
