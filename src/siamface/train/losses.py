@@ -20,8 +20,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from siamface.registry import Registry
-from siamface.train.params import NoParams, Params, param
 from siamface.train.miners import build_miner  # noqa: F401 - re-exported (moved to miners.py)
+from siamface.train.params import NoParams, Params, param
 
 if TYPE_CHECKING:
     from torch import nn

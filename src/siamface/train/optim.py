@@ -190,9 +190,9 @@ def _adam_cosine(cls_name: str):
     return build
 
 
-register_optimizer(
-    "adam_cosine", help="Adam, warm-up + cosine to eta_min", params=CosineParams
-)(_adam_cosine("Adam"))
+register_optimizer("adam_cosine", help="Adam, warm-up + cosine to eta_min", params=CosineParams)(
+    _adam_cosine("Adam")
+)
 register_optimizer(
     "adamw_cosine", help="AdamW, warm-up + cosine to eta_min (the article's)", params=CosineParams
 )(_adam_cosine("AdamW"))

@@ -110,8 +110,9 @@ class Moved:
 
     def hint(self) -> str:
         """``'optim.lr'``, or ``'loss.margin' (with loss.name=arcface)``."""
-        with_entry = f" (with {self.section}.name={'|'.join(self.only_for)})" if self.only_for else ""
-        return f"'{self.path}'{with_entry}"
+        if not self.only_for:
+            return f"'{self.path}'"
+        return f"'{self.path}' (with {self.section}.name={'|'.join(self.only_for)})"
 
 
 def _parse(old: str, target: str) -> Moved:

@@ -59,4 +59,3 @@ def resolve_here(cfg: TrainConfig) -> TrainConfig:
         workers=workers_for(device, local_world),
     )
     return resolve_autos(cfg, facts)
-

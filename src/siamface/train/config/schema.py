@@ -143,9 +143,7 @@ _READ_AS = {"teacher": lambda v: ",".join(v) or None, "unlabeled": lambda v: ","
 def _flat_attribute(moved: Moved) -> property:
     def read(self: TrainConfig) -> Any:
         section = self.section(moved.section)
-        if moved.key in type(section).model_fields:
-            value = getattr(section, moved.key)
-        elif applies(moved, section.name):  # type: ignore[attr-defined]
+        if moved.key in type(section).model_fields or applies(moved, section.name):
             value = getattr(section, moved.key)
         else:
             value = _default(moved)
