@@ -88,10 +88,14 @@ def config_help() -> str:
             path = f"{key}.{name}"
             lines.append(f"  {path} = {yaml_value(info.default)}  {field_help(path, info)}")
         if issubclass(section, ChosenSection):
+            # One line per setting and meaning, with the entries that share it.
+            shared: dict[tuple[str, str], list[str]] = {}
             for entry, name, info in _entry_params(section):
                 path = f"{key}.{name}"
-                help_ = field_help(path, info)
-                lines.append(f"  {path} = {yaml_value(info.default)}  [{entry}] {help_}")
+                line = f"{path} = {yaml_value(info.default)}  {{}}{field_help(path, info)}"
+                shared.setdefault((name, line), []).append(entry)
+            for (_, line), entries in sorted(shared.items(), key=lambda kv: kv[0][0]):
+                lines.append("  " + line.format(f"[{', '.join(entries)}] "))
     return "\n".join([*lines, "", DEPRECATION_NOTE])
 
 
