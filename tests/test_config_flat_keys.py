@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import yaml
+from conftest import TINY_BACKBONE
 from pydantic import ValidationError
 
 from siamface.cli.main import main
@@ -106,3 +110,42 @@ def test_cli_refusal_with_an_old_key_names_the_new_one(tmp_path, capsys):
     ]
     assert "model.image_size must be >= 32" in err.splitlines()[1]
     assert TrainConfig().model.image_size == 112
+
+
+def test_cli_run_records_resolved_config_and_resumes_an_old_flat_one(pins_small, tmp_path, capsys):
+    """A real run through the CLI: config.yaml holds nested keys with every auto decided; the
+    same run saved the old (flat) way still resumes, with a nested budget override."""
+    out = tmp_path / "run"
+    tiny = [
+        f"model.backbone={TINY_BACKBONE}",
+        "model.pretrained=none",
+        "model.image_size=32",
+        "model.embedding_size=16",
+        "data.batch_size=16",
+        "data.val_identities=4",
+        "machine.precision=fp32",
+        "optim.lr=1e-3",
+        "run.epochs=1",
+    ]
+    assert (
+        main(["train", "--data", str(pins_small), "--out", str(out), "--no-progress", *tiny]) == 0
+    )
+    capsys.readouterr()
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved == json.loads((out / "run.json").read_text())["config"]
+    assert saved["loss"] == {"name": "triplet", "miner": "batch_hard", "margin": 0.1}
+    assert saved["machine"]["device"] == "cpu" and saved["machine"]["num_workers"] >= 0
+    assert saved["machine"]["augment_on"] == "loader" and saved["finetune"]["bn"] == "train"
+    # The run as the previous release wrote it: flat keys, autos unresolved.
+    meta = json.loads((out / "run.json").read_text())
+    cfg = make_config(base=meta["config"])
+    flat = {old: getattr(cfg, old) for old in FLAT_KEYS} | {"device": "auto", "bn": "auto"}
+    (out / "run.json").write_text(json.dumps(meta | {"config": flat}))
+    forget_warnings()
+    argv = ["train", "--resume", str(out), "--no-progress", "run.epochs=2"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "config: the run's saved config uses the old flat keys" in err
+    assert "deprecated, use 'run.epochs'" not in err  # the nested key was what the user wrote
+    hist = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in hist] == [1, 2]

@@ -60,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--unlabeled",
         action="append",
         metavar="DIR",
-        help="face images without identities, for distillation (repeatable; needs distill.teacher=)",
+        help="face images without identities, for distillation (repeatable; needs "
+        "distill.teacher=)",
     )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--seed", type=int, help="random seed (same as run.seed=N)")
