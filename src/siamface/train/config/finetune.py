@@ -1,9 +1,8 @@
-"""``finetune`` and ``distill``: starting from a whole face model, and learning from one.
+"""``finetune``: starting from a whole face model instead of backbone weights.
 
-Both are off by default (no ``init``, no ``teacher``); the ``auto`` choices here follow
-``init`` because a face model fine-tuned on a few people per batch needs the opposite of
-training from ImageNet weights (frozen BatchNorm, centres at the class means, never worse
-than the start).
+Off by default (no ``init``); the ``auto`` choices here follow ``init`` because a face model
+fine-tuned on a few people per batch needs the opposite of training from ImageNet weights
+(frozen BatchNorm, centres at the class means, never worse than the start).
 """
 
 from __future__ import annotations
@@ -60,31 +59,3 @@ class FinetuneSection(Params):
                 f"got {value!r}"
             )
         return value
-
-
-class DistillSection(Params):
-    teacher: list[str] = param(
-        [],
-        "distil from: sface | dlib | a checkpoint | a .onnx model; several = an ensemble; "
-        "teacher embeddings are computed once and cached",
-    )
-    unlabeled: list[str] = param(
-        [],
-        "folders of face images without identities (any layout): they add to the "
-        "distillation terms only (CLI: --unlabeled DIR)",
-    )
-    unlabeled_per_batch: int = param(
-        16,
-        "unlabeled images added to each batch when unlabeled folders are given",
-        ge=1,
-        le=65_536,
-    )
-    embedding: float = param(
-        1.0, "weight of the embedding distillation term (1 - cosine to the teacher)", ge=0, le=1000
-    )
-    relational: float = param(
-        1.0,
-        "weight of the relational term (student vs teacher similarity matrix, MSE)",
-        ge=0,
-        le=1000,
-    )

@@ -13,8 +13,8 @@ def check_across_sections(cfg: TrainConfig) -> None:
     d, m = cfg.data, cfg.machine
     if d.batch_size % (m.grad_accum * d.m_per_class):
         raise ValueError(
-            f"data.batch_size ({d.batch_size}) must be a multiple of grad_accum "
-            f"({m.grad_accum}, machine.grad_accum) x data.m_per_class ({d.m_per_class})"
+            f"data.batch_size ({d.batch_size}) must be a multiple of grad_accum x m_per_class "
+            f"(machine.grad_accum={m.grad_accum} x data.m_per_class={d.m_per_class})"
         )
     if cfg.distill.unlabeled and not cfg.distill.teacher:
         raise ValueError(

@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from siamface.train.config.chosen import ChosenSection
 from siamface.train.config.data import DataSection
-from siamface.train.config.finetune import DistillSection, FinetuneSection
+from siamface.train.config.distill import DistillSection
+from siamface.train.config.finetune import FinetuneSection
 from siamface.train.config.flat import MOVED, Moved
 from siamface.train.config.loss import LossSection
 from siamface.train.config.machine import MachineSection
