@@ -75,7 +75,7 @@ def test_presets_hold_only_what_differs_from_the_defaults(name):
     [
         ("optim.lr=-1", "optim.lr must be > 0"),
         ("optim.lr=abc", "optim.lr must be float"),
-        ("data.batch_size=30", "multiple of data.m_per_class"),
+        ("data.batch_size=30", r"multiple of m_per_class \(data.m_per_class=4\)"),
         ("data.batch_size=4", "two identities"),
         ("run.epochs=2.5", "run.epochs must be int"),
         ("loss.name=hinge", "loss.name must be one of"),

@@ -77,8 +77,8 @@ class DataSection(Params):
     def _whole_identities_per_batch(self) -> DataSection:
         if self.batch_size % self.m_per_class:
             raise ValueError(
-                f"data.batch_size ({self.batch_size}) must be a multiple of data.m_per_class "
-                f"({self.m_per_class}) for M-per-class sampling"
+                f"data.batch_size ({self.batch_size}) must be a multiple of m_per_class "
+                f"(data.m_per_class={self.m_per_class}) for M-per-class sampling"
             )
         if self.batch_size // self.m_per_class < 2:
             raise ValueError(
