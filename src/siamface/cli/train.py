@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from siamface.cli.train_config import config_help, default_yaml
-from siamface.train.config import preset_names, preset_summary
+from siamface.train.config import make_config, preset_names, preset_summary
+from siamface.train.config.flat import flat_name, silence
 
 EPILOG = """\
 configuration keys (set in --config YAML as sections, or as section.key=value after the options):
@@ -75,7 +76,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from siamface.errors import SiamfaceError
     from siamface.fileio import check_output_dir
-    from siamface.train.config import make_config
 
     if args.print_config:
         print(default_yaml(), end="")
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"distill.unlabeled={dirs}")
     if args.seed is not None:
         overrides.append(f"run.seed={args.seed}")
-    from siamface.train.config.resolve import resolve_here
+    from siamface.train.config.resolve import resolve_here  # lazy: --help speed (torch)
     from siamface.train.distributed import launch, launched_by_torchrun
     from siamface.train.loop import Trainer
 
@@ -126,8 +126,6 @@ def _flat_spelling(overrides: list[str]) -> list[str]:
     """Resume overrides with nested keys spelled the old flat way (``run.epochs=5`` ->
     ``epochs=5``): ``Trainer.resume`` still checks which keys may change by their flat
     names. The user wrote the nested key, so no deprecation line is due for it."""
-    from siamface.train.config.flat import flat_name, silence
-
     out = []
     for item in overrides:
         key, sep, value = item.partition("=")

@@ -15,6 +15,7 @@ from pydantic.fields import FieldInfo
 from siamface.train.config import SECTIONS, TrainConfig
 from siamface.train.config.chosen import ChosenSection
 from siamface.train.config.messages import allowed_range
+from siamface.train.miners import MINER_REGISTRY
 from siamface.train.params import Params, literal_choices
 from siamface.train.weights import named_sources
 
@@ -40,8 +41,6 @@ def _choices(path: str, info: FieldInfo) -> tuple[str, ...]:
     if path == "model.pretrained":
         return named_sources()
     if path == "loss.miner":
-        from siamface.train.miners import MINER_REGISTRY
-
         return MINER_REGISTRY.names()
     section = SECTIONS[path.split(".")[0]]
     if path.endswith(".name") and issubclass(section, ChosenSection):
