@@ -287,7 +287,7 @@ def test_unlabeled_faces_join_distillation_only(pins_small, tmp_path, start_ckpt
     assert info["unlabeled_images"] == 10
     assert n == info["train_images"] + 10  # every training image and every unlabeled one
     cfg = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
-    assert cfg["unlabeled"].endswith("unlabeled")
+    assert cfg["distill"]["unlabeled"][0].endswith("unlabeled")
 
 
 def test_cached_validation_matches_the_full_forward(pins_small, tmp_path, start_ckpt):

@@ -10,9 +10,10 @@ from conftest import SHARED_DATA, TINY_TRAIN
 from safetensors.torch import load_file
 
 from siamface.cli.main import main
+from siamface.cli.train_config import config_help
 from siamface.errors import ConfigError
 from siamface.train.callbacks import Callback
-from siamface.train.config import config_help, make_config, preset_names
+from siamface.train.config import make_config, preset_names
 from siamface.train.loop import Trainer
 from siamface.train.losses import LOSS_REGISTRY, build_loss, register_loss
 from siamface.train.objective import LossTerm
@@ -39,8 +40,8 @@ def extra_loss():
 
 
 def test_a_registered_loss_is_a_valid_choice_and_listed_in_help(extra_loss):
-    cfg = make_config(None, [f"loss={extra_loss}"])
-    assert cfg.loss == extra_loss
+    cfg = make_config(None, [f"loss.name={extra_loss}"])
+    assert cfg.objective.name == extra_loss
     assert extra_loss in config_help()
     emb = torch.nn.functional.normalize(torch.rand(4, 8), dim=1)
     assert float(build_loss(cfg, 2)(emb, torch.tensor([0, 0, 1, 1])).detach()) == pytest.approx(1)
@@ -48,50 +49,52 @@ def test_a_registered_loss_is_a_valid_choice_and_listed_in_help(extra_loss):
 
 def test_an_unregistered_loss_is_refused_with_a_hint():
     with pytest.raises(ConfigError, match="did you mean 'triplet'"):
-        make_config(None, ["loss=triplett"])
+        make_config(None, ["loss.name=triplett"])
     assert "test_only_l2" not in config_help()
 
 
 @pytest.mark.parametrize(
     "override,allowed",
     [
-        ("image_size=100000", "[32, 1024]"),
-        ("num_workers=1000", "[-1, 64]"),
-        ("batch_size=1000000", "[2, 65536]"),
-        ("embedding_size=1", "[2, 8192]"),
-        ("epochs=0", "[1, 1000000]"),
-        ("lr=100", "(0, 10]"),
-        ("seed=-5", "[0, 4294967295]"),
-        ("m_per_class=5000", "[1, 1024]"),
+        ("model.image_size=100000", "[32, 1024]"),
+        ("machine.num_workers=1000", "[-1, 64]"),
+        ("data.batch_size=1000000", "[2, 65536]"),
+        ("model.embedding_size=1", "[2, 8192]"),
+        ("run.epochs=0", "[1, 1000000]"),
+        ("optim.lr=100", "(0, 10]"),
+        ("run.seed=-5", "[0, 4294967295]"),
+        ("data.m_per_class=5000", "[1, 1024]"),
+        ("optim.momentum=2", "[0, 1]"),  # an optimizer's own setting (under sgd_step)
     ],
 )
 def test_absurd_values_are_refused_with_the_allowed_range(override, allowed):
     key = override.split("=")[0]
+    entry = ["optim.name=sgd_step"] if key == "optim.momentum" else []
     with pytest.raises(ConfigError, match=rf"^{key} must be .*allowed range {re.escape(allowed)}"):
-        make_config(None, [override])
+        make_config(None, [*entry, override])
 
 
 def test_non_finite_numbers_are_refused():
-    with pytest.raises(ConfigError, match="lr must be a finite number"):
-        make_config(None, ["lr=.nan"])
+    with pytest.raises(ConfigError, match="optim.lr must be a finite number"):
+        make_config(None, ["optim.lr=.nan"])
 
 
 def test_cli_refuses_absurd_image_size_before_reading_data(tmp_path, capsys):
     rc = main(
         ["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]
-        + ["image_size=100000"]
+        + ["model.image_size=100000"]
     )
     assert rc == 2
     err = capsys.readouterr().err
-    assert "image_size must be <= 1024" in err and "Traceback" not in err
+    assert "model.image_size must be <= 1024" in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("name", ["article", "cpu-laptop", "gpu-large"])
 def test_presets_ship_in_the_package_and_validate(name):
     assert name in preset_names()
-    cfg = make_config(name, ["epochs=3"])
-    assert cfg.epochs == 3  # overrides apply on top of a preset
+    cfg = make_config(name, ["run.epochs=3"])
+    assert cfg.run.epochs == 3  # overrides apply on top of a preset
 
 
 def test_article_preset_matches_the_articles_script_constants():
@@ -104,16 +107,18 @@ def test_article_preset_matches_the_articles_script_constants():
         return float(re.search(rf"^{name} = ([0-9.e-]+)", text, re.M).group(1))
 
     cfg = make_config("article")
-    assert cfg.embedding_size == const("embedding_size")
-    assert cfg.batch_size == const("batch_size")
-    assert cfg.m_per_class == const("sampler_m")
-    assert cfg.lr == const("lr") and cfg.weight_decay == const("weight_decay")
-    assert cfg.eps == const("eps") and cfg.eta_min == const("eta_min")
-    assert cfg.t_max == const("T_max") and cfg.epochs == const("num_epochs")
-    assert cfg.margin == const("margin")
-    assert f"transforms.Resize(({cfg.image_size}, {cfg.image_size}))" in text
-    assert f"create_model('{cfg.backbone}" in text
-    assert (cfg.loss, cfg.miner, cfg.augment) == ("triplet", "none", "article")
+    m, d, o = cfg.model, cfg.data, cfg.optim
+    assert m.embedding_size == const("embedding_size")
+    assert d.batch_size == const("batch_size")
+    assert d.m_per_class == const("sampler_m")
+    assert o.lr == const("lr") and o.weight_decay == const("weight_decay")
+    assert o.eps == const("eps") and o.eta_min == const("eta_min")
+    assert o.t_max == const("T_max") and cfg.run.epochs == const("num_epochs")
+    assert cfg.objective.margin == const("margin")
+    assert f"transforms.Resize(({m.image_size}, {m.image_size}))" in text
+    assert f"create_model('{m.backbone}" in text
+    loss = cfg.objective
+    assert (loss.name, loss.miner, d.augment) == ("triplet", "none", "article")
 
 
 def test_unknown_config_name_lists_the_presets(tmp_path):

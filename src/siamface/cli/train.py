@@ -6,10 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-from siamface.train.config import config_help, preset_names, preset_summary
+from siamface.cli.train_config import config_help, default_yaml
+from siamface.train.config import make_config, preset_names, preset_summary
+from siamface.train.config.flat import flat_name, silence
 
 EPILOG = """\
-configuration keys (set in --config YAML or as key=value after the options):
+configuration keys (set in --config YAML as sections, or as section.key=value after the options):
 {keys}
 
 presets (--config NAME; key=value overrides still apply):
@@ -17,15 +19,17 @@ presets (--config NAME; key=value overrides still apply):
 
 examples:
   siamface train --data ../shared/data/pins90 --out runs/pins
-  siamface train --data A --data B --out runs/ab loss=arcface miner=none lr=3e-4
-  siamface train --data faces --out runs/v2 backbone=tf_efficientnetv2_b0 image_size=224 \\
-      pretrained=/models/effv2_b0.safetensors
-  siamface train --resume runs/pins time_budget_min=60     # continue after Ctrl-C / a kill
+  siamface train --data A --data B --out runs/ab loss.name=arcface loss.miner=none \\
+      loss.margin=28.6 optim.lr=3e-4
+  siamface train --data faces --out runs/v2 model.backbone=tf_efficientnetv2_b0 \\
+      model.image_size=224 model.pretrained=/models/effv2_b0.safetensors
+  siamface train --resume runs/pins run.time_budget_min=60  # continue after Ctrl-C / a kill
   siamface train --config article --data faces --out runs/article  # the article's settings
   siamface train --print-config > my.yaml                   # commented default config
 
 Outputs in RUN_DIR: best.safetensors (chosen on validation identities, with its decision
-threshold), last.safetensors, dataset_report.json, history.json, summary.json, tensorboard/.
+threshold), last.safetensors, config.yaml (every key, auto choices resolved),
+dataset_report.json, history.json, summary.json, tensorboard/.
 """
 
 
@@ -57,10 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--unlabeled",
         action="append",
         metavar="DIR",
-        help="face images without identities, for distillation (repeatable; needs teacher=)",
+        help="face images without identities, for distillation (repeatable; needs "
+        "distill.teacher=)",
     )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
-    p.add_argument("--seed", type=int, help="random seed (same as seed=N)")
+    p.add_argument("--seed", type=int, help="random seed (same as run.seed=N)")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--print-config", action="store_true", help="print a default config file")
@@ -71,21 +76,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from siamface.errors import SiamfaceError
     from siamface.fileio import check_output_dir
-    from siamface.train.config import make_config, write_default_yaml
 
     if args.print_config:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as d:
-            path = Path(d) / "default.yaml"
-            write_default_yaml(path)
-            print(path.read_text(), end="")
+        print(default_yaml(), end="")
         return 0
     overrides = list(args.overrides)
     if args.unlabeled:
-        overrides.append("unlabeled=" + ",".join(str(Path(d).resolve()) for d in args.unlabeled))
+        dirs = ",".join(str(Path(d).resolve()) for d in args.unlabeled)
+        overrides.append(f"distill.unlabeled={dirs}")
     if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
+        overrides.append(f"run.seed={args.seed}")
+    from siamface.train.config.resolve import resolve_here  # lazy: --help speed (torch)
     from siamface.train.distributed import launch, launched_by_torchrun
     from siamface.train.loop import Trainer
 
@@ -94,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
             raise SiamfaceError("--resume continues a run with its own data and config")
         if Path(args.resume).is_dir():
             check_output_dir(args.resume, "run directory")  # writable, disk not full
-        trainer = Trainer.resume(args.resume, overrides, progress=not args.no_progress)
+        trainer = Trainer.resume(
+            args.resume, _flat_spelling(overrides), progress=not args.no_progress
+        )
         if trainer.cfg.nproc > 1 and not launched_by_torchrun():
             return launch(trainer.cfg.nproc, _argv(args))
     else:
@@ -111,11 +114,27 @@ def run(args: argparse.Namespace) -> int:
         check_output_dir(out, "run directory")  # a file, read-only, a full disk: refused now
         if cfg.nproc > 1 and not launched_by_torchrun():
             return launch(cfg.nproc, _argv(args))
+        cfg = resolve_here(cfg)  # every auto decided once; config.yaml records the decisions
         trainer = Trainer(cfg, args.data, out, progress=not args.no_progress)
     summary = trainer.run()
     if args.json and summary.get("rank") != "other":  # one summary, from rank 0
         print(json.dumps(summary, indent=1))
     return 0
+
+
+def _flat_spelling(overrides: list[str]) -> list[str]:
+    """Resume overrides with nested keys spelled the old flat way (``run.epochs=5`` ->
+    ``epochs=5``): ``Trainer.resume`` still checks which keys may change by their flat
+    names. The user wrote the nested key, so no deprecation line is due for it."""
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        old = flat_name(key.strip()) if sep and "." in key else None
+        if old is not None:
+            silence({old})
+            item = f"{old}={value}"
+        out.append(item)
+    return out
 
 
 def _argv(args: argparse.Namespace) -> list[str]:

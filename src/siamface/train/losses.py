@@ -5,9 +5,12 @@ loop never branches on the loss type. Embeddings are L2-normalised, so every dis
 cosine-based (the article's TripletMarginLoss uses ``CosineSimilarity``).
 
 Adding a loss is one decorated builder ``(cfg, num_classes) -> nn.Module``; the config key
-``loss``, its ``--help`` text and validation pick it up from :data:`LOSS_REGISTRY`. Losses that hold
-one centre per identity (margin-softmax) are registered with ``classifier=True``: they take no
-miner and their centres learn at ``lr * head_lr_mult``. torch and pml are imported inside the
+``loss.name``, its ``--help`` text and validation pick it up from :data:`LOSS_REGISTRY`. A loss
+declares its own settings as a :class:`~siamface.train.params.Params` model (``params=``), so
+``loss.margin`` means the margin of the loss that is chosen (degrees for ArcFace, cosine for
+CosFace and triplet); the builder reads them from ``cfg.objective``. Losses that hold one centre
+per identity (margin-softmax) are registered with ``classifier=True``: they take no miner and
+their centres learn at ``lr * head_lr_mult``. torch and pml are imported inside the
 builders so that ``siamface --help`` stays instant.
 """
 
@@ -18,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from siamface.registry import Registry
 from siamface.train.miners import build_miner  # noqa: F401 - re-exported (moved to miners.py)
+from siamface.train.params import NoParams, Params, param
 
 if TYPE_CHECKING:
     from torch import nn
@@ -31,72 +35,120 @@ LOSS_REGISTRY: Registry[LossBuilder] = Registry("loss")
 register_loss = LOSS_REGISTRY.register
 
 
+class TripletParams(Params):
+    margin: float = param(0.1, "margin on cosine similarity (article: 0.1)", ge=0, le=2)
+
+
+class ContrastiveParams(Params):
+    margin: float = param(0.1, "negatives are pushed below this cosine similarity", ge=0, le=2)
+
+
+class _SoftmaxParams(Params):
+    scale: float = param(30.0, "logit scale", gt=0, le=1024)
+    class_sample_rate: float = param(
+        1.0,
+        "fraction of class centres scored per step (partial FC; the batch's own classes "
+        "always are); centres are sharded across processes",
+        gt=0,
+        le=1,
+    )
+
+
+class ArcFaceParams(_SoftmaxParams):
+    margin: float = param(28.6, "angular margin in degrees (28.6 = 0.5 rad)", ge=0, le=90)
+
+
+class CosFaceParams(_SoftmaxParams):
+    margin: float = param(0.35, "additive cosine margin", ge=0, le=1)
+
+
 def _cosine():
     from pytorch_metric_learning import distances
 
     return distances.CosineSimilarity()
 
 
-@register_loss("triplet", help="triplet margin on cosine similarity (the article's loss)")
+@register_loss(
+    "triplet", help="triplet margin on cosine similarity (the article's loss)", params=TripletParams
+)
 def triplet(cfg: TrainConfig, num_classes: int) -> nn.Module:
     from pytorch_metric_learning import losses
 
-    return losses.TripletMarginLoss(margin=cfg.margin, distance=_cosine(), swap=False)
+    return losses.TripletMarginLoss(margin=cfg.objective.margin, distance=_cosine(), swap=False)
 
 
-@register_loss("contrastive", help="pull positives towards 1, push negatives below margin")
+@register_loss(
+    "contrastive",
+    help="pull positives towards 1, push negatives below margin",
+    params=ContrastiveParams,
+)
 def contrastive(cfg: TrainConfig, num_classes: int) -> nn.Module:
     from pytorch_metric_learning import losses
 
     # pml semantics for similarity-based distances: positives towards pos_margin=1,
     # negatives below neg_margin.
-    return losses.ContrastiveLoss(pos_margin=1.0, neg_margin=cfg.margin, distance=_cosine())
+    return losses.ContrastiveLoss(
+        pos_margin=1.0, neg_margin=cfg.objective.margin, distance=_cosine()
+    )
 
 
-@register_loss("bce", help="same-person probability through a pair head (the article's BCE)")
+@register_loss(
+    "bce",
+    help="same-person probability through a pair head (the article's BCE)",
+    params=NoParams,
+)
 def bce(cfg: TrainConfig, num_classes: int) -> nn.Module:
     from siamface.train.pair_bce import PairBCELoss
 
     return PairBCELoss()
 
 
-@register_loss("multi_similarity", help="multi-similarity loss (Wang et al., 2019)")
+@register_loss(
+    "multi_similarity", help="multi-similarity loss (Wang et al., 2019)", params=NoParams
+)
 def multi_similarity(cfg: TrainConfig, num_classes: int) -> nn.Module:
     from pytorch_metric_learning import losses
 
     return losses.MultiSimilarityLoss(alpha=2.0, beta=50.0, base=0.5)
 
 
-@register_loss("arcface", help="additive angular margin softmax", classifier=True)
+@register_loss(
+    "arcface", help="additive angular margin softmax", classifier=True, params=ArcFaceParams
+)
 def arcface(cfg: TrainConfig, num_classes: int) -> nn.Module:
     from pytorch_metric_learning import losses
 
     from siamface.train.partial_fc import PartialFCLoss
 
-    pml = losses.ArcFaceLoss(
-        num_classes, cfg.embedding_size, margin=cfg.arc_margin, scale=cfg.softmax_scale
-    )
+    p = cfg.objective
+    pml = losses.ArcFaceLoss(num_classes, cfg.embedding_size, margin=p.margin, scale=p.scale)
     # The same loss, with centres that can be sampled (class_sample_rate) and sharded.
-    return PartialFCLoss.from_pml(pml, "arcface", cfg.class_sample_rate, cfg.seed)
+    return PartialFCLoss.from_pml(pml, "arcface", p.class_sample_rate, cfg.seed)
 
 
-@register_loss("cosface", help="additive cosine margin softmax", classifier=True)
+@register_loss(
+    "cosface", help="additive cosine margin softmax", classifier=True, params=CosFaceParams
+)
 def cosface(cfg: TrainConfig, num_classes: int) -> nn.Module:
     from pytorch_metric_learning import losses
 
     from siamface.train.partial_fc import PartialFCLoss
 
-    pml = losses.CosFaceLoss(
-        num_classes, cfg.embedding_size, margin=cfg.cos_margin, scale=cfg.softmax_scale
-    )
-    return PartialFCLoss.from_pml(pml, "cosface", cfg.class_sample_rate, cfg.seed)
+    p = cfg.objective
+    pml = losses.CosFaceLoss(num_classes, cfg.embedding_size, margin=p.margin, scale=p.scale)
+    return PartialFCLoss.from_pml(pml, "cosface", p.class_sample_rate, cfg.seed)
 
 
 def build_loss(cfg: TrainConfig, num_classes: int) -> nn.Module:
     """The configured loss; classifier losses hold one centre per training identity."""
-    return LOSS_REGISTRY.build(cfg.loss, cfg, num_classes)
+    return LOSS_REGISTRY.build(cfg.objective.name, cfg, num_classes)
 
 
 def is_classifier(name: str) -> bool:
     """Does loss ``name`` learn one centre per identity (and so take no miner)?"""
     return bool(LOSS_REGISTRY.get(name).facts.get("classifier"))
+
+
+def loss_params(name: str) -> type[Params]:
+    """The settings loss ``name`` declares (none when it was registered without ``params=``)."""
+    return LOSS_REGISTRY.get(name).facts.get("params", NoParams)

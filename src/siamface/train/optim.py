@@ -9,6 +9,10 @@ Parameters reach the optimizer in *named* groups (``backbone``, ``head``, ``loss
 its own ``lr``; schedulers scale every group's base rate alike. A per-group learning rate or a
 freeze/unfreeze schedule therefore changes :func:`param_groups` (or sets ``requires_grad`` /
 ``group["lr"]`` from a :class:`~siamface.train.callbacks.Callback`), never a preset.
+Each preset declares its own settings (``params=``, a :class:`~siamface.train.params.Params`
+model): the momentum belongs to ``sgd_step``, the cosine floor to the cosine presets, so
+``optim.gamma`` is StepLR's factor under ``sgd_step`` and ExponentialLR's under
+``ranger_exponential``. Builders read them from ``cfg.optim``.
 torch is imported inside functions so that ``siamface --help`` stays instant.
 """
 
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from siamface.registry import Registry
+from siamface.train.params import Params, param
 
 if TYPE_CHECKING:
     import torch
@@ -79,6 +84,44 @@ class OptimizerBundle:
             self.scheduler.load_state_dict(state["scheduler"])
 
 
+class _Decay(Params):
+    weight_decay: float = param(1e-5, "weight decay (article: 1e-5)", ge=0, le=1)
+
+
+class _Adam(_Decay):
+    eps: float = param(1e-8, "Adam-family epsilon (article: 1e-8)", ge=0, le=1)
+
+
+class _Warmup(Params):
+    warmup_steps: int = param(0, "linear warm-up steps", ge=0, le=100_000_000)
+
+
+class CosineParams(_Adam, _Warmup):
+    t_max: float | None = param(
+        None, "cosine period in epochs (article: 50); null = whole run", gt=0, le=1_000_000
+    )
+    eta_min: float = param(1e-6, "cosine floor (article: 1e-6)", ge=0, le=10)
+
+
+class PlateauParams(_Adam):
+    patience: int = param(2, "ReduceLROnPlateau patience in epochs", ge=0, le=1_000_000)
+    factor: float = param(0.5, "ReduceLROnPlateau factor", gt=0, lt=1)
+
+
+class StepParams(_Decay):
+    momentum: float = param(0.9, "SGD momentum", ge=0, le=1)
+    step_size: int = param(10, "StepLR period in epochs", ge=1, le=1_000_000)
+    gamma: float = param(0.1, "StepLR factor", gt=0, le=1)
+
+
+class ExponentialParams(_Adam):
+    gamma: float = param(0.95, "ExponentialLR per-epoch factor", gt=0, le=1)
+
+
+class ScheduleFreeParams(_Adam, _Warmup):
+    pass
+
+
 def param_groups(model: nn.Module, loss: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     """Named parameter groups: ``backbone`` and ``head`` at ``lr``, loss parameters (class
     centres, pair head) at ``lr * head_lr_mult`` because they start from random values.
@@ -92,16 +135,18 @@ def param_groups(model: nn.Module, loss: nn.Module, cfg: TrainConfig) -> list[di
         {"name": "head", "params": [p for p in model.parameters() if id(p) not in bb_ids]},
         {"name": "loss", "params": [p for p in loss.parameters() if p.requires_grad]},
     ]
-    mult = {"backbone": cfg.backbone_lr_mult, "head": 1.0, "loss": cfg.head_lr_mult}
-    return [g | {"lr": cfg.lr * mult[g["name"]]} for g in groups if g["params"]]
+    o = cfg.optim
+    mult = {"backbone": o.backbone_lr_mult, "head": 1.0, "loss": o.head_lr_mult}
+    return [g | {"lr": o.lr * mult[g["name"]]} for g in groups if g["params"]]
 
 
 def cosine_lambda(cfg: TrainConfig, progress: Callable[[], float]) -> Callable[[int], float]:
     """LR multiplier: linear warm-up, then cosine from 1 to eta_min/lr over ``progress``."""
-    floor = min(cfg.eta_min / cfg.lr, 1.0)
+    o = cfg.optim
+    floor = min(o.eta_min / o.lr, 1.0)
 
     def f(step: int) -> float:
-        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
         p = min(max(progress(), 0.0), 1.0)
         return warm * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * p)))
 
@@ -136,62 +181,79 @@ def _adam_cosine(cls_name: str):
     def build(groups: list[dict], cfg: TrainConfig, progress: Callable[[], float]):
         import torch
 
+        o = cfg.optim
         cls = getattr(torch.optim, cls_name)
-        opt = cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps, **fused(groups))
+        opt = cls(groups, lr=o.lr, weight_decay=o.weight_decay, eps=o.eps, **fused(groups))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(cfg, progress))
         return OptimizerBundle(opt, sched, per_step=True, on_metric=False, schedule_free=False)
 
     return build
 
 
-register_optimizer("adam_cosine", help="Adam, warm-up + cosine to eta_min")(_adam_cosine("Adam"))
-register_optimizer("adamw_cosine", help="AdamW, warm-up + cosine to eta_min (the article's)")(
-    _adam_cosine("AdamW")
+register_optimizer("adam_cosine", help="Adam, warm-up + cosine to eta_min", params=CosineParams)(
+    _adam_cosine("Adam")
 )
+register_optimizer(
+    "adamw_cosine", help="AdamW, warm-up + cosine to eta_min (the article's)", params=CosineParams
+)(_adam_cosine("AdamW"))
 
 
-@register_optimizer("adamw_plateau", help="AdamW, lr x plateau_factor when validation stalls")
+@register_optimizer(
+    "adamw_plateau", help="AdamW, lr x factor when validation stalls", params=PlateauParams
+)
 def adamw_plateau(groups: list[dict], cfg: TrainConfig, progress: Callable[[], float]):
     import torch
 
+    o = cfg.optim
     opt = torch.optim.AdamW(
-        groups, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps, **fused(groups)
+        groups, lr=o.lr, weight_decay=o.weight_decay, eps=o.eps, **fused(groups)
     )
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+        opt, mode="min", factor=o.factor, patience=o.patience
     )
     return OptimizerBundle(opt, sched, per_step=False, on_metric=True, schedule_free=False)
 
 
-@register_optimizer("sgd_step", help="SGD with momentum, lr x gamma every step_size epochs")
+@register_optimizer(
+    "sgd_step", help="SGD with momentum, lr x gamma every step_size epochs", params=StepParams
+)
 def sgd_step(groups: list[dict], cfg: TrainConfig, progress: Callable[[], float]):
     import torch
 
+    o = cfg.optim
     opt = torch.optim.SGD(
-        groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused(groups)
+        groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, **fused(groups)
     )
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.step_size, gamma=o.gamma)
     return OptimizerBundle(opt, sched, per_step=False, on_metric=False, schedule_free=False)
 
 
-@register_optimizer("ranger_exponential", help="RAdam + Lookahead, lr x exp_gamma per epoch")
+@register_optimizer(
+    "ranger_exponential", help="RAdam + Lookahead, lr x gamma per epoch", params=ExponentialParams
+)
 def ranger_exponential(groups: list[dict], cfg: TrainConfig, progress: Callable[[], float]):
     import torch
     from timm.optim import Lookahead
 
     # Ranger = RAdam + Lookahead (Wright, 2019).
-    base = torch.optim.RAdam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
+    o = cfg.optim
+    base = torch.optim.RAdam(groups, lr=o.lr, weight_decay=o.weight_decay, eps=o.eps)
     opt = Lookahead(base)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.exp_gamma)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=o.gamma)
     return OptimizerBundle(opt, sched, per_step=False, on_metric=False, schedule_free=False)
 
 
-@register_optimizer("schedule_free", help="schedule-free AdamW (no schedule; averaged weights)")
+@register_optimizer(
+    "schedule_free",
+    help="schedule-free AdamW (no schedule; averaged weights)",
+    params=ScheduleFreeParams,
+)
 def schedule_free(groups: list[dict], cfg: TrainConfig, progress: Callable[[], float]):
     import schedulefree
 
+    o = cfg.optim
     opt = schedulefree.AdamWScheduleFree(
-        groups, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps, warmup_steps=cfg.warmup_steps
+        groups, lr=o.lr, weight_decay=o.weight_decay, eps=o.eps, warmup_steps=o.warmup_steps
     )
     return OptimizerBundle(opt, None, per_step=False, on_metric=False, schedule_free=True)
 
@@ -199,5 +261,10 @@ def schedule_free(groups: list[dict], cfg: TrainConfig, progress: Callable[[], f
 def build_optimizer(
     groups: Iterable[dict], cfg: TrainConfig, progress: Callable[[], float]
 ) -> OptimizerBundle:
-    """Create the preset named by ``cfg.optimizer`` over ``groups``."""
-    return OPTIMIZER_REGISTRY.build(cfg.optimizer, list(groups), cfg, progress)
+    """Create the preset named by ``cfg.optim.name`` over ``groups``."""
+    return OPTIMIZER_REGISTRY.build(cfg.optim.name, list(groups), cfg, progress)
+
+
+def optimizer_params(name: str) -> type[Params]:
+    """The settings preset ``name`` declares."""
+    return OPTIMIZER_REGISTRY.get(name).facts.get("params", Params)

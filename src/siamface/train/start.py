@@ -31,7 +31,7 @@ from siamface.tensors.transforms import Preprocessing
 from siamface.train.config import TrainConfig
 
 #: Config keys the starting model decides; setting them to something else is an error.
-DERIVED_KEYS = ("backbone", "embedding_size", "image_size")
+DERIVED_KEYS = ("model.backbone", "model.embedding_size", "model.image_size")
 
 
 @dataclass
@@ -58,22 +58,22 @@ class StartingModel:
     def derived(self) -> dict[str, Any]:
         """The config values this model imposes."""
         return {
-            "backbone": self.checkpoint.model_cfg.backbone,
-            "embedding_size": self.checkpoint.model_cfg.embedding_size,
-            "image_size": self.checkpoint.preprocessing.image_size,
+            "model.backbone": self.checkpoint.model_cfg.backbone,
+            "model.embedding_size": self.checkpoint.model_cfg.embedding_size,
+            "model.image_size": self.checkpoint.preprocessing.image_size,
         }
 
     def apply(self, cfg: TrainConfig) -> TrainConfig:
         """``cfg`` with the model's own values; a conflicting explicit value is refused."""
         derived = self.derived()
         for key in DERIVED_KEYS:
-            if key in cfg.model_fields_set and getattr(cfg, key) != derived[key]:
+            if cfg.was_set(key) and cfg.get(key) != derived[key]:
                 raise ConfigError(
-                    f"{key}={getattr(cfg, key)} conflicts with init={self.spec}, whose "
+                    f"{key}={cfg.get(key)} conflicts with init={self.spec}, whose "
                     f"{key} is {derived[key]}; leave {key} unset when fine-tuning (or set "
-                    "init=null to train that architecture from its backbone weights)"
+                    "finetune.init=null to train that architecture from its backbone weights)"
                 )
-        return cfg.model_copy(update=derived)
+        return cfg.with_values(derived)
 
     def info(self) -> dict[str, Any]:
         """Provenance stored in every checkpoint of the run (model cards show it)."""
