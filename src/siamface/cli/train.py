@@ -87,16 +87,17 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     from siamface.train.distributed import launch, launched_by_torchrun
-    from siamface.train.loop import Trainer
+    from siamface.train.job import resume, resume_config, train  # lazy: --help speed
 
     if args.resume:
         if args.data or args.config:
             raise SiamfaceError("--resume continues a run with its own data and config")
         if Path(args.resume).is_dir():
             check_output_dir(args.resume, "run directory")  # writable, disk not full
-        trainer = Trainer.resume(args.resume, overrides, progress=not args.no_progress)
-        if trainer.cfg.nproc > 1 and not launched_by_torchrun():
-            return launch(trainer.cfg.nproc, _argv(args))
+        cfg = resume_config(args.resume, overrides)  # a bad key or run refused before work
+        if cfg.nproc > 1 and not launched_by_torchrun():
+            return launch(cfg.nproc, _argv(args))
+        summary = resume(args.resume, overrides, progress=not args.no_progress)
     else:
         if not args.data:
             raise SiamfaceError("--data DIR is required (identity folders: DIR/<person>/<img>)")
@@ -111,8 +112,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_dir(out, "run directory")  # a file, read-only, a full disk: refused now
         if cfg.nproc > 1 and not launched_by_torchrun():
             return launch(cfg.nproc, _argv(args))
-        trainer = Trainer(cfg, args.data, out, progress=not args.no_progress)
-    summary = trainer.run()
+        summary = train(cfg, args.data, out, progress=not args.no_progress)
     if args.json and summary.get("rank") != "other":  # one summary, from rank 0
         print(json.dumps(summary, indent=1))
     return 0

@@ -27,8 +27,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -46,6 +47,10 @@ from siamface.integrity import (
 )
 from siamface.system import cache_dir
 from siamface.train.objective import Batch, LossTerm
+
+if TYPE_CHECKING:
+    from siamface.tensors.dataset import FaceImageDataset
+    from siamface.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -224,3 +229,34 @@ class DistillationTerm(LossTerm):
             off = ~torch.eye(len(s), dtype=torch.bool, device=s.device)
             total = total + self.w_relational * ((s @ s.T - t @ t.T)[off] ** 2).mean()
         return total
+
+
+def teacher_term(
+    cfg: TrainConfig,
+    train: FaceImageDataset,
+    progress: bool = True,
+    log_fn: Callable[[str], None] = print,
+) -> DistillationTerm | None:
+    """The ``distill`` term towards the configured teachers' embeddings of the training
+    images (cached on disk by content), or None when the run has no teacher."""
+    teachers = cfg.teachers()
+    if not teachers:
+        return None
+    if train.paths is None:
+        raise SiamfaceError("distillation needs the training images' file paths")
+    digests = [file_digest(p) for p in train.paths]
+    parts, masks = [], []
+    for spec in teachers:
+        emb, ok = teacher_embeddings(spec, train.paths, digests, progress=progress, log_fn=log_fn)
+        parts.append(emb)
+        masks.append(ok)
+        log_fn(f"teacher {spec}: {int(ok.sum())}/{len(ok)} training images embedded")
+    targets, valid = ensemble(parts, masks)
+    return DistillationTerm(
+        "distill",
+        torch.from_numpy(targets),
+        torch.from_numpy(valid),
+        cfg.embedding_size,
+        cfg.distill_embedding,
+        cfg.distill_relational,
+    )

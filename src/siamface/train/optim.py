@@ -8,7 +8,7 @@ budget, so a time-limited run ends at ``eta_min`` instead of being cut off at a 
 Parameters reach the optimizer in *named* groups (``backbone``, ``head``, ``loss``), each with
 its own ``lr``; schedulers scale every group's base rate alike. A per-group learning rate or a
 freeze/unfreeze schedule therefore changes :func:`param_groups` (or sets ``requires_grad`` /
-``group["lr"]`` from a :class:`~siamface.train.callbacks.Callback`), never a preset.
+``group["lr"]`` from a :class:`~siamface.train.hooks.Hook`), never a preset.
 torch is imported inside functions so that ``siamface --help`` stays instant.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from siamface.registry import Registry
 
@@ -26,6 +26,15 @@ if TYPE_CHECKING:
     from torch import nn
 
     from siamface.train.config import TrainConfig
+
+
+class Clock(Protocol):
+    """What a schedule reads to know how far the run is: the run's state object
+    (:class:`~siamface.train.state.Progress`) has this attribute, so the optimizer never
+    calls back into the loop."""
+
+    @property
+    def schedule_fraction(self) -> float: ...
 
 
 @dataclass
@@ -96,21 +105,23 @@ def param_groups(model: nn.Module, loss: nn.Module, cfg: TrainConfig) -> list[di
     return [g | {"lr": cfg.lr * mult[g["name"]]} for g in groups if g["params"]]
 
 
-def cosine_lambda(cfg: TrainConfig, progress: Callable[[], float]) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up, then cosine from 1 to eta_min/lr over ``progress``."""
+def cosine_lambda(cfg: TrainConfig, clock: Clock) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up, then cosine from 1 to eta_min/lr over the fraction of
+    the period ``clock`` reports when the scheduler steps."""
     floor = min(cfg.eta_min / cfg.lr, 1.0)
 
     def f(step: int) -> float:
         warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-        p = min(max(progress(), 0.0), 1.0)
+        p = min(max(clock.schedule_fraction, 0.0), 1.0)
         return warm * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * p)))
 
     return f
 
 
-#: ``(groups, cfg, progress) -> OptimizerBundle``; ``progress()`` is the fraction (0..1) of
-#: the cosine period done, computed by the trainer from steps, ``t_max`` and the time budget.
-PresetBuilder = Callable[[list[dict], "TrainConfig", Callable[[], float]], OptimizerBundle]
+#: ``(groups, cfg, clock) -> OptimizerBundle``; ``clock.schedule_fraction`` is the fraction
+#: (0..1) of the cosine period done, kept by the run's state from steps, ``t_max`` and the
+#: time budget.
+PresetBuilder = Callable[[list[dict], "TrainConfig", Clock], OptimizerBundle]
 
 #: Every optimizer + scheduler preset by name (config key ``optimizer``).
 OPTIMIZER_REGISTRY: Registry[PresetBuilder] = Registry("optimizer preset", config_key="optimizer")
@@ -133,12 +144,12 @@ def fused(groups: list[dict]) -> dict[str, Any]:
 
 
 def _adam_cosine(cls_name: str):
-    def build(groups: list[dict], cfg: TrainConfig, progress: Callable[[], float]):
+    def build(groups: list[dict], cfg: TrainConfig, clock: Clock):
         import torch
 
         cls = getattr(torch.optim, cls_name)
         opt = cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps, **fused(groups))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(cfg, progress))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(cfg, clock))
         return OptimizerBundle(opt, sched, per_step=True, on_metric=False, schedule_free=False)
 
     return build
@@ -151,7 +162,7 @@ register_optimizer("adamw_cosine", help="AdamW, warm-up + cosine to eta_min (the
 
 
 @register_optimizer("adamw_plateau", help="AdamW, lr x plateau_factor when validation stalls")
-def adamw_plateau(groups: list[dict], cfg: TrainConfig, progress: Callable[[], float]):
+def adamw_plateau(groups: list[dict], cfg: TrainConfig, clock: Clock):
     import torch
 
     opt = torch.optim.AdamW(
@@ -164,7 +175,7 @@ def adamw_plateau(groups: list[dict], cfg: TrainConfig, progress: Callable[[], f
 
 
 @register_optimizer("sgd_step", help="SGD with momentum, lr x gamma every step_size epochs")
-def sgd_step(groups: list[dict], cfg: TrainConfig, progress: Callable[[], float]):
+def sgd_step(groups: list[dict], cfg: TrainConfig, clock: Clock):
     import torch
 
     opt = torch.optim.SGD(
@@ -175,7 +186,7 @@ def sgd_step(groups: list[dict], cfg: TrainConfig, progress: Callable[[], float]
 
 
 @register_optimizer("ranger_exponential", help="RAdam + Lookahead, lr x exp_gamma per epoch")
-def ranger_exponential(groups: list[dict], cfg: TrainConfig, progress: Callable[[], float]):
+def ranger_exponential(groups: list[dict], cfg: TrainConfig, clock: Clock):
     import torch
     from timm.optim import Lookahead
 
@@ -187,7 +198,7 @@ def ranger_exponential(groups: list[dict], cfg: TrainConfig, progress: Callable[
 
 
 @register_optimizer("schedule_free", help="schedule-free AdamW (no schedule; averaged weights)")
-def schedule_free(groups: list[dict], cfg: TrainConfig, progress: Callable[[], float]):
+def schedule_free(groups: list[dict], cfg: TrainConfig, clock: Clock):
     import schedulefree
 
     opt = schedulefree.AdamWScheduleFree(
@@ -196,8 +207,6 @@ def schedule_free(groups: list[dict], cfg: TrainConfig, progress: Callable[[], f
     return OptimizerBundle(opt, None, per_step=False, on_metric=False, schedule_free=True)
 
 
-def build_optimizer(
-    groups: Iterable[dict], cfg: TrainConfig, progress: Callable[[], float]
-) -> OptimizerBundle:
+def build_optimizer(groups: Iterable[dict], cfg: TrainConfig, clock: Clock) -> OptimizerBundle:
     """Create the preset named by ``cfg.optimizer`` over ``groups``."""
-    return OPTIMIZER_REGISTRY.build(cfg.optimizer, list(groups), cfg, progress)
+    return OPTIMIZER_REGISTRY.build(cfg.optimizer, list(groups), cfg, clock)
