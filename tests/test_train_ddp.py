@@ -43,7 +43,9 @@ QUIET = {"progress": False, "log": lambda s: None}
 
 
 def _siamface(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
+    # This checkout's siamface (not whichever one is installed), and conftest.
+    paths = os.pathsep.join([str(REPO / "tests"), str(REPO / "src")])
+    env = {**os.environ, "PYTHONPATH": paths, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "siamface.cli.main", "train", "--no-progress", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
 

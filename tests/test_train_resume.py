@@ -76,7 +76,8 @@ def _driver(tmp_path: Path, body: str) -> Path:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+    """The child imports conftest and this checkout's siamface (not an installed one)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO / "src")])}
 
 
 class SignalDuringForward:
