@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from siamface.embed.load import open_model
 from siamface.errors import SiamfaceError
 from siamface.faces.cache import file_digest
 from siamface.integrity import (
@@ -138,8 +139,6 @@ def teacher_embeddings(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) unit vectors of teacher ``spec`` for ``paths`` and an (N,) bool mask of the
     images it could embed (no face found for it: False). Cached by content."""
-    from siamface.embed.load import open_model
-
     teacher = open_model(spec)
     digests = list(digests) if digests is not None else [file_digest(p) for p in paths]
     cache = TeacherCache(

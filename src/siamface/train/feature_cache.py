@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from siamface.tensors.transforms import normalize_batch
 from siamface.train.freeze import FreezeSchedule, backbone_stages
 from siamface.train.step import TrainStep
 
@@ -88,8 +89,6 @@ class PrefixFeatureCache:
         embeddings of the images, so the starting model's embeddings come out of the same
         forward pass that fills the cache. ``load(a, b)``: uint8 NCHW images a..b-1."""
         from tqdm import tqdm
-
-        from siamface.tensors.transforms import normalize_batch
 
         was = self.model.training
         self.model.eval()

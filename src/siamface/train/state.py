@@ -20,6 +20,8 @@ from pytorch_metric_learning.utils import common_functions as pml_common
 
 from siamface.errors import SiamfaceError
 from siamface.model.checkpoint import atomic_write
+from siamface.model.pretrained import torch_load_safely
+from siamface.train.rundir import OutputError, writing
 
 STATE_FILE = "train_state.pt"
 
@@ -140,8 +142,6 @@ def seed_everything(seed: int) -> None:
 def save_state(run_dir: Path, state: dict) -> None:
     """Write the state atomically. On failure (disk full...) the previous state file stays
     whole, so the run can still resume from it once the cause is fixed."""
-    from siamface.train.rundir import OutputError, writing
-
     path = run_dir / STATE_FILE
     # Serialised in memory, written with Python's file I/O: torch.save's own writer reports
     # a full disk as an opaque RuntimeError, Python's write as an OSError with its errno.
@@ -169,6 +169,4 @@ def state_file(run_dir: Path) -> Path:
 
 def load_state(run_dir: Path) -> dict:
     path = state_file(run_dir)
-    from siamface.model.pretrained import torch_load_safely
-
     return torch_load_safely(path, "training state")  # type: ignore[return-value]

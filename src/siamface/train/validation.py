@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from siamface.embed.pipeline import embed_uint8, plain_loader
+from siamface.embed.pipeline import embed_paths, embed_uint8, plain_loader
 from siamface.model.checkpoint import Checkpoint
 from siamface.scores.metrics import DEFAULT_FARS, VerificationMetrics
 from siamface.scores.pairs import score_all_pairs
@@ -84,8 +84,6 @@ class Validator:
             return embed_uint8(
                 model, d.val_pixels, self.pre, self.batch_size, self.device, self.channels_last
             )
-        from siamface.embed.pipeline import embed_paths
-
         emb, _ = embed_paths(
             model,
             d.val_paths,

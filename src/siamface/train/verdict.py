@@ -32,6 +32,7 @@ from siamface.scores.bootstrap import (
     histograms_all_pairs,
 )
 from siamface.train.checkpoints import BEST
+from siamface.train.rundir import writing
 from siamface.train.validation import metric_value
 
 if TYPE_CHECKING:
@@ -178,8 +179,6 @@ def final_verdict(view: RunView, start: StartingModel) -> dict[str, Any] | None:
 
 def _save_best(view: RunView, sd: dict, epoch: int) -> None:
     """Rewrite best.safetensors with ``sd``, its validation threshold measured now."""
-    from siamface.train.rundir import writing
-
     view.model.load_state_dict(sd)
     m = view.validate_here()
     ckpt = view.checkpoint(m, epoch)
