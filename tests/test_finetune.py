@@ -14,7 +14,7 @@ from conftest import SHARED_DATA, TINY_BACKBONE, copy_identities, needs_data
 from siamface.errors import ConfigError, SiamfaceError
 from siamface.model.checkpoint import load_checkpoint
 from siamface.train.config import make_config
-from siamface.train.loop import Trainer
+from siamface.train.job import train
 
 FAST = [
     "batch_size=16",
@@ -44,7 +44,7 @@ def start_ckpt(tmp_path_factory) -> str:
 
 def _train(data, out, *overrides) -> dict:
     cfg = make_config(overrides=[*FAST, *overrides])
-    return Trainer(cfg, [str(data)], out, progress=False, log=lambda _: None).run()
+    return train(cfg, [str(data)], out, progress=False, log=lambda _: None)
 
 
 def test_a_fine_tune_that_only_gets_worse_leaves_the_start_as_best(
@@ -152,12 +152,12 @@ def test_distillation_run_caches_teacher_embeddings(pins_small, tmp_path, start_
             "epochs=1",
         ]
     )
-    Trainer(cfg, [str(pins_small)], tmp_path / "a", progress=False, log=logs.append).run()
+    train(cfg, [str(pins_small)], tmp_path / "a", progress=False, log=logs.append)
     assert any("embedding" in line and "(0 cached)" in line for line in logs)
     cache_files = list((tmp_path / "cache" / "teachers").glob("*.sqlite"))
     assert len(cache_files) == 1
     logs.clear()
-    Trainer(cfg, [str(pins_small)], tmp_path / "b", progress=False, log=logs.append).run()
+    train(cfg, [str(pins_small)], tmp_path / "b", progress=False, log=logs.append)
     assert not any("(0 cached)" in line for line in logs)  # all hits: nothing re-embedded
     history = json.loads((tmp_path / "b" / "history.json").read_text())
     assert history[-1]["train_loss"] is not None
@@ -232,7 +232,7 @@ def test_fine_tune_sface_on_raw_photos(tmp_path):
             "keep_close=1",
         ]
     )
-    summary = Trainer(cfg, [str(data)], tmp_path / "run", progress=False, log=logs.append).run()
+    summary = train(cfg, [str(data)], tmp_path / "run", progress=False, log=logs.append)
     assert any("caching the output of the whole backbone" in line for line in logs)
     assert any("class centres start" in line for line in logs)
     assert summary["init"]["name"] == "sface"

@@ -16,7 +16,7 @@ from siamface.scores import bootstrap as bs
 from siamface.scores.pairs import score_all_pairs
 from siamface.tensors.conditions import parse_condition, path_key
 from siamface.train.config import make_config
-from siamface.train.loop import Trainer
+from siamface.train.job import train
 from siamface.train.verdict import mix_weights
 
 FAST = ["batch_size=16", "num_workers=0", "precision=fp32"]
@@ -141,7 +141,7 @@ def test_wise_ft_mixes_floating_weights_only():
 # ----------------------------------------------------------------------- training
 def _train(data, out, *overrides) -> dict:
     cfg = make_config(overrides=[*FAST, *overrides])
-    return Trainer(cfg, [str(data)], out, progress=False, log=lambda _: None).run()
+    return train(cfg, [str(data)], out, progress=False, log=lambda _: None)
 
 
 def test_no_significant_gain_on_test_people_keeps_the_start(pins_small, tmp_path, start_ckpt):

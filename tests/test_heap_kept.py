@@ -17,7 +17,7 @@ from conftest import TINY_TRAIN
 
 from siamface.system import _glibc, heap_kept
 from siamface.train.config import make_config
-from siamface.train.loop import Trainer
+from siamface.train.job import train
 
 glibc_only = pytest.mark.skipif(_glibc() is None, reason="heap_kept tunes glibc's malloc only")
 
@@ -87,5 +87,5 @@ def test_disabled_yields_false_everywhere():
 def test_training_keeps_the_heap_only_when_asked(pins_small, tmp_path, keep):
     lines: list[str] = []
     cfg = make_config(None, [*TINY_TRAIN, "epochs=1", f"keep_heap={str(keep).lower()}"])
-    Trainer(cfg, [pins_small], tmp_path / "run", progress=False, log=lines.append).run()
+    train(cfg, [pins_small], tmp_path / "run", progress=False, log=lines.append)
     assert any("heap kept" in line for line in lines) is keep

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from siamface.tensors.batches import rank_order
 from siamface.train.config import make_config
-from siamface.train.loop import Trainer
+from siamface.train.job import resume, train
 
 # 8 training identities x 8 images; batch 32 = 4 identities x 8, so each process gets 2 whole
 # identities; 2 steps per epoch. Default augmentation, batch-hard mining, AdamW.
@@ -43,7 +43,9 @@ QUIET = {"progress": False, "log": lambda s: None}
 
 
 def _siamface(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
+    # This checkout's siamface (not whichever one is installed), and conftest.
+    paths = os.pathsep.join([str(REPO / "tests"), str(REPO / "src")])
+    env = {**os.environ, "PYTHONPATH": paths, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "siamface.cli.main", "train", "--no-progress", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
 
@@ -82,7 +84,7 @@ def test_two_processes_follow_the_one_process_run(pins_small, tmp_path):
     cfg = [*CFG, "optimizer=sgd_step", "lr=0.05"]
     # One process: epoch 1, then epoch 2 by resuming (bit-exact, see test_train_resume.py).
     one = tmp_path / "one"
-    Trainer(make_config(None, [*cfg, "epochs=1"]), [pins_small], one, **QUIET).run()
+    train(make_config(None, [*cfg, "epochs=1"]), [pins_small], one, **QUIET)
     one_epoch1 = _weights(one)
     hist1 = json.loads((one / "history.json").read_text())
     # Two processes through the launcher: `siamface train nproc=2` starts torchrun.
@@ -99,7 +101,7 @@ def test_two_processes_follow_the_one_process_run(pins_small, tmp_path):
     loss1 = hist1[0]["train_loss"]
     assert abs(json.loads((two / "history.json").read_text())[0]["train_loss"] - loss1) < 1e-6
     # Epoch 2 in one process again: a resume with another world size.
-    Trainer.resume(one, ["epochs=2"], **QUIET).run()
-    Trainer.resume(two, ["epochs=2", "nproc=1"], **QUIET).run()
+    resume(one, ["epochs=2"], **QUIET)
+    resume(two, ["epochs=2", "nproc=1"], **QUIET)
     max_abs, rel_l2, loss_rel = _compare(one, two)
     assert rel_l2 < 1e-3 and loss_rel < 1e-3, (max_abs, rel_l2, loss_rel)

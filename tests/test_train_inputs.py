@@ -21,14 +21,27 @@ from siamface.model.network import ModelConfig, build_model
 from siamface.model.pretrained import load_backbone_file, load_pretrained
 from siamface.tensors.dataset import FaceImageDataset
 from siamface.train.config import make_config
-from siamface.train.loop import Trainer, use_bf16
+from siamface.train.device import use_bf16
+from siamface.train.fit import fit
+from siamface.train.job import train
+from siamface.train.run import Run, build_run
+from siamface.train.state import Progress
 
 pytestmark = needs_data
 FAST = [*TINY_TRAIN, "augment=none", "epochs=1"]
 
 
-def _quiet(cfg, data, run) -> Trainer:
-    return Trainer(make_config(None, cfg), [data], run, progress=False, log=lambda s: None)
+QUIET = {"progress": False, "log": lambda s: None}
+
+
+def _build(cfg, data, out) -> tuple[Run, Progress]:
+    """A run assembled by the public ``build_run``, as ``siamface train`` assembles it."""
+    state = Progress()
+    return build_run(make_config(None, cfg), [data], out, state, **QUIET), state
+
+
+def _train(cfg, data, out) -> dict:
+    return train(make_config(None, cfg), [data], out, **QUIET)
 
 
 # ----------------------------------------------------------------------------- streaming
@@ -43,9 +56,9 @@ def test_streamed_dataset_serves_the_decoded_pixels(pins_small, tmp_path):
 
 
 def test_training_streamed_from_disk_equals_training_in_memory(pins_small, tmp_path):
-    _quiet(FAST, pins_small, tmp_path / "mem").run()
-    t = _quiet([*FAST, "cache_gb=0"], pins_small, tmp_path / "disk")  # no pixels in memory
-    t.run()
+    _train(FAST, pins_small, tmp_path / "mem")
+    t, state = _build([*FAST, "cache_gb=0"], pins_small, tmp_path / "disk")  # no pixels in RAM
+    fit(t, state)
     assert t.data.train.pixels is None and t.data.val_pixels is None
     a = load_file(str(tmp_path / "mem" / "last.safetensors"))
     b = load_file(str(tmp_path / "disk" / "last.safetensors"))
@@ -112,8 +125,7 @@ def test_train_starts_from_a_weight_file(pins_small, tmp_path):
     sd = _foreign_weights()
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "init.safetensors"))
     cfg = [*FAST, f"pretrained={tmp_path / 'init.safetensors'}"]
-    t = _quiet(cfg, pins_small, tmp_path / "run")
-    t._setup()
+    t, _ = _build(cfg, pins_small, tmp_path / "run")
     assert "init.safetensors" in t.weights_source
     assert _same(t.model.backbone.cpu(), sd)
 
@@ -178,23 +190,22 @@ def test_an_unfinished_prepare_is_refused_by_train(prepared, tmp_path, capsys):
 # ----------------------------------------------------------------------------- bf16
 def test_bf16_autocast_runs_the_forward_in_bf16(pins_small, tmp_path):
     assert use_bf16("bf16", torch.device("cpu")) and not use_bf16("auto", torch.device("cpu"))
-    t = _quiet([*FAST, "precision=bf16"], pins_small, tmp_path / "run")
-    t._setup()
-    assert t.bf16
+    t, _ = _build([*FAST, "precision=bf16"], pins_small, tmp_path / "run")
+    assert t.precision.dtype is torch.bfloat16
     dtypes = []
     hook = t.model.head.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
     order = list(iter(t.sampler))[:16]
     x = torch.stack([t.data.train[i][0] for i in order])
     t.model.train()
     t.opt.train_mode()
-    loss = t.step_fn(x, t.data.train.labels[order]).loss
+    loss = t.step(x, t.data.train.labels[order]).loss
     hook.remove()
     assert dtypes == [torch.bfloat16] and torch.isfinite(torch.tensor(loss))
     assert all(p.dtype == torch.float32 for p in t.model.parameters())  # master weights
 
 
 def test_bf16_training_end_to_end(pins_small, tmp_path):
-    summary = _quiet([*FAST, "precision=bf16"], pins_small, tmp_path / "run").run()
+    summary = _train([*FAST, "precision=bf16"], pins_small, tmp_path / "run")
     assert summary["epochs_completed"] == 1
     w = load_file(str(tmp_path / "run" / "best.safetensors"))
     assert all(v.dtype in (torch.float32, torch.int64) for v in w.values())

@@ -14,7 +14,9 @@ from safetensors.torch import load_file
 from siamface.cli.main import main
 from siamface.model.checkpoint import load_checkpoint, read_metadata
 from siamface.train.config import make_config
-from siamface.train.loop import Trainer, TrainingInterrupted
+from siamface.train.fit import TrainingInterrupted
+from siamface.train.hooks import Hook
+from siamface.train.job import resume, train
 
 FAST = TINY_TRAIN
 
@@ -88,51 +90,37 @@ def _same_weights(a, b):
 def test_resume_after_epoch_boundary_matches_uninterrupted(pins_small, tmp_path):
     # t_max pins the cosine period, so stopping after epoch 1 does not change the schedule.
     fast = FAST + ["t_max=2"]
-    full = Trainer(
-        make_config(None, fast + ["epochs=2"]),
-        [pins_small],
-        tmp_path / "a",
-        progress=False,
-        log=lambda s: None,
-    )
-    full.run()
-    part = Trainer(
-        make_config(None, fast + ["epochs=1"]),
-        [pins_small],
-        tmp_path / "b",
-        progress=False,
-        log=lambda s: None,
-    )
-    part.run()
-    resumed = Trainer.resume(tmp_path / "b", ["epochs=2"], progress=False, log=lambda s: None)
-    summary = resumed.run()
+    quiet = {"progress": False, "log": lambda s: None}
+    train(make_config(None, fast + ["epochs=2"]), [pins_small], tmp_path / "a", **quiet)
+    train(make_config(None, fast + ["epochs=1"]), [pins_small], tmp_path / "b", **quiet)
+    summary = resume(tmp_path / "b", ["epochs=2"], **quiet)
     assert summary["epochs_completed"] == 2
     _same_weights(_final_weights(tmp_path / "a"), _final_weights(tmp_path / "b"))
 
 
-def test_ctrl_c_mid_epoch_saves_state_and_resume_matches(pins_small, tmp_path, monkeypatch):
+def test_ctrl_c_mid_epoch_saves_state_and_resume_matches(pins_small, tmp_path):
     cfg = FAST + ["epochs=1", "augment=none", "batch_size=8"]
-    Trainer(
-        make_config(None, cfg), [pins_small], tmp_path / "a", progress=False, log=lambda s: None
-    ).run()
-    calls = {"n": 0}
-    original = Trainer._train_step
+    train(make_config(None, cfg), [pins_small], tmp_path / "a", progress=False, log=lambda s: None)
 
-    def flaky(self, x, y):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, x, y)
+    class CtrlCAfterStep(Hook):
+        """Ctrl-C landing between steps: after step 2 has finished, before step 3."""
 
-    monkeypatch.setattr(Trainer, "_train_step", flaky)
+        def on_step_end(self, view, result):
+            if view.state.global_step == 2:
+                raise KeyboardInterrupt
+
     with pytest.raises(TrainingInterrupted, match="--resume"):
-        Trainer(
-            make_config(None, cfg), [pins_small], tmp_path / "b", progress=False, log=lambda s: None
-        ).run()
-    monkeypatch.setattr(Trainer, "_train_step", original)
+        train(
+            make_config(None, cfg),
+            [pins_small],
+            tmp_path / "b",
+            progress=False,
+            log=lambda s: None,
+            hooks=[CtrlCAfterStep()],
+        )
     state = torch.load(tmp_path / "b" / "train_state.pt", weights_only=True)
     assert state["step_in_epoch"] == 2 and state["epoch"] == 0
-    Trainer.resume(tmp_path / "b", progress=False, log=lambda s: None).run()
+    resume(tmp_path / "b", progress=False, log=lambda s: None)
     _same_weights(_final_weights(tmp_path / "a"), _final_weights(tmp_path / "b"))
 
 

@@ -1,4 +1,4 @@
-"""Registries, the pydantic config schema, shipped presets and the Trainer's extension seams."""
+"""Registries, the pydantic config schema, shipped presets and training's extension seams."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from safetensors.torch import load_file
 from siamface.cli.main import main
 from siamface.cli.train_config import config_help
 from siamface.errors import ConfigError
-from siamface.train.callbacks import Callback
 from siamface.train.config import make_config, preset_names
-from siamface.train.loop import Trainer
+from siamface.train.hooks import Hook
+from siamface.train.job import train
 from siamface.train.losses import LOSS_REGISTRY, build_loss, register_loss
 from siamface.train.objective import LossTerm
+from siamface.train.run import build_run
+from siamface.train.state import Progress
 
 FAST = TINY_TRAIN
 
@@ -141,45 +143,40 @@ class CountingTerm(LossTerm):
         return (1 - (batch.embeddings * ref).sum(1)).mean()
 
 
-class FreezeBackbone(Callback):
+class FreezeBackbone(Hook):
     """Freeze schedule: backbone frozen in epoch 1; plus a validation before training."""
 
     def __init__(self) -> None:
         self.before = None
         self.groups: list[str] = []
 
-    def on_train_start(self, trainer):
-        self.groups = [g["name"] for g in trainer.opt.optimizer.param_groups]
-        self.before, _ = trainer.evaluate()
+    def on_train_start(self, view):
+        self.groups = [g["name"] for g in view.opt.optimizer.param_groups]
+        self.before, _ = view.evaluate()
 
-    def on_epoch_start(self, trainer):
-        for p in trainer.model.backbone.parameters():
-            p.requires_grad_(trainer.state.epoch >= 1)
+    def on_epoch_start(self, view):
+        for p in view.model.backbone.parameters():
+            p.requires_grad_(view.state.epoch >= 1)
 
 
 def test_extra_loss_term_freeze_callback_and_validation_before_training(pins_small, tmp_path):
     term, cb = CountingTerm(), FreezeBackbone()
 
-    class WithReference(Trainer):
-        def build_objective(self):
-            objective = super().build_objective()
-            objective.add(term)
-            return objective
-
     torch.manual_seed(0)
-    init = Trainer(make_config(None, FAST), [pins_small], tmp_path / "init", progress=False)
-    init._setup()
+    init = build_run(
+        make_config(None, FAST), [pins_small], tmp_path / "init", Progress(), progress=False
+    )
     start = {k: v.clone() for k, v in init.model.state_dict().items()}
     init.reporter.close()
-    t = WithReference(
+    summary = train(
         make_config(None, [*FAST, "epochs=1"]),
         [pins_small],
         tmp_path / "run",
         progress=False,
         log=lambda s: None,
-        callbacks=[cb],
+        hooks=[cb],
+        terms=[term],
     )
-    summary = t.run()
     assert term.calls == summary["steps"] > 0
     assert cb.groups == ["backbone", "head"]
     assert cb.before is not None and 0 <= cb.before.auc <= 1

@@ -21,9 +21,10 @@ from conftest import REPO, TINY_BACKBONE
 from safetensors.torch import load_file
 
 from siamface.cli.main import main
-from siamface.train.callbacks import Callback
 from siamface.train.config import make_config
-from siamface.train.loop import Trainer, TrainingInterrupted
+from siamface.train.fit import TrainingInterrupted
+from siamface.train.hooks import Hook, RunView
+from siamface.train.job import resume, train
 
 # Default augmentation on (the case that used to drift on resume); 8 steps per epoch.
 CFG = [
@@ -57,7 +58,7 @@ def _assert_identical(a: Path, b: Path) -> None:
 def reference(pins_small, tmp_path_factory) -> Path:
     """The uninterrupted 2-epoch run every interrupted run must reproduce exactly."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    Trainer(make_config(None, [*CFG, "epochs=2"]), [pins_small], out, **QUIET).run()
+    train(make_config(None, [*CFG, "epochs=2"]), [pins_small], out, **QUIET)
     return out
 
 
@@ -67,27 +68,28 @@ def _driver(tmp_path: Path, body: str) -> Path:
     script.write_text(
         "import os, signal, sys\n"
         "from siamface.train.config import make_config\n"
-        "from siamface.train.loop import Trainer\n"
-        "from siamface.train.callbacks import Callback\n"
+        "from siamface.train.job import train\n"
+        "from siamface.train.hooks import Hook\n"
         f"CFG = {CFG!r}\n" + body
     )
     return script
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+    """The child imports conftest and this checkout's siamface (not an installed one)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO / "src")])}
 
 
 class SignalDuringForward:
     """Sends ``sig`` to this process from inside the model's forward pass at step ``step``:
     half of the BatchNorm layers have seen the batch when the signal arrives."""
 
-    def __init__(self, trainer: Trainer, step: int, sig: int) -> None:
-        self.trainer, self.step, self.sig = trainer, step, sig
+    def __init__(self, view: RunView, step: int, sig: int) -> None:
+        self.view, self.step, self.sig = view, step, sig
 
     def __call__(self, module, inputs) -> None:
-        s = self.trainer.state
-        if s.global_step + 1 == self.step and self.trainer.model.training:
+        s = self.view.state
+        if s.global_step + 1 == self.step and self.view.model.training:
             os.kill(os.getpid(), self.sig)
             time.sleep(0.05)  # let the signal be delivered here, mid-forward
 
@@ -98,23 +100,21 @@ def test_kill_9_mid_epoch_with_augmentation_resumes_bit_exactly(pins_small, tmp_
     # after every step (save_every_min tiny), so the last one on disk is step 10's.
     script = _driver(
         tmp_path,
-        "t = Trainer(make_config(None, CFG + ['epochs=2', 'save_every_min=1e-6']), "
-        f"[{str(pins_small)!r}], {str(out)!r}, progress=False)\n"
-        "class Kill(Callback):\n"
+        "class Kill(Hook):\n"
         "    def on_train_start(self, tr):\n"
         "        def hook(m, i):\n"
         "            if tr.state.global_step == 10 and tr.model.training:\n"
         "                os.kill(os.getpid(), signal.SIGKILL)\n"
         "        blocks = list(tr.model.backbone.blocks.modules())\n"
         "        blocks[len(blocks) // 2].register_forward_pre_hook(hook)\n"
-        "t.callbacks.callbacks.append(Kill())\n"
-        "t.run()\n",
+        "train(make_config(None, CFG + ['epochs=2', 'save_every_min=1e-6']), "
+        f"[{str(pins_small)!r}], {str(out)!r}, progress=False, hooks=[Kill()])\n",
     )
     r = subprocess.run([sys.executable, str(script)], env=_env(), capture_output=True, timeout=600)
     assert r.returncode == -signal.SIGKILL, r.stderr.decode()[-2000:]
     state = torch.load(out / "train_state.pt", weights_only=True)
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 2, 10)
-    Trainer.resume(out, **QUIET).run()
+    resume(out, **QUIET)
     _assert_identical(reference, out)
 
 
@@ -122,25 +122,25 @@ def test_ctrl_c_during_forward_finishes_the_step_and_resumes_bit_exactly(
     pins_small, tmp_path, reference
 ):
     out = tmp_path / "run"
-    t = Trainer(make_config(None, [*CFG, "epochs=2"]), [pins_small], out, **QUIET)
 
-    class ArmAtStart(Callback):
-        def on_train_start(self, trainer):
-            blocks = list(trainer.model.backbone.blocks.modules())
+    class ArmAtStart(Hook):
+        def on_train_start(self, view):
+            blocks = list(view.model.backbone.blocks.modules())
             blocks[len(blocks) // 2].register_forward_pre_hook(
-                SignalDuringForward(trainer, step=11, sig=signal.SIGINT)
+                SignalDuringForward(view, step=11, sig=signal.SIGINT)
             )
 
-    t.callbacks.callbacks.append(ArmAtStart())
     # Python's default, or SIG_IGN when the suite runs in the background (`cmd &`).
     before = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted, match="state saved"):
-        t.run()
+        train(
+            make_config(None, [*CFG, "epochs=2"]), [pins_small], out, hooks=[ArmAtStart()], **QUIET
+        )
     state = torch.load(out / "train_state.pt", weights_only=True)
     # The interrupted step was completed, not half-applied: 11 steps, all of them whole.
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 3, 11)
     assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back
-    Trainer.resume(out, **QUIET).run()
+    resume(out, **QUIET)
     _assert_identical(reference, out)
 
 
@@ -187,7 +187,7 @@ def _limit_file_size(limit: int):
 
 def test_failed_state_save_keeps_the_previous_state_resumable(pins_small, tmp_path, reference):
     out = tmp_path / "run"
-    Trainer(make_config(None, [*CFG, "epochs=1"]), [pins_small], out, **QUIET).run()
+    train(make_config(None, [*CFG, "epochs=1"]), [pins_small], out, **QUIET)
     state_size = (out / "train_state.pt").stat().st_size
     ckpt_size = (out / "last.safetensors").stat().st_size
     assert ckpt_size < state_size  # the state holds optimizer moments too

@@ -22,14 +22,26 @@ from siamface.tensors.batch_augment import BatchAugment
 from siamface.tensors.transforms import Preprocessing, train_augmentation
 from siamface.train.config import make_config
 from siamface.train.data import cap_validation
-from siamface.train.loop import Trainer
+from siamface.train.fit import fit
 from siamface.train.objective import MetricLossTerm, Objective
 from siamface.train.optim import OptimizerBundle
 from siamface.train.partial_fc import PartialFCLoss
+from siamface.train.run import Run, build_run
+from siamface.train.state import Progress
 from siamface.train.step import TrainStep
 
 FAST = TINY_TRAIN
 QUIET = {"progress": False, "log": lambda s: None}
+
+
+def _fit(cfg: list[str], data: Path, out: Path) -> tuple[Run, dict]:
+    """Build a run with the public ``build_run``, train it with ``fit``; both returned."""
+    state = Progress()
+    run = build_run(make_config(None, cfg), [data], out, state, **QUIET)
+    try:
+        return run, fit(run, state)
+    finally:
+        run.reporter.close()
 
 
 class LinearNet(nn.Module):
@@ -169,16 +181,14 @@ def test_scan_index_is_reused_and_rechecks_changed_files(pins_small, tmp_path):
 def test_streaming_run_with_index_and_validation_cap(pins_small, tmp_path):
     cache = tmp_path / "cache"
     cfg = [*FAST, "epochs=1", "cache_gb=0", f"scan_cache={cache}", "val_max_images=17"]
-    t = Trainer(make_config(None, cfg), [pins_small], tmp_path / "a", **QUIET)
-    t.run()
+    t, _ = _fit(cfg, pins_small, tmp_path / "a")
     assert t.data.train.pixels is None  # nothing kept in RAM: decoded from disk per batch
     assert t.data.scan["checked_now"] == 96 and not t.data.scan["pixels_in_ram"]
     # 4 validation identities of 8 images, capped at 17 images: whole identities, 2 of them.
     assert len(t.data.val_identities) == 2 and len(t.data.val_labels) == 16
     with sqlite3.connect(cache / INDEX_FILE) as db:
         assert db.execute("SELECT count(*) FROM files").fetchone()[0] == 96
-    t2 = Trainer(make_config(None, cfg), [pins_small], tmp_path / "b", **QUIET)
-    t2.run()
+    t2, _ = _fit(cfg, pins_small, tmp_path / "b")
     assert t2.data.scan["checked_now"] == 0 and t2.data.scan["from_index"] == 96
     hist = json.loads((tmp_path / "b" / "history.json").read_text())
     assert hist[0]["val_auc"] is not None
@@ -270,9 +280,8 @@ def test_gpu_path_options_train_on_cpu(pins_small, tmp_path):
     """bf16 autocast, per-batch augmentation on the device and 2 accumulation micro-batches,
     end to end (on CPU here: the same code runs on CUDA)."""
     cfg = [*FAST, "epochs=1", "precision=bf16", "augment_on=device", "grad_accum=2"]
-    t = Trainer(make_config(None, cfg), [pins_small], tmp_path / "run", **QUIET)
-    summary = t.run()
-    assert t.precision.name == "bf16" and t.step_fn.augment is not None
+    t, summary = _fit(cfg, pins_small, tmp_path / "run")
+    assert t.precision.name == "bf16" and t.step.augment is not None
     assert t.data.train.transform is None  # augmented per batch in the step instead
     assert summary["steps"] == 4
     rec = json.loads((tmp_path / "run" / "history.json").read_text())[0]

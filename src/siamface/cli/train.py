@@ -8,7 +8,6 @@ from pathlib import Path
 
 from siamface.cli.train_config import config_help, default_yaml
 from siamface.train.config import make_config, preset_names, preset_summary
-from siamface.train.config.flat import flat_name, silence
 
 EPILOG = """\
 configuration keys (set in --config YAML as sections, or as section.key=value after the options):
@@ -86,20 +85,18 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"distill.unlabeled={dirs}")
     if args.seed is not None:
         overrides.append(f"run.seed={args.seed}")
-    from siamface.train.config.resolve import resolve_here  # lazy: --help speed (torch)
     from siamface.train.distributed import launch, launched_by_torchrun
-    from siamface.train.loop import Trainer
+    from siamface.train.job import resume, resume_config, train  # lazy: --help speed
 
     if args.resume:
         if args.data or args.config:
             raise SiamfaceError("--resume continues a run with its own data and config")
         if Path(args.resume).is_dir():
             check_output_dir(args.resume, "run directory")  # writable, disk not full
-        trainer = Trainer.resume(
-            args.resume, _flat_spelling(overrides), progress=not args.no_progress
-        )
-        if trainer.cfg.nproc > 1 and not launched_by_torchrun():
-            return launch(trainer.cfg.nproc, _argv(args))
+        cfg = resume_config(args.resume, overrides)  # a bad key or run refused before work
+        if cfg.nproc > 1 and not launched_by_torchrun():
+            return launch(cfg.nproc, _argv(args))
+        summary = resume(args.resume, overrides, progress=not args.no_progress)
     else:
         if not args.data:
             raise SiamfaceError("--data DIR is required (identity folders: DIR/<person>/<img>)")
@@ -114,27 +111,10 @@ def run(args: argparse.Namespace) -> int:
         check_output_dir(out, "run directory")  # a file, read-only, a full disk: refused now
         if cfg.nproc > 1 and not launched_by_torchrun():
             return launch(cfg.nproc, _argv(args))
-        cfg = resolve_here(cfg)  # every auto decided once; config.yaml records the decisions
-        trainer = Trainer(cfg, args.data, out, progress=not args.no_progress)
-    summary = trainer.run()
+        summary = train(cfg, args.data, out, progress=not args.no_progress)
     if args.json and summary.get("rank") != "other":  # one summary, from rank 0
         print(json.dumps(summary, indent=1))
     return 0
-
-
-def _flat_spelling(overrides: list[str]) -> list[str]:
-    """Resume overrides with nested keys spelled the old flat way (``run.epochs=5`` ->
-    ``epochs=5``): ``Trainer.resume`` still checks which keys may change by their flat
-    names. The user wrote the nested key, so no deprecation line is due for it."""
-    out = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        old = flat_name(key.strip()) if sep and "." in key else None
-        if old is not None:
-            silence({old})
-            item = f"{old}={value}"
-        out.append(item)
-    return out
 
 
 def _argv(args: argparse.Namespace) -> list[str]:

@@ -27,14 +27,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from siamface.embed.load import create_embedder
 from siamface.errors import SiamfaceError
 from siamface.folders.images import file_digest
 from siamface.integrity import (
@@ -46,6 +48,10 @@ from siamface.integrity import (
 )
 from siamface.system import cache_dir
 from siamface.train.objective import Batch, LossTerm
+
+if TYPE_CHECKING:
+    from siamface.tensors.dataset import FaceImageDataset
+    from siamface.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +139,6 @@ def teacher_embeddings(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) unit vectors of teacher ``spec`` for ``paths`` and an (N,) bool mask of the
     images it could embed (no face found for it: False). Cached by content."""
-    from siamface.embed.load import create_embedder
-
     teacher = create_embedder(spec)
     digests = list(digests) if digests is not None else [file_digest(p) for p in paths]
     cache = TeacherCache(
@@ -224,3 +228,34 @@ class DistillationTerm(LossTerm):
             off = ~torch.eye(len(s), dtype=torch.bool, device=s.device)
             total = total + self.w_relational * ((s @ s.T - t @ t.T)[off] ** 2).mean()
         return total
+
+
+def teacher_term(
+    cfg: TrainConfig,
+    train: FaceImageDataset,
+    progress: bool = True,
+    log_fn: Callable[[str], None] = print,
+) -> DistillationTerm | None:
+    """The ``distill`` term towards the configured teachers' embeddings of the training
+    images (cached on disk by content), or None when the run has no teacher."""
+    teachers = cfg.teachers()
+    if not teachers:
+        return None
+    if train.paths is None:
+        raise SiamfaceError("distillation needs the training images' file paths")
+    digests = [file_digest(p) for p in train.paths]
+    parts, masks = [], []
+    for spec in teachers:
+        emb, ok = teacher_embeddings(spec, train.paths, digests, progress=progress, log_fn=log_fn)
+        parts.append(emb)
+        masks.append(ok)
+        log_fn(f"teacher {spec}: {int(ok.sum())}/{len(ok)} training images embedded")
+    targets, valid = ensemble(parts, masks)
+    return DistillationTerm(
+        "distill",
+        torch.from_numpy(targets),
+        torch.from_numpy(valid),
+        cfg.embedding_size,
+        cfg.distill_embedding,
+        cfg.distill_relational,
+    )

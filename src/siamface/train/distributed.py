@@ -25,9 +25,10 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -94,6 +95,35 @@ def broadcast_object(ctx: DistContext, obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+T = TypeVar("T")
+
+
+def main_decides(
+    ctx: DistContext, decide: Callable[[], T], error: type[SiamfaceError] = SiamfaceError
+) -> T:
+    """Rank 0 runs ``decide()``; every rank returns its result, or raises its error.
+
+    Writing files, validating and choosing the best epoch happen on rank 0 only; the other
+    processes must learn the outcome (a record, or that a write failed) so that all of them
+    continue, or stop, together. A :class:`~siamface.errors.SiamfaceError` raised by
+    ``decide`` is re-raised on rank 0 as it is and on the others as ``error`` with its message.
+    """
+    if not ctx.enabled:
+        return decide()
+    if ctx.is_main:
+        try:
+            value = decide()
+        except SiamfaceError as err:
+            broadcast_object(ctx, (None, str(err)))
+            raise
+        broadcast_object(ctx, (value, None))
+        return value
+    value, message = broadcast_object(ctx, None)
+    if message is not None:
+        raise error(message)
+    return value
 
 
 def agree(ctx: DistContext, flags: list[bool], device: torch.device) -> list[bool]:

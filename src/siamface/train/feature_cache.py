@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from siamface.embed.tensors import embed_tensors
-from siamface.train.callbacks import Callback
 from siamface.train.freeze import FreezeSchedule, backbone_stages
 from siamface.train.step import TrainStep
 
 if TYPE_CHECKING:
+    from siamface.tensors.dataset import FaceImageDataset
+    from siamface.tensors.transforms import Preprocessing
     from siamface.train.config import TrainConfig
-    from siamface.train.loop import Trainer
 
 
 def frozen_prefix(model: nn.Module, policy: str, backbone_frozen: bool) -> int | None:
@@ -145,38 +145,53 @@ class CachedPrefixStep(TrainStep):
         return emb.float()
 
 
-class FeatureCacheSwitch(Callback):
-    """Each epoch, run steps on cached prefix features when the frozen layers allow it
-    (after :class:`~siamface.train.freeze.FreezeSchedule` has set this epoch's policy).
+class FeatureCache:
+    """The step of each epoch: on cached prefix features when the frozen layers allow it
+    (:class:`~siamface.train.freeze.FreezeSchedule` decides the policy of each epoch), the
+    run's plain step otherwise. The loop asks :meth:`step_for` at every epoch start and gets a
+    step back; nothing is swapped behind its back.
 
     One cache serves the whole run when it can: the boundary of the ``trainable`` phase (the
     smaller prefix) also serves the frozen-backbone epochs before it, whose remaining frozen
     stages then run forward only. So each image goes through the early layers once per run.
     """
 
-    def __init__(self, schedule: FreezeSchedule, model: nn.Module, n_images: int) -> None:
+    def __init__(
+        self,
+        schedule: FreezeSchedule,
+        model: nn.Module,
+        n_images: int,
+        log: Callable[[str], None] = print,
+    ) -> None:
         self.schedule = schedule
+        self.model = model
         later = frozen_prefix(model, schedule.policy, backbone_frozen=False)
         self.run_k = later  # None: the trainable phase trains the whole backbone
         self.n_images = n_images
+        self.log = log
         self.cache: PrefixFeatureCache | None = None
         self.val_cache: PrefixFeatureCache | None = None
-        self.base: TrainStep | None = None
 
-    def _cache_for(self, model: nn.Module, k: int) -> PrefixFeatureCache:
+    def _cache_for(self, k: int) -> PrefixFeatureCache:
         if self.cache is None or self.cache.k != k:
-            self.cache = PrefixFeatureCache(model, k, self.n_images)
+            self.cache = PrefixFeatureCache(self.model, k, self.n_images)
         return self.cache
 
-    def prefill(self, trainer: Trainer) -> torch.Tensor | None:
+    def prefill(
+        self,
+        train: FaceImageDataset,
+        pre: Preprocessing,
+        device: torch.device,
+        channels_last: bool,
+        progress: bool = False,
+    ) -> torch.Tensor | None:
         """Fill the run's cache while computing the starting model's embeddings; None when
         the run has no cacheable boundary from its first epoch on."""
-        k = self.boundary(trainer.model, 0)
+        k = self.boundary(0)
         if k is None:
             return None
-        cache = self._cache_for(trainer.model, k)
-        trainer.log(self._describe(trainer.model, k))
-        train = trainer.data.train
+        cache = self._cache_for(k)
+        self.log(self._describe(k))
 
         def load(a: int, b: int) -> torch.Tensor:
             if train.pixels is not None:
@@ -187,52 +202,46 @@ class FeatureCacheSwitch(Callback):
                 )
             return torch.stack([train.raw(i) for i in range(a, b)])
 
-        return cache.fill_all(
-            load,
-            trainer.pre,
-            trainer.device,
-            trainer.cfg.channels_last,
-            progress=trainer.show_progress,
-        )
+        return cache.fill_all(load, pre, device, channels_last, progress=progress)
 
-    def validation_embeddings(self, trainer: Trainer) -> np.ndarray | None:
+    def validation_embeddings(
+        self,
+        pixels: torch.Tensor | None,
+        epoch: int,
+        pre: Preprocessing,
+        device: torch.device,
+        channels_last: bool,
+    ) -> np.ndarray | None:
         """The validation images' embeddings through the same frozen prefix, cached too: the
         prefix does not change during the run, so validation after the first epoch runs only
         the layers that train. None when this epoch has no cacheable boundary."""
-        pixels = trainer.data.val_pixels
-        k = self.boundary(trainer.model, trainer.state.epoch)
-        if k is None or pixels is None or trainer.opt.schedule_free:
+        k = self.boundary(epoch)
+        if k is None or pixels is None:
             return None
         if self.val_cache is None or self.val_cache.k != k:
-            self.val_cache = PrefixFeatureCache(trainer.model, k, len(pixels))
-
-        emb = self.val_cache.fill_all(
-            lambda a, b: pixels[a:b], trainer.pre, trainer.device, trainer.cfg.channels_last
-        )
+            self.val_cache = PrefixFeatureCache(self.model, k, len(pixels))
+        emb = self.val_cache.fill_all(lambda a, b: pixels[a:b], pre, device, channels_last)
         return emb.numpy()
 
-    @staticmethod
-    def _describe(model: nn.Module, k: int) -> str:
-        n = len(backbone_stages(model.backbone))
+    def _describe(self, k: int) -> str:
+        n = len(backbone_stages(self.model.backbone))
         where = "the whole backbone" if k == n else f"the first {k} of {n} backbone stages"
         return f"caching the output of {where} (frozen, augment=none)"
 
-    def boundary(self, model: nn.Module, epoch: int) -> int | None:
+    def boundary(self, epoch: int) -> int | None:
         frozen = self.schedule.backbone_frozen(epoch)
         if self.run_k is not None:
             return self.run_k
-        return frozen_prefix(model, self.schedule.policy, frozen)
+        return frozen_prefix(self.model, self.schedule.policy, frozen)
 
-    def on_epoch_start(self, trainer: Trainer) -> None:
-        if self.base is None:
-            self.base = trainer.step_fn
-        k = self.boundary(trainer.model, trainer.state.epoch)
+    def step_for(self, epoch: int, base: TrainStep) -> TrainStep:
+        """The step to train ``epoch`` with: ``base``, or one on cached prefix features."""
+        k = self.boundary(epoch)
         if k is None:
-            trainer.step_fn = self.base
             self.cache = None  # this phase trains the prefix: its features change
-            return
+            return base
         fresh = self.cache is None or self.cache.k != k
-        cache = self._cache_for(trainer.model, k)
+        cache = self._cache_for(k)
         if fresh:
-            trainer.log(self._describe(trainer.model, k))
-        trainer.step_fn = CachedPrefixStep(self.base, cache)
+            self.log(self._describe(k))
+        return CachedPrefixStep(base, cache)

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from siamface.train.callbacks import Callback
+from siamface.train.hooks import Hook
 
 if TYPE_CHECKING:
-    from siamface.train.loop import Trainer
+    from siamface.train.hooks import RunView
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -79,7 +79,7 @@ def apply_trainable(model: nn.Module, policy: str, backbone_frozen: bool, bn_fro
     return len(trained_ids)
 
 
-class FreezeSchedule(Callback):
+class FreezeSchedule(Hook):
     """Applies ``freeze_epochs`` / ``trainable`` / ``bn`` at the start of every epoch."""
 
     def __init__(self, freeze_epochs: int, policy: str, bn_frozen: bool) -> None:
@@ -91,11 +91,11 @@ class FreezeSchedule(Callback):
     def backbone_frozen(self, epoch: int) -> bool:
         return epoch < self.freeze_epochs
 
-    def on_epoch_start(self, trainer: Trainer) -> None:
-        frozen = self.backbone_frozen(trainer.state.epoch)
-        n = apply_trainable(trainer.model, self.policy, frozen, self.bn_frozen)
+    def on_epoch_start(self, view: RunView) -> None:
+        frozen = self.backbone_frozen(view.state.epoch)
+        n = apply_trainable(view.model, self.policy, frozen, self.bn_frozen)
         if self._last != (frozen, n):
             what = "backbone frozen (head + loss train)" if frozen else f"trainable={self.policy}"
             bn = ", BatchNorm statistics frozen" if self.bn_frozen else ""
-            trainer.log(f"epoch {trainer.state.epoch + 1}: {what}, {n} tensors train{bn}")
+            view.log(f"epoch {view.state.epoch + 1}: {what}, {n} tensors train{bn}")
             self._last = (frozen, n)

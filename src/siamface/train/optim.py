@@ -8,7 +8,7 @@ budget, so a time-limited run ends at ``eta_min`` instead of being cut off at a 
 Parameters reach the optimizer in *named* groups (``backbone``, ``head``, ``loss``), each with
 its own ``lr``; schedulers scale every group's base rate alike. A per-group learning rate or a
 freeze/unfreeze schedule therefore changes :func:`param_groups` (or sets ``requires_grad`` /
-``group["lr"]`` from a :class:`~siamface.train.callbacks.Callback`), never a preset.
+``group["lr"]`` from a :class:`~siamface.train.hooks.Hook`), never a preset.
 Each preset declares its own settings (``params=``, a :class:`~siamface.train.params.Params`
 model): the momentum belongs to ``sgd_step``, the cosine floor to the cosine presets, so
 ``optim.gamma`` is StepLR's factor under ``sgd_step`` and ExponentialLR's under
@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from siamface.registry import Registry
 from siamface.train.params import Params, param
@@ -31,6 +31,15 @@ if TYPE_CHECKING:
     from torch import nn
 
     from siamface.train.config import TrainConfig
+
+
+class Clock(Protocol):
+    """What a schedule reads to know how far the run is: the run's state object
+    (:class:`~siamface.train.state.Progress`) has this attribute, so the optimizer never
+    calls back into the loop."""
+
+    @property
+    def schedule_fraction(self) -> float: ...
 
 
 @dataclass
@@ -140,22 +149,24 @@ def param_groups(model: nn.Module, loss: nn.Module, cfg: TrainConfig) -> list[di
     return [g | {"lr": o.lr * mult[g["name"]]} for g in groups if g["params"]]
 
 
-def cosine_lambda(cfg: TrainConfig, progress: Callable[[], float]) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up, then cosine from 1 to eta_min/lr over ``progress``."""
+def cosine_lambda(cfg: TrainConfig, clock: Clock) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up, then cosine from 1 to eta_min/lr over the fraction of
+    the period ``clock`` reports when the scheduler steps."""
     o = cfg.optim
     floor = min(o.eta_min / o.lr, 1.0)
 
     def f(step: int) -> float:
         warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
-        p = min(max(progress(), 0.0), 1.0)
+        p = min(max(clock.schedule_fraction, 0.0), 1.0)
         return warm * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * p)))
 
     return f
 
 
-#: ``(groups, cfg, progress) -> OptimizerBundle``; ``progress()`` is the fraction (0..1) of
-#: the cosine period done, computed by the trainer from steps, ``t_max`` and the time budget.
-PresetBuilder = Callable[[list[dict], "TrainConfig", Callable[[], float]], OptimizerBundle]
+#: ``(groups, cfg, clock) -> OptimizerBundle``; ``clock.schedule_fraction`` is the fraction
+#: (0..1) of the cosine period done, kept by the run's state from steps, ``t_max`` and the
+#: time budget.
+PresetBuilder = Callable[[list[dict], "TrainConfig", Clock], OptimizerBundle]
 
 #: Every optimizer + scheduler preset by name (config key ``optimizer``).
 OPTIMIZER_REGISTRY: Registry[PresetBuilder] = Registry("optimizer preset", config_key="optimizer")
@@ -178,13 +189,13 @@ def fused(groups: list[dict]) -> dict[str, Any]:
 
 
 def _adam_cosine(cls_name: str):
-    def build(groups: list[dict], cfg: TrainConfig, progress: Callable[[], float]):
+    def build(groups: list[dict], cfg: TrainConfig, clock: Clock):
         import torch
 
         o = cfg.optim
         cls = getattr(torch.optim, cls_name)
         opt = cls(groups, lr=o.lr, weight_decay=o.weight_decay, eps=o.eps, **fused(groups))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(cfg, progress))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(cfg, clock))
         return OptimizerBundle(opt, sched, per_step=True, on_metric=False, schedule_free=False)
 
     return build
@@ -201,7 +212,7 @@ register_optimizer(
 @register_optimizer(
     "adamw_plateau", help="AdamW, lr x factor when validation stalls", params=PlateauParams
 )
-def adamw_plateau(groups: list[dict], cfg: TrainConfig, progress: Callable[[], float]):
+def adamw_plateau(groups: list[dict], cfg: TrainConfig, clock: Clock):
     import torch
 
     o = cfg.optim
@@ -217,7 +228,7 @@ def adamw_plateau(groups: list[dict], cfg: TrainConfig, progress: Callable[[], f
 @register_optimizer(
     "sgd_step", help="SGD with momentum, lr x gamma every step_size epochs", params=StepParams
 )
-def sgd_step(groups: list[dict], cfg: TrainConfig, progress: Callable[[], float]):
+def sgd_step(groups: list[dict], cfg: TrainConfig, clock: Clock):
     import torch
 
     o = cfg.optim
@@ -231,7 +242,7 @@ def sgd_step(groups: list[dict], cfg: TrainConfig, progress: Callable[[], float]
 @register_optimizer(
     "ranger_exponential", help="RAdam + Lookahead, lr x gamma per epoch", params=ExponentialParams
 )
-def ranger_exponential(groups: list[dict], cfg: TrainConfig, progress: Callable[[], float]):
+def ranger_exponential(groups: list[dict], cfg: TrainConfig, clock: Clock):
     import torch
     from timm.optim import Lookahead
 
@@ -248,7 +259,7 @@ def ranger_exponential(groups: list[dict], cfg: TrainConfig, progress: Callable[
     help="schedule-free AdamW (no schedule; averaged weights)",
     params=ScheduleFreeParams,
 )
-def schedule_free(groups: list[dict], cfg: TrainConfig, progress: Callable[[], float]):
+def schedule_free(groups: list[dict], cfg: TrainConfig, clock: Clock):
     import schedulefree
 
     o = cfg.optim
@@ -258,11 +269,9 @@ def schedule_free(groups: list[dict], cfg: TrainConfig, progress: Callable[[], f
     return OptimizerBundle(opt, None, per_step=False, on_metric=False, schedule_free=True)
 
 
-def build_optimizer(
-    groups: Iterable[dict], cfg: TrainConfig, progress: Callable[[], float]
-) -> OptimizerBundle:
+def build_optimizer(groups: Iterable[dict], cfg: TrainConfig, clock: Clock) -> OptimizerBundle:
     """Create the preset named by ``cfg.optim.name`` over ``groups``."""
-    return OPTIMIZER_REGISTRY.build(cfg.optim.name, list(groups), cfg, progress)
+    return OPTIMIZER_REGISTRY.build(cfg.optim.name, list(groups), cfg, clock)
 
 
 def optimizer_params(name: str) -> type[Params]:

@@ -6,12 +6,15 @@ separates faces it has never seen (the article validated on images of its traini
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
 from siamface.embed.pipeline import embed_files, plain_loader
 from siamface.embed.tensors import batch_embedder, embed_tensors
+from siamface.model.checkpoint import Checkpoint
 from siamface.scores.metrics import DEFAULT_FARS, VerificationMetrics
 from siamface.scores.pairs import score_all_pairs
 from siamface.tensors.transforms import Preprocessing, normalize_batch
@@ -21,6 +24,17 @@ from siamface.train.data import RunData
 #: sample of this many. Scoring runs in row blocks (bounded memory whatever the set size).
 VAL_MAX_IMPOSTORS = 2_000_000
 HIGHER_IS_BETTER = {"auc": True, "eer": False, "tar_at_far_1e-3": True, "accuracy": True}
+
+
+def metric_record(m: VerificationMetrics, ckpt: Checkpoint) -> dict[str, Any]:
+    """An epoch's validation numbers as history.json records them."""
+    return {
+        "val_auc": m.auc,
+        "val_eer": m.eer,
+        "val_tar_at_far_1e-3": m.tar_at_far.get("1e-03"),
+        "val_accuracy": m.best_accuracy,
+        "val_threshold": ckpt.threshold["value"] if ckpt.threshold else None,
+    }
 
 
 def metric_value(m: VerificationMetrics, name: str) -> float:

@@ -32,11 +32,12 @@ from siamface.scores.bootstrap import (
     histograms_all_pairs,
 )
 from siamface.train.checkpoints import BEST
+from siamface.train.rundir import writing
 from siamface.train.validation import metric_value
 
 if TYPE_CHECKING:
-    from siamface.scores.metrics import VerificationMetrics
-    from siamface.train.loop import Trainer
+    from siamface.train.hooks import RunView
+    from siamface.train.start import StartingModel
 
 #: Mixing weights tried by WiSE-FT (1.0, the fine-tuned weights, is the best epoch itself),
 #: from the fine-tuned end towards the start: on a tie the mix nearer the start wins.
@@ -63,36 +64,25 @@ def worse_beyond(row: dict, metric: str, margin: float) -> bool:
     return hi < -margin if METRICS[metric] else lo > margin
 
 
-def _validate(trainer: Trainer) -> VerificationMetrics | None:
-    """Validation metrics of the trainer's model as it is (rank 0 only, no collectives)."""
-    trainer.model.eval()
-    emb = None
-    if trainer.feature_cache is not None and trainer.validator.enabled:
-        emb = trainer.feature_cache.validation_embeddings(trainer)
-    return trainer.validator.run(trainer.model, emb)
-
-
-def wise_ft(trainer: Trainer, start_sd: dict, tuned_sd: dict) -> tuple[float, list[dict]]:
+def wise_ft(view: RunView, start_sd: dict, tuned_sd: dict) -> tuple[float, list[dict]]:
     """Choose the mixing weight on validation; returns (alpha, table). ``alpha = 1`` keeps the
     fine-tuned weights."""
-    cfg = trainer.cfg
-    best = next(
-        (h for h in trainer.state.history if h.get("epoch") == trainer.state.best_epoch), {}
-    )
+    cfg = view.cfg
+    best = next((h for h in view.state.history if h.get("epoch") == view.state.best_epoch), {})
     key = "val_" + cfg.select_metric  # how history.json names the validation metric
     table = [{"alpha": 1.0, cfg.select_metric: best.get(key)}]
     chosen, chosen_value = 1.0, best.get(key)
     higher = METRICS[cfg.select_metric]
     for a in WISE_ALPHAS:
-        trainer.model.load_state_dict(mix_weights(start_sd, tuned_sd, a))
-        m = _validate(trainer)
+        view.model.load_state_dict(mix_weights(start_sd, tuned_sd, a))
+        m = view.validate_here()
         if m is None:
             continue
         v = metric_value(m, cfg.select_metric)
         table.append({"alpha": a, cfg.select_metric: v, "auc": m.auc, "eer": m.eer})
         if chosen_value is None or (v >= chosen_value if higher else v <= chosen_value):
             chosen, chosen_value = a, v
-    trainer.log(
+    view.log(
         "WiSE-FT on validation: "
         + ", ".join(
             f"a={r['alpha']}: {r[cfg.select_metric]:.4f}"
@@ -105,39 +95,39 @@ def wise_ft(trainer: Trainer, start_sd: dict, tuned_sd: dict) -> tuple[float, li
 
 
 @torch.no_grad()
-def _embed(trainer: Trainer, sd: dict, pixels) -> np.ndarray:
-    trainer.model.load_state_dict(sd)
+def _embed(view: RunView, sd: dict, pixels) -> np.ndarray:
+    view.model.load_state_dict(sd)
     return embed_tensors(
-        trainer.model,
+        view.model,
         pixels,
-        trainer.pre,
+        view.pre,
         batch_size=128,
-        device=trainer.device,
-        channels_last=trainer.cfg.channels_last,
+        device=view.device,
+        channels_last=view.cfg.channels_last,
     ).numpy()
 
 
-def final_verdict(trainer: Trainer) -> dict[str, Any] | None:
+def final_verdict(view: RunView, start: StartingModel) -> dict[str, Any] | None:
     """WiSE-FT (if asked), then the candidate vs the start on the test identities; rewrites
     ``best.safetensors`` with whatever the verdict keeps. None without a start or test set."""
-    d, cfg = trainer.data, trainer.cfg
-    if trainer.start is None or not d.test_identities or d.test_pixels is None:
+    d, cfg = view.data, view.cfg
+    if not d.test_identities or d.test_pixels is None:
         return None
-    run = trainer.run_dir
-    start_sd = {k: v.cpu() for k, v in trainer.start.checkpoint.state_dict.items()}
+    run = view.run_dir
+    start_sd = {k: v.cpu() for k, v in start.checkpoint.state_dict.items()}
     best_ck = load_checkpoint(run / BEST)
     tuned_sd = best_ck.state_dict
-    was = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    was = {k: v.detach().clone() for k, v in view.model.state_dict().items()}
     out: dict[str, Any] = {
         "test_identities": len(d.test_identities),
         "test_images": int(len(d.test_labels)),
         "condition": d.condition,
         "select_metric": cfg.select_metric,
-        "best_epoch": trainer.state.best_epoch,
+        "best_epoch": view.state.best_epoch,
     }
     try:
-        cand_sd, cand = tuned_sd, f"epoch {trainer.state.best_epoch}"
-        if trainer.state.best_epoch == 0:
+        cand_sd, cand = tuned_sd, f"epoch {view.state.best_epoch}"
+        if view.state.best_epoch == 0:
             out.update(
                 kept="start",
                 verdict="no epoch beat the start on validation; "
@@ -145,11 +135,11 @@ def final_verdict(trainer: Trainer) -> dict[str, Any] | None:
             )
             return out
         if cfg.wise_ft:
-            alpha, table = wise_ft(trainer, start_sd, tuned_sd)
+            alpha, table = wise_ft(view, start_sd, tuned_sd)
             out["wise_ft"] = {"alpha": alpha, "validation": table}
             if alpha < 1.0:
                 cand_sd = mix_weights(start_sd, tuned_sd, alpha)
-                cand = f"WiSE-FT a={alpha} of epoch {trainer.state.best_epoch}"
+                cand = f"WiSE-FT a={alpha} of epoch {view.state.best_epoch}"
         out["candidate"] = cand
         groups = clusters_of(d.test_labels, MAX_CLUSTERS, cfg.seed)
         sets = {"test": d.test_pixels}
@@ -157,8 +147,8 @@ def final_verdict(trainer: Trainer) -> dict[str, Any] | None:
             sets["test_clean"] = d.test_clean_pixels
         comps = {}
         for name, pix in sets.items():
-            h_new = histograms_all_pairs(_embed(trainer, cand_sd, pix), d.test_labels, groups)
-            h_ref = histograms_all_pairs(_embed(trainer, start_sd, pix), d.test_labels, groups)
+            h_new = histograms_all_pairs(_embed(view, cand_sd, pix), d.test_labels, groups)
+            h_ref = histograms_all_pairs(_embed(view, start_sd, pix), d.test_labels, groups)
             comps[name] = compare(h_new, h_ref, cfg.verdict_replicates, cfg.seed)
         out["comparisons"] = comps
         main = comps["test"][cfg.select_metric]
@@ -179,8 +169,8 @@ def final_verdict(trainer: Trainer) -> dict[str, Any] | None:
                 "no metric significantly worse"
             )
             if cand_sd is not tuned_sd:
-                trainer.model.load_state_dict(cand_sd)
-                _save_best(trainer, cand_sd, best_ck.info.get("epoch", trainer.state.best_epoch))
+                view.model.load_state_dict(cand_sd)
+                _save_best(view, cand_sd, best_ck.info.get("epoch", view.state.best_epoch))
         else:
             why = f"significantly worse: {', '.join(worse)}" if worse else "gain not significant"
             out["kept"] = "start"
@@ -188,18 +178,16 @@ def final_verdict(trainer: Trainer) -> dict[str, Any] | None:
                 f"no significant gain ({format_delta(cfg.select_metric, main)}, {where}; "
                 f"{why}); best.safetensors is the starting model"
             )
-            _save_best(trainer, start_sd, 0)
+            _save_best(view, start_sd, 0)
         return out
     finally:
-        trainer.model.load_state_dict(was)
+        view.model.load_state_dict(was)
 
 
-def _save_best(trainer: Trainer, sd: dict, epoch: int) -> None:
+def _save_best(view: RunView, sd: dict, epoch: int) -> None:
     """Rewrite best.safetensors with ``sd``, its validation threshold measured now."""
-    from siamface.train.rundir import writing
-
-    trainer.model.load_state_dict(sd)
-    m = _validate(trainer)
-    ckpt = trainer.checkpoint(m, epoch)
-    with writing(trainer.run_dir / BEST, "a checkpoint"):
-        save_checkpoint(ckpt, trainer.run_dir / BEST)
+    view.model.load_state_dict(sd)
+    m = view.validate_here()
+    ckpt = view.checkpoint(m, epoch)
+    with writing(view.run_dir / BEST, "a checkpoint"):
+        save_checkpoint(ckpt, view.run_dir / BEST)
