@@ -15,7 +15,7 @@ from pydantic.fields import FieldInfo
 from siamface.train.config import SECTIONS, TrainConfig
 from siamface.train.config.chosen import ChosenSection
 from siamface.train.config.messages import allowed_range
-from siamface.train.miners import MINER_REGISTRY
+from siamface.train.losses import MINER_REGISTRY
 from siamface.train.params import Params, literal_choices
 from siamface.train.weights import named_sources
 

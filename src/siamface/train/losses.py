@@ -1,4 +1,6 @@
-"""The loss registry, on top of pytorch-metric-learning.
+"""The batch loss, on top of pytorch-metric-learning: which loss, and which pairs or triplets of
+the batch it looks at (the miner). Both are registries; reading this file tells what one step
+minimises.
 
 Each loss takes ``(embeddings, labels, indices_tuple=None)`` like a pml loss, so the training
 loop never branches on the loss type. Embeddings are L2-normalised, so every distance here is
@@ -17,10 +19,9 @@ builders so that ``siamface --help`` stays instant.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from siamface.registry import Registry
-from siamface.train.miners import build_miner  # noqa: F401 - re-exported (moved to miners.py)
 from siamface.train.params import NoParams, Params, param
 
 if TYPE_CHECKING:
@@ -152,3 +153,53 @@ def is_classifier(name: str) -> bool:
 def loss_params(name: str) -> type[Params]:
     """The settings loss ``name`` declares (none when it was registered without ``params=``)."""
     return LOSS_REGISTRY.get(name).facts.get("params", NoParams)
+
+
+# --- miners: which pairs or triplets of a batch the loss looks at -------------------------
+# A builder ``(cfg) -> pml miner | None`` per name; ``none`` lets the loss use every pair or
+# triplet of the batch (the article's setting).
+
+MinerBuilder = Callable[["TrainConfig"], Any]
+
+#: Every hard-example miner by name (config key ``miner``).
+MINER_REGISTRY: Registry[MinerBuilder] = Registry("miner")
+register_miner = MINER_REGISTRY.register
+
+
+def _cosine():
+    from pytorch_metric_learning import distances
+
+    return distances.CosineSimilarity()
+
+
+@register_miner("none", help="every pair / triplet of the batch")
+def no_miner(cfg: TrainConfig) -> None:
+    return None
+
+
+@register_miner("batch_hard", help="hardest positive and negative per anchor")
+def batch_hard(cfg: TrainConfig) -> Any:
+    from pytorch_metric_learning import miners
+
+    return miners.BatchHardMiner(distance=_cosine())
+
+
+@register_miner("semi_hard", help="negatives farther than the positive but within the margin")
+def semi_hard(cfg: TrainConfig) -> Any:
+    from pytorch_metric_learning import miners
+
+    return miners.TripletMarginMiner(
+        margin=cfg.margin, distance=_cosine(), type_of_triplets="semihard"
+    )
+
+
+@register_miner("multi_similarity", help="pairs violating the multi-similarity criterion")
+def multi_similarity_miner(cfg: TrainConfig) -> Any:
+    from pytorch_metric_learning import miners
+
+    return miners.MultiSimilarityMiner(epsilon=0.1, distance=_cosine())
+
+
+def build_miner(cfg: TrainConfig) -> Any:
+    """Hard-example miner picking the informative pairs/triplets of each batch, or None."""
+    return MINER_REGISTRY.build(cfg.miner, cfg)

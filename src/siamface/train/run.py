@@ -38,8 +38,7 @@ from siamface.train.finetune import FineTune
 from siamface.train.freeze import FreezeSchedule
 from siamface.train.hooks import Hook, RunView
 from siamface.train.interrupt import GracefulStop
-from siamface.train.losses import build_loss
-from siamface.train.miners import build_miner
+from siamface.train.losses import build_loss, build_miner
 from siamface.train.objective import LossTerm, MetricLossTerm, Objective
 from siamface.train.optim import OptimizerBundle, build_optimizer, param_groups
 from siamface.train.reporting import Reporter

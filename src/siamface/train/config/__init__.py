@@ -12,8 +12,7 @@ choices are resolved once per run in :mod:`.resolve`. ``--help`` and YAML render
 from siamface.train.config.load import make_config, parse_overrides, preset_names, preset_summary
 from siamface.train.config.messages import validate
 from siamface.train.config.schema import SECTIONS, TrainConfig
-from siamface.train.losses import LOSS_REGISTRY
-from siamface.train.miners import MINER_REGISTRY
+from siamface.train.losses import LOSS_REGISTRY, MINER_REGISTRY
 from siamface.train.optim import OPTIMIZER_REGISTRY
 
 # Snapshots of the registries' names at import, for callers that want a plain tuple.

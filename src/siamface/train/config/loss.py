@@ -9,8 +9,7 @@ from pydantic import field_validator, model_validator
 
 from siamface.registry import Registry
 from siamface.train.config.chosen import ChosenSection, one_of
-from siamface.train.losses import LOSS_REGISTRY, is_classifier
-from siamface.train.miners import MINER_REGISTRY
+from siamface.train.losses import LOSS_REGISTRY, MINER_REGISTRY, is_classifier
 from siamface.train.params import param
 
 
