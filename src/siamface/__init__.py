@@ -25,7 +25,7 @@ def load(path, device: str = "auto", threshold: float | None = None):
 
     See :func:`siamface.api.load`; imported lazily so ``import siamface`` stays light.
     """
-    from siamface.api import load as _load
+    from siamface.api import load as _load  # lazy: --help speed (PIL, numpy)
 
     return _load(path, device=device, threshold=threshold)
 
@@ -35,6 +35,6 @@ def watch(source, gallery, model=None, **options):
 
     See :func:`siamface.video.watch` (``siamface watch`` in Python); imported lazily.
     """
-    from siamface.video import watch as _watch
+    from siamface.video import watch as _watch  # lazy: --help speed (PIL, numpy)
 
     return _watch(source, gallery, model, **options)

@@ -31,7 +31,9 @@ from siamface.decide.verify import (
     pair_threshold,
     verify_claim,
 )
+from siamface.embed.load import create_embedder
 from siamface.errors import SiamfaceError
+from siamface.folders.images import load_rgb
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray]  # noqa: UP007 - readable alias
 
@@ -149,8 +151,7 @@ class FaceModel:
         """Who is in the photo: one answer per face (largest first), each with its ``box`` in
         photo pixels, the best ``top_k`` enrolled people and ``identity`` ("unknown" below the
         gallery's open-set threshold). ``gallery`` is a gallery folder, URL or open gallery."""
-        from siamface.folders.images import load_rgb
-        from siamface.gallery import open_gallery
+        from siamface.gallery import open_gallery  # lazy: sqlite3
 
         img = load_rgb(Path(image)) if isinstance(image, (str, Path)) else image
         if isinstance(img, np.ndarray):
@@ -179,7 +180,7 @@ class FaceModel:
         decided at the gallery's threshold (else ``threshold``/the load-time one, else the
         model's). ``gallery`` is a gallery folder or an open :class:`~siamface.gallery.Gallery`
         built with this model (another model's gallery is refused)."""
-        from siamface.gallery import Gallery
+        from siamface.gallery import Gallery  # lazy: sqlite3
 
         emb = self._embed_list([image], 1)[0]
 
@@ -206,6 +207,5 @@ def load(path: str | Path, device: str = "auto", threshold: float | None = None)
 
     ``threshold`` overrides the stored decision threshold.
     """
-    from siamface.embed.load import create_embedder
 
     return FaceModel(create_embedder(path, device=device), threshold=threshold)

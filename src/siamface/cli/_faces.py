@@ -14,6 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from siamface.errors import SiamfaceError
+from siamface.faces.choose import FacePick
+from siamface.faces.errors import AmbiguousFaceError
+from siamface.folders.images import ImageLoadError, load_rgb
+
 
 def add_face_arg(
     p: argparse.ArgumentParser, flag: str = "--face", which: str = "the photo"
@@ -34,10 +39,6 @@ def face_of(model, path: Path, pick: str | None, flag: str = "--face", quiet: bo
     :class:`SiamfaceError` naming every face when the choice is ambiguous and not settled
     by ``pick``, and for unreadable photos or photos without a face.
     """
-    from siamface.errors import SiamfaceError
-    from siamface.faces.choose import FacePick
-    from siamface.faces.errors import AmbiguousFaceError
-    from siamface.folders.images import ImageLoadError, load_rgb
 
     try:
         chosen = FacePick.parse(pick)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from siamface.decide.threshold import Threshold
+from siamface.embed.load import create_embedder
+
 if TYPE_CHECKING:
     from siamface.decide.threshold import Threshold
 
@@ -50,7 +53,6 @@ def positive_int(text: str) -> int:
 def threshold_value(text: str) -> Threshold:
     """``--threshold T``: a threshold given for this run, a cosine similarity in [-1, 1] (the
     rule the server, the API and ``gallery set`` apply too; 'nan' and 5 are refused)."""
-    from siamface.decide.threshold import Threshold  # lazy: --help speed
 
     try:
         return Threshold.given(text)
@@ -70,6 +72,5 @@ def rate(text: str) -> float:
 
 
 def open_model_arg(args: argparse.Namespace):
-    from siamface.embed.load import create_embedder
 
     return create_embedder(args.model, device=args.device, card=getattr(args, "card", None))

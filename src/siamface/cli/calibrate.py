@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 
 from siamface.cli._model_args import add_embed_args, add_model_args, open_model_arg, rate
+from siamface.errors import SiamfaceError
+from siamface.fileio import check_output_file
 
 #: Fewer impostor pairs than this above the threshold make the FAR estimate noisy.
 MIN_IMPOSTORS_ABOVE = 10
@@ -77,7 +79,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def checkpoint_path(model: str) -> Path:
     """The .safetensors file calibrate would rewrite; ONNX models are refused."""
-    from siamface.errors import SiamfaceError
 
     p = Path(model).expanduser()
     if p.suffix == ".onnx":
@@ -98,9 +99,8 @@ def other_target(args: argparse.Namespace) -> tuple[str, Path] | None:
     """Models whose threshold lives outside a checkpoint: ("fusion", file to write) for a
     fusion (a file, or ``a+b``, which needs --out), ("card", card to write) for a third-party
     ONNX file; None for checkpoints and built-in models."""
-    from siamface.embed.fusion import is_fusion_file
-    from siamface.embed.tta import split_tta
-    from siamface.errors import SiamfaceError
+    from siamface.embed.fusion import is_fusion_file  # lazy: --help speed
+    from siamface.embed.tta import split_tta  # lazy: --help speed
 
     base, tta = split_tta(args.model)
     p = Path(base).expanduser()
@@ -110,8 +110,8 @@ def other_target(args: argparse.Namespace) -> tuple[str, Path] | None:
             raise SiamfaceError(f"{args.model} is a shipped fusion: give --out FILE.json")
         return "fusion", out or p
     if p.suffix == ".onnx" and p.is_file():
-        from siamface.embed.card import card_beside
-        from siamface.embed.onnx_backend import has_siamface_metadata
+        from siamface.embed.card import card_beside  # lazy: --help speed
+        from siamface.embed.onnx_backend import has_siamface_metadata  # lazy: --help speed
 
         if has_siamface_metadata(p) and not args.card:
             return None  # an export: checkpoint_path explains what to do
@@ -130,9 +130,9 @@ def other_target(args: argparse.Namespace) -> tuple[str, Path] | None:
 def measure_threshold(args: argparse.Namespace):
     """Embed ``--data`` with ``--model`` and choose the threshold (at ``--far``, or for the
     best accuracy): (model, evaluation, threshold with its measured TAR/FAR and date, rates)."""
-    from siamface.decide.threshold import Threshold
-    from siamface.scores import evaluate as ev
-    from siamface.scores.metrics import DEFAULT_FARS
+    from siamface.decide.threshold import Threshold  # lazy: --help speed
+    from siamface.scores import evaluate as ev  # lazy: --help speed
+    from siamface.scores.metrics import DEFAULT_FARS  # lazy: --help speed (sklearn, scipy)
 
     ids = None
     if args.identities:
@@ -184,15 +184,17 @@ def run_other(args: argparse.Namespace, kind: str, out: Path) -> int:
     m = result.metrics
     old = model.threshold
     if kind == "fusion":
-        from siamface.embed.fusion import packaged_fusion, read_fusion, write_fusion
-        from siamface.embed.tta import split_tta
+        from siamface.embed.fusion import (  # lazy: --help speed
+            packaged_fusion,
+            read_fusion,
+            write_fusion,
+        )
+        from siamface.embed.tta import split_tta  # lazy: --help speed
 
         base = split_tta(args.model)[0]
         src = Path(base).expanduser()
         fusion = src if src.exists() else packaged_fusion(base.split("+"))
         if fusion is None:
-            from siamface.errors import SiamfaceError
-
             raise SiamfaceError(
                 f"{base} has no learned weights to keep: run siamface fuse to make a fusion file"
             )
@@ -202,7 +204,7 @@ def run_other(args: argparse.Namespace, kind: str, out: Path) -> int:
     else:
         import dataclasses
 
-        from siamface.embed.card import write_card
+        from siamface.embed.card import write_card  # lazy: --help speed
 
         card = dataclasses.replace(
             getattr(model, "inner", model).model_card,
@@ -223,17 +225,20 @@ def run_other(args: argparse.Namespace, kind: str, out: Path) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from siamface.fileio import check_output_file
-    from siamface.model.checkpoint import load_checkpoint, save_checkpoint
-    from siamface.model.zoo import get_pretrained, resolve_checkpoint
+    from siamface.model.checkpoint import (  # lazy: --help speed (torch, torchvision)
+        load_checkpoint,
+        save_checkpoint,
+    )
+    from siamface.model.zoo import (  # lazy: --help speed (torch, torchvision)
+        get_pretrained,
+        resolve_checkpoint,
+    )
 
     other = other_target(args)
     if other is not None:
         return run_other(args, *other)
     builtin = not Path(args.model).expanduser().exists() and get_pretrained(args.model)
     if builtin and not args.out:
-        from siamface.errors import SiamfaceError
-
         raise SiamfaceError(
             f"{args.model} is a built-in model: give --out FILE.safetensors for the calibrated copy"
         )
@@ -258,8 +263,6 @@ def run(args: argparse.Namespace) -> int:
     ckpt = resolve_checkpoint(args.model) if src is None else load_checkpoint(src)
     old = ckpt.threshold
     if ckpt.fingerprint != model.fingerprint:  # the file changed under us
-        from siamface.errors import SiamfaceError
-
         raise SiamfaceError(f"{src} changed while calibrating; run again")
     ckpt.threshold = rec
     save_checkpoint(ckpt, out)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from siamface.errors import SiamfaceError
+
 EPILOG = """\
 Reports identities, images, positive/negative pairs, unreadable files (corrupt, truncated,
 too small, broken links), files that are not images (.gif, .txt...), empty identity folders,
@@ -49,14 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _no_action(args: argparse.Namespace) -> int:
-    from siamface.errors import SiamfaceError
 
     raise SiamfaceError("say 'siamface data check DIR...'")
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from siamface.errors import SiamfaceError
-    from siamface.folders.check import check_dataset
+    from siamface.folders.check import check_dataset  # lazy: --help speed (torch, tqdm)
 
     if args.min_images < 2:
         raise SiamfaceError(f"--min-images must be at least 2, got {args.min_images}")

@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 
 from siamface.cli._model_args import add_embed_args, add_model_args, open_model_arg
+from siamface.errors import SiamfaceError
+from siamface.fileio import atomic_write, check_output_file
+from siamface.folders.images import is_image_path, unsupported_reason
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,8 +45,6 @@ def list_images(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     reported, not silently dropped; broken symbolic links count as images so that reading
     them reports them too.
     """
-    from siamface.errors import SiamfaceError
-    from siamface.folders.images import is_image_path, unsupported_reason
 
     if not root.is_dir():
         raise SiamfaceError(f"data folder not found: {root}")
@@ -74,8 +75,6 @@ def list_images(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from siamface.fileio import atomic_write, check_output_file
-
     root = Path(args.data).expanduser()
     out = Path(args.out).expanduser()
     if out.suffix != ".npz":
@@ -92,8 +91,6 @@ def run(args: argparse.Namespace) -> int:
     skipped += [(p.relative_to(root).as_posix(), r) for p, r in unused]
     ids = [rel[i].split("/")[0] if "/" in rel[i] else "" for i in kept]
     if not kept:
-        from siamface.errors import SiamfaceError
-
         first = next(iter(errors.items()))
         raise SiamfaceError(
             f"none of the {len(files)} images under {root} could be read "

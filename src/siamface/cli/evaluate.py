@@ -15,6 +15,8 @@ from siamface.cli._model_args import (
     positive_int,
     rate,
 )
+from siamface.errors import SiamfaceError
+from siamface.fileio import check_output_dir
 
 EPILOG = """\
 protocols:
@@ -122,17 +124,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _condition_names() -> list[str]:
-    from siamface.tensors.conditions import REGISTRY
+    from siamface.tensors.conditions import REGISTRY  # lazy: --help speed
 
     return list(REGISTRY)
 
 
 def run(args: argparse.Namespace) -> int:
-    from siamface.errors import SiamfaceError
-    from siamface.fileio import check_output_dir
-    from siamface.scores import evaluate as ev
-    from siamface.scores.metrics import DEFAULT_FARS
-    from siamface.scores.report import summary_lines
+    from siamface.scores import evaluate as ev  # lazy: --help speed
+    from siamface.scores.metrics import DEFAULT_FARS  # lazy: --help speed (sklearn, scipy)
+    from siamface.scores.report import summary_lines  # lazy: --help speed (sklearn, scipy)
 
     check_output_dir(args.out, "report folder")  # before minutes of embedding
 
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     )
     cond = None
     if args.condition:
-        from siamface.tensors.conditions import parse_condition
+        from siamface.tensors.conditions import parse_condition  # lazy: --help speed
 
         cond = parse_condition(args.condition, args.seed)
     elif args.condition_probe_only:
@@ -211,7 +211,7 @@ def _conditioned(model, cond, probe_only: bool):
     """(embedder of the first photos, embedder of the second photos or None)."""
     if not cond:
         return model, None
-    from siamface.scores.compare import ConditionedEmbedder
+    from siamface.scores.compare import ConditionedEmbedder  # lazy: --help speed
 
     seen = ConditionedEmbedder(model, cond)
     return (model, seen) if probe_only else (seen, None)
@@ -219,10 +219,9 @@ def _conditioned(model, cond, probe_only: bool):
 
 def _run_compare(args: argparse.Namespace, cond, common: dict) -> int:
     """``--compare``: both models on the same pairs, differences with intervals."""
-    from siamface.embed.load import create_embedder
-    from siamface.errors import SiamfaceError
-    from siamface.scores import compare as cmp
-    from siamface.scores import evaluate as ev
+    from siamface.embed.load import create_embedder  # lazy: --help speed
+    from siamface.scores import compare as cmp  # lazy: --help speed
+    from siamface.scores import evaluate as ev  # lazy: --help speed
 
     kw = {"batch_size": args.batch_size, "workers": args.workers, "progress": common["progress"]}
     opts = {"replicates": args.replicates, "seed": args.seed, **kw}

@@ -8,6 +8,11 @@ import sys
 from pathlib import Path
 
 from siamface.cli._model_args import MODEL_HELP
+from siamface.decide.threshold import Threshold
+from siamface.embed.load import create_embedder
+from siamface.errors import SiamfaceError
+from siamface.fileio import atomic_write, check_output_file
+from siamface.folders.identities import scan_identity_folders
 
 EPILOG = """\
 Protocol: identities are split (seeded) into enrolled people and strangers. Each enrolled
@@ -63,7 +68,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _resolve(args: argparse.Namespace) -> tuple[str, list[str], list[str] | None]:
-    from siamface.errors import SiamfaceError
 
     model, data, names = args.model, args.data, None
     if args.run:
@@ -94,12 +98,11 @@ def _resolve(args: argparse.Namespace) -> tuple[str, list[str], list[str] | None
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from siamface.decide.threshold import Threshold
-    from siamface.embed.load import create_embedder
-    from siamface.errors import SiamfaceError
-    from siamface.fileio import atomic_write, check_output_file
-    from siamface.folders.identities import scan_identity_folders
-    from siamface.gallery.identification import DEFAULT_FARS, evaluate_open_set, split_open_set
+    from siamface.gallery.identification import (  # lazy: --help speed (sklearn, scipy)
+        DEFAULT_FARS,
+        evaluate_open_set,
+        split_open_set,
+    )
 
     model_path, data, names = _resolve(args)
     if args.out:

@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from siamface.export.onnx_export import export_onnx
+    from siamface.export.onnx_export import export_onnx  # lazy: --help speed (torch, torchvision)
 
     report = export_onnx(
         args.model,

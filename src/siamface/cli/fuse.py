@@ -17,6 +17,8 @@ import json
 from pathlib import Path
 
 from siamface.cli._model_args import add_embed_args, positive_int, rate
+from siamface.errors import SiamfaceError
+from siamface.fileio import check_output_file
 
 EPILOG = """\
 examples:
@@ -76,19 +78,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from siamface.decide.threshold import Threshold
-    from siamface.embed.fusion import (
+    from siamface.decide.threshold import Threshold  # lazy: --help speed
+    from siamface.embed.fusion import (  # lazy: --help speed
         fit_fusion,
         fusion_pairs,
         fusion_record,
         write_fusion,
     )
-    from siamface.embed.load import create_embedder, model_reference
-    from siamface.embed.tta import FlipEmbedder
-    from siamface.errors import SiamfaceError
-    from siamface.fileio import check_output_file
-    from siamface.scores import evaluate as ev
-    from siamface.scores.metrics import DEFAULT_FARS, verification_metrics
+    from siamface.embed.load import create_embedder, model_reference  # lazy: --help speed
+    from siamface.embed.tta import FlipEmbedder  # lazy: --help speed
+    from siamface.scores import evaluate as ev  # lazy: --help speed
+    from siamface.scores.metrics import (  # lazy: --help speed (sklearn, scipy)
+        DEFAULT_FARS,
+        verification_metrics,
+    )
 
     if len(args.models) < 2:
         raise SiamfaceError("fuse needs two or more models, e.g. siamface fuse sface dlib ...")

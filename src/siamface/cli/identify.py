@@ -8,6 +8,10 @@ import sys
 
 from siamface.cli._faces import add_face_arg, face_of
 from siamface.cli._model_args import MODEL_HELP, threshold_value
+from siamface.cli.gallery import load_gallery_model
+from siamface.errors import SiamfaceError
+from siamface.folders.images import ImageLoadError, load_rgb
+from siamface.gallery import open_gallery
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,10 +49,6 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import numpy as np
-
-    from siamface.cli.gallery import load_gallery_model
-    from siamface.errors import SiamfaceError
-    from siamface.gallery import open_gallery
 
     if args.top_k < 1:
         raise SiamfaceError(f"--top-k must be at least 1, got {args.top_k}")
@@ -99,8 +99,6 @@ def run(args: argparse.Namespace) -> int:
 def _every_face(args, g, embedder, paths) -> int:
     """Every person in each photo: one search per face, answered with its box."""
     import numpy as np
-
-    from siamface.folders.images import ImageLoadError, load_rgb
 
     out, failed = [], False
     thr = args.threshold  # None: the gallery's own

@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from siamface.cli._model_args import positive_int
+from siamface.errors import SiamfaceError
+from siamface.fileio import check_output_file
+from siamface.model.article import ARTICLE_BACKBONE, ARTICLE_IMAGE_SIZE, import_article_model
+from siamface.tensors.transforms import IMAGENET_MEAN, IMAGENET_STD, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+
 EPILOG = """\
 The article's training script saves torch.save(model.state_dict()) of a SiameseNetwork: a
 timm backbone ('backbone.*', created with num_classes=0) and an nn.Linear ('embedder.*').
@@ -22,8 +28,6 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from siamface.cli._model_args import positive_int
-    from siamface.model.article import ARTICLE_BACKBONE, ARTICLE_IMAGE_SIZE
 
     p = sub.add_parser(
         "import",
@@ -61,16 +65,7 @@ def run(args: argparse.Namespace) -> int:
     import math
     from pathlib import Path
 
-    from siamface.errors import SiamfaceError
-    from siamface.fileio import check_output_file
-    from siamface.model.article import import_article_model
-    from siamface.model.checkpoint import save_checkpoint
-    from siamface.tensors.transforms import (
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        MAX_IMAGE_SIZE,
-        MIN_IMAGE_SIZE,
-    )
+    from siamface.model.checkpoint import save_checkpoint  # lazy: --help speed (torch, torchvision)
 
     if not MIN_IMAGE_SIZE <= args.image_size <= MAX_IMAGE_SIZE:
         raise SiamfaceError(

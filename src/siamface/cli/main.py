@@ -21,6 +21,7 @@ import sys
 import traceback
 
 from siamface.errors import SiamfaceError
+from siamface.fileio import describe_os_error
 from siamface.version import __version__
 
 #: Command names, in --help order; each lives in siamface.cli.<module> (see MODULES).
@@ -106,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def describe_unexpected(err: BaseException, debug: bool = False) -> str:
     """One line for an exception nobody anticipated, plus where its traceback went."""
-    from siamface.fileio import describe_os_error
 
     if isinstance(err, MemoryError):
         what = "out of memory (try a smaller --batch-size, fewer --workers or smaller images)"

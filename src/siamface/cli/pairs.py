@@ -7,6 +7,9 @@ import json
 from pathlib import Path
 
 from siamface.cli._model_args import positive_int
+from siamface.errors import SiamfaceError
+from siamface.fileio import check_output_file
+from siamface.scores.protocol import make_pairs, read_pairs, resolve_pairs, write_pairs
 
 EPILOG = """\
 examples:
@@ -52,7 +55,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _no_action(args: argparse.Namespace) -> int:
-    from siamface.errors import SiamfaceError
 
     raise SiamfaceError("say 'siamface pairs make ...' or 'siamface pairs check ...'")
 
@@ -71,8 +73,6 @@ def _summary(pf, path: Path) -> dict:
 
 
 def run_make(args: argparse.Namespace) -> int:
-    from siamface.fileio import check_output_file
-    from siamface.scores.protocol import make_pairs, write_pairs
 
     check_output_file(args.out, "pairs file")
     pf = make_pairs(args.data, args.folds, args.per_fold, args.seed)
@@ -89,7 +89,6 @@ def run_make(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from siamface.scores.protocol import read_pairs, resolve_pairs
 
     path = Path(args.pairs)
     pf = read_pairs(path)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from siamface.faces.align import AlignParams
+from siamface.faces.choose import DEFAULT_FACE_POLICY, FACE_POLICIES
+from siamface.faces.detect import DEFAULT_DETECTOR, detector_names
+
 EPILOG = """\
 examples:
   siamface prepare ../shared/data/celeba_wild data/celeba_aligned
@@ -41,8 +45,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0.0,
         help="extra context around the face as a fraction of the crop (0 = ArcFace framing)",
     )
-    from siamface.faces.choose import DEFAULT_FACE_POLICY, FACE_POLICIES
-    from siamface.faces.detect import DEFAULT_DETECTOR, detector_names
 
     p.add_argument(
         "--faces",
@@ -89,8 +91,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from siamface.faces.align import AlignParams
-    from siamface.faces.prepare import PrepareOptions, prepare_folders, summary_lines
+    from siamface.faces.prepare import (  # lazy: --help speed (tqdm)
+        PrepareOptions,
+        prepare_folders,
+        summary_lines,
+    )
 
     align = AlignParams(
         detector=args.detector,

@@ -6,6 +6,7 @@ import argparse
 import os
 
 from siamface.cli._model_args import CARD_HELP, MODEL_HELP, positive_int
+from siamface.errors import SiamfaceError
 from siamface.serve.settings import (
     BATCHING_MODES,
     DEFAULT_DECODE_WAIT_S,
@@ -139,15 +140,14 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from siamface.errors import SiamfaceError
-    from siamface.serve import create_app
+    from siamface.serve import create_app  # lazy: --help speed
 
     if not 0 <= args.port <= 65535:
         raise SiamfaceError(f"--port must be between 0 and 65535, got {args.port}")
     api_key = args.api_key or os.environ.get("SIAMFACE_API_KEY") or None
     model = args.model
     if args.card:
-        from siamface.embed.load import create_embedder
+        from siamface.embed.load import create_embedder  # lazy: --help speed
 
         model = create_embedder(args.model, device=args.device, card=args.card)
     app = create_app(

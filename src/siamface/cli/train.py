@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 from siamface.cli.train_config import config_help, default_yaml
+from siamface.errors import SiamfaceError
+from siamface.fileio import check_output_dir
 from siamface.train.config import make_config, preset_names, preset_summary
 
 EPILOG = """\
@@ -73,8 +75,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from siamface.errors import SiamfaceError
-    from siamface.fileio import check_output_dir
 
     if args.print_config:
         print(default_yaml(), end="")
@@ -85,7 +85,10 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"distill.unlabeled={dirs}")
     if args.seed is not None:
         overrides.append(f"run.seed={args.seed}")
-    from siamface.train.distributed import launch, launched_by_torchrun
+    from siamface.train.distributed import (  # lazy: --help speed (torch, tqdm)
+        launch,
+        launched_by_torchrun,
+    )
     from siamface.train.job import resume, resume_config, train  # lazy: --help speed
 
     if args.resume:

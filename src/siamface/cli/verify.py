@@ -22,6 +22,19 @@ from siamface.cli._model_args import (
     open_model_arg,
     threshold_value,
 )
+from siamface.cli.gallery import load_gallery_model
+from siamface.decide.threshold import Threshold
+from siamface.decide.verify import (
+    Verification,
+    decide_pair,
+    pair_threshold,
+    read_pairs_csv,
+    verify_claim,
+    verify_pairs,
+)
+from siamface.errors import SiamfaceError
+from siamface.fileio import atomic_write, check_output_file
+from siamface.gallery import Gallery
 
 EXIT_SAME, EXIT_DIFFERENT = 0, 1
 
@@ -75,7 +88,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from siamface.errors import SiamfaceError
 
     if args.gallery or args.person:
         return _run_claim(args)
@@ -98,10 +110,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_one(args: argparse.Namespace) -> int:
     import numpy as np
-
-    from siamface.decide.threshold import Threshold
-    from siamface.decide.verify import Verification, decide_pair, pair_threshold
-    from siamface.errors import SiamfaceError
 
     a, b = (Path(x).expanduser() for x in args.images)
     for p in (a, b):
@@ -147,10 +155,6 @@ def _because(r) -> str:
 
 def _run_claim(args: argparse.Namespace) -> int:
     """One face against a claimed identity enrolled in a gallery."""
-    from siamface.cli.gallery import load_gallery_model
-    from siamface.decide.verify import verify_claim
-    from siamface.errors import SiamfaceError
-    from siamface.gallery import Gallery
 
     if not (args.gallery and args.person):
         raise SiamfaceError("--gallery and --as go together: --gallery G --as NAME IMAGE")
@@ -193,9 +197,6 @@ def _one_json(args, model, r) -> dict:
 
 
 def _run_csv(args: argparse.Namespace) -> int:
-    from siamface.decide.threshold import Threshold
-    from siamface.decide.verify import pair_threshold, read_pairs_csv, verify_pairs
-    from siamface.fileio import atomic_write, check_output_file
 
     rows = read_pairs_csv(args.pairs_csv, args.root)  # checks every path before model work
     if args.out:

@@ -10,6 +10,7 @@ from PIL import Image
 
 from siamface.embed.pipeline import default_loader, embed_files
 from siamface.errors import SiamfaceError
+from siamface.faces.align import AlignedFace, align_face, centre_face
 from siamface.folders.images import load_rgb, resize_uint8
 from siamface.tensors.transforms import Preprocessing
 
@@ -118,10 +119,7 @@ class Embedder:
         """
         pre = self.preprocessing
         if pre.aligned:
-            from siamface.faces.align import align_face
-
             return align_face(img, pre, pick=pick, ambiguous=ambiguous)
-        from siamface.faces.align import AlignedFace
 
         return AlignedFace(resize_uint8(img.convert("RGB"), pre.image_size), None)
 
@@ -142,8 +140,6 @@ class Embedder:
         :func:`siamface.faces.align.centre_face`): the pairs protocol's no-face fallback."""
         pre = self.preprocessing
         if pre.aligned:
-            from siamface.faces.align import centre_face
-
             return centre_face(img, pre)
         return resize_uint8(img.convert("RGB"), pre.image_size)
 

@@ -22,6 +22,9 @@ from PIL import Image
 
 from siamface.embed.base import Embedder
 from siamface.errors import SiamfaceError
+from siamface.faces.align import CENTRE_FACE_FRACTION, AlignedFace, AlignParams, locate_face
+from siamface.faces.detect import get_detector
+from siamface.faces.errors import AmbiguousFaceError, NoFaceError
 from siamface.folders.images import load_rgb
 from siamface.tensors.transforms import Preprocessing
 
@@ -77,8 +80,6 @@ class DlibChipLoader:
         self.models_dir = models_dir
         self.ambiguous = ambiguous
         self._predictor = None
-        from siamface.faces.align import AlignParams
-        from siamface.faces.detect import get_detector
 
         params = AlignParams()
         get_detector(params.detector, params.min_score)  # a missing detector fails here
@@ -92,8 +93,6 @@ class DlibChipLoader:
         return self.locate(img, pick).crop
 
     def locate(self, img: Image.Image, pick=None):
-        from siamface.faces.align import AlignedFace, AlignParams, locate_face
-        from siamface.faces.errors import AmbiguousFaceError, NoFaceError
 
         dlib = _dlib()
         if self._predictor is None:
@@ -115,7 +114,6 @@ class DlibChipLoader:
     def centre_chip(self, img: Image.Image) -> np.ndarray:
         """dlib's chip of the photo's centre (no detection; the pairs protocol's no-face
         fallback, see :func:`siamface.faces.align.centre_face`)."""
-        from siamface.faces.align import CENTRE_FACE_FRACTION
 
         dlib = _dlib()
         if self._predictor is None:

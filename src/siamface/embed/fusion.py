@@ -33,6 +33,8 @@ from PIL import Image
 
 from siamface.embed.base import Embedder
 from siamface.errors import SiamfaceError
+from siamface.faces.align import AlignedFace
+from siamface.version import __version__
 
 FORMAT = "siamface.fusion"
 FORMAT_VERSION = 1
@@ -163,7 +165,6 @@ class FusedEmbedder(Embedder):
     def locate(self, img: Image.Image, pick=None, ambiguous: str = "pick"):
         """Every member's crop of the same face (members use one detector and one face
         rule, so they choose alike), packed; the choice is the first member's."""
-        from siamface.faces.align import AlignedFace
 
         found = [m.locate(img, pick=pick, ambiguous=ambiguous) for m in self.members]
         return AlignedFace(pack([f.crop for f in found]), found[0].choice)
@@ -339,8 +340,6 @@ def fusion_record(
 ) -> dict:
     """The JSON record of a learned fusion."""
     import sklearn
-
-    from siamface.version import __version__
 
     return {
         "format": FORMAT,

@@ -17,6 +17,7 @@ import numpy as np
 from siamface.embed.base import Embedder
 from siamface.embed.card import card_beside, read_card
 from siamface.errors import SiamfaceError
+from siamface.model.onnx_weights import runnable_graph
 from siamface.model.validate import check_onnx_metadata, parse_header
 from siamface.system import usable_cpus
 from siamface.tensors.transforms import Preprocessing
@@ -126,8 +127,6 @@ class CardOnnxEmbedder(OnnxEmbedder):
     ) -> None:
         import hashlib
         import json
-
-        from siamface.model.onnx_weights import runnable_graph
 
         path = Path(path)
         blob, changes = runnable_graph(path)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from siamface.faces.align import aligned_loader
 from siamface.folders.images import ImageLoadError, load_rgb, resize_uint8
 from siamface.system import usable_cpus
 from siamface.tensors.transforms import Preprocessing
@@ -42,8 +43,6 @@ def default_loader(pre: Preprocessing, ambiguous: str = "pick") -> FaceLoader:
     """The loader a checkpoint asks for: aligned models detect and align each image first
     (``ambiguous``: see :func:`siamface.faces.align.align_face`)."""
     if pre.aligned:
-        from siamface.faces.align import aligned_loader  # lazy: the detector stack
-
         return aligned_loader(pre, ambiguous)
     return plain_loader(pre)
 

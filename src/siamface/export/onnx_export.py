@@ -40,7 +40,7 @@ from siamface.fileio import atomic_write, check_output_file
 from siamface.folders.images import ImageLoadError, is_image_path, load_rgb
 from siamface.model.checkpoint import Checkpoint
 from siamface.model.zoo import resolve_checkpoint
-from siamface.tensors.transforms import Preprocessing
+from siamface.tensors.transforms import Preprocessing, normalize_batch
 from siamface.version import __version__
 
 DEFAULT_OPSET = 18
@@ -262,7 +262,6 @@ def parity_check(
     threshold and at the median PyTorch score (so both outcomes occur even when the stored
     threshold puts every synthetic pair on one side).
     """
-    from siamface.tensors.transforms import normalize_batch
 
     net = ckpt.build("cpu")
     with torch.inference_mode():
@@ -323,9 +322,9 @@ def _sample_faces(samples: Sequence[str | Path] | None, ckpt: Checkpoint) -> tup
     files = _spread(files, MAX_SAMPLE_IMAGES)
     faces = []
     if pre.aligned:
-        from siamface.faces.align import align_face_image as face_fn
+        from siamface.faces.align import align_face_image as face_fn  # lazy: guarded
     else:
-        from siamface.folders.images import resize_uint8
+        from siamface.folders.images import resize_uint8  # lazy: guarded
 
         def face_fn(img, pre):
             return resize_uint8(img, pre.image_size)

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from siamface.faces.align import AlignParams, align_face_image
+from siamface.faces.detect import check_detector_available
 from siamface.faces.errors import AmbiguousFaceError, NoFaceError, is_ambiguous
 from siamface.folders.images import ImageLoadError, file_digest, load_rgb
 from siamface.integrity import discard, open_sqlite_cache, row_digest, sqlite_files
@@ -52,7 +54,6 @@ WHAT = "aligned-face cache"
 
 def cache_key(pre: Preprocessing) -> str:
     """Short hash of everything that determines a crop's pixels."""
-    from siamface.faces.align import AlignParams
 
     params = AlignParams.from_dict(pre.align).to_dict()
     blob = json.dumps({"v": ALIGN_VERSION, "size": pre.image_size, "align": params}, sort_keys=True)
@@ -139,8 +140,6 @@ class CachedAlignedDecoder:
     """Path -> aligned HWC uint8 face, through the cache (a :data:`PathDecoder`)."""
 
     def __init__(self, pre: Preprocessing, root: Path | None = None) -> None:
-        from siamface.faces.align import AlignParams
-        from siamface.faces.detect import check_detector_available
 
         self.pre = pre
         # Bad settings or a missing detector package fail here, in the parent. The detector
@@ -150,7 +149,6 @@ class CachedAlignedDecoder:
         self.cache = FaceCache(pre, root)
 
     def __call__(self, path: str | Path) -> np.ndarray:
-        from siamface.faces.align import align_face_image
 
         try:
             digest = file_digest(path)

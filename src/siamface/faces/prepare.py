@@ -296,7 +296,6 @@ def prepare_folders(
     :class:`SiamfaceError` for unusable folders, a settings mismatch with an earlier run in
     the same ``OUT_DIR``, a missing detector, or when no face at all could be prepared.
     """
-    from siamface.faces.detect import get_detector  # noqa: PLC0415 - fail before any work
 
     opts = options or PrepareOptions()
     raw, out = Path(raw_dir).expanduser(), Path(out_dir).expanduser()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from siamface.errors import SiamfaceError
+from siamface.model.validate import ModelFileError, check_weights
 from siamface.tensors.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 if TYPE_CHECKING:  # torch loads on use, so that `siamface --help` can show the defaults
@@ -83,10 +84,9 @@ def import_article_model(
     :class:`Checkpoint` without a threshold (``siamface calibrate`` sets one)."""
     import torch  # noqa: PLC0415
 
-    from siamface.model.checkpoint import Checkpoint  # noqa: PLC0415
-    from siamface.model.network import ModelConfig  # noqa: PLC0415
-    from siamface.model.pretrained import read_state_dict  # noqa: PLC0415
-    from siamface.model.validate import ModelFileError, check_weights  # noqa: PLC0415
+    from siamface.model.checkpoint import Checkpoint  # lazy: torch, torchvision
+    from siamface.model.network import ModelConfig  # lazy: torch, torchvision
+    from siamface.model.pretrained import read_state_dict  # lazy: torch, tqdm
 
     path = Path(path).expanduser()
     with warnings.catch_warnings():  # torch's notes on pickle protocols are not for users

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from siamface.errors import SiamfaceError
+from siamface.model.registry import get_architecture
 
 #: Fraction of backbone tensors that must be filled from a weight file to accept it.
 MIN_MATCHED_FRACTION = 0.9
@@ -58,7 +59,6 @@ def _offline_file(backbone: str) -> Path | None:
 
 
 def _is_face_architecture(name: str) -> bool:
-    from siamface.model.registry import get_architecture
 
     return get_architecture(name) is not None
 
@@ -220,7 +220,7 @@ def load_pretrained(backbone: nn.Module, name: str, spec: str) -> str:
     if spec == "none":
         return "random initialisation"
     if spec == "auto" and _is_face_architecture(name):
-        from siamface.model.zoo import default_backbone_weights
+        from siamface.model.zoo import default_backbone_weights  # lazy: torchvision, timm
 
         found = default_backbone_weights(name)
         if found is None:

@@ -152,7 +152,7 @@ def check_preprocessing(pre: Mapping, path: Path | str, prefix: str = "preproces
     align = pre.get("align", {})
     if not isinstance(align, dict):
         raise _fail(path, f"header field '{prefix}.align' must be a JSON object")
-    from siamface.faces.align import AlignParams  # noqa: PLC0415 - torch-free, light
+    from siamface.faces.align import AlignParams  # lazy: PIL
 
     try:
         AlignParams.from_dict(align)
@@ -200,7 +200,7 @@ def contract_digest(meta: Mapping) -> str:
 
 def _check_model_section(model: Mapping, path: Path | str) -> None:
     """Every field :class:`ModelConfig` declares, by its annotated type; any network."""
-    from siamface.model.network import ModelConfig  # noqa: PLC0415 - pulls torch
+    from siamface.model.network import ModelConfig  # lazy: torch, torchvision
 
     types = {"str": str, "int": int, "float": (int, float), "bool": bool}
     for f in fields(ModelConfig):
@@ -293,7 +293,7 @@ def _expected_state(build) -> dict[str, _Spec]:
 def expected_model_state(model_cfg: Any) -> dict[str, _Spec]:
     """What a checkpoint of ``model_cfg`` must hold (cached: a server or a test session
     loads the same architecture many times; building it is most of the check's cost)."""
-    from siamface.model.network import build_model  # noqa: PLC0415 - pulls torch
+    from siamface.model.network import build_model  # lazy: torch, torchvision
 
     return _expected_state(lambda: build_model(model_cfg))
 
@@ -354,7 +354,7 @@ def check_weights(
     ``stray``: tensor names in the file that belong to neither the network nor the pair head.
     ``fingerprint``: the weights' fingerprint, compared with ``meta['fingerprint']``.
     """
-    from siamface.model.network import PairHead  # noqa: PLC0415 - pulls torch
+    from siamface.model.network import PairHead  # lazy: torch, torchvision
 
     if stray:
         raise _fail(path, f"unexpected tensors in the file: {_listing(stray)}")

@@ -20,9 +20,11 @@ import numpy as np
 import torch
 
 from siamface.errors import SiamfaceError
-from siamface.model.checkpoint import Checkpoint
+from siamface.model.checkpoint import Checkpoint, load_checkpoint
 from siamface.model.network import ModelConfig, build_model
+from siamface.model.onnx_weights import float_weight, read_onnx_weights
 from siamface.model.registry import get_architecture
+from siamface.model.sface import onnx_name_map
 from siamface.registry import Registry
 from siamface.tensors.transforms import Preprocessing
 
@@ -82,8 +84,6 @@ def sface_onnx_path() -> Path:
 @functools.lru_cache(maxsize=1)
 def _sface_arrays() -> dict[str, np.ndarray]:
     # Imported here: only models built from ONNX weights need the onnx package.
-    from siamface.model.onnx_weights import float_weight, read_onnx_weights
-    from siamface.model.sface import onnx_name_map
 
     consts = read_onnx_weights(sface_onnx_path())
     return {ours: float_weight(consts, theirs) for ours, theirs in onnx_name_map().items()}
@@ -188,7 +188,6 @@ def resolve_checkpoint(spec: str | Path) -> Checkpoint:
     A path that exists always wins, so a folder that happens to be called ``sface`` is still
     read as a folder.
     """
-    from siamface.model.checkpoint import load_checkpoint
 
     p = Path(spec).expanduser()
     if not p.exists() and str(spec) in ZOO:

@@ -156,7 +156,7 @@ def compare_pairs_file(
     **kw,
 ) -> dict:
     """The listed pairs only; identities are the pairs' names, resampled as groups."""
-    from siamface.scores.protocol import read_pairs, resolve_pairs
+    from siamface.scores.protocol import read_pairs, resolve_pairs  # lazy: PIL
 
     pairs_path = Path(pairs_path).expanduser()
     pf = read_pairs(pairs_path)

@@ -113,7 +113,7 @@ def held_out_identities(run_dir: str | Path) -> list[str]:
 
 def collect_images(data: Sequence[str | Path], identities: Sequence[str] | None = None):
     """Scan identity folders and keep the requested identities (all when None)."""
-    from siamface.folders.identities import scan_identity_folders
+    from siamface.folders.identities import scan_identity_folders  # lazy: PIL
 
     scan = scan_identity_folders(list(data))
     samples = scan.samples
@@ -181,8 +181,8 @@ def embed_all(embedder, paths: Sequence[Path], batch_size: int, workers, progres
 def _centre_fallback(embedder, paths: Sequence[Path], emb, kept, errors):
     """Embed the centre of every readable photo in ``errors`` where no face was found:
     (all embeddings in ``paths`` order, kept indices, remaining errors, centred paths)."""
-    from siamface.faces.errors import NoFaceError
-    from siamface.folders.images import ImageLoadError, load_rgb
+    from siamface.faces.errors import NoFaceError  # lazy: PIL
+    from siamface.folders.images import ImageLoadError, load_rgb  # lazy: PIL
 
     full = np.zeros((len(paths), embedder.embedding_size), dtype=np.float32)
     full[kept] = emb
@@ -284,7 +284,7 @@ def evaluate_pairs_file(
     listed in the report (``data.no_face_centre``); ``no_face="error"`` stops instead.
     ``probe_embedder``: the second photo of each pair is embedded by it instead (e.g. the same
     model seeing the photo under a camera condition)."""
-    from siamface.scores.protocol import kfold_accuracy, read_pairs, resolve_pairs
+    from siamface.scores.protocol import kfold_accuracy, read_pairs, resolve_pairs  # lazy: PIL
 
     if no_face not in ("centre", "error"):
         raise SiamfaceError(f"no_face must be 'centre' or 'error', got {no_face!r}")

@@ -40,7 +40,7 @@ def curve_and_metrics(
     scored: ScoredPairs, fars: tuple[float, ...]
 ) -> tuple[VerificationMetrics, dict]:
     """Metrics plus a compact ROC (one scikit-learn ROC computation for both)."""
-    from siamface.scores.plots import resample_curve
+    from siamface.scores.plots import resample_curve  # lazy: matplotlib, PIL
 
     m = scored.metrics(fars)
     scores, labels, weights = scored.weighted()
@@ -64,7 +64,7 @@ def operating_points(scored: ScoredPairs, m: VerificationMetrics, stored: dict |
 def write_plots(
     out_dir: Path, scored: ScoredPairs, m: VerificationMetrics, curve: dict, stored: dict | None
 ) -> dict[str, str]:
-    from siamface.scores.plots import plot_det, plot_histograms, plot_roc
+    from siamface.scores.plots import plot_det, plot_histograms, plot_roc  # lazy: matplotlib, PIL
 
     g_lo, g_hi = scored.genuine.quantile_range(0.0005, 0.9995)
     i_lo, i_hi = scored.impostor.quantile_range(0.0005, 0.9995)

@@ -13,15 +13,17 @@ __all__ = ["API_KEY_HEADER", "ApiError", "create_app"]
 
 def __getattr__(name: str):
     if name == "create_app":
-        from siamface.serve.app import create_app
+        from siamface.serve.app import create_app  # lazy: --help speed (fastapi, pydantic)
 
         return create_app
     if name == "ApiError":
-        from siamface.serve.errors import ApiError
+        from siamface.serve.errors import ApiError  # lazy: --help speed (fastapi, pydantic)
 
         return ApiError
     if name == "API_KEY_HEADER":
-        from siamface.serve.routes.deps import API_KEY_HEADER
+        from siamface.serve.routes.deps import (
+            API_KEY_HEADER,  # lazy: --help speed (fastapi, pydantic)
+        )
 
         return API_KEY_HEADER
     raise AttributeError(name)

@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from siamface.decide.threshold import Threshold
 from siamface.embed.load import Embedder, create_embedder
 from siamface.errors import SiamfaceError
+from siamface.faces.align import aligned_loader
 from siamface.serve.batcher import MicroBatcher
 from siamface.serve.errors import install_error_handlers
 from siamface.serve.limits import BodyLimit, PixelBudget
@@ -37,6 +38,7 @@ from siamface.serve.settings import (
     DEFAULT_MAX_PIXELS_IN_FLIGHT,
     DEFAULT_MAX_UPLOAD_MB,
 )
+from siamface.serve.watch_feed import WatchFeed
 from siamface.version import __version__
 
 log = logging.getLogger("siamface.serve")
@@ -92,14 +94,10 @@ def create_app(
         else create_embedder(model_path, device=device)
     )
     if embedder.preprocessing.aligned:
-        from siamface.faces.align import aligned_loader
-
         aligned_loader(embedder.preprocessing)  # a missing detector fails now, not per request
     gallery = open_gallery(gallery_path, embedder) if gallery_path is not None else None
     feed = None
     if watch is not None:
-        from siamface.serve.watch_feed import WatchFeed
-
         feed = WatchFeed(watch, gallery_path, embedder, watch_options)
     batched = batching == "on" or (batching == "auto" and runs_on_gpu(embedder))
     batcher = (

@@ -124,7 +124,7 @@ def backend_name(embedder: Embedder) -> str:
 def open_gallery(spec: str | Path, embedder: Embedder):
     """The service's gallery (a folder or a ``milvus://`` URL): opened, or created empty for
     this model, and checked against the model."""
-    from siamface.gallery import open_gallery as open_spec
+    from siamface.gallery import open_gallery as open_spec  # lazy: sqlite3
 
     spec = str(Path(spec).expanduser()) if "://" not in str(spec) else str(spec)
     return open_spec(
@@ -140,8 +140,8 @@ def open_gallery(spec: str | Path, embedder: Embedder):
 
 def new_person(name: str, embeddings: np.ndarray, uploads: list[Upload], metadata: dict):
     """The gallery record for an enrollment, with the first aligned face as the thumbnail."""
-    from siamface.gallery import NewPerson
-    from siamface.gallery.thumbnail import make_thumbnail
+    from siamface.gallery import NewPerson  # lazy: sqlite3
+    from siamface.gallery.thumbnail import make_thumbnail  # lazy: sqlite3
 
     first = uploads[0].face.transpose(1, 2, 0)
     return NewPerson(

@@ -17,6 +17,7 @@ from siamface.model.checkpoint import Checkpoint, save_checkpoint
 from siamface.model.network import ModelConfig
 from siamface.scores.metrics import VerificationMetrics
 from siamface.tensors.transforms import Preprocessing
+from siamface.train.rundir import writing
 from siamface.version import __version__
 
 BEST = "best.safetensors"
@@ -53,7 +54,6 @@ def build_checkpoint(
 
 def save_epoch_checkpoints(ckpt: Checkpoint, run_dir: Path, best: bool) -> None:
     """Always ``last``; ``best`` too when this epoch is the best so far."""
-    from siamface.train.rundir import writing
 
     for name, wanted in ((BEST, best), (LAST, True)):
         if wanted:

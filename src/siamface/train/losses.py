@@ -99,7 +99,7 @@ def contrastive(cfg: TrainConfig, num_classes: int) -> nn.Module:
     params=NoParams,
 )
 def bce(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    from siamface.train.pair_bce import PairBCELoss
+    from siamface.train.pair_bce import PairBCELoss  # lazy: torch, torchvision
 
     return PairBCELoss()
 
@@ -119,7 +119,7 @@ def multi_similarity(cfg: TrainConfig, num_classes: int) -> nn.Module:
 def arcface(cfg: TrainConfig, num_classes: int) -> nn.Module:
     from pytorch_metric_learning import losses
 
-    from siamface.train.partial_fc import PartialFCLoss
+    from siamface.train.partial_fc import PartialFCLoss  # lazy: torch, numpy
 
     p = cfg.objective
     pml = losses.ArcFaceLoss(num_classes, cfg.embedding_size, margin=p.margin, scale=p.scale)
@@ -133,7 +133,7 @@ def arcface(cfg: TrainConfig, num_classes: int) -> nn.Module:
 def cosface(cfg: TrainConfig, num_classes: int) -> nn.Module:
     from pytorch_metric_learning import losses
 
-    from siamface.train.partial_fc import PartialFCLoss
+    from siamface.train.partial_fc import PartialFCLoss  # lazy: torch, numpy
 
     p = cfg.objective
     pml = losses.CosFaceLoss(num_classes, cfg.embedding_size, margin=p.margin, scale=p.scale)

@@ -29,14 +29,14 @@ register_weights_source = WEIGHT_SOURCES.register
 
 @register_weights_source("auto", help="offline package weights if known, else the timm hub")
 def _auto(backbone: nn.Module, name: str, spec: str) -> str:
-    from siamface.model.pretrained import load_pretrained
+    from siamface.model.pretrained import load_pretrained  # lazy: torch, numpy
 
     return load_pretrained(backbone, name, "auto")
 
 
 @register_weights_source("hub", help="timm's hub download (needs network)")
 def _hub(backbone: nn.Module, name: str, spec: str) -> str:
-    from siamface.model.pretrained import load_from_hub
+    from siamface.model.pretrained import load_from_hub  # lazy: torch, numpy
 
     return load_from_hub(backbone, name)
 
@@ -48,7 +48,7 @@ def _none(backbone: nn.Module, name: str, spec: str) -> str:
 
 @register_weights_source("file", help="a local .pth / .safetensors state dict", path=True)
 def _file(backbone: nn.Module, name: str, spec: str) -> str:
-    from siamface.model.pretrained import load_backbone_file
+    from siamface.model.pretrained import load_backbone_file  # lazy: torch, numpy
 
     return load_backbone_file(backbone, Path(spec).expanduser())
 
