@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from siamface.cli.gallery import load_gallery_model
+    from siamface.cli.gallery._shared import load_gallery_model
     from siamface.errors import SiamfaceError
     from siamface.gallery import open_gallery
 

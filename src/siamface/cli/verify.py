@@ -147,7 +147,7 @@ def _because(r) -> str:
 
 def _run_claim(args: argparse.Namespace) -> int:
     """One face against a claimed identity enrolled in a gallery."""
-    from siamface.cli.gallery import load_gallery_model
+    from siamface.cli.gallery._shared import load_gallery_model
     from siamface.decide.verify import verify_claim
     from siamface.errors import SiamfaceError
     from siamface.gallery import Gallery
