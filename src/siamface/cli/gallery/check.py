@@ -57,14 +57,14 @@ def _half_made(spec: str) -> str | None:
 
     if backend_name(spec) != "milvus":
         return None
-    from siamface.gallery.milvus import milvus_state  # lazy: --help speed
+    from siamface.gallery.milvus.half_made import milvus_state  # lazy: --help speed
 
     state, detail = milvus_state(spec)
     return detail if state == "half-made" else None
 
 
 def _check_half_made(args: argparse.Namespace, why: str) -> int:
-    from siamface.gallery.milvus import drop_milvus_gallery  # lazy: --help speed
+    from siamface.gallery.milvus.half_made import drop_milvus_gallery  # lazy: --help speed
 
     problem = {"person": None, "kind": "gallery", "problem": f"half-made: {why}"}
     dropped: list[str] = []

@@ -30,7 +30,10 @@ def run_drop(args: argparse.Namespace) -> int:
     from siamface.gallery.backends import backend_name  # lazy: --help speed
 
     if backend_name(args.gallery) == "milvus":
-        from siamface.gallery.milvus import drop_milvus_gallery, milvus_state  # lazy: --help speed
+        from siamface.gallery.milvus.half_made import (
+            drop_milvus_gallery,
+            milvus_state,
+        )  # lazy: --help speed
 
         state, detail = milvus_state(args.gallery)
         if state in ("absent", "foreign"):
