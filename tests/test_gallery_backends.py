@@ -281,7 +281,7 @@ def test_killed_writer_leaves_no_half_person(gallery, spec, point):
 def _milvus_rows(spec: str) -> int:
     from pymilvus import MilvusClient
 
-    from siamface.gallery.milvus import parse_spec
+    from siamface.gallery.milvus.connection import parse_spec
 
     uri, name = parse_spec(spec)
     c = MilvusClient(uri=uri)

@@ -8,7 +8,7 @@ import sys
 
 from siamface.cli._faces import add_face_arg, face_of
 from siamface.cli._model_args import MODEL_HELP, threshold_value
-from siamface.cli.gallery import load_gallery_model
+from siamface.cli.gallery._shared import load_gallery_model
 from siamface.errors import SiamfaceError
 from siamface.folders.images import ImageLoadError, load_rgb
 from siamface.gallery import open_gallery

@@ -22,7 +22,7 @@ from siamface.cli._model_args import (
     open_model_arg,
     threshold_value,
 )
-from siamface.cli.gallery import load_gallery_model
+from siamface.cli.gallery._shared import load_gallery_model
 from siamface.decide.threshold import Threshold
 from siamface.decide.verify import (
     Verification,

@@ -104,7 +104,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from siamface.cli.gallery import load_gallery_model
+    from siamface.cli.gallery._shared import load_gallery_model
     from siamface.errors import OutputError, SiamfaceError
     from siamface.gallery import open_gallery
     from siamface.video import Watcher, WatchOptions

@@ -22,7 +22,7 @@ BACKENDS.register_lazy(
 )
 BACKENDS.register_lazy(
     "milvus",
-    "siamface.gallery.milvus:MilvusGallery",
+    "siamface.gallery.milvus.backend:MilvusGallery",
     help="a Milvus collection (pymilvus)",
     schemes=("milvus", "http", "https"),
 )

@@ -34,18 +34,12 @@ from siamface.gallery.faults import fault_point
 from siamface.gallery.gallery import Gallery
 from siamface.gallery.index import INDEX_KINDS
 from siamface.gallery.records import NewPerson, PersonRecord
-from siamface.gallery.store import (
-    DB_NAME,
-    FORMAT,
-    FORMAT_VERSION,
-    Store,
-    mean_template,
-)
-from siamface.gallery.store import (
-    disk_error as _disk_error,
-)
+from siamface.gallery.store import DB_NAME, FORMAT, FORMAT_VERSION, Store
+from siamface.gallery.store import disk_error as _disk_error
+from siamface.gallery.store_check import check_vectors
 from siamface.gallery.sync import INDEX_NAME, LOCK_NAME, DerivedIndex
 from siamface.gallery.validation import checked_settings, usable
+from siamface.gallery.vectors import mean_template
 from siamface.names import normal_name, skeleton
 
 __all__ = ["DB_NAME", "INDEX_NAME", "LOCK_NAME", "BuiltinGallery"]
@@ -341,7 +335,7 @@ class BuiltinGallery(Gallery):
     # -- checking ------------------------------------------------------------------------
     def check(self) -> list[dict]:
         with self._lock:
-            return self.store.check_vectors(self.embedding_size)
+            return check_vectors(self.store, self.embedding_size)
 
     def repair(
         self, problems: list[dict], reembed: Callable[[str], np.ndarray | None] | None = None

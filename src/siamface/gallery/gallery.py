@@ -36,7 +36,6 @@ from siamface.decide.open_set import UNKNOWN, Candidate, Match, SearchResult, de
 from siamface.decide.threshold import Threshold
 from siamface.errors import SiamfaceError
 from siamface.gallery.records import NewPerson, PersonRecord
-from siamface.gallery.store import mean_template
 from siamface.gallery.validation import (
     AGGREGATIONS,
     DEFAULT_AGGREGATION,
@@ -46,6 +45,7 @@ from siamface.gallery.validation import (
     checked_person,
     unit_vectors,
 )
+from siamface.gallery.vectors import mean_template
 from siamface.names import lookalike_error, lookalike_of, normal_name, skeleton
 
 __all__ = [

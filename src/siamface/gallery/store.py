@@ -7,10 +7,9 @@ is *derived* data: every committed change bumps a ``version`` counter here, the 
 records the version it was built from, and a stale or missing index is rebuilt from this
 database (see :mod:`siamface.gallery.gallery`).
 
-Embeddings are stored exactly (float32 blobs), so search results can be re-scored exactly
-even when the in-memory index is compressed. Every vector read back is checked (right length,
-finite, unit norm) and a damaged one raises :class:`DamagedVectorError` naming its person:
-a NaN vector must never make search skip someone silently and name someone else.
+Embeddings are stored exactly (float32 blobs, see :mod:`siamface.gallery.vectors`). Every
+vector read back is checked and a damaged one raises an error naming its person; the full
+scan of ``gallery check`` is :mod:`siamface.gallery.store_check`.
 """
 
 from __future__ import annotations
@@ -27,6 +26,12 @@ import numpy as np
 
 from siamface.errors import SiamfaceError
 from siamface.gallery.records import NewPerson, PersonRecord
+from siamface.gallery.vectors import (
+    DamagedVectorError,
+    from_blobs,
+    mean_template,
+    to_blob,
+)
 
 __all__ = ["DB_NAME", "FORMAT", "FORMAT_VERSION", "NewPerson", "PersonRecord", "Store"]
 
@@ -92,63 +97,6 @@ def disk_error(err: sqlite3.Error, path: Path) -> SiamfaceError | None:
     if "readonly" in text or "read-only" in text:
         return SiamfaceError(f"gallery {folder} is read-only; nothing was written")
     return None
-
-
-def to_blob(vec: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vec, dtype="<f4").tobytes()
-
-
-#: How far a stored vector's norm may be from 1 (float32 rounding is ~1e-7).
-NORM_TOLERANCE = 1e-3
-
-
-class DamagedVectorError(SiamfaceError):
-    """A stored vector is not a finite unit vector of the gallery's size. ``row`` is its
-    position in the rows being decoded; the store turns it into a message naming the person."""
-
-    def __init__(self, row: int, why: str) -> None:
-        super().__init__(f"row {row}: {why}")
-        self.row, self.why = row, why
-
-
-def vector_problems(blobs: Sequence[bytes | None], dim: int) -> dict[int, str]:
-    """{row: why} for every blob that is not a finite unit float32 vector of ``dim``."""
-    out: dict[int, str] = {}
-    good: list[int] = []
-    for i, b in enumerate(blobs):
-        n = len(b) if isinstance(b, bytes | bytearray | memoryview) else -1
-        if n != 4 * dim:
-            out[i] = "missing" if n < 0 else f"{n} bytes, expected {4 * dim} ({dim} float32 values)"
-        else:
-            good.append(i)
-    if good:
-        v = np.frombuffer(b"".join(bytes(blobs[i]) for i in good), dtype="<f4").reshape(-1, dim)
-        finite = np.isfinite(v).all(axis=1)
-        norms = np.linalg.norm(np.where(np.isfinite(v), v, 0).astype(np.float64), axis=1)
-        for k, i in enumerate(good):
-            if not finite[k]:
-                out[i] = "NaN or infinite values"
-            elif abs(norms[k] - 1.0) > NORM_TOLERANCE:
-                out[i] = f"norm {norms[k]:.4g}, expected a unit vector"
-    return out
-
-
-def from_blobs(blobs: Sequence[bytes], dim: int) -> np.ndarray:
-    """Decode stored vectors, refusing any that is damaged (:class:`DamagedVectorError`)."""
-    if not blobs:
-        return np.zeros((0, dim), dtype=np.float32)
-    bad = vector_problems(blobs, dim)
-    if bad:
-        row = min(bad)
-        raise DamagedVectorError(row, bad[row])
-    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim).astype(np.float32)
-
-
-def mean_template(emb: np.ndarray) -> np.ndarray:
-    """The person's template: the normalised mean of their unit image embeddings."""
-    m = emb.astype(np.float64).mean(axis=0)
-    n = np.linalg.norm(m)
-    return (m / n if n > 0 else m).astype(np.float32)
 
 
 class Store:
@@ -505,55 +453,6 @@ class Store:
             )
             found.update(self.conn.execute(q, chunk).fetchall())
         return np.array([found.get(i, -1) for i in ids], dtype=np.int64)
-
-    def check_vectors(self, dim: int, chunk: int = 16384) -> list[dict]:
-        """Every damaged stored vector: image embeddings and person templates, each with its
-        person's name and why (``gallery check``)."""
-        found: list[dict] = []
-        queries = (
-            (
-                "image",
-                "SELECT i.id, i.embedding, p.id, p.name, i.ref FROM images i "
-                "JOIN people p ON p.id = i.person_id WHERE i.id > ? ORDER BY i.id LIMIT ?",
-            ),
-            (
-                "template",
-                "SELECT p.id, p.template, p.id, p.name, NULL FROM people p "
-                "WHERE p.template IS NOT NULL AND p.id > ? ORDER BY p.id LIMIT ?",
-            ),
-        )
-        for kind, sql in queries:
-            last = -1
-            while rows := self.conn.execute(sql, (last, chunk)).fetchall():
-                for k, why in vector_problems([r[1] for r in rows], dim).items():
-                    vid, _, pid, name, ref = rows[k]
-                    found.append(
-                        {
-                            "person": name,
-                            "person_id": pid,
-                            "kind": kind,
-                            "id": vid,
-                            "ref": ref,
-                            "problem": why,
-                        }
-                    )
-                last = int(rows[-1][0])
-        people_without = self.conn.execute(
-            "SELECT p.id, p.name FROM people p WHERE NOT EXISTS "
-            "(SELECT 1 FROM images i WHERE i.person_id = p.id)"
-        ).fetchall()
-        for pid, name in people_without:
-            found.append(
-                {
-                    "person": name,
-                    "person_id": pid,
-                    "kind": "person",
-                    "id": pid,
-                    "ref": None,
-                    "problem": "no images",
-                }
-            )
-        return found
 
     def set_embedding(self, image_id: int, vec: np.ndarray) -> None:
         """Replace one image's embedding (inside the caller's transaction; repair)."""
