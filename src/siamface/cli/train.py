@@ -97,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
         if Path(args.resume).is_dir():
             check_output_dir(args.resume, "run directory")  # writable, disk not full
         cfg = resume_config(args.resume, overrides)  # a bad key or run refused before work
-        if cfg.nproc > 1 and not launched_by_torchrun():
-            return launch(cfg.nproc, _argv(args))
+        if cfg.machine.nproc > 1 and not launched_by_torchrun():
+            return launch(cfg.machine.nproc, _argv(args))
         summary = resume(args.resume, overrides, progress=not args.no_progress)
     else:
         if not args.data:
@@ -112,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
             )
         cfg = make_config(args.config, overrides)  # validated before anything else happens
         check_output_dir(out, "run directory")  # a file, read-only, a full disk: refused now
-        if cfg.nproc > 1 and not launched_by_torchrun():
-            return launch(cfg.nproc, _argv(args))
+        if cfg.machine.nproc > 1 and not launched_by_torchrun():
+            return launch(cfg.machine.nproc, _argv(args))
         summary = train(cfg, args.data, out, progress=not args.no_progress)
     if args.json and summary.get("rank") != "other":  # one summary, from rank 0
         print(json.dumps(summary, indent=1))

@@ -37,7 +37,7 @@ def alignment_for(
     starting model (``init``) was trained on aligned faces: a face model fed unaligned crops
     is a different, worse model.
     """
-    if cfg.align == "false":
+    if cfg.data.align == "false":
         return False, {}, False
     markers = {d: read_marker(d) for d in data_dirs}
     found = {d: m for d, m in markers.items() if m is not None}
@@ -57,7 +57,7 @@ def alignment_for(
                 "them with the same options (one model expects one kind of crop)"
             )
         return True, dict(aligns[0]), False
-    if cfg.align == "true" or model_aligned:
+    if cfg.data.align == "true" or model_aligned:
         return True, {}, True
     return False, {}, False
 
@@ -90,7 +90,7 @@ class RunData:
 
 def cache_bytes(cfg: TrainConfig, local_world: int) -> int:
     """Decoded-pixel budget of one process: ``cache_gb`` is per machine."""
-    return int(cfg.cache_gb * 1024**3) // max(1, local_world)
+    return int(cfg.machine.cache_gb * 1024**3) // max(1, local_world)
 
 
 def cap_validation(val_ids: list[str], counts: Counter, cap: int, seed: int) -> list[str]:
@@ -144,8 +144,8 @@ def prepare_run_data(
             base.image_size, base.mean, base.std, aligned=aligned, align=dict(base.align)
         )
     else:
-        mean, std = backbone_default_norm(cfg.backbone)
-        pre = Preprocessing(cfg.image_size, mean, std, aligned=aligned, align=align_params)
+        mean, std = backbone_default_norm(cfg.model.backbone)
+        pre = Preprocessing(cfg.model.image_size, mean, std, aligned=aligned, align=align_params)
     decoder = CachedAlignedDecoder(pre) if on_the_fly else None
     check = f"align:{json.dumps(pre.align, sort_keys=True)}" if on_the_fly else "decode"
     # Faces without identities (distillation only) are checked in the same pass and share
@@ -155,7 +155,7 @@ def prepare_run_data(
     n_samples = len(paths)
     all_paths = paths + list(extra)
     keep = len(all_paths) * 3 * pre.image_size**2 <= cache_bytes(cfg, ctx.local_world_size)
-    index = ScanIndex(index_path(cfg.scan_cache))
+    index = ScanIndex(index_path(cfg.data.scan_cache))
     try:
         if ctx.enabled and not ctx.is_main:
             barrier(ctx)  # wait for rank 0 to fill the index
@@ -182,7 +182,7 @@ def prepare_run_data(
         [scan.samples[i] for i in good],
         unreadable,
         scan.ignored,
-        cfg.min_images_per_identity,
+        cfg.data.min_images_per_identity,
         empty_identities=scan.empty_identities,
         digests=digests,
     )
@@ -190,21 +190,23 @@ def prepare_run_data(
     cross = {Path(f) for d in report.duplicates_across_identities for f in d["files"]}
     good = [i for i in good if scan.samples[i].path not in cross]
     counts = Counter(scan.samples[i].identity for i in good)
-    kept_ids = sorted(i for i, n in counts.items() if n >= cfg.min_images_per_identity)
+    kept_ids = sorted(i for i, n in counts.items() if n >= cfg.data.min_images_per_identity)
     if len(kept_ids) < 2:
         raise SiamfaceError(
-            f"need at least 2 identities with >= {cfg.min_images_per_identity} readable images; "
+            f"need at least 2 identities with >= {cfg.data.min_images_per_identity} readable "
+            "images; "
             f"found {len(kept_ids)}"
         )
     # The test identities are carved first, with their own seed, so that adding a test split
     # leaves the rule that draws validation identities from the rest unchanged.
-    rest, test_ids = split_identities(kept_ids, cfg.test_identities, cfg.seed + 7919)
-    train_ids, val_ids = split_identities(rest, cfg.val_identities, cfg.seed)
-    val_ids = cap_validation(val_ids, counts, cfg.val_max_images, cfg.seed)
-    if len(train_ids) * cfg.m_per_class < cfg.batch_size:
+    rest, test_ids = split_identities(kept_ids, cfg.data.test_identities, cfg.run.seed + 7919)
+    train_ids, val_ids = split_identities(rest, cfg.data.val_identities, cfg.run.seed)
+    val_ids = cap_validation(val_ids, counts, cfg.run.val_max_images, cfg.run.seed)
+    if len(train_ids) * cfg.data.m_per_class < cfg.data.batch_size:
         raise SiamfaceError(
-            f"m_per_class ({cfg.m_per_class}) x training identities ({len(train_ids)}) must be "
-            f">= batch_size ({cfg.batch_size}); lower batch_size or add identities"
+            f"m_per_class ({cfg.data.m_per_class}) x training identities ({len(train_ids)}) "
+            "must be "
+            f">= batch_size ({cfg.data.batch_size}); lower batch_size or add identities"
         )
     tr_set, va_set, te_set = set(train_ids), set(val_ids), set(test_ids)
     tr_idx = [i for i in good if scan.samples[i].identity in tr_set]
@@ -215,17 +217,18 @@ def prepare_run_data(
     labels = [label_of[samples[i].identity] for i in tr_idx]
     rows, train_paths = list(tr_idx), [samples[i].path for i in tr_idx]
     pixels = result.pixels
-    cond = parse_condition(cfg.condition, cfg.seed) if cfg.condition else None
+    cond = parse_condition(cfg.data.condition, cfg.run.seed) if cfg.data.condition else None
     train_source = None
     va_rows, te_rows = list(va_idx), list(te_idx)
     if cond:
         if pixels is None:
             raise SiamfaceError(
-                f"condition={cfg.condition} needs the decoded images in memory; raise cache_gb "
-                f"(now {cfg.cache_gb}) or train on fewer images"
+                f"condition={cfg.data.condition} needs the decoded images in memory; raise "
+                "cache_gb "
+                f"(now {cfg.machine.cache_gb}) or train on fewer images"
             )
         pixels, extra_rows, va_rows, te_rows = degraded_rows(
-            pixels, tr_idx, va_idx, te_idx, [s.path for s in samples], cond, cfg.condition_rate
+            pixels, tr_idx, va_idx, te_idx, [s.path for s in samples], cond, cfg.data.condition_rate
         )
         n_clean = len(tr_idx)
         train_source = list(range(n_clean)) + [j % n_clean for j in range(len(extra_rows))]
@@ -251,7 +254,7 @@ def prepare_run_data(
         pixels=pixels,
         rows=rows if pixels is not None else None,
         paths=train_paths,
-        transform=train_augmentation(pre.image_size, cfg.augment),
+        transform=train_augmentation(pre.image_size, cfg.data.augment),
         decoder=decoder,
     )
     train.n_labeled = len(train) - n_unlabeled

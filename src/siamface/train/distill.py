@@ -255,7 +255,7 @@ def teacher_term(
         "distill",
         torch.from_numpy(targets),
         torch.from_numpy(valid),
-        cfg.embedding_size,
-        cfg.distill_embedding,
-        cfg.distill_relational,
+        cfg.model.embedding_size,
+        cfg.distill.embedding,
+        cfg.distill.relational,
     )

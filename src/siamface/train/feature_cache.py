@@ -47,7 +47,7 @@ def frozen_prefix(model: nn.Module, policy: str, backbone_frozen: bool) -> int |
 
 def cache_possible(cfg: TrainConfig) -> bool:
     """Features are reusable only if the frozen layers see the same input every epoch."""
-    return cfg.augment == "none" and cfg.bn_frozen
+    return cfg.data.augment == "none" and cfg.bn_frozen
 
 
 class PrefixFeatureCache:

@@ -57,9 +57,9 @@ class FineTune(Hook):
 
     @classmethod
     def resolve(cls, cfg: TrainConfig) -> FineTune | None:
-        """The plugin for ``cfg.init``, or None. Resolved before anything else, so a bad name
-        or file fails before any work."""
-        return cls(StartingModel.resolve(cfg.init)) if cfg.init else None
+        """The plugin for ``cfg.finetune.init``, or None. Resolved before anything else, so a
+        bad name or file fails before any work."""
+        return cls(StartingModel.resolve(cfg.finetune.init)) if cfg.finetune.init else None
 
     @property
     def name(self) -> str:
@@ -100,8 +100,8 @@ class FineTune(Hook):
     ) -> None:
         """The ``keep_close`` term and class-mean centres, from the start's embeddings of the
         training images (computed only when one of them is asked for)."""
-        classifier = is_classifier(cfg.loss)
-        if not (cfg.keep_close > 0 or (classifier and cfg.class_mean_centres)):
+        classifier = is_classifier(cfg.objective.name)
+        if not (cfg.finetune.keep_close > 0 or (classifier and cfg.class_mean_centres)):
             return
         ref = self._start_embeddings(
             model,
@@ -112,7 +112,7 @@ class FineTune(Hook):
             resumed=resumed,
             is_main=is_main,
             feature_cache=feature_cache,
-            channels_last=cfg.channels_last,
+            channels_last=cfg.machine.channels_last,
             progress=progress,
             log=log,
         )
@@ -126,14 +126,14 @@ class FineTune(Hook):
             centres = class_means(ref[:n], train.labels[:n], len(data.train_identities))
             if init_class_centres(objective.metric.loss_fn, centres):
                 log("class centres start at each identity's mean embedding")
-        if cfg.keep_close > 0:
+        if cfg.finetune.keep_close > 0:
             objective.add(
                 DistillationTerm(
                     "keep_close",
                     ref,
                     torch.ones(len(ref), dtype=torch.bool),
-                    cfg.embedding_size,
-                    cfg.keep_close,
+                    cfg.model.embedding_size,
+                    cfg.finetune.keep_close,
                     0.0,
                 ).to(device)
             )
@@ -208,7 +208,7 @@ class FineTune(Hook):
             best_value, best_epoch = s.best_value, s.best_epoch
             if m is not None:
                 record |= metric_record(m, ckpt)
-                best_value, best_epoch = metric_value(m, view.cfg.select_metric), 0
+                best_value, best_epoch = metric_value(m, view.cfg.run.select_metric), 0
             save_epoch_checkpoints(ckpt, view.run_dir, best=True)
             return record, best_value, best_epoch
 

@@ -61,20 +61,21 @@ def fit(run: Run, state: Progress, hooks: Sequence[Hook] = ()) -> dict[str, Any]
     view = run.view(state)
     procs = f", {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else ""
     run.log(
-        f"model: {cfg.backbone} ({run.weights_source}) -> {cfg.embedding_size}-d, "
-        f"{cfg.image_size}px; loss {cfg.loss}, miner {cfg.miner}, {cfg.optimizer}; "
+        f"model: {cfg.model.backbone} ({run.weights_source}) -> {cfg.model.embedding_size}-d, "
+        f"{cfg.model.image_size}px; loss {cfg.objective.name}, miner {cfg.objective.miner}, "
+        f"{cfg.optim.name}; "
         f"device {run.device} {run.precision.name}{procs}, "
         f"{run.workers} loader worker(s)"
     )
     s.session_start = time.perf_counter()
     clock = _Clock(step=run.step, last_save=time.perf_counter())
     epoch_start_rng = s.epoch_start_rng
-    stop_reason = f"{cfg.epochs} epochs done"
+    stop_reason = f"{cfg.run.epochs} epochs done"
     every.on_train_start(view)
     try:
-        while s.epoch < cfg.epochs:
+        while s.epoch < cfg.run.epochs:
             if agree(ctx, [s.out_of_time()], run.device)[0]:
-                stop_reason = f"time budget of {cfg.time_budget_min} min reached"
+                stop_reason = f"time budget of {cfg.run.time_budget_min} min reached"
                 break
             if epoch_start_rng is not None:
                 # Resuming: replay this epoch's RNG so the sampler yields the same order,
@@ -100,7 +101,7 @@ def fit(run: Run, state: Progress, hooks: Sequence[Hook] = ()) -> dict[str, Any]
             epoch_start_rng = None
             clock.last_save = time.perf_counter()
             if not finished:
-                stop_reason = f"time budget of {cfg.time_budget_min} min reached"
+                stop_reason = f"time budget of {cfg.run.time_budget_min} min reached"
                 break
     except KeyboardInterrupt:
         if clock.step.in_step:
@@ -119,8 +120,8 @@ def fit(run: Run, state: Progress, hooks: Sequence[Hook] = ()) -> dict[str, Any]
         stop_reason,
         s,
         s.train_seconds + s.elapsed(),
-        cfg.select_metric,
-        cfg.calib_far,
+        cfg.run.select_metric,
+        cfg.run.calib_far,
         len(run.data.val_identities),
         extra={"first_step_unix": clock.first_step_unix, "data_scan": run.data.scan},
     )
@@ -144,7 +145,7 @@ def _train_epoch(
     step = clock.step = run.step_for(s.epoch)
     augmenting = step.augment is not None and step.augment.enabled
     meter = run.reporter.epoch_meter(
-        run.steps_per_epoch, s.step_in_epoch, f"epoch {s.epoch + 1}/{cfg.epochs}"
+        run.steps_per_epoch, s.step_in_epoch, f"epoch {s.epoch + 1}/{cfg.run.epochs}"
     )
     for j, batch in enumerate(loader):
         # (mid-epoch, the all-reduce after each step already agreed on this)
@@ -157,7 +158,7 @@ def _train_epoch(
         if not math.isfinite(result.loss):
             raise SiamfaceError(
                 f"loss became {result.loss} at step {s.global_step}: lower lr "
-                f"(now {cfg.lr}) or use precision=fp32"
+                f"(now {cfg.optim.lr}) or use precision=fp32"
             )
         s.step_in_epoch += 1
         s.global_step += 1
@@ -171,7 +172,7 @@ def _train_epoch(
             [
                 bool(run.stop.requested),
                 s.out_of_time(),
-                time.perf_counter() - clock.last_save > cfg.save_every_min * 60,
+                time.perf_counter() - clock.last_save > cfg.run.save_every_min * 60,
             ],
             run.device,
         )
@@ -199,8 +200,8 @@ def epoch_steps(run: Run, s: Progress) -> list[list[tuple[int, int]]]:
     order = [int(i) for i in iter(run.sampler)]
     extra = None
     if train.n_labeled < len(train):
-        n_batches = len(order) // cfg.batch_size
-        u = cfg.unlabeled_per_batch
+        n_batches = len(order) // cfg.data.batch_size
+        u = cfg.distill.unlabeled_per_batch
         extra = torch.randint(train.n_labeled, len(train), (n_batches, u)).tolist()
     epoch_seed = int(torch.randint(0, 2**62, (1,)).item())
     keyed = [(i, epoch_seed + k) for k, i in enumerate(order)]
@@ -210,7 +211,9 @@ def epoch_steps(run: Run, s: Progress) -> list[list[tuple[int, int]]]:
         extra_keyed = [
             [(i, base + j * len(row) + t) for t, i in enumerate(row)] for j, row in enumerate(extra)
         ]
-    steps = rank_steps(keyed, cfg.batch_size, ctx.world_size, ctx.rank, cfg.grad_accum, extra_keyed)
+    steps = rank_steps(
+        keyed, cfg.data.batch_size, ctx.world_size, ctx.rank, cfg.machine.grad_accum, extra_keyed
+    )
     return steps[s.step_in_epoch :]
 
 
@@ -259,8 +262,8 @@ def _end_epoch(
         best = (s.best_value, s.best_epoch)
         if m is not None:
             record |= metric_record(m, ckpt)
-            value = metric_value(m, cfg.select_metric)
-            improved = is_better(value, s.best_value, cfg.select_metric)
+            value = metric_value(m, cfg.run.select_metric)
+            improved = is_better(value, s.best_value, cfg.run.select_metric)
             if improved and not hooks.keeps_best(view, record):
                 improved = False
             if improved:

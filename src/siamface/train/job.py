@@ -110,7 +110,7 @@ def _job(
     terms: Sequence[LossTerm],
 ) -> dict[str, Any]:
     started = time.time()
-    ctx = init_distributed(cfg.device)
+    ctx = init_distributed(cfg.machine.device)
     if not ctx.is_main:
         log = _quiet
     files = RunDir(run_dir)
@@ -138,7 +138,7 @@ def _job(
             run.stop, run.started_unix = stop, started
             try:
                 cpu = run.device.type == "cpu"
-                if stack.enter_context(heap_kept(run.cfg.keep_heap and cpu)):
+                if stack.enter_context(heap_kept(run.cfg.machine.keep_heap and cpu)):
                     log("CPU heap kept between steps (keep_heap=true)")
                 return fit(run, state, hooks)
             finally:

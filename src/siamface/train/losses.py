@@ -122,9 +122,9 @@ def arcface(cfg: TrainConfig, num_classes: int) -> nn.Module:
     from siamface.train.partial_fc import PartialFCLoss  # lazy: torch, numpy
 
     p = cfg.objective
-    pml = losses.ArcFaceLoss(num_classes, cfg.embedding_size, margin=p.margin, scale=p.scale)
+    pml = losses.ArcFaceLoss(num_classes, cfg.model.embedding_size, margin=p.margin, scale=p.scale)
     # The same loss, with centres that can be sampled (class_sample_rate) and sharded.
-    return PartialFCLoss.from_pml(pml, "arcface", p.class_sample_rate, cfg.seed)
+    return PartialFCLoss.from_pml(pml, "arcface", p.class_sample_rate, cfg.run.seed)
 
 
 @register_loss(
@@ -136,8 +136,8 @@ def cosface(cfg: TrainConfig, num_classes: int) -> nn.Module:
     from siamface.train.partial_fc import PartialFCLoss  # lazy: torch, numpy
 
     p = cfg.objective
-    pml = losses.CosFaceLoss(num_classes, cfg.embedding_size, margin=p.margin, scale=p.scale)
-    return PartialFCLoss.from_pml(pml, "cosface", p.class_sample_rate, cfg.seed)
+    pml = losses.CosFaceLoss(num_classes, cfg.model.embedding_size, margin=p.margin, scale=p.scale)
+    return PartialFCLoss.from_pml(pml, "cosface", p.class_sample_rate, cfg.run.seed)
 
 
 def build_loss(cfg: TrainConfig, num_classes: int) -> nn.Module:
@@ -202,4 +202,4 @@ def multi_similarity_miner(cfg: TrainConfig) -> Any:
 
 def build_miner(cfg: TrainConfig) -> Any:
     """Hard-example miner picking the informative pairs/triplets of each batch, or None."""
-    return MINER_REGISTRY.build(cfg.miner, cfg)
+    return MINER_REGISTRY.build(cfg.objective.miner, cfg)

@@ -110,7 +110,11 @@ class Run:
         emb = None
         if self.feature_cache is not None and self.validator.enabled and not self.opt.schedule_free:
             emb = self.feature_cache.validation_embeddings(
-                self.data.val_pixels, state.epoch, self.pre, self.device, self.cfg.channels_last
+                self.data.val_pixels,
+                state.epoch,
+                self.pre,
+                self.device,
+                self.cfg.machine.channels_last,
             )
         return self.validator.run(self.model, emb)
 
@@ -131,7 +135,7 @@ class Run:
                 self.device,
                 self.micro_batch,
                 state.global_step,
-                self.cfg.channels_last,
+                self.cfg.machine.channels_last,
                 self.precision.dtype,
             )
         self.model.eval()
@@ -149,13 +153,13 @@ class Run:
             self.model_cfg,
             self.pre,
             m,
-            self.cfg.calib_far,
+            self.cfg.run.calib_far,
             self.loss_fn,
             {
                 "epoch": epoch,
                 "global_step": state.global_step,
-                "loss": self.cfg.loss,
-                "optimizer": self.cfg.optimizer,
+                "loss": self.cfg.objective.name,
+                "optimizer": self.cfg.optim.name,
                 "weights_source": self.weights_source,
                 "init": self.finetune.info() if self.finetune is not None else None,
                 "train_identities": len(d.train_identities),
@@ -213,19 +217,21 @@ def build_run(
     reporter = Reporter(files, log, progress, enabled=ctx.is_main)
 
     # Machine: device, threads, precision, and how the global batch splits.
-    device = pick_device(cfg.device, ctx.local_rank)
+    device = pick_device(cfg.machine.device, ctx.local_rank)
     if device.type == "cpu":
         torch.set_num_threads(threads_for(device, ctx.local_world_size))
-    precision = precision_for(cfg.precision, device)
-    micro_batch = check_world(ctx, cfg.batch_size, cfg.m_per_class, cfg.grad_accum)
-    parts = ctx.world_size * cfg.grad_accum
-    if cfg.unlabeled_dirs() and cfg.unlabeled_per_batch % parts:
+    precision = precision_for(cfg.machine.precision, device)
+    micro_batch = check_world(
+        ctx, cfg.data.batch_size, cfg.data.m_per_class, cfg.machine.grad_accum
+    )
+    parts = ctx.world_size * cfg.machine.grad_accum
+    if cfg.unlabeled_dirs() and cfg.distill.unlabeled_per_batch % parts:
         raise SiamfaceError(
-            f"unlabeled_per_batch ({cfg.unlabeled_per_batch}) must be a multiple of "
+            f"unlabeled_per_batch ({cfg.distill.unlabeled_per_batch}) must be a multiple of "
             f"processes x grad_accum ({parts}): each micro-batch gets an equal share"
         )
     if resume is None:
-        seed_everything(cfg.seed)
+        seed_everything(cfg.run.seed)
 
     # Model and weights first: a bad backbone name, starting model or unreachable hub must
     # fail before minutes are spent decoding the dataset. A starting model (init) decides
@@ -234,14 +240,14 @@ def build_run(
     if finetune is not None:
         cfg = finetune.apply(cfg)
     log(f"run directory: {files.path}")
-    model_cfg = ModelConfig(backbone=cfg.backbone, embedding_size=cfg.embedding_size)
+    model_cfg = ModelConfig(backbone=cfg.model.backbone, embedding_size=cfg.model.embedding_size)
     model = build_model(model_cfg)
     if resume is not None:
         weights_source = "resumed"
     elif finetune is not None:
         weights_source = finetune.load_into(model)
     else:
-        weights_source = load_weights(model.backbone, cfg.backbone, cfg.pretrained)
+        weights_source = load_weights(model.backbone, cfg.model.backbone, cfg.model.pretrained)
 
     # Data: identity folders -> split by identity -> decoded pixels.
     data = prepare_run_data(
@@ -252,18 +258,18 @@ def build_run(
         base=finetune.preprocessing if finetune is not None else None,
     )
     reporter.dataset(data)
-    if ctx.enabled and cfg.sync_bn:
+    if ctx.enabled and cfg.machine.sync_bn:
         model = convert_sync_batchnorm(model, device)
     model.to(device)
-    if cfg.channels_last:
+    if cfg.machine.channels_last:
         model.to(memory_format=torch.channels_last)
 
     # Which layers train when; frozen layers' features can be computed once.
     plugins: list[Hook] = []
     feature_cache = None
-    freezes = bool(cfg.freeze_epochs or cfg.trainable != "all" or cfg.bn_frozen)
+    freezes = bool(cfg.finetune.freeze_epochs or cfg.finetune.trainable != "all" or cfg.bn_frozen)
     if freezes:
-        schedule = FreezeSchedule(cfg.freeze_epochs, cfg.trainable, cfg.bn_frozen)
+        schedule = FreezeSchedule(cfg.finetune.freeze_epochs, cfg.finetune.trainable, cfg.bn_frozen)
         plugins.append(schedule)
         # Cached frozen-layer features bypass DDP's forward: one process only.
         if cache_possible(cfg) and not ctx.enabled:
@@ -299,13 +305,16 @@ def build_run(
     objective.set_world(ctx.world_size, ctx.rank)  # after centres got their values
 
     # Optimizer: named parameter groups; the schedule reads its progress from ``state``.
-    steps_per_epoch = max(1, data.train.n_labeled // cfg.batch_size)
-    state.period_steps = (cfg.t_max or cfg.epochs) * steps_per_epoch
-    state.budget_seconds = (cfg.time_budget_min or 0) * 60
+    steps_per_epoch = max(1, data.train.n_labeled // cfg.data.batch_size)
+    t_max = getattr(cfg.optim, "t_max", None)  # only the cosine presets have a period
+    state.period_steps = (t_max or cfg.run.epochs) * steps_per_epoch
+    state.budget_seconds = (cfg.run.time_budget_min or 0) * 60
     opt = build_optimizer(param_groups(model, objective, cfg), cfg, state)
 
     # Step: uint8 batch in, updated weights out.
-    on_device = cfg.augment_on == "device" or (cfg.augment_on == "auto" and device.type == "cuda")
+    on_device = cfg.machine.augment_on == "device" or (
+        cfg.machine.augment_on == "auto" and device.type == "cuda"
+    )
     if on_device:
         data.train.transform = None  # the step augments whole batches instead
     step = TrainStep(
@@ -314,20 +323,26 @@ def build_run(
         opt,
         device,
         data.preprocessing,
-        cfg.channels_last,
+        cfg.machine.channels_last,
         precision.dtype,
         grad_scaler=precision.scaler,
-        grad_accum=cfg.grad_accum,
-        augment=BatchAugment(cfg.augment) if on_device else None,
+        grad_accum=cfg.machine.grad_accum,
+        augment=BatchAugment(cfg.data.augment) if on_device else None,
     )
-    validator = Validator(data, data.preprocessing, device, cfg.channels_last, cfg.calib_far)
+    validator = Validator(
+        data, data.preprocessing, device, cfg.machine.channels_last, cfg.run.calib_far
+    )
     sampler = MPerClassSampler(
         data.train.labels[: data.train.n_labeled].tolist(),
-        m=cfg.m_per_class,
-        batch_size=cfg.batch_size,
-        length_before_new_iter=steps_per_epoch * cfg.batch_size,
+        m=cfg.data.m_per_class,
+        batch_size=cfg.data.batch_size,
+        length_before_new_iter=steps_per_epoch * cfg.data.batch_size,
     )
-    workers = cfg.num_workers if cfg.num_workers >= 0 else workers_for(device, ctx.local_world_size)
+    workers = (
+        cfg.machine.num_workers
+        if cfg.machine.num_workers >= 0
+        else workers_for(device, ctx.local_world_size)
+    )
     run = Run(
         cfg=cfg,
         ctx=ctx,
@@ -372,6 +387,6 @@ def _wrap(
         ids = [device.index] if device.type == "cuda" else None
         # A freeze schedule leaves parameters without gradients in some epochs.
         wrapped = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=freezes)
-    if cfg.compile:
+    if cfg.machine.compile:
         wrapped = torch.compile(wrapped)
     return wrapped

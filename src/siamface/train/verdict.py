@@ -69,25 +69,25 @@ def wise_ft(view: RunView, start_sd: dict, tuned_sd: dict) -> tuple[float, list[
     fine-tuned weights."""
     cfg = view.cfg
     best = next((h for h in view.state.history if h.get("epoch") == view.state.best_epoch), {})
-    key = "val_" + cfg.select_metric  # how history.json names the validation metric
-    table = [{"alpha": 1.0, cfg.select_metric: best.get(key)}]
+    key = "val_" + cfg.run.select_metric  # how history.json names the validation metric
+    table = [{"alpha": 1.0, cfg.run.select_metric: best.get(key)}]
     chosen, chosen_value = 1.0, best.get(key)
-    higher = METRICS[cfg.select_metric]
+    higher = METRICS[cfg.run.select_metric]
     for a in WISE_ALPHAS:
         view.model.load_state_dict(mix_weights(start_sd, tuned_sd, a))
         m = view.validate_here()
         if m is None:
             continue
-        v = metric_value(m, cfg.select_metric)
-        table.append({"alpha": a, cfg.select_metric: v, "auc": m.auc, "eer": m.eer})
+        v = metric_value(m, cfg.run.select_metric)
+        table.append({"alpha": a, cfg.run.select_metric: v, "auc": m.auc, "eer": m.eer})
         if chosen_value is None or (v >= chosen_value if higher else v <= chosen_value):
             chosen, chosen_value = a, v
     view.log(
         "WiSE-FT on validation: "
         + ", ".join(
-            f"a={r['alpha']}: {r[cfg.select_metric]:.4f}"
+            f"a={r['alpha']}: {r[cfg.run.select_metric]:.4f}"
             for r in table
-            if r.get(cfg.select_metric) is not None
+            if r.get(cfg.run.select_metric) is not None
         )
         + f" -> a={chosen}"
     )
@@ -103,7 +103,7 @@ def _embed(view: RunView, sd: dict, pixels) -> np.ndarray:
         view.pre,
         batch_size=128,
         device=view.device,
-        channels_last=view.cfg.channels_last,
+        channels_last=view.cfg.machine.channels_last,
     ).numpy()
 
 
@@ -122,7 +122,7 @@ def final_verdict(view: RunView, start: StartingModel) -> dict[str, Any] | None:
         "test_identities": len(d.test_identities),
         "test_images": int(len(d.test_labels)),
         "condition": d.condition,
-        "select_metric": cfg.select_metric,
+        "select_metric": cfg.run.select_metric,
         "best_epoch": view.state.best_epoch,
     }
     try:
@@ -134,14 +134,14 @@ def final_verdict(view: RunView, start: StartingModel) -> dict[str, Any] | None:
                 "best.safetensors is the starting model",
             )
             return out
-        if cfg.wise_ft:
+        if cfg.finetune.wise_ft:
             alpha, table = wise_ft(view, start_sd, tuned_sd)
             out["wise_ft"] = {"alpha": alpha, "validation": table}
             if alpha < 1.0:
                 cand_sd = mix_weights(start_sd, tuned_sd, alpha)
                 cand = f"WiSE-FT a={alpha} of epoch {view.state.best_epoch}"
         out["candidate"] = cand
-        groups = clusters_of(d.test_labels, MAX_CLUSTERS, cfg.seed)
+        groups = clusters_of(d.test_labels, MAX_CLUSTERS, cfg.run.seed)
         sets = {"test": d.test_pixels}
         if d.test_clean_pixels is not None:
             sets["test_clean"] = d.test_clean_pixels
@@ -149,14 +149,14 @@ def final_verdict(view: RunView, start: StartingModel) -> dict[str, Any] | None:
         for name, pix in sets.items():
             h_new = histograms_all_pairs(_embed(view, cand_sd, pix), d.test_labels, groups)
             h_ref = histograms_all_pairs(_embed(view, start_sd, pix), d.test_labels, groups)
-            comps[name] = compare(h_new, h_ref, cfg.verdict_replicates, cfg.seed)
+            comps[name] = compare(h_new, h_ref, cfg.run.verdict_replicates, cfg.run.seed)
         out["comparisons"] = comps
-        main = comps["test"][cfg.select_metric]
+        main = comps["test"][cfg.run.select_metric]
         worse = [
             f"{k} ({n})"
             for n, c in comps.items()
             for k, r in c.items()
-            if worse_beyond(r, k, 0.0 if n == "test" else cfg.guard_margin)
+            if worse_beyond(r, k, 0.0 if n == "test" else cfg.run.guard_margin)
         ]
         gain = main["significant"] == "better"
         where = f"on {len(d.test_identities)} test people" + (
@@ -165,7 +165,7 @@ def final_verdict(view: RunView, start: StartingModel) -> dict[str, Any] | None:
         if gain and not worse:
             out["kept"] = "fine-tuned"
             out["verdict"] = (
-                f"fine-tuning kept ({cand}): {where}, {format_delta(cfg.select_metric, main)}; "
+                f"fine-tuning kept ({cand}): {where}, {format_delta(cfg.run.select_metric, main)}; "
                 "no metric significantly worse"
             )
             if cand_sd is not tuned_sd:
@@ -175,7 +175,7 @@ def final_verdict(view: RunView, start: StartingModel) -> dict[str, Any] | None:
             why = f"significantly worse: {', '.join(worse)}" if worse else "gain not significant"
             out["kept"] = "start"
             out["verdict"] = (
-                f"no significant gain ({format_delta(cfg.select_metric, main)}, {where}; "
+                f"no significant gain ({format_delta(cfg.run.select_metric, main)}, {where}; "
                 f"{why}); best.safetensors is the starting model"
             )
             _save_best(view, start_sd, 0)
