@@ -277,8 +277,10 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def rss_loop(clip, gallery, embedder, minutes: float) -> dict:
-    """The clip looped as a live HTTP stream (ffmpeg -listen) for ``minutes``; RSS sampled."""
+def rss_loop(clip, gallery, embedder, minutes: float, partial=None) -> dict:
+    """The clip looped as a live HTTP stream (ffmpeg -listen) for ``minutes``; RSS sampled.
+    ``partial(samples)`` is called with every new sample, so an hour-long run that dies late
+    still leaves its curve on disk."""
     from siamface.video import Watcher, WatchOptions
 
     with socket.socket() as s:
@@ -293,8 +295,10 @@ def rss_loop(clip, gallery, embedder, minutes: float) -> dict:
     t0 = time.monotonic()
 
     def on_frame(view):
-        if not samples or time.monotonic() - samples[-1][0] - t0 >= 10:
+        if not samples or time.monotonic() - t0 - samples[-1][0] >= 10:
             samples.append((time.monotonic() - t0, rss_mb()))
+            if partial is not None:
+                partial(samples)
 
     try:
         time.sleep(0.5)
@@ -330,6 +334,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--out", help="also write the JSON here")
     ap.add_argument("--stages-only", action="store_true", help="only the CPU cost per step")
+    ap.add_argument("--rss-only", action="store_true", help="only the looped-stream memory check")
     args = ap.parse_args()
 
     import torch
@@ -375,9 +380,24 @@ def main() -> None:
             "frames_by_faces_on_screen": faces_on_screen(actors, args.seconds),
             "threshold": g.threshold,
         }
+        if args.rss_only:
+
+            def partial(samples) -> None:
+                if args.out:
+                    info["rss_loop_partial"] = [[round(t), round(v, 1)] for t, v in samples]
+                    info["machine"]["loadavg_now"] = [round(x, 2) for x in os.getloadavg()]
+                    Path(args.out).write_text(json.dumps(info, indent=1) + "\n")
+
+            info["rss_loop"] = rss_loop(clip, g, embedder, args.loop_minutes, partial)
+            info.pop("rss_loop_partial", None)
+            info["machine"].pop("loadavg_now", None)
+            g.close()
+            finish(info, args.out)
+            return
         info["cpu_ms_per_stage"] = cpu_per_stage(clip, embedder)
         if args.stages_only:
-            print(json.dumps(info, indent=1))
+            g.close()
+            finish(info, args.out)
             return
         dec = decode_fps(clip)
         info["decode_only_fps"] = round(dec, 1)
@@ -397,11 +417,16 @@ def main() -> None:
         if args.loop_minutes > 0:
             info["rss_loop"] = rss_loop(clip, g, embedder, args.loop_minutes)
         g.close()
+    finish(info, args.out)
+
+
+def finish(info: dict, out: str | None) -> None:
+    """Load average at the end (a shared machine's load changes over a run), print, save."""
     info["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     text = json.dumps(info, indent=1)
     print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    if out:
+        Path(out).write_text(text + "\n")
 
 
 if __name__ == "__main__":
