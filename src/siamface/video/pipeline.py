@@ -28,7 +28,9 @@ import numpy as np
 
 from siamface.errors import SiamfaceError
 from siamface.gallery import UNKNOWN
+from siamface.video.ahead import run_ahead
 from siamface.video.faces import FaceFinder, FrameFace
+from siamface.video.fastpath import graph_name
 from siamface.video.identity import IdentityRules, TrackIdentity
 from siamface.video.source import Frame, Gap, VideoSource
 from siamface.video.tracking import FaceTracker
@@ -55,6 +57,7 @@ class WatchOptions:
     settle_faces: int = 8  # embed every face of a track until it has this many embedded
     reembed_every: int = 4  # then every Nth detection (and any better face than before)
     crops_dir: str | None = None
+    overlap: bool = True  # decode+detect in a thread ahead of embedding (two cores at once)
     timeout: float = 10.0
     reconnect_for: float = 60.0
     folder_fps: float = 25.0
@@ -183,11 +186,17 @@ class Watcher:
             "threshold": round(self.threshold, 6),
             "step": self.step,
             "detect_every": self.opts.detect_every,
+            "embedding_graph": graph_name(self.finder.embedder),
+            "overlap": self.opts.overlap,
         }
         t0 = time.monotonic()
-        last_t = -1e9
+        items = self._prepared(t0)
+        if self.opts.overlap:
+            # Decode + detect + align in a thread two frames ahead; track + embed + decide
+            # here: the two halves cost about the same, so two cores nearly double the rate.
+            items = run_ahead(items, depth=2, join_timeout=self.opts.timeout + 5.0)
         try:
-            for item in src:
+            for item in items:
                 if isinstance(item, Gap):
                     gap = {
                         "event": "gap",
@@ -201,23 +210,44 @@ class Watcher:
                     self.gaps.append(gap)
                     yield gap
                     continue
+                yield from self._process(*item)
+        finally:
+            items.close()  # the caller stopped early: release the source now
+        for tid in sorted(self.tracks):
+            yield self._end_track(tid)
+        yield self._summary(time.monotonic() - t0)
+
+    def _prepared(self, t0: float) -> Iterator[Gap | tuple[Frame, np.ndarray, list | None]]:
+        """The first half of the loop: frames to process (``--every``/``--fps``, until
+        ``--max-seconds``), resized, with their detected and aligned faces (None on frames
+        the detector skips); gaps passed through. Closes the source when done."""
+        src, o = self.source, self.opts
+        last_t = -1e9
+        try:
+            for item in src:
+                if isinstance(item, Gap):
+                    yield item
+                    continue
                 self.counts["frames"] += 1
-                if self.opts.max_seconds is not None and time.monotonic() - t0 > (
-                    self.opts.max_seconds
-                ):
+                if o.max_seconds is not None and time.monotonic() - t0 > o.max_seconds:
                     break
-                if src.spec.live and self.opts.fps is not None:
-                    if item.time - last_t < 1.0 / self.opts.fps * 0.95:
+                if src.spec.live and o.fps is not None:
+                    if item.time - last_t < 1.0 / o.fps * 0.95:
                         continue  # live: pace by the clock, frame numbers are not regular
                     last_t = item.time
                 elif item.index % self.step:
                     continue
-                yield from self._process(item)
+                img = self._resize(item.image)
+                n = self.counts["processed"]
+                self.counts["processed"] += 1
+                faces = None
+                if n % o.detect_every == 0:
+                    faces = self.finder.crops(img, self.finder.detect(img))  # embedded later
+                    self.counts["detected"] += 1
+                    self.counts["faces"] += len(faces)
+                yield item, img, faces
         finally:
             src.close()
-        for tid in sorted(self.tracks):
-            yield self._end_track(tid)
-        yield self._summary(time.monotonic() - t0)
 
     def _resize(self, img: np.ndarray) -> np.ndarray:
         m = self.opts.max_side
@@ -229,16 +259,12 @@ class Watcher:
         size = (round(img.shape[1] * f), round(img.shape[0] * f))
         return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
 
-    def _process(self, frame: Frame) -> Iterator[dict]:
-        img = self._resize(frame.image)
-        n = self.counts["processed"]
-        self.counts["processed"] += 1
-        detect = n % self.opts.detect_every == 0
-        faces: list[FrameFace] = []
-        if detect:
-            faces = self.finder.crops(img, self.finder.detect(img))  # embedded below
-            self.counts["detected"] += 1
-            self.counts["faces"] += len(faces)
+    def _process(
+        self, frame: Frame, img: np.ndarray, faces: list[FrameFace] | None
+    ) -> Iterator[dict]:
+        """The second half: tracking, embedding, decisions, events (``faces`` None: a frame
+        the detector skipped, the tracker predicts)."""
+        if faces is not None:
             live = self.tracker.update([f.box for f in faces], period=self.opts.detect_every)
         else:
             live = self.tracker.update(None)
