@@ -20,11 +20,16 @@ from __future__ import annotations
 
 import copy
 import warnings
+import weakref
 
 import numpy as np
 
 #: Largest difference per embedding component (unit vectors) accepted from the faster graph.
 PARITY_ATOL = 1e-4
+
+#: Faster copies by original embedder: freezing takes ~1 s, and the web page or a Python
+#: caller may start many watches with one loaded model.
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _probe_faces(size: int, n: int = 3) -> np.ndarray:
@@ -65,6 +70,15 @@ def fast_embedder(embedder):
         return embedder
     if type(embedder) is not TorchEmbedder or embedder.device.type != "cpu":
         return embedder
+    if embedder not in _CACHE:
+        chosen = _checked_copy(embedder)
+        # None for "no faster copy": a value that refers to its weak key keeps it alive.
+        _CACHE[embedder] = None if chosen is embedder else chosen
+    return _CACHE[embedder] or embedder
+
+
+def _checked_copy(embedder):
+    """The copy with the frozen graph when its embeddings match, else ``embedder``."""
     size = embedder.preprocessing.image_size
     try:
         fast = copy.copy(embedder)
