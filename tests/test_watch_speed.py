@@ -122,8 +122,8 @@ def test_frozen_graph_is_not_forced_on_other_models(tmp_path):
 
 
 def _comparable(events: list[dict]) -> list[dict]:
-    """Events without the timing fields (latency, wall seconds, fps, the start's options)."""
-    drop = {"latency_ms", "seconds", "processed_fps", "overlap"}
+    """Events without the timing fields (latency, seconds, fps, CPU time, the overlap flag)."""
+    drop = {"latency_ms", "seconds", "processed_fps", "overlap", "cpu_seconds"}
     out = []
     for ev in events:
         out.append({k: v for k, v in ev.items() if k not in drop})
@@ -142,6 +142,9 @@ def test_two_stage_loop_gives_the_same_events_as_one_core(setup):  # noqa: F811
     assert runs[True][0]["embedding_graph"] != "as loaded"
     assert _comparable(runs[True]) == _comparable(runs[False])
     assert sum(e["event"] == "identity" for e in runs[True]) >= 2
+    for events in runs.values():  # both halves' CPU time is reported (what the bench divides)
+        cpu = events[-1]["cpu_seconds"]
+        assert set(cpu) == {"prepare", "identify"} and min(cpu.values()) > 0
 
 
 @clip_test

@@ -171,6 +171,10 @@ class Watcher:
         self.finished: list[dict] = []
         self.gaps: list[dict] = []
         self.counts = {"frames": 0, "processed": 0, "detected": 0, "faces": 0, "embedded": 0}
+        #: CPU seconds of each half of the loop: decode + detect + align ("prepare") and
+        #: track + embed + decide ("identify"). Unlike wall time, other jobs on the machine
+        #: barely change them; the larger one bounds the rate on two idle cores.
+        self.cpu = {"prepare": 0.0, "identify": 0.0}
         if o.crops_dir:
             Path(o.crops_dir).mkdir(parents=True, exist_ok=True)
 
@@ -192,9 +196,10 @@ class Watcher:
         t0 = time.monotonic()
         items = self._prepared(t0)
         if self.opts.overlap:
-            # Decode + detect + align in a thread two frames ahead; track + embed + decide
-            # here: the two halves cost about the same, so two cores nearly double the rate.
-            items = run_ahead(items, depth=2, join_timeout=self.opts.timeout + 5.0)
+            # Decode + detect + align in a thread a frame ahead; track + embed + decide here:
+            # the two halves cost about the same, so two idle cores nearly double the rate.
+            # One frame ahead, not more: every queued frame adds a step to the latency.
+            items = run_ahead(items, depth=1, join_timeout=self.opts.timeout + 5.0)
         try:
             for item in items:
                 if isinstance(item, Gap):
@@ -210,7 +215,10 @@ class Watcher:
                     self.gaps.append(gap)
                     yield gap
                     continue
-                yield from self._process(*item)
+                c = time.thread_time()
+                done = list(self._process(*item))
+                self.cpu["identify"] += time.thread_time() - c
+                yield from done
         finally:
             items.close()  # the caller stopped early: release the source now
         for tid in sorted(self.tracks):
@@ -223,10 +231,13 @@ class Watcher:
         the detector skips); gaps passed through. Closes the source when done."""
         src, o = self.source, self.opts
         last_t = -1e9
+        c = time.thread_time()  # CPU of this half, whichever thread runs it (not the yields)
         try:
             for item in src:
                 if isinstance(item, Gap):
+                    self.cpu["prepare"] += time.thread_time() - c
                     yield item
+                    c = time.thread_time()
                     continue
                 self.counts["frames"] += 1
                 if o.max_seconds is not None and time.monotonic() - t0 > o.max_seconds:
@@ -245,9 +256,13 @@ class Watcher:
                     faces = self.finder.crops(img, self.finder.detect(img))  # embedded later
                     self.counts["detected"] += 1
                     self.counts["faces"] += len(faces)
+                self.cpu["prepare"] += time.thread_time() - c
                 yield item, img, faces
+                c = time.thread_time()
         finally:
+            c = time.thread_time()
             src.close()
+            self.cpu["prepare"] += time.thread_time() - c
 
     def _resize(self, img: np.ndarray) -> np.ndarray:
         m = self.opts.max_side
@@ -428,6 +443,7 @@ class Watcher:
             "dropped": self.source.dropped,
             "seconds": round(seconds, 3),
             "processed_fps": round(c["processed"] / seconds, 2) if seconds > 0 else None,
+            "cpu_seconds": {k: round(v, 3) for k, v in self.cpu.items()},
         }
 
 
