@@ -40,8 +40,23 @@ def test_run_ahead_keeps_order_and_runs_in_another_thread():
             seen_threads.add(threading.get_ident())
             yield i
 
-    assert list(run_ahead(produce(), depth=3)) == list(range(50))
+    assert list(run_ahead(produce())) == list(range(50))
     assert seen_threads and threading.get_ident() not in seen_threads
+
+
+def test_run_ahead_prepares_one_item_ahead_and_no_more():
+    """The next frame is read only once the previous one was taken: a frame never waits in
+    a queue growing older (latency), and one prepared frame is all the memory it takes."""
+    produced = []
+
+    def produce():
+        for i in range(30):
+            produced.append(i)
+            yield i
+
+    for i in run_ahead(produce()):
+        time.sleep(0.01)  # the consumer is the slower stage
+        assert len(produced) <= i + 2  # item i in use, at most item i + 1 prepared
 
 
 def test_run_ahead_raises_the_producers_error_in_the_consumer():
@@ -68,14 +83,14 @@ def test_run_ahead_stops_and_closes_the_producer_when_the_consumer_stops():
         finally:
             closed.set()  # where a source releases its capture
 
-    it = run_ahead(produce(), depth=2)
+    it = run_ahead(produce())
     assert [next(it) for _ in range(3)] == [0, 1, 2]
     it.close()
     assert closed.wait(5)
     time.sleep(0.2)
     n = len(produced)
     time.sleep(0.3)
-    assert len(produced) == n < 100  # stopped, and never ran far ahead of the consumer
+    assert len(produced) == n <= 4  # stopped, and never ran ahead of the consumer
 
 
 @needs_data

@@ -196,10 +196,10 @@ class Watcher:
         t0 = time.monotonic()
         items = self._prepared(t0)
         if self.opts.overlap:
-            # Decode + detect + align in a thread a frame ahead; track + embed + decide here:
-            # the two halves cost about the same, so two idle cores nearly double the rate.
-            # One frame ahead, not more: every queued frame adds a step to the latency.
-            items = run_ahead(items, depth=1, join_timeout=self.opts.timeout + 5.0)
+            # Decode + detect + align the next frame in a thread while this one is tracked,
+            # embedded and decided here: the two halves cost about the same, so two idle
+            # cores nearly double the rate (one frame ahead, never more: latency, memory).
+            items = run_ahead(items, join_timeout=self.opts.timeout + 5.0)
         try:
             for item in items:
                 if isinstance(item, Gap):
