@@ -91,11 +91,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "embedded a face 8x faster than two; raise it on an idle many-core one)",
     )
     o.add_argument(
-        "--no-overlap",
-        dest="overlap",
-        action="store_false",
-        help="run decode+detect and embed one after the other on one core (default: decode "
-        "and detect in a thread ahead of the model, so two cores work at once)",
+        "--overlap",
+        action="store_true",
+        help="decode and detect the next frame in a thread while this one is embedded (two "
+        "cores at once; for idle machines: on a loaded one it was no faster and had higher "
+        "latency, see docs/watch.md)",
     )
     s = p.add_argument_group("streams")
     s.add_argument(

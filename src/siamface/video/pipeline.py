@@ -57,7 +57,11 @@ class WatchOptions:
     settle_faces: int = 8  # embed every face of a track until it has this many embedded
     reembed_every: int = 4  # then every Nth detection (and any better face than before)
     crops_dir: str | None = None
-    overlap: bool = True  # decode+detect in a thread ahead of embedding (two cores at once)
+    # Decode + detect in a thread ahead of embedding (two cores at once). Off by default: on
+    # the shared, loaded 2-core machine it ran 0.74-1.26x the one-core loop's rate with 2-4x
+    # its latency (threads handing frames over wait for the scheduler and the GIL); from CPU
+    # time it could reach ~1.8x on two idle cores (docs/watch.md).
+    overlap: bool = False
     timeout: float = 10.0
     reconnect_for: float = 60.0
     folder_fps: float = 25.0
