@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -160,6 +161,19 @@ def test_two_stage_loop_gives_the_same_events_as_one_core(setup):  # noqa: F811
     for events in runs.values():  # both halves' CPU time is reported (what the bench divides)
         cpu = events[-1]["cpu_seconds"]
         assert set(cpu) == {"prepare", "identify"} and min(cpu.values()) > 0
+    # The summary's running totals (ended tracks' events are not kept) agree with the events.
+    events = runs[False]
+    tracks = [e for e in events if e["event"] == "track"]
+    seen = [e for e in tracks if e["faces"] >= 3]
+    summary = events[-1]
+    assert summary["tracks"] == len(tracks)
+    assert summary["unknown_tracks"] == sum(e["person"] == "unknown" for e in seen)
+    named = Counter(e["person"] for e in seen if e["person"] != "unknown")
+    assert {k: v["tracks"] for k, v in summary["people"].items()} == dict(named)
+    for person, info in summary["people"].items():
+        mine = [e for e in seen if e["person"] == person]
+        assert info["first"]["time"] == min(e["first"]["time"] for e in mine)
+        assert info["seconds"] == pytest.approx(sum(e["seconds"] for e in mine), abs=1e-3)
 
 
 @clip_test
