@@ -61,12 +61,24 @@ def _frozen(module, size: int) -> tuple[object, str]:
         return fuse(copy.deepcopy(module)), "fx-bn-folded"
 
 
+def _torch_embedder_class():
+    """The PyTorch backend's class, wherever this version keeps it (the backends are moving
+    from ``siamface.inference`` to ``siamface.embed``); None without torch."""
+    import importlib
+
+    for module in ("siamface.embed.torch_backend", "siamface.inference.torch_backend"):
+        try:
+            return importlib.import_module(module).TorchEmbedder
+        except ImportError:
+            continue
+    return None
+
+
 def fast_embedder(embedder):
     """``embedder`` with a faster graph when it is a PyTorch network on the CPU and the faster
     graph's embeddings match (see the module docstring); else ``embedder`` itself."""
-    try:
-        from siamface.inference.torch_backend import TorchEmbedder
-    except ImportError:  # the torch-free install: nothing to speed up here
+    TorchEmbedder = _torch_embedder_class()
+    if TorchEmbedder is None:  # the torch-free install: nothing to speed up here
         return embedder
     if type(embedder) is not TorchEmbedder or embedder.device.type != "cpu":
         return embedder
