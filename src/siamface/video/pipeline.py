@@ -173,8 +173,8 @@ class Watcher:
         self.tracks: dict[int, TrackState] = {}  # by the tracker's id
         self._next_id = 0  # our track ids: a track split in two gets a new one
         # Running totals for the summary, not the ended tracks' events: a camera watched for
-        # days ends thousands of tracks (the 1-hour looped-stream check ended 2460, and
-        # keeping their events grew memory by ~4 MB an hour).
+        # days ends thousands of tracks (the 1-hour looped-stream check ended 2460), and a
+        # list of their events would grow with every one.
         self.people: dict[str, dict] = {}
         self.tallies = {"tracks": 0, "unknown_tracks": 0, "gaps": 0}
         self.counts = {"frames": 0, "processed": 0, "detected": 0, "faces": 0, "embedded": 0}
