@@ -13,16 +13,22 @@ Figures (one JSON document):
   per track; tracks per actor appearance (fragmentation);
 * baseline in the same run: the same faces named one frame at a time (no tracking, no quality
   weighting) - accuracy for enrolled faces and how many unenrolled faces got a name;
-* speed: decode-only fps (the baseline), processed fps with detection on every frame and on
-  every 3rd frame (tracking between), their ratios to decoding and to the 30 fps of the video;
+* speed: decode-only fps (the baseline), processed fps with detection on every frame (the
+  default one-core loop, and the two-stage loop, ``--overlap``) and on every 3rd frame
+  (tracking between), their ratios to decoding and to the 30 fps of the video; each run's
+  CPU time per frame and the 1-minute load average at its start and end (on a shared
+  machine wall-clock fps says as much about the other jobs as about the watch);
 * latency: frame read -> identity event (p50/p99), and frame read -> frame done (p99);
 * CPU milliseconds per step (decode, detect, align, embed) on the busiest frame and the frame
-  rates they imply for one idle core (``--stages-only`` prints just these);
+  rates they imply for one idle core; the model as loaded beside the frozen graph, the
+  detector at smaller sides (``--stages-only`` prints just these);
 * memory: RSS over ``--loop-minutes`` of the clip looped in real time through ffmpeg's HTTP
   server (a live stream), detection every 3rd frame; drift = last minus first sample after
-  warm-up.
+  warm-up (``--rss-only``: just this; the hour-long check below).
 
-    .venv/bin/python bench/watch.py                  # ~5 min + --loop-minutes
+    .venv/bin/python bench/watch.py --out watch-bench.json       # ~3 min on 2 cores
+    .venv/bin/python bench/watch.py --stages-only                # ~40 s
+    nice -n 10 .venv/bin/python bench/watch.py --rss-only --loop-minutes 60 --out watch-rss.json
 """
 
 from __future__ import annotations
@@ -127,11 +133,14 @@ def run(clip, gallery, embedder, actors, **options) -> dict:
             if b["detected"]:
                 boxes.setdefault(b["track"], []).append((view.frame.time, b["box"]))
 
-    t0 = time.perf_counter()
+    load0 = os.getloadavg()[0]
     w = Watcher(str(clip), gallery, embedder, WatchOptions(**options), on_frame)
+    t0, c0 = time.perf_counter(), time.process_time()
     events = list(w.events())
-    wall = time.perf_counter() - t0
-    return {"events": events, "boxes": boxes, "frame_ms": frame_ms, "wall": wall}
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    load = [round(load0, 2), round(os.getloadavg()[0], 2)]
+    return {"events": events, "boxes": boxes, "frame_ms": frame_ms, "wall": wall, "cpu": cpu,
+            "load": load}  # fmt: skip
 
 
 def score_tracks(result, actors, enrolled: set[str]) -> dict:
@@ -174,6 +183,22 @@ def score_tracks(result, actors, enrolled: set[str]) -> dict:
         "processed": s["processed"],
         "detected": s["detected"],
         "processed_fps": round(s["processed"] / result["wall"], 2),
+        # CPU seconds of the whole process (all its threads) per frame: what the load of other
+        # jobs inflates far less than wall time. processed / CPU s = the rate one idle core
+        # would sustain; two idle cores give up to twice that with the two-stage loop.
+        "cpu_ms_per_frame": round(result["cpu"] / max(s["processed"], 1) * 1000, 2),
+        "one_core_fps_from_cpu_time": round(s["processed"] / max(result["cpu"], 1e-9), 2),
+        # The two halves' CPU (decode+detect+align, track+embed+decide): with the two-stage
+        # loop on two idle cores the larger one bounds the rate.
+        "cpu_seconds_by_half": s["cpu_seconds"],
+        "two_idle_cores_fps_bound_from_cpu_time": round(
+            s["processed"] / max(max(s["cpu_seconds"].values()), 1e-9), 2
+        ),
+        "loadavg_1min_start_end": result["load"],
+        "faces": s["faces"],
+        "embedded": s["embedded"],
+        "embedding_graph": result["events"][0]["embedding_graph"],
+        "overlap": result["events"][0]["overlap"],
         "event_latency_ms_p50": round(float(np.percentile(lat, 50)), 1) if lat else None,
         "event_latency_ms_p99": round(float(np.percentile(lat, 99)), 1) if lat else None,
         "frame_latency_ms_p99": round(float(np.percentile(result["frame_ms"], 99)), 1),
@@ -224,12 +249,17 @@ def single_frame_baseline(clip, gallery, embedder, actors, enrolled, every: int 
 def cpu_per_stage(clip, embedder, reembed_every: int = 4) -> dict:
     """CPU milliseconds of each step on a frame of the clip with the most faces (process
     time, which a shared machine's load inflates far less than wall time), and the frame
-    rates they imply for one core: a floor for an idle machine, not a measurement of one."""
+    rates they imply for one core: a floor for an idle machine, not a measurement of one.
+    Baselines in the same run: the model as loaded (eager PyTorch) beside the frozen graph the
+    watch uses, and the detector at smaller ``--detect-side`` values (faces found on the
+    same frame, to show what a smaller side loses)."""
     import cv2
 
     from siamface.video.faces import FaceFinder
+    from siamface.video.fastpath import graph_name
 
     finder = FaceFinder(embedder)
+    plain = FaceFinder(embedder, fast=False)
     cap = cv2.VideoCapture(str(clip))
     best, best_n = None, -1
     for _ in range(90):
@@ -254,15 +284,28 @@ def cpu_per_stage(clip, embedder, reembed_every: int = 4) -> dict:
     decode = cpu(lambda: cap.read(), 60)
     detect = cpu(lambda: finder.detect(best), 20)
     align = cpu(lambda: finder.crops(best, faces), 20) / k
-    embed = cpu(lambda: finder.embed(crops), 10) / k
+    embed = cpu(lambda: finder.embed(crops), 20) / k
+    embed_plain = cpu(lambda: plain.embed(crops), 20) / k
+    sides = {}
+    for side in (480, 320):
+        small = FaceFinder(embedder, detect_side=side)
+        sides[str(side)] = {
+            "detect_ms": round(cpu(lambda s=small: s.detect(best), 20), 2),
+            "faces_found": len(small.detect(best)),
+        }
     every_face = decode + detect + k * (align + embed)
     settled = decode + detect + k * (align + embed / reembed_every)
     return {
         "faces_in_frame": len(faces),
         "decode_ms": round(decode, 2),
         "detect_ms": round(detect, 2),
+        "detect_side": finder.detect_side,
+        "smaller_detect_side": sides,
         "align_quality_ms_per_face": round(align, 2),
+        "embedding_graph": graph_name(finder.embedder),
         "embed_ms_per_face": round(embed, 2),
+        "embed_ms_per_face_as_loaded": round(embed_plain, 2),
+        "embed_speedup_vs_as_loaded": round(embed_plain / embed, 2),
         "one_core_fps_every_face_embedded": round(1000 / every_face, 1),
         "one_core_fps_settled_tracks": round(1000 / settled, 1),
         "one_core_fps_settled_detect_every_3rd": round(3000 / (2 * decode + settled), 1),
@@ -277,8 +320,10 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def rss_loop(clip, gallery, embedder, minutes: float) -> dict:
-    """The clip looped as a live HTTP stream (ffmpeg -listen) for ``minutes``; RSS sampled."""
+def rss_loop(clip, gallery, embedder, minutes: float, partial=None) -> dict:
+    """The clip looped as a live HTTP stream (ffmpeg -listen) for ``minutes``; RSS sampled.
+    ``partial(samples)`` is called with every new sample, so an hour-long run that dies late
+    still leaves its curve on disk."""
     from siamface.video import Watcher, WatchOptions
 
     with socket.socket() as s:
@@ -293,8 +338,10 @@ def rss_loop(clip, gallery, embedder, minutes: float) -> dict:
     t0 = time.monotonic()
 
     def on_frame(view):
-        if not samples or time.monotonic() - samples[-1][0] - t0 >= 10:
+        if not samples or time.monotonic() - t0 - samples[-1][0] >= 10:
             samples.append((time.monotonic() - t0, rss_mb()))
+            if partial is not None:
+                partial(samples)
 
     try:
         time.sleep(0.5)
@@ -322,14 +369,16 @@ def rss_loop(clip, gallery, embedder, minutes: float) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=40.0, help="clip length")
+    ap.add_argument("--seconds", type=float, default=20.0, help="clip length")
     ap.add_argument("--people", type=int, default=8, help="enrolled actors")
     ap.add_argument("--strangers", type=int, default=4, help="unenrolled actors")
     ap.add_argument("--distractors", type=int, default=8, help="enrolled, never on screen")
-    ap.add_argument("--loop-minutes", type=float, default=3.0, help="RSS loop length")
+    ap.add_argument("--loop-minutes", type=float, default=0.0, help="RSS loop length (0: no loop)")
+    ap.add_argument("--detect-side", type=int, default=640, help="the watch's --detect-side")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--out", help="also write the JSON here")
     ap.add_argument("--stages-only", action="store_true", help="only the CPU cost per step")
+    ap.add_argument("--rss-only", action="store_true", help="only the looped-stream memory check")
     args = ap.parse_args()
 
     import torch
@@ -375,19 +424,43 @@ def main() -> None:
             "frames_by_faces_on_screen": faces_on_screen(actors, args.seconds),
             "threshold": g.threshold and g.threshold.value,
         }
+        if args.rss_only:
+
+            def partial(samples) -> None:
+                if args.out:
+                    info["rss_loop_partial"] = [[round(t), round(v, 1)] for t, v in samples]
+                    info["machine"]["loadavg_now"] = [round(x, 2) for x in os.getloadavg()]
+                    Path(args.out).write_text(json.dumps(info, indent=1) + "\n")
+
+            info["rss_loop"] = rss_loop(clip, g, embedder, args.loop_minutes, partial)
+            info.pop("rss_loop_partial", None)
+            info["machine"].pop("loadavg_now", None)
+            g.close()
+            finish(info, args.out)
+            return
         info["cpu_ms_per_stage"] = cpu_per_stage(clip, embedder)
         if args.stages_only:
-            print(json.dumps(info, indent=1))
+            g.close()
+            finish(info, args.out)
             return
         dec = decode_fps(clip)
         info["decode_only_fps"] = round(dec, 1)
-        every1 = score_tracks(run(clip, g, embedder, actors, detect_every=1), actors, set(enrolled))
-        every3 = score_tracks(run(clip, g, embedder, actors, detect_every=3), actors, set(enrolled))
-        for r in (every1, every3):
+        enr = set(enrolled)
+        side = {"detect_side": args.detect_side}
+        every1 = score_tracks(run(clip, g, embedder, actors, detect_every=1, **side), actors, enr)
+        two = score_tracks(
+            run(clip, g, embedder, actors, detect_every=1, overlap=True, **side), actors, enr
+        )
+        every3 = score_tracks(run(clip, g, embedder, actors, detect_every=3, **side), actors, enr)
+        for r in (every1, two, every3):
             r["ratio_to_decode_only"] = round(r["processed_fps"] / dec, 3)
             r["ratio_to_realtime_30fps"] = round(r["processed_fps"] / FPS, 3)
         info["detect_every_frame"] = every1
+        info["detect_every_frame_two_stage_loop"] = two
         info["detect_every_3rd_frame"] = every3
+        info["speedup_two_stage_vs_one_core_loop"] = round(
+            two["processed_fps"] / every1["processed_fps"], 3
+        )
         info["speedup_every3_vs_every1"] = round(
             every3["processed_fps"] / every1["processed_fps"], 3
         )
@@ -397,11 +470,16 @@ def main() -> None:
         if args.loop_minutes > 0:
             info["rss_loop"] = rss_loop(clip, g, embedder, args.loop_minutes)
         g.close()
+    finish(info, args.out)
+
+
+def finish(info: dict, out: str | None) -> None:
+    """Load average at the end (a shared machine's load changes over a run), print, save."""
     info["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     text = json.dumps(info, indent=1)
     print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    if out:
+        Path(out).write_text(text + "\n")
 
 
 if __name__ == "__main__":

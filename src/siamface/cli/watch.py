@@ -90,6 +90,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="CPU threads for the model (default 1: on a busy 2-core machine one thread "
         "embedded a face 8x faster than two; raise it on an idle many-core one)",
     )
+    o.add_argument(
+        "--overlap",
+        action="store_true",
+        help="decode and detect the next frame in a thread while this one is embedded (two "
+        "cores at once; for idle machines: on a loaded one it was no faster and had higher "
+        "latency, see docs/watch.md)",
+    )
     s = p.add_argument_group("streams")
     s.add_argument(
         "--timeout", type=_positive, default=10.0, help="seconds to wait when opening/reading"
@@ -130,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         reconnect_for=args.reconnect_for,
         folder_fps=args.folder_fps,
+        overlap=args.overlap,
     )
     if not 0.0 <= args.min_score <= 1.0:
         raise SiamfaceError(f"--min-score must be in [0, 1], got {args.min_score}")

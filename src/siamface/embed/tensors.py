@@ -66,8 +66,11 @@ def embed_tensors(
     else:
         n, load = len(pixels), (lambda a, b: pixels[a:b])
     run = forward or (lambda x, _indices: model(x))
-    was_training = model.training
-    model.eval()
+    # A frozen TorchScript graph (the watch's fast path) is always in eval mode and has no
+    # ``training`` flag to save.
+    was_training = getattr(model, "training", None)
+    if was_training is not None:
+        model.eval()
     out = []
     with (
         torch.inference_mode() if inference else torch.no_grad(),
@@ -80,7 +83,8 @@ def embed_tensors(
                 x = x.contiguous(memory_format=torch.channels_last)
             out.append(run(x, torch.arange(start, stop)).float().cpu())
             bar.update(stop - start)
-    model.train(was_training)
+    if was_training is not None:
+        model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 

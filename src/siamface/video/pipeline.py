@@ -29,7 +29,9 @@ import numpy as np
 from siamface.decide.threshold import Threshold
 from siamface.errors import SiamfaceError
 from siamface.gallery import UNKNOWN
+from siamface.video.ahead import run_ahead
 from siamface.video.faces import FaceFinder, FrameFace
+from siamface.video.fastpath import graph_name
 from siamface.video.identity import IdentityRules, TrackIdentity
 from siamface.video.source import Frame, Gap, VideoSource
 from siamface.video.tracking import FaceTracker
@@ -56,6 +58,11 @@ class WatchOptions:
     settle_faces: int = 8  # embed every face of a track until it has this many embedded
     reembed_every: int = 4  # then every Nth detection (and any better face than before)
     crops_dir: str | None = None
+    # Decode + detect in a thread ahead of embedding (two cores at once). Off by default: on
+    # the shared, loaded 2-core machine it ran 0.74-1.26x the one-core loop's rate with 2-4x
+    # its latency (threads handing frames over wait for the scheduler and the GIL); from CPU
+    # time it could reach ~1.8x on two idle cores (docs/watch.md).
+    overlap: bool = False
     timeout: float = 10.0
     reconnect_for: float = 60.0
     folder_fps: float = 25.0
@@ -167,9 +174,16 @@ class Watcher:
         self.tracker = FaceTracker(lost_after=max(2, round(o.lost_after * proc_fps)))
         self.tracks: dict[int, TrackState] = {}  # by the tracker's id
         self._next_id = 0  # our track ids: a track split in two gets a new one
-        self.finished: list[dict] = []
-        self.gaps: list[dict] = []
+        # Running totals for the summary, not the ended tracks' events: a camera watched for
+        # days ends thousands of tracks (the 1-hour looped-stream check ended 2460), and a
+        # list of their events would grow with every one.
+        self.people: dict[str, dict] = {}
+        self.tallies = {"tracks": 0, "unknown_tracks": 0, "gaps": 0}
         self.counts = {"frames": 0, "processed": 0, "detected": 0, "faces": 0, "embedded": 0}
+        #: CPU seconds of each half of the loop: decode + detect + align ("prepare") and
+        #: track + embed + decide ("identify"). Unlike wall time, other jobs on the machine
+        #: barely change them; the larger one bounds the rate on two idle cores.
+        self.cpu = {"prepare": 0.0, "identify": 0.0}
         if o.crops_dir:
             Path(o.crops_dir).mkdir(parents=True, exist_ok=True)
 
@@ -185,11 +199,18 @@ class Watcher:
             "threshold": round(self.threshold.value, 6),
             "step": self.step,
             "detect_every": self.opts.detect_every,
+            "embedding_graph": graph_name(self.finder.embedder),
+            "overlap": self.opts.overlap,
         }
         t0 = time.monotonic()
-        last_t = -1e9
+        items = self._prepared(t0)
+        if self.opts.overlap:
+            # Decode + detect + align the next frame in a thread while this one is tracked,
+            # embedded and decided here: the two halves cost about the same, so two idle
+            # cores nearly double the rate (one frame ahead, never more: latency, memory).
+            items = run_ahead(items, join_timeout=self.opts.timeout + 5.0)
         try:
-            for item in src:
+            for item in items:
                 if isinstance(item, Gap):
                     gap = {
                         "event": "gap",
@@ -200,26 +221,57 @@ class Watcher:
                         "recovered": item.recovered,
                         "reason": item.reason,
                     }
-                    self.gaps.append(gap)
+                    self.tallies["gaps"] += 1
                     yield gap
                     continue
+                c = time.thread_time()
+                done = list(self._process(*item))
+                self.cpu["identify"] += time.thread_time() - c
+                yield from done
+        finally:
+            items.close()  # the caller stopped early: release the source now
+        for tid in sorted(self.tracks):
+            yield self._end_track(tid)
+        yield self._summary(time.monotonic() - t0)
+
+    def _prepared(self, t0: float) -> Iterator[Gap | tuple[Frame, np.ndarray, list | None]]:
+        """The first half of the loop: frames to process (``--every``/``--fps``, until
+        ``--max-seconds``), resized, with their detected and aligned faces (None on frames
+        the detector skips); gaps passed through. Closes the source when done."""
+        src, o = self.source, self.opts
+        last_t = -1e9
+        c = time.thread_time()  # CPU of this half, whichever thread runs it (not the yields)
+        try:
+            for item in src:
+                if isinstance(item, Gap):
+                    self.cpu["prepare"] += time.thread_time() - c
+                    yield item
+                    c = time.thread_time()
+                    continue
                 self.counts["frames"] += 1
-                if self.opts.max_seconds is not None and time.monotonic() - t0 > (
-                    self.opts.max_seconds
-                ):
+                if o.max_seconds is not None and time.monotonic() - t0 > o.max_seconds:
                     break
-                if src.spec.live and self.opts.fps is not None:
-                    if item.time - last_t < 1.0 / self.opts.fps * 0.95:
+                if src.spec.live and o.fps is not None:
+                    if item.time - last_t < 1.0 / o.fps * 0.95:
                         continue  # live: pace by the clock, frame numbers are not regular
                     last_t = item.time
                 elif item.index % self.step:
                     continue
-                yield from self._process(item)
+                img = self._resize(item.image)
+                n = self.counts["processed"]
+                self.counts["processed"] += 1
+                faces = None
+                if n % o.detect_every == 0:
+                    faces = self.finder.crops(img, self.finder.detect(img))  # embedded later
+                    self.counts["detected"] += 1
+                    self.counts["faces"] += len(faces)
+                self.cpu["prepare"] += time.thread_time() - c
+                yield item, img, faces
+                c = time.thread_time()
         finally:
+            c = time.thread_time()
             src.close()
-        for tid in sorted(self.tracks):
-            yield self._end_track(tid)
-        yield self._summary(time.monotonic() - t0)
+            self.cpu["prepare"] += time.thread_time() - c
 
     def _resize(self, img: np.ndarray) -> np.ndarray:
         m = self.opts.max_side
@@ -231,16 +283,12 @@ class Watcher:
         size = (round(img.shape[1] * f), round(img.shape[0] * f))
         return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
 
-    def _process(self, frame: Frame) -> Iterator[dict]:
-        img = self._resize(frame.image)
-        n = self.counts["processed"]
-        self.counts["processed"] += 1
-        detect = n % self.opts.detect_every == 0
-        faces: list[FrameFace] = []
-        if detect:
-            faces = self.finder.crops(img, self.finder.detect(img))  # embedded below
-            self.counts["detected"] += 1
-            self.counts["faces"] += len(faces)
+    def _process(
+        self, frame: Frame, img: np.ndarray, faces: list[FrameFace] | None
+    ) -> Iterator[dict]:
+        """The second half: tracking, embedding, decisions, events (``faces`` None: a frame
+        the detector skipped, the tracker predicts)."""
+        if faces is not None:
             live = self.tracker.update([f.box for f in faces], period=self.opts.detect_every)
         else:
             live = self.tracker.update(None)
@@ -372,38 +420,38 @@ class Watcher:
             "best_quality": round(max(st.best_quality, 0.0), 3),
             "crop": crop,
         }
-        self.finished.append(ev)
+        self._tally(ev)
         return ev
 
+    def _tally(self, ev: dict) -> None:
+        """Add an ended track to the summary's totals."""
+        self.tallies["tracks"] += 1
+        if ev["faces"] < self.opts.rules.min_faces:
+            return  # a fleeting detection, not a person seen
+        if ev["person"] == UNKNOWN:
+            self.tallies["unknown_tracks"] += 1
+            return
+        p = self.people.setdefault(
+            ev["person"], {"tracks": 0, "first": ev["first"], "last": ev["last"], "seconds": 0}
+        )
+        p["tracks"] += 1
+        p["seconds"] = round(p["seconds"] + ev["seconds"], 3)
+        if ev["first"]["time"] < p["first"]["time"]:
+            p["first"] = ev["first"]
+        if ev["last"]["time"] > p["last"]["time"]:
+            p["last"] = ev["last"]
+
     def _summary(self, seconds: float) -> dict:
-        people: dict[str, dict] = {}
-        unknown = 0
-        for ev in self.finished:
-            if ev["faces"] < self.opts.rules.min_faces:
-                continue  # a fleeting detection, not a person seen
-            if ev["person"] == UNKNOWN:
-                unknown += 1
-                continue
-            p = people.setdefault(
-                ev["person"], {"tracks": 0, "first": ev["first"], "last": ev["last"], "seconds": 0}
-            )
-            p["tracks"] += 1
-            p["seconds"] = round(p["seconds"] + ev["seconds"], 3)
-            if ev["first"]["time"] < p["first"]["time"]:
-                p["first"] = ev["first"]
-            if ev["last"]["time"] > p["last"]["time"]:
-                p["last"] = ev["last"]
         c = self.counts
         return {
             "event": "summary",
-            "people": people,
-            "unknown_tracks": unknown,
-            "tracks": len(self.finished),
-            "gaps": len(self.gaps),
+            "people": self.people,
+            **self.tallies,
             **c,
             "dropped": self.source.dropped,
             "seconds": round(seconds, 3),
             "processed_fps": round(c["processed"] / seconds, 2) if seconds > 0 else None,
+            "cpu_seconds": {k: round(v, 3) for k, v in self.cpu.items()},
         }
 
 
