@@ -7,6 +7,12 @@ import json
 import sys
 
 from siamface.cli._model_args import threshold_value
+from siamface.cli.gallery._shared import load_gallery_model
+from siamface.errors import OutputError, SiamfaceError
+from siamface.gallery import open_gallery
+from siamface.video import Watcher, WatchOptions
+from siamface.video.pipeline import open_source
+from siamface.video.render import VideoOut
 
 
 def _roi(text: str) -> tuple[int, int, int, int]:
@@ -111,12 +117,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from siamface.cli.gallery._shared import load_gallery_model
-    from siamface.errors import OutputError, SiamfaceError
-    from siamface.gallery import open_gallery
-    from siamface.video import Watcher, WatchOptions
-    from siamface.video.pipeline import open_source
-    from siamface.video.render import VideoOut
 
     opts = WatchOptions(
         every=args.every,
@@ -186,7 +186,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _set_threads(n: int) -> None:
     """CPU threads for torch, after the model loaded (its loader sets its own count)."""
-    from siamface.errors import SiamfaceError
 
     if n < 1:
         raise SiamfaceError(f"--threads must be at least 1, got {n}")

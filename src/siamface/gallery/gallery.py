@@ -79,7 +79,9 @@ class Gallery(ABC):
     def _backend(cls, spec: object) -> type[Gallery]:
         if cls is not Gallery:
             return cls
-        from siamface.gallery.backends import backend_for
+        from siamface.gallery.backends import (
+            backend_for,
+        )  # lazy: cycle, backends registers subclasses of this class
 
         return backend_for(spec)
 

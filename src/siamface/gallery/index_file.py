@@ -10,6 +10,7 @@ import struct
 from pathlib import Path
 
 from siamface.errors import SiamfaceError
+from siamface.fileio import atomic_write
 from siamface.gallery.index import INDEX_KINDS, VectorIndex
 
 _MAGIC = b"SIAMFACE-GALLERY-INDEX\n"
@@ -18,7 +19,6 @@ _MAGIC = b"SIAMFACE-GALLERY-INDEX\n"
 def write_index_file(path: Path, index: VectorIndex, header: dict) -> None:
     """Save ``index`` with ``header`` (version, model, ...) as one file, atomically: a reader
     sees the previous complete file or the new one, never a mix."""
-    from siamface.fileio import atomic_write
 
     head = dict(header, kind=index.kind, dim=index.dim, params=index.params)
     head["trained_on"], head["ntotal"] = index.trained_on, index.ntotal

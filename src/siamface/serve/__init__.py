@@ -21,7 +21,7 @@ def __getattr__(name: str):
 
         return ApiError
     if name == "API_KEY_HEADER":
-        from siamface.serve.routes.deps import (
+        from siamface.serve.routes.deps import (  # lazy: --help speed (fastapi, pydantic)
             API_KEY_HEADER,  # lazy: --help speed (fastapi, pydantic)
         )
 

@@ -35,8 +35,8 @@ class WatchFeed:
     """The watch thread and what it shares with the routes (latest JPEG, events, status)."""
 
     def __init__(self, source: str, gallery_spec, embedder, options: dict | None = None) -> None:
-        from siamface.video import WatchOptions
-        from siamface.video.pipeline import open_source
+        from siamface.video import WatchOptions  # lazy: PIL, numpy
+        from siamface.video.pipeline import open_source  # lazy: PIL, numpy
 
         if gallery_spec is None:
             raise SiamfaceError("--watch needs --gallery (the people to recognise)")
@@ -64,8 +64,8 @@ class WatchFeed:
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        from siamface.gallery import open_gallery
-        from siamface.video import Watcher
+        from siamface.gallery import open_gallery  # lazy: PIL, numpy
+        from siamface.video import Watcher  # lazy: PIL, numpy
 
         self.state.running = True
         try:
@@ -88,7 +88,7 @@ class WatchFeed:
                 self._cond.notify_all()
 
     def _on_frame(self, view) -> None:
-        from siamface.video.render import draw, jpeg
+        from siamface.video.render import draw, jpeg  # lazy: PIL, numpy
 
         if self._stop.is_set():
             raise _Stopped

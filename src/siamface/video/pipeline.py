@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from siamface.decide.threshold import Threshold
+from siamface.embed.load import Embedder, create_embedder, model_available
 from siamface.errors import SiamfaceError
-from siamface.gallery import UNKNOWN
+from siamface.gallery import UNKNOWN, Gallery, open_gallery
 from siamface.video.ahead import run_ahead
 from siamface.video.faces import FaceFinder, FrameFace
 from siamface.video.fastpath import graph_name
@@ -476,8 +477,6 @@ def watch(
             if ev["event"] == "identity" and ev["person"] != "unknown":
                 print(ev["person"], ev["time"])
     """
-    from siamface.embed.load import Embedder, create_embedder, model_available
-    from siamface.gallery import Gallery, open_gallery
 
     opts = WatchOptions(**options)
     own = not isinstance(gallery, Gallery)

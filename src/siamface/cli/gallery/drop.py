@@ -8,6 +8,7 @@ from pathlib import Path
 
 from siamface.cli.gallery._shared import GALLERY_HELP, confirm, open_spec
 from siamface.errors import SiamfaceError
+from siamface.gallery.milvus.half_made import drop_milvus_gallery, milvus_state
 
 
 def add_parser(gs: argparse._SubParsersAction) -> None:
@@ -30,11 +31,6 @@ def run_drop(args: argparse.Namespace) -> int:
     from siamface.gallery.backends import backend_name  # lazy: --help speed
 
     if backend_name(args.gallery) == "milvus":
-        from siamface.gallery.milvus.half_made import (
-            drop_milvus_gallery,
-            milvus_state,
-        )  # lazy: --help speed
-
         state, detail = milvus_state(args.gallery)
         if state in ("absent", "foreign"):
             raise SiamfaceError(f"{args.gallery}: {detail or 'gallery not found'}; nothing dropped")
