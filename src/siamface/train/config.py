@@ -108,6 +108,12 @@ class TrainConfig(BaseModel):
         ge=0,
         le=1000,
     )
+    l2sp: float = _opt(
+        0.0,
+        "weight of L2-SP, sum of squared distances of the trained weights to the starting "
+        "model's (init): decay towards the start instead of towards zero",
+        ge=0,
+    )
     teacher: str | None = _opt(
         None,
         "distil from: sface | dlib | a checkpoint | a .onnx model; comma-separated = an "
@@ -424,6 +430,8 @@ class TrainConfig(BaseModel):
                 parse_condition(self.condition)
             except SiamfaceError as err:
                 raise ValueError(str(err)) from None
+        if self.l2sp > 0 and not self.init:
+            raise ValueError("l2sp pulls towards the starting weights: set init=... too")
         if self.unlabeled and not self.teacher:
             raise ValueError(
                 "unlabeled images only train through distillation: set teacher=... too"

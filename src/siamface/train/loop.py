@@ -340,6 +340,11 @@ class Trainer:
                         0.0,
                     ).to(self.device)
                 )
+        if self.start is not None and cfg.l2sp > 0:
+            from siamface.train.l2sp import L2SPTerm
+
+            start_state = self.start.checkpoint.state_dict
+            self.objective.add(L2SPTerm(self.model, start_state, cfg.l2sp).to(self.device))
         teachers = cfg.teachers()
         if teachers:
             if train.paths is None:
