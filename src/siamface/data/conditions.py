@@ -37,7 +37,7 @@ FACE_WIDTH_112 = 2.0 * 35.24
 
 #: Named conditions (presets) and what they stand for.
 PRESETS: dict[str, str] = {
-    "cctv": "lowres:14-44,jpeg:20-70,blur:0-1.2,noise:0-6",
+    "cctv": "misalign:0-3,lowres:12-36,jpeg:20-70,blur:0-1.2,noise:0-6",
     "cctv-eval": "lowres:28,jpeg:40",
     "masked": "mask:0.4-0.8",
     "infrared": "nir,noise:2-8",
