@@ -398,3 +398,48 @@ def test_l2sp_keeps_the_trained_weights_nearer_the_start(pins_small, tmp_path, s
     assert 0 < held < 0.5 * free
     with pytest.raises(ConfigError, match="l2sp pulls towards the starting weights"):
         make_config(overrides=["l2sp=1"])
+
+
+# ----------------------------------------------------------------------- guard
+def test_guard_people_from_another_domain_enter_the_verdict(pins_small, tmp_path, start_ckpt):
+    """guard=DIR: the candidate and the start are compared on those people too, and a metric
+    significantly worse there (beyond guard_margin) would keep the start."""
+    from conftest import SHARED_DATA, copy_identities
+
+    guard = copy_identities(SHARED_DATA / "att40", tmp_path / "att", 4, 4)
+    summary = _train(
+        pins_small,
+        tmp_path / "run",
+        f"init={start_ckpt}",
+        "val_identities=3",
+        "test_identities=4",
+        "epochs=2",
+        "lr=3e-3",
+        "select_rule=best",
+        "select_metric=auc",
+        "verdict_replicates=100",
+        f"guard={guard}",
+    )
+    v = summary["verdict"]
+    if summary["best_epoch"] == 0:
+        pytest.skip("no epoch beat the random start on validation: nothing to compare")
+    assert v["guard"]["identities"] == 4 and v["guard"]["images"] == 16
+    row = v["comparisons"]["guard"]["auc"]
+    lo, hi = row["delta_ci"]
+    assert lo <= row["delta"] <= hi
+    worse = [k for k, r in v["comparisons"]["guard"].items() if r["delta_ci"][1] < -0.01]
+    assert (v["kept"] == "start") or not worse
+
+
+def test_an_unusable_guard_is_refused_early_or_named(tmp_path, pins_small):
+    from siamface.data.transforms import Preprocessing
+    from siamface.train.guard import load_guard
+
+    with pytest.raises(ConfigError, match="not a folder"):
+        make_config(overrides=[f"guard={tmp_path / 'nowhere'}"])
+    one = tmp_path / "one" / "only_person"
+    one.mkdir(parents=True)
+    for f in sorted((pins_small / sorted(p.name for p in pins_small.iterdir())[0]).iterdir())[:3]:
+        (one / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(SiamfaceError, match="at least 2 people"):
+        load_guard(tmp_path / "one", Preprocessing(image_size=32))

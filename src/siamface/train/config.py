@@ -175,10 +175,16 @@ class TrainConfig(BaseModel):
     )
     guard_margin: float = _opt(
         0.01,
-        "with a condition, the clean test faces may be significantly worse by at most this much "
-        "(each metric, e.g. 0.01 = 1 point) before the verdict keeps the start",
+        "with a condition, the clean test faces (and the guard people) may be significantly "
+        "worse by at most this much (each metric, e.g. 0.01 = 1 point) before the verdict keeps "
+        "the start",
         ge=0,
         le=1,
+    )
+    guard: str | None = _opt(
+        None,
+        "identity folders from another domain the adapted model must not get significantly "
+        "worse on (by more than guard_margin), checked in the final verdict",
     )
     verdict_replicates: int = _opt(
         1000, "bootstrap replicates (over identities) of the final verdict", ge=50, le=100_000
@@ -430,6 +436,8 @@ class TrainConfig(BaseModel):
                 parse_condition(self.condition)
             except SiamfaceError as err:
                 raise ValueError(str(err)) from None
+        if self.guard and not Path(self.guard).expanduser().is_dir():
+            raise ValueError(f"guard {self.guard!r} is not a folder of identity folders")
         if self.l2sp > 0 and not self.init:
             raise ValueError("l2sp pulls towards the starting weights: set init=... too")
         if self.unlabeled and not self.teacher:

@@ -36,6 +36,7 @@ from siamface.train.validation import metric_value
 
 if TYPE_CHECKING:
     from siamface.evaluate.metrics import VerificationMetrics
+    from siamface.train.guard import GuardSet
     from siamface.train.loop import Trainer
 
 #: Mixing weights tried by WiSE-FT (1.0, the fine-tuned weights, is the best epoch itself),
@@ -146,14 +147,18 @@ def final_verdict(trainer: Trainer) -> dict[str, Any] | None:
                 cand_sd = mix_weights(start_sd, tuned_sd, alpha)
                 cand = f"WiSE-FT a={alpha} of epoch {trainer.state.best_epoch}"
         out["candidate"] = cand
-        groups = clusters_of(d.test_labels, MAX_CLUSTERS, cfg.seed)
-        sets = {"test": d.test_pixels}
+        sets = {"test": (d.test_pixels, d.test_labels)}
         if d.test_clean_pixels is not None:
-            sets["test_clean"] = d.test_clean_pixels
+            sets["test_clean"] = (d.test_clean_pixels, d.test_labels)
+        if cfg.guard:
+            guard = guard_set(trainer, out)
+            if guard is not None:
+                sets["guard"] = (guard.pixels, guard.labels)
         comps = {}
-        for name, pix in sets.items():
-            h_new = histograms_all_pairs(_embed(trainer, cand_sd, pix), d.test_labels, groups)
-            h_ref = histograms_all_pairs(_embed(trainer, start_sd, pix), d.test_labels, groups)
+        for name, (pix, labels) in sets.items():
+            groups = clusters_of(labels, MAX_CLUSTERS, cfg.seed)
+            h_new = histograms_all_pairs(_embed(trainer, cand_sd, pix), labels, groups)
+            h_ref = histograms_all_pairs(_embed(trainer, start_sd, pix), labels, groups)
             comps[name] = compare(h_new, h_ref, cfg.verdict_replicates, cfg.seed)
         out["comparisons"] = comps
         main = comps["test"][cfg.select_metric]
@@ -187,6 +192,27 @@ def final_verdict(trainer: Trainer) -> dict[str, Any] | None:
         return out
     finally:
         trainer.model.load_state_dict(was)
+
+
+def guard_set(trainer: Trainer, out: dict[str, Any]) -> GuardSet | None:
+    """The ``guard`` people as the model sees them; an unusable guard is reported in the
+    verdict (``guard``) and skipped, never allowed to lose the finished run."""
+    from siamface.errors import SiamfaceError
+    from siamface.train.guard import load_guard
+
+    try:
+        g = load_guard(trainer.cfg.guard, trainer.pre)
+    except SiamfaceError as err:
+        out["guard"] = {"folder": str(trainer.cfg.guard), "skipped": str(err)}
+        trainer.log(f"guard skipped: {err}")
+        return None
+    out["guard"] = {
+        "folder": str(trainer.cfg.guard),
+        "identities": g.identities,
+        "images": len(g.labels),
+        "unreadable_or_no_face": g.unreadable,
+    }
+    return g
 
 
 def _save_best(trainer: Trainer, sd: dict, epoch: int) -> None:
