@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import TINY_BACKBONE
 
-from siamface.errors import SiamfaceError
+from siamface.errors import ConfigError, SiamfaceError
 from siamface.model.checkpoint import load_checkpoint
 from siamface.scores import bootstrap as bs
 from siamface.scores.pairs import score_all_pairs
@@ -76,6 +76,26 @@ def test_mask_covers_the_lower_face_only():
     rows = np.flatnonzero(changed.any(axis=1))
     assert changed.mean() > 0.15
     assert rows.min() > 52  # below the eyes of the ArcFace template (y ~ 51.6)
+
+
+def test_misalign_moves_the_face_by_at_most_its_strength():
+    """A crop cut from a detector's noisy landmarks: shifted a few pixels, not scrambled."""
+    img = _face()
+    assert np.array_equal(parse_condition("misalign:0").apply(img, 3), img)
+    out = parse_condition("misalign:3").apply(img, 3)
+    assert out.shape == img.shape and not np.array_equal(out, img)
+
+    def best_shift(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
+        a32, b32 = a.astype(np.float32)[20:92, 20:92], b.astype(np.float32)
+        err = {
+            (dx, dy): float(np.abs(a32 - b32[20 + dy : 92 + dy, 20 + dx : 92 + dx]).mean())
+            for dx in range(-8, 9)
+            for dy in range(-8, 9)
+        }
+        return min(err, key=err.get)
+
+    dx, dy = best_shift(img, out)
+    assert max(abs(dx), abs(dy)) <= 5 and (dx, dy) != (0, 0)
 
 
 def test_bad_condition_specs_name_what_is_allowed():
@@ -325,3 +345,102 @@ def test_start_embeddings_and_cached_features_follow_the_training_rows(pins_smal
     with torch.no_grad():
         want = model(x)
     assert torch.allclose(got[idx], want, atol=1e-4)
+
+
+# ----------------------------------------------------------------------- L2-SP
+def test_l2sp_term_measures_distance_to_the_start_over_trained_weights_only():
+    from torch import nn
+
+    from siamface.train.l2sp import L2SPTerm
+    from siamface.train.objective import Batch
+
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    term = L2SPTerm(model, start, weight=1.0)
+    batch = Batch(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long), torch.zeros(1, 2))
+    assert float(term.compute(batch).detach()) == 0.0
+    with torch.no_grad():
+        model[0].weight.add_(0.5)  # 6 entries moved by 0.5: 6 * 0.25
+        model[1].bias.add_(1.0)  # 2 entries by 1.0
+    assert float(term.compute(batch).detach()) == pytest.approx(1.5 + 2.0)
+    model[1].requires_grad_(False)  # frozen layers are not the term's business
+    value = term.compute(batch)
+    assert float(value.detach()) == pytest.approx(1.5)
+    value.backward()  # the gradient pulls back towards the start
+    assert torch.allclose(model[0].weight.grad, torch.full((2, 3), 1.0))
+    assert not list(term.parameters())  # the model is not the objective's parameter twice
+
+
+def test_l2sp_keeps_the_trained_weights_nearer_the_start(pins_small, tmp_path, start_ckpt):
+    def drift(*extra: str) -> float:
+        out = tmp_path / f"run{len(extra)}"
+        _train(
+            pins_small,
+            out,
+            f"init={start_ckpt}",
+            "val_identities=3",
+            "epochs=1",
+            "lr=3e-3",
+            "wise_ft=false",
+            "test_identities=0",
+            "select_rule=best",
+            *extra,
+        )
+        a = load_checkpoint(out / "last.safetensors").state_dict
+        b = load_checkpoint(start_ckpt).state_dict
+        return sum(
+            float((a[k].float() - b[k].float()).pow(2).sum())
+            for k in b
+            if b[k].is_floating_point() and "running" not in k
+        )
+
+    free, held = drift(), drift("l2sp=10")
+    assert 0 < held < 0.5 * free
+    with pytest.raises(ConfigError, match="l2sp pulls towards the starting weights"):
+        make_config(overrides=["l2sp=1"])
+
+
+# ----------------------------------------------------------------------- guard
+def test_guard_people_from_another_domain_enter_the_verdict(pins_small, tmp_path, start_ckpt):
+    """guard=DIR: the candidate and the start are compared on those people too, and a metric
+    significantly worse there (beyond guard_margin) would keep the start."""
+    from conftest import SHARED_DATA, copy_identities
+
+    guard = copy_identities(SHARED_DATA / "att40", tmp_path / "att", 4, 4)
+    summary = _train(
+        pins_small,
+        tmp_path / "run",
+        f"init={start_ckpt}",
+        "val_identities=3",
+        "test_identities=4",
+        "epochs=2",
+        "lr=3e-3",
+        "select_rule=best",
+        "select_metric=auc",
+        "verdict_replicates=100",
+        f"guard={guard}",
+    )
+    v = summary["verdict"]
+    if summary["best_epoch"] == 0:
+        pytest.skip("no epoch beat the random start on validation: nothing to compare")
+    assert v["guard"]["identities"] == 4 and v["guard"]["images"] == 16
+    row = v["comparisons"]["guard"]["auc"]
+    lo, hi = row["delta_ci"]
+    assert lo <= row["delta"] <= hi
+    worse = [k for k, r in v["comparisons"]["guard"].items() if r["delta_ci"][1] < -0.01]
+    assert (v["kept"] == "start") or not worse
+
+
+def test_an_unusable_guard_is_refused_early_or_named(tmp_path, pins_small):
+    from siamface.tensors.transforms import Preprocessing
+
+    from siamface.train.guard import load_guard
+
+    with pytest.raises(ConfigError, match="not a folder"):
+        make_config(overrides=[f"guard={tmp_path / 'nowhere'}"])
+    one = tmp_path / "one" / "only_person"
+    one.mkdir(parents=True)
+    for f in sorted((pins_small / sorted(p.name for p in pins_small.iterdir())[0]).iterdir())[:3]:
+        (one / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(SiamfaceError, match="at least 2 people"):
+        load_guard(tmp_path / "one", Preprocessing(image_size=32))

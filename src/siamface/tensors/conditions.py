@@ -37,7 +37,7 @@ FACE_WIDTH_112 = 2.0 * 35.24
 
 #: Named conditions (presets) and what they stand for.
 PRESETS: dict[str, str] = {
-    "cctv": "lowres:14-44,jpeg:20-70,blur:0-1.2,noise:0-6",
+    "cctv": "misalign:0-3,lowres:12-36,jpeg:20-70,blur:0-1.2,noise:0-6",
     "cctv-eval": "lowres:28,jpeg:40",
     "masked": "mask:0.4-0.8",
     "infrared": "nir,noise:2-8",
@@ -58,6 +58,23 @@ class _State:
     img: np.ndarray  # HWC uint8 (or float32 while being processed)
     size: int  # the output size (the model's input)
     scale: float = 1.0  # current width / output width
+
+
+def _misalign(st: _State, pixels: float, rng: np.random.Generator) -> None:
+    """Alignment error: on a small, blurred face the detector's five landmarks are off by a
+    few pixels, so the crop a camera yields is shifted, scaled and turned a little. A model
+    adapted on perfectly aligned degraded copies has never seen that (``pixels``: the largest
+    shift, in pixels of the 112-px crop; scale and rotation errors follow it)."""
+    size = st.size
+    u = pixels * size / 112.0
+    dx, dy = rng.uniform(-u, u, 2)
+    scale = 1.0 + rng.uniform(-1.0, 1.0) * pixels / 70.0
+    angle = rng.uniform(-1.0, 1.0) * 1.5 * pixels
+    m = cv2.getRotationMatrix2D((size / 2.0, size / 2.0), angle, scale)
+    m[:, 2] += (dx, dy)
+    st.img = cv2.warpAffine(
+        st.img, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
 
 
 def _lowres(st: _State, width: float, rng: np.random.Generator) -> None:
@@ -188,13 +205,14 @@ REGISTRY: dict[str, Degradation] = {
         Degradation("mask", 0, 0.6, 0.2, 1.0, "share of the eyes-to-nose span covered", _mask),
         Degradation("occluder", 1, 1.0, 0.0, 1.0, "(dark glasses)", _occluder),
         Degradation("lowlight", 2, 2.0, 1.0, 4.0, "gamma (>1 darker)", _lowlight),
-        Degradation("lowres", 3, 28.0, 8.0, 112.0, "face width in pixels", _lowres),
-        Degradation("blur", 4, 1.0, 0.0, 5.0, "gaussian sigma, px", _blur),
-        Degradation("motion", 5, 5.0, 0.0, 25.0, "motion blur length, px", _motion),
-        Degradation("noise", 6, 5.0, 0.0, 40.0, "sensor noise sigma (0-255)", _noise),
-        Degradation("gray", 7, 1.0, 0.0, 1.0, "(grayscale)", _gray),
-        Degradation("nir", 8, 1.0, 0.0, 1.0, "(near-infrared look)", _nir),
-        Degradation("jpeg", 9, 40.0, 5.0, 100.0, "JPEG quality", _jpeg),
+        Degradation("misalign", 3, 2.0, 0.0, 8.0, "landmark error, px of 112", _misalign),
+        Degradation("lowres", 4, 28.0, 8.0, 112.0, "face width in pixels", _lowres),
+        Degradation("blur", 5, 1.0, 0.0, 5.0, "gaussian sigma, px", _blur),
+        Degradation("motion", 6, 5.0, 0.0, 25.0, "motion blur length, px", _motion),
+        Degradation("noise", 7, 5.0, 0.0, 40.0, "sensor noise sigma (0-255)", _noise),
+        Degradation("gray", 8, 1.0, 0.0, 1.0, "(grayscale)", _gray),
+        Degradation("nir", 9, 1.0, 0.0, 1.0, "(near-infrared look)", _nir),
+        Degradation("jpeg", 10, 40.0, 5.0, 100.0, "JPEG quality", _jpeg),
     ]
 }
 

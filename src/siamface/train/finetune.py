@@ -31,6 +31,7 @@ from siamface.train.distill import DistillationTerm
 from siamface.train.distributed import main_decides
 from siamface.train.feature_cache import FeatureCache
 from siamface.train.hooks import Hook, RunView
+from siamface.train.l2sp import L2SPTerm
 from siamface.train.losses import is_classifier
 from siamface.train.objective import Objective
 from siamface.train.start import (
@@ -99,7 +100,11 @@ class FineTune(Hook):
         log: Callable[[str], None],
     ) -> None:
         """The ``keep_close`` term and class-mean centres, from the start's embeddings of the
-        training images (computed only when one of them is asked for)."""
+        training images (computed only when one of them is asked for), and the L2-SP term
+        on the weights themselves."""
+        if cfg.finetune.l2sp > 0:
+            start_state = self.start.checkpoint.state_dict
+            objective.add(L2SPTerm(model, start_state, cfg.finetune.l2sp).to(device))
         classifier = is_classifier(cfg.objective.name)
         if not (cfg.finetune.keep_close > 0 or (classifier and cfg.class_mean_centres)):
             return

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from siamface.embed.tensors import embed_tensors
+from siamface.errors import SiamfaceError
 from siamface.model.checkpoint import load_checkpoint, save_checkpoint
 from siamface.scores.bootstrap import (
     METRICS,
@@ -32,10 +33,12 @@ from siamface.scores.bootstrap import (
     histograms_all_pairs,
 )
 from siamface.train.checkpoints import BEST
+from siamface.train.guard import load_guard
 from siamface.train.rundir import writing
 from siamface.train.validation import metric_value
 
 if TYPE_CHECKING:
+    from siamface.train.guard import GuardSet
     from siamface.train.hooks import RunView
     from siamface.train.start import StartingModel
 
@@ -141,14 +144,18 @@ def final_verdict(view: RunView, start: StartingModel) -> dict[str, Any] | None:
                 cand_sd = mix_weights(start_sd, tuned_sd, alpha)
                 cand = f"WiSE-FT a={alpha} of epoch {view.state.best_epoch}"
         out["candidate"] = cand
-        groups = clusters_of(d.test_labels, MAX_CLUSTERS, cfg.run.seed)
-        sets = {"test": d.test_pixels}
+        sets = {"test": (d.test_pixels, d.test_labels)}
         if d.test_clean_pixels is not None:
-            sets["test_clean"] = d.test_clean_pixels
+            sets["test_clean"] = (d.test_clean_pixels, d.test_labels)
+        if cfg.run.guard:
+            guard = guard_set(view, out)
+            if guard is not None:
+                sets["guard"] = (guard.pixels, guard.labels)
         comps = {}
-        for name, pix in sets.items():
-            h_new = histograms_all_pairs(_embed(view, cand_sd, pix), d.test_labels, groups)
-            h_ref = histograms_all_pairs(_embed(view, start_sd, pix), d.test_labels, groups)
+        for name, (pix, labels) in sets.items():
+            groups = clusters_of(labels, MAX_CLUSTERS, cfg.run.seed)
+            h_new = histograms_all_pairs(_embed(view, cand_sd, pix), labels, groups)
+            h_ref = histograms_all_pairs(_embed(view, start_sd, pix), labels, groups)
             comps[name] = compare(h_new, h_ref, cfg.run.verdict_replicates, cfg.run.seed)
         out["comparisons"] = comps
         main = comps["test"][cfg.run.select_metric]
@@ -182,6 +189,24 @@ def final_verdict(view: RunView, start: StartingModel) -> dict[str, Any] | None:
         return out
     finally:
         view.model.load_state_dict(was)
+
+
+def guard_set(view: RunView, out: dict[str, Any]) -> GuardSet | None:
+    """The ``guard`` people as the model sees them; an unusable guard is reported in the
+    verdict (``guard``) and skipped, never allowed to lose the finished run."""
+    try:
+        g = load_guard(view.cfg.run.guard, view.pre)
+    except SiamfaceError as err:
+        out["guard"] = {"folder": str(view.cfg.run.guard), "skipped": str(err)}
+        view.log(f"guard skipped: {err}")
+        return None
+    out["guard"] = {
+        "folder": str(view.cfg.run.guard),
+        "identities": g.identities,
+        "images": len(g.labels),
+        "unreadable_or_no_face": g.unreadable,
+    }
+    return g
 
 
 def _save_best(view: RunView, sd: dict, epoch: int) -> None:

@@ -39,6 +39,12 @@ class FinetuneSection(Params):
         ge=0,
         le=1000,
     )
+    l2sp: float = param(
+        0.0,
+        "weight of L2-SP, the sum of squared distances of the trained weights to the starting "
+        "model's (init): decay towards the start instead of towards zero",
+        ge=0,
+    )
     centre_init: Literal["auto", "random", "class_mean"] = param(
         "auto",
         "{choices}: ArcFace/CosFace class centres start at each identity's mean embedding under "

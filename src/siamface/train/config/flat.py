@@ -42,6 +42,8 @@ FLAT_KEYS: dict[str, str] = {
     "condition_rate": "data.condition_rate",
     "wise_ft": "finetune.wise_ft",
     "guard_margin": "run.guard_margin",
+    "guard": "run.guard",
+    "l2sp": "finetune.l2sp",
     "verdict_replicates": "run.verdict_replicates",
     "min_images_per_identity": "data.min_images_per_identity",
     "augment": "data.augment",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -16,6 +17,11 @@ def check_across_sections(cfg: TrainConfig) -> None:
             f"data.batch_size ({d.batch_size}) must be a multiple of grad_accum x m_per_class "
             f"(machine.grad_accum={m.grad_accum} x data.m_per_class={d.m_per_class})"
         )
+    guard = cfg.run.guard
+    if guard and not Path(guard).expanduser().is_dir():
+        raise ValueError(f"run.guard {guard!r} is not a folder of identity folders")
+    if cfg.finetune.l2sp > 0 and not cfg.finetune.init:
+        raise ValueError("finetune.l2sp pulls towards the starting weights: set finetune.init too")
     if cfg.distill.unlabeled and not cfg.distill.teacher:
         raise ValueError(
             "unlabeled images only train through distillation: set distill.teacher=... too"

@@ -37,10 +37,16 @@ class RunSection(Params):
     )
     guard_margin: float = param(
         0.01,
-        "with a condition, the clean test faces may be significantly worse by at most this much "
-        "(each metric, e.g. 0.01 = 1 point) before the verdict keeps the start",
+        "with a condition, the clean test faces (and the guard people) may be significantly "
+        "worse by at most this much (each metric, e.g. 0.01 = 1 point) before the verdict keeps "
+        "the start",
         ge=0,
         le=1,
+    )
+    guard: str | None = param(
+        None,
+        "identity folders from another domain the adapted model must not get significantly "
+        "worse on (by more than guard_margin), checked in the final verdict",
     )
     verdict_replicates: int = param(
         1000, "bootstrap replicates (over identities) of the final verdict", ge=50, le=100_000
