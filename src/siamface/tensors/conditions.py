@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from siamface.errors import SiamfaceError
+from siamface.faces.align import ARCFACE_TEMPLATE_112
 
 #: Face width (pixels) in a 112-px ArcFace-aligned crop: twice the template's eye distance.
 #: ``lowres:W`` shrinks the crop so the face is W pixels wide, as a camera that far away sees it.
@@ -46,8 +47,6 @@ PRESETS: dict[str, str] = {
 
 def _template(size: int) -> np.ndarray:
     """The five landmarks of an aligned ``size`` crop (eyes, nose, mouth corners)."""
-    from siamface.faces.align import ARCFACE_TEMPLATE_112  # noqa: PLC0415 - data <- faces data
-
     return ARCFACE_TEMPLATE_112 * (size / 112.0)
 
 

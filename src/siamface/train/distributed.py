@@ -7,7 +7,7 @@ run with N processes follow the *same* training curve as one process with the sa
 ``batch_size`` (the global batch) and seed:
 
 * every process draws the same global batch order and takes its own slice of each batch
-  (:mod:`siamface.data.distributed_sampler`), with per-image augmentation seeds;
+  (:mod:`siamface.tensors.batches`), with per-image augmentation seeds;
 * BatchNorm statistics are computed over the global batch (``sync_bn``);
 * the metric loss is computed over the embeddings of the whole global batch, gathered from
   all processes (pytorch-metric-learning's ``gather``; its gradient reaches each process's own
