@@ -433,7 +433,6 @@ def test_guard_people_from_another_domain_enter_the_verdict(pins_small, tmp_path
 
 def test_an_unusable_guard_is_refused_early_or_named(tmp_path, pins_small):
     from siamface.tensors.transforms import Preprocessing
-
     from siamface.train.guard import load_guard
 
     with pytest.raises(ConfigError, match="not a folder"):
