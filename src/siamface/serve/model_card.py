@@ -17,13 +17,7 @@ from siamface.embed.load import Embedder
 
 #: Keys of a model's ``info`` shown on the card (anything else stays in the file).
 INFO_KEYS = (
-    "name",
-    "description",
-    "license",
-    "provenance",
-    "input_contract",
-    "tta",
-    "members",
+    *Embedder.CARD_KEYS,
     "paper",
     "init",
     "weights_source",
