@@ -260,6 +260,30 @@ def domain_targets(res: dict, key: str, acc_gain: float, tar_gain: float | None)
     return t
 
 
+def verdict_agrees(summary: dict, vs_sface: dict) -> dict:
+    """Target (c): the main job is never significantly worse than its start on the bench's test
+    people, and its own verdict (made on the run's test people) agrees with them: a kept
+    fine-tune must gain significantly on the run's select metric here too; a kept start is the
+    start, which agrees by construction."""
+    verdict = summary.get("verdict") or {}
+    kept = verdict.get("kept")
+    metrics = vs_sface.get("metrics") or {}
+    worse = [k for k, r in metrics.items() if r.get("significant") == "worse"]
+    select = verdict.get("select_metric") or summary.get("select_metric")
+    gain = metrics.get(select, {})
+    agrees = kept != "fine-tuned" or gain.get("significant") == "better"
+    return {
+        "run_verdict": verdict.get("verdict"),
+        "kept": kept,
+        "select_metric": select,
+        "select_metric_on_bench_test": gain,
+        "significantly_worse_on": worse,
+        "never_significantly_worse": not worse,
+        "verdict_agrees_with_test_people": agrees,
+        "met": not worse and agrees,
+    }
+
+
 def deltas(arm: dict, ref: dict) -> dict:
     out = {}
     for k in METRICS:
@@ -294,8 +318,8 @@ def train_job(name: str, work: Path, data: Path, budget: float, args: list[str],
         str(run),
         "--no-progress",
         *opts,
-        f"time_budget_min={budget}",
-        f"seed={seed}",
+        f"run.time_budget_min={budget}",
+        f"run.seed={seed}",
         *keys,
     ]
     return name, cmd, run
@@ -383,7 +407,8 @@ def main() -> int:
                 work,
                 train,
                 args.budget_min,
-                ["--config", "finetune", *args.c_args.split()],
+                # the README's main job: the guard is att40 (grayscale, another domain)
+                ["--config", "finetune", f"run.guard={data / 'att40'}", *args.c_args.split()],
                 args.seed,
             )
         )
@@ -416,7 +441,7 @@ def main() -> int:
                 att / "train",
                 args.att40_budget_min,
                 # 15 training people: 64-image batches of 4 per person would need 16
-                ["--config", "finetune", "val_identities=5", "batch_size=32"],
+                ["--config", "finetune", "data.val_identities=5", "data.batch_size=32"],
                 args.seed,
             )
         )
@@ -554,8 +579,12 @@ def main() -> int:
                 "log": str(work / f"{n}_train.log"),
             }
     if "c" in arms and "c" in results and results["c"]["rc"] == 0:
-        arms_out["c_finetuned_from_sface"]["vs_sface"] = compare_eval(
+        c_entry = arms_out["c_finetuned_from_sface"]
+        c_entry["vs_sface"] = compare_eval(
             str(work / "run_c" / "best.safetensors"), test, work / "c_c"
+        )
+        res["target_c"] = verdict_agrees(
+            json.loads((work / "run_c" / "summary.json").read_text()), c_entry["vs_sface"]
         )
     res["arms"] = arms_out
     tars = []
