@@ -194,8 +194,7 @@ def prepare_run_data(
     if len(kept_ids) < 2:
         raise SiamfaceError(
             f"need at least 2 identities with >= {cfg.data.min_images_per_identity} readable "
-            "images; "
-            f"found {len(kept_ids)}"
+            f"images; found {len(kept_ids)}"
         )
     # The test identities are carved first, with their own seed, so that adding a test split
     # leaves the rule that draws validation identities from the rest unchanged.
@@ -205,8 +204,7 @@ def prepare_run_data(
     if len(train_ids) * cfg.data.m_per_class < cfg.data.batch_size:
         raise SiamfaceError(
             f"m_per_class ({cfg.data.m_per_class}) x training identities ({len(train_ids)}) "
-            "must be "
-            f">= batch_size ({cfg.data.batch_size}); lower batch_size or add identities"
+            f"must be >= batch_size ({cfg.data.batch_size}); lower batch_size or add identities"
         )
     tr_set, va_set, te_set = set(train_ids), set(val_ids), set(test_ids)
     tr_idx = [i for i in good if scan.samples[i].identity in tr_set]
@@ -224,8 +222,7 @@ def prepare_run_data(
         if pixels is None:
             raise SiamfaceError(
                 f"condition={cfg.data.condition} needs the decoded images in memory; raise "
-                "cache_gb "
-                f"(now {cfg.machine.cache_gb}) or train on fewer images"
+                f"cache_gb (now {cfg.machine.cache_gb}) or train on fewer images"
             )
         pixels, extra_rows, va_rows, te_rows = degraded_rows(
             pixels, tr_idx, va_idx, te_idx, [s.path for s in samples], cond, cfg.data.condition_rate

@@ -10,6 +10,7 @@ start. The folder is read only at the verdict, through the starting model's own 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,15 +50,14 @@ def load_guard(folder: str | Path, pre: Preprocessing) -> GuardSet:
             bad += 1
             continue
         names.append(name)
-    counts = {n: names.count(n) for n in set(names)}
-    usable = sorted(n for n, c in counts.items() if c >= 2)
+    usable = sorted(n for n, c in Counter(names).items() if c >= 2)
     if len(usable) < 2:
         raise SiamfaceError(
             f"guard {folder}: {len(usable)} identities with two readable faces; "
             "a guard needs at least 2 people with 2 photos each"
         )
-    keep = [k for k, n in enumerate(names) if n in set(usable)]
     index = {n: k for k, n in enumerate(usable)}
+    keep = [k for k, n in enumerate(names) if n in index]
     pix = torch.from_numpy(np.stack([crops[k] for k in keep])).permute(0, 3, 1, 2).contiguous()
     lab = np.array([index[names[k]] for k in keep], dtype=np.int64)
     return GuardSet(pix, lab, len(usable), bad)
