@@ -17,7 +17,7 @@ from siamface.scores.pairs import score_all_pairs
 from siamface.tensors.conditions import parse_condition, path_key
 from siamface.train.config import make_config
 from siamface.train.job import train
-from siamface.train.verdict import mix_weights
+from siamface.train.verdict import choose_alpha, mix_weights
 
 FAST = ["batch_size=16", "num_workers=0", "precision=fp32"]
 
@@ -151,6 +151,49 @@ def test_guard_margin_tolerates_small_significant_losses_only():
     assert not worse_beyond({"delta_ci": [-0.02, 0.01]}, "tar_at_far_1e-3", 0.0)
 
 
+def test_wise_ft_mix_must_keep_clean_faces():
+    """The best mix under the condition loses when it is worse on clean validation faces; with
+    none clean-safe the best of all stands (the verdict decides); ties go nearer the start."""
+    rows = [
+        {"alpha": 1.0, "auc": 0.90, "clean_worse": ["tar_at_far_1e-3"]},
+        {"alpha": 0.75, "auc": 0.93, "clean_worse": ["accuracy"]},
+        {"alpha": 0.5, "auc": 0.91, "clean_worse": []},
+        {"alpha": 0.25, "auc": 0.89, "clean_worse": []},
+    ]
+    assert choose_alpha(rows, "auc") == 0.5
+    assert choose_alpha([{**r, "clean_worse": ["auc"]} for r in rows], "auc") == 0.75
+    assert choose_alpha([{k: v for k, v in r.items() if k != "clean_worse"} for r in rows], "auc")
+    assert choose_alpha([{"alpha": 1.0, "eer": 0.2}, {"alpha": 0.5, "eer": 0.2}], "eer") == 0.5
+    assert choose_alpha([{"alpha": 1.0, "eer": 0.1}, {"alpha": 0.5, "eer": 0.2}], "eer") == 1.0
+    assert choose_alpha([{"alpha": 1.0, "auc": None}], "auc") == 1.0
+
+
+def test_wise_ft_checks_each_mix_on_clean_validation_faces(pins_small, tmp_path, start_ckpt):
+    """With a condition, every WiSE-FT row says on which metrics it is worse than the start on
+    the clean validation faces, and the chosen mix is a clean-safe one whenever one exists."""
+    summary = _train(
+        pins_small,
+        tmp_path / "run",
+        f"init={start_ckpt}",
+        "val_identities=3",
+        "test_identities=3",
+        "condition=jpeg:40",
+        "epochs=3",
+        "lr=3e-3",
+        "select_rule=best",
+        "select_metric=auc",
+        "wise_ft=true",
+        "verdict_replicates=100",
+    )
+    if summary["best_epoch"] == 0:
+        pytest.skip("no epoch beat the random start on validation: nothing to mix")
+    w = summary["verdict"]["wise_ft"]
+    assert [r["alpha"] for r in w["validation"]] == [1.0, 0.75, 0.5, 0.25]
+    assert all(isinstance(r["clean_worse"], list) for r in w["validation"])
+    safe = {r["alpha"] for r in w["validation"] if not r["clean_worse"]}
+    assert not safe or w["alpha"] in safe
+
+
 def test_wise_ft_mixes_floating_weights_only():
     start = {"w": torch.zeros(3), "n": torch.tensor(4)}
     tuned = {"w": torch.ones(3), "n": torch.tensor(9)}
@@ -217,6 +260,14 @@ def test_condition_adds_cached_degraded_copies(pins_small, tmp_path, start_ckpt)
     assert torch.equal(again.train.raw(n + 1), d.train.raw(n + 1))  # deterministic
     assert not torch.equal(d.val_pixels[0:1], d.test_pixels[0:1])
     assert d.test_clean_pixels is not None and len(d.test_labels) == len(d.test_clean_pixels)
+    assert d.val_clean_pixels is not None and len(d.val_labels) == len(d.val_clean_pixels)
+    assert not torch.equal(d.val_clean_pixels[0:1], d.val_pixels[0:1])
+    assert (
+        prepare_run_data(
+            make_config(overrides=[*FAST, "val_identities=3"]), [str(pins_small)], progress=False
+        ).val_clean_pixels
+        is None
+    )  # no condition: validation is already clean
 
 
 # ----------------------------------------------------------------------- evaluate CLI

@@ -86,6 +86,10 @@ class RunData:
     # (its own index for clean items), the anchor of keep_close and of class-mean centres.
     train_source: list[int] | None = None
     condition: str | None = None
+    # With a condition: the validation rows clean, so that WiSE-FT chooses its mix among those
+    # that keep clean faces as the start had them (the verdict's clean check, on people who
+    # may choose).
+    val_clean_pixels: object | None = None
 
 
 def cache_bytes(cfg: TrainConfig, local_world: int) -> int:
@@ -277,6 +281,7 @@ def prepare_run_data(
         test_identities=test_ids,
         test_pixels=_RowView(pixels, te_rows) if pixels is not None and te_rows else None,
         test_clean_pixels=_RowView(pixels, te_idx) if cond and te_idx else None,
+        val_clean_pixels=_RowView(pixels, va_idx) if cond and va_idx else None,
         test_labels=np.array([test_ids.index(samples[i].identity) for i in te_idx], dtype=np.int64),
         test_paths=[samples[i].path for i in te_idx],
         train_source=train_source,
