@@ -162,7 +162,8 @@ def test_wise_ft_mix_must_keep_clean_faces():
     ]
     assert choose_alpha(rows, "auc") == 0.5
     assert choose_alpha([{**r, "clean_worse": ["auc"]} for r in rows], "auc") == 0.75
-    assert choose_alpha([{k: v for k, v in r.items() if k != "clean_worse"} for r in rows], "auc")
+    unchecked = [{k: v for k, v in r.items() if k != "clean_worse"} for r in rows]
+    assert choose_alpha(unchecked, "auc") == 0.75  # no clean check (no condition): best wins
     assert choose_alpha([{"alpha": 1.0, "eer": 0.2}, {"alpha": 0.5, "eer": 0.2}], "eer") == 0.5
     assert choose_alpha([{"alpha": 1.0, "eer": 0.1}, {"alpha": 0.5, "eer": 0.2}], "eer") == 1.0
     assert choose_alpha([{"alpha": 1.0, "auc": None}], "auc") == 1.0

@@ -109,10 +109,11 @@ def wise_ft(view: RunView, start_sd: dict, tuned_sd: dict) -> tuple[float, list[
             table.append({"alpha": a, metric: metric_value(m, metric), "auc": m.auc, "eer": m.eer})
     if d.val_clean_pixels is not None and len(d.val_identities) >= 2:
         groups = clusters_of(d.val_labels, MAX_CLUSTERS, cfg.run.seed)
-        ref = histograms_all_pairs(_embed(view, start_sd, d.val_clean_pixels), d.val_labels, groups)
+        clean, labels = d.val_clean_pixels, d.val_labels
+        ref = _histograms(view, start_sd, clean, labels, groups)
         for row in table:
             sd = tuned_sd if row["alpha"] == 1.0 else mix_weights(start_sd, tuned_sd, row["alpha"])
-            new = histograms_all_pairs(_embed(view, sd, d.val_clean_pixels), d.val_labels, groups)
+            new = _histograms(view, sd, clean, labels, groups)
             comp = compare(new, ref, cfg.run.verdict_replicates, cfg.run.seed)
             row["clean_worse"] = [k for k, r in comp.items() if worse_beyond(r, k, 0.0)]
     chosen = choose_alpha(table, metric)
@@ -140,6 +141,11 @@ def _embed(view: RunView, sd: dict, pixels) -> np.ndarray:
         device=view.device,
         channels_last=view.cfg.machine.channels_last,
     ).numpy()
+
+
+def _histograms(view: RunView, sd: dict, pixels, labels: np.ndarray, groups):
+    """Pair-score histograms of the weights ``sd`` on these faces, for a paired comparison."""
+    return histograms_all_pairs(_embed(view, sd, pixels), labels, groups)
 
 
 def final_verdict(view: RunView, start: StartingModel) -> dict[str, Any] | None:
@@ -186,8 +192,8 @@ def final_verdict(view: RunView, start: StartingModel) -> dict[str, Any] | None:
         comps = {}
         for name, (pix, labels) in sets.items():
             groups = clusters_of(labels, MAX_CLUSTERS, cfg.run.seed)
-            h_new = histograms_all_pairs(_embed(view, cand_sd, pix), labels, groups)
-            h_ref = histograms_all_pairs(_embed(view, start_sd, pix), labels, groups)
+            h_new = _histograms(view, cand_sd, pix, labels, groups)
+            h_ref = _histograms(view, start_sd, pix, labels, groups)
             comps[name] = compare(h_new, h_ref, cfg.run.verdict_replicates, cfg.run.seed)
         out["comparisons"] = comps
         main = comps["test"][cfg.run.select_metric]
