@@ -40,3 +40,30 @@ def split_identities(
     val_ids = sorted(shuffled[:n_val])
     train_ids = sorted(shuffled[n_val:])
     return train_ids, val_ids
+
+
+def keep_share(identities: Sequence[str], share: float | int, seed: int) -> list[str]:
+    """A seeded subset of ``identities``: a fraction (``share`` <= 1; 1 keeps all) or a count.
+
+    For a learning curve: train on fewer people while the validation and test people stay the
+    ones the full run has, so the curve's points differ only in how many people trained. The
+    subset is drawn with its own seed from the sorted list, so a smaller count's people are not
+    a prefix of a larger one's, but the same arguments always give the same people.
+    """
+    ids = sorted(set(identities))
+    if isinstance(share, bool) or share <= 0:
+        raise SiamfaceError(f"train_identities must be > 0, got {share!r}")
+    if share == 1:
+        return ids
+    n = round(len(ids) * share) if share < 1 else int(share)
+    if n > len(ids):
+        raise SiamfaceError(
+            f"train_identities={share:g} asks for {n} training identities, but only {len(ids)} "
+            "remain after the validation and test people; lower it or add identities"
+        )
+    if n < 2:
+        raise SiamfaceError(
+            f"train_identities={share:g} leaves {n} of {len(ids)} training identities; at "
+            "least 2 must train"
+        )
+    return sorted(random.Random(seed).sample(ids, n))

@@ -16,7 +16,7 @@ from siamface.folders.identities import Sample, scan_identity_folders, scan_imag
 from siamface.folders.marker import MARKER_NAME, check_complete, read_marker
 from siamface.folders.report import DatasetReport, build_report
 from siamface.folders.scan_index import ScanIndex, index_path, scan_files
-from siamface.folders.split import split_identities
+from siamface.folders.split import keep_share, split_identities
 from siamface.model.network import backbone_default_norm
 from siamface.system import usable_cpus
 from siamface.tensors.conditions import Condition, parse_condition, path_key
@@ -90,6 +90,8 @@ class RunData:
     # that keep clean faces as the start had them (the verdict's clean check, on people who
     # may choose).
     val_clean_pixels: object | None = None
+    # Training identities left out by ``data.train_identities`` (a learning curve's point).
+    unused_train_identities: int = 0
 
 
 def cache_bytes(cfg: TrainConfig, local_world: int) -> int:
@@ -205,6 +207,9 @@ def prepare_run_data(
     rest, test_ids = split_identities(kept_ids, cfg.data.test_identities, cfg.run.seed + 7919)
     train_ids, val_ids = split_identities(rest, cfg.data.val_identities, cfg.run.seed)
     val_ids = cap_validation(val_ids, counts, cfg.run.val_max_images, cfg.run.seed)
+    # data.train_identities: a learning curve's point, the same validation and test people.
+    all_train = len(train_ids)
+    train_ids = keep_share(train_ids, cfg.data.train_identities, cfg.run.seed + 104729)
     if len(train_ids) * cfg.data.m_per_class < cfg.data.batch_size:
         raise SiamfaceError(
             f"m_per_class ({cfg.data.m_per_class}) x training identities ({len(train_ids)}) "
@@ -263,6 +268,7 @@ def prepare_run_data(
     return RunData(
         train=train,
         train_identities=train_ids,
+        unused_train_identities=all_train - len(train_ids),
         val_pixels=_RowView(pixels, va_rows) if pixels is not None else None,
         val_paths=[samples[i].path for i in va_idx],
         val_labels=np.array([val_label_of[samples[i].identity] for i in va_idx], dtype=np.int64),

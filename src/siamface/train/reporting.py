@@ -117,6 +117,7 @@ class Reporter:
             return
         rep = d.report.to_dict() | {
             "train_identities": len(d.train_identities),
+            "unused_train_identities": d.unused_train_identities,
             "val_identities": len(d.val_identities),
             "train_images": len(d.train),
             "val_images": len(d.val_labels),
@@ -133,7 +134,13 @@ class Reporter:
             self.log(f"  {line}")
         self.log(
             f"  split by identity: {len(d.train_identities)} train identities "
-            f"({len(d.train)} images), {len(d.val_identities)} validation identities "
+            f"({len(d.train)} images"
+            + (
+                f"; {d.unused_train_identities} more left unused by data.train_identities"
+                if d.unused_train_identities
+                else ""
+            )
+            + f"), {len(d.val_identities)} validation identities "
             f"({len(d.val_labels)} images)"
             + (
                 f", {len(d.test_identities)} test identities ({len(d.test_labels)} images, "

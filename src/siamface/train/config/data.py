@@ -25,6 +25,14 @@ class DataSection(Params):
         ge=0,
         le=10_000_000,
     )
+    train_identities: float = param(
+        1.0,
+        "training identities used, after the validation and test people are held out: "
+        "fraction (<=1; 1 = all) or count (>1); the rest are left unused. For a learning curve "
+        "(would more people help?) with the same validation and test people",
+        gt=0,
+        le=10_000_000,
+    )
     condition: str | None = param(
         None,
         "domain condition, e.g. lowres:14-44,jpeg:20-70 or a preset (cctv, masked, infrared): "
@@ -53,12 +61,12 @@ class DataSection(Params):
         4, "images per identity in a batch (article: sampler_m = 4)", ge=1, le=1024
     )
 
-    @field_validator("val_identities", "test_identities", mode="after")
+    @field_validator("val_identities", "test_identities", "train_identities", mode="after")
     @classmethod
     def _whole_count(cls, value: float, info: object) -> float:
-        if value >= 1 and not float(value).is_integer():
+        if value > 1 and not float(value).is_integer():
             name = getattr(info, "field_name", "")
-            raise ValueError(f"{name} >= 1 is a count and must be a whole number")
+            raise ValueError(f"{name} > 1 is a count and must be a whole number")
         return value
 
     @field_validator("condition", mode="after")
