@@ -66,7 +66,9 @@ class DataSection(Params):
     def _whole_count(cls, value: float, info: object) -> float:
         if value > 1 and not float(value).is_integer():
             name = getattr(info, "field_name", "")
-            raise ValueError(f"{name} > 1 is a count and must be a whole number")
+            # train_identities=1 means all of them (a fraction); for the others 1 is a count.
+            bound = "> 1" if name == "train_identities" else ">= 1"
+            raise ValueError(f"{name} {bound} is a count and must be a whole number")
         return value
 
     @field_validator("condition", mode="after")
