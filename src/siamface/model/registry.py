@@ -57,4 +57,4 @@ def architecture_names() -> tuple[str, ...]:
 def _load_builtin() -> None:
     # Built-in architectures register themselves on import (timm's pattern); importing them
     # here, lazily, keeps this module free of import cycles.
-    pass  # lazy: guarded
+    from siamface.model import sface  # noqa: F401  # lazy: import cycle (sface imports this)
