@@ -42,8 +42,10 @@ def build_checkpoint(
     pair_head = None
     if hasattr(loss_fn, "pair_head"):
         pair_head = {k: v.detach().cpu() for k, v in loss_fn.pair_head.state_dict().items()}
+    # The network's own config when it has one: a centred network (siamface.train.centre)
+    # holds a buffer the run's config does not declare.
     return Checkpoint(
-        model_cfg=model_cfg,
+        model_cfg=getattr(model, "cfg", model_cfg),
         preprocessing=pre,
         state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
         threshold=thr,

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from siamface.embed.tensors import embed_tensors
@@ -73,7 +72,7 @@ class PrefixFeatureCache:
         if not self.whole:
             for stage in self.stages[self.k :]:
                 f = stage(f)
-        return F.normalize(self.model.head(f), dim=1)
+        return self.model.finish(self.model.head(f))
 
     def fill_all(
         self,

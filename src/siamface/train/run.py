@@ -240,7 +240,12 @@ def build_run(
     if finetune is not None:
         cfg = finetune.apply(cfg)
     log(f"run directory: {files.path}")
-    model_cfg = ModelConfig(backbone=cfg.model.backbone, embedding_size=cfg.model.embedding_size)
+    model_cfg = ModelConfig(
+        backbone=cfg.model.backbone,
+        embedding_size=cfg.model.embedding_size,
+        # a start that was centred by an earlier run keeps its centre (a fixed buffer)
+        centred=finetune is not None and finetune.start.checkpoint.model_cfg.centred,
+    )
     model = build_model(model_cfg)
     if resume is not None:
         weights_source = "resumed"

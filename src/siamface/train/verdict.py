@@ -13,7 +13,10 @@ otherwise it is rewritten as the starting model and the run says "no significant
 WiSE-FT (Wortsman et al., 2022): the weights ``(1 - a) * start + a * fine_tuned`` usually keep
 what the start knew on other people while keeping most of the fine-tune's gain; ``a`` is
 chosen on the validation identities from a small grid (with a condition, among the mixes that
-are not significantly worse than the start on the clean validation faces).
+are not significantly worse than the start on the clean validation faces). Then, with
+``finetune.centre``, validation decides whether the candidate is centred on its training faces'
+mean embedding (:mod:`siamface.train.centre`); a run whose epochs never beat the start may still
+offer the start centred. Either way the test people have the last word.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from siamface.scores.bootstrap import (
     format_delta,
     histograms_all_pairs,
 )
+from siamface.train.centre import choose_centre, load_weights, with_centre
 from siamface.train.checkpoints import BEST
 from siamface.train.guard import load_guard
 from siamface.train.rundir import writing
@@ -103,7 +107,7 @@ def wise_ft(view: RunView, start_sd: dict, tuned_sd: dict) -> tuple[float, list[
     best = next((h for h in view.state.history if h.get("epoch") == view.state.best_epoch), {})
     table = [{"alpha": 1.0, metric: best.get("val_" + metric)}]  # history.json's key
     for a in WISE_ALPHAS:
-        view.model.load_state_dict(mix_weights(start_sd, tuned_sd, a))
+        load_weights(view.model, mix_weights(start_sd, tuned_sd, a))
         m = view.validate_here()
         if m is not None:
             table.append({"alpha": a, metric: metric_value(m, metric), "auc": m.auc, "eer": m.eer})
@@ -132,7 +136,7 @@ def wise_ft(view: RunView, start_sd: dict, tuned_sd: dict) -> tuple[float, list[
 
 @torch.no_grad()
 def _embed(view: RunView, sd: dict, pixels) -> np.ndarray:
-    view.model.load_state_dict(sd)
+    load_weights(view.model, sd)
     return embed_tensors(
         view.model,
         pixels,
@@ -169,18 +173,24 @@ def final_verdict(view: RunView, start: StartingModel) -> dict[str, Any] | None:
     try:
         cand_sd, cand = tuned_sd, f"epoch {view.state.best_epoch}"
         if view.state.best_epoch == 0:
+            cand_sd, cand = start_sd, "the starting model"
+        elif cfg.finetune.wise_ft:
+            alpha, table = wise_ft(view, start_sd, tuned_sd)
+            out["wise_ft"] = {"alpha": alpha, "validation": table}
+            if alpha < 1.0:
+                cand_sd = mix_weights(start_sd, tuned_sd, alpha)
+                cand = f"WiSE-FT a={alpha} of epoch {view.state.best_epoch}"
+        if cfg.finetune.centre and "centre" not in cand_sd:
+            centre, out["centre"] = choose_centre(view, cand_sd)
+            if centre is not None:
+                cand_sd, cand = with_centre(cand_sd, centre), f"{cand}, centred"
+        if cand_sd is start_sd:
             out.update(
                 kept="start",
                 verdict="no epoch beat the start on validation; "
                 "best.safetensors is the starting model",
             )
             return out
-        if cfg.finetune.wise_ft:
-            alpha, table = wise_ft(view, start_sd, tuned_sd)
-            out["wise_ft"] = {"alpha": alpha, "validation": table}
-            if alpha < 1.0:
-                cand_sd = mix_weights(start_sd, tuned_sd, alpha)
-                cand = f"WiSE-FT a={alpha} of epoch {view.state.best_epoch}"
         out["candidate"] = cand
         sets = {"test": (d.test_pixels, d.test_labels)}
         if d.test_clean_pixels is not None:
@@ -214,7 +224,6 @@ def final_verdict(view: RunView, start: StartingModel) -> dict[str, Any] | None:
                 "no metric significantly worse"
             )
             if cand_sd is not tuned_sd:
-                view.model.load_state_dict(cand_sd)
                 _save_best(view, cand_sd, best_ck.info.get("epoch", view.state.best_epoch))
         else:
             why = f"significantly worse: {', '.join(worse)}" if worse else "gain not significant"
@@ -226,7 +235,7 @@ def final_verdict(view: RunView, start: StartingModel) -> dict[str, Any] | None:
             _save_best(view, start_sd, 0)
         return out
     finally:
-        view.model.load_state_dict(was)
+        load_weights(view.model, was)
 
 
 def guard_set(view: RunView, out: dict[str, Any]) -> GuardSet | None:
@@ -249,7 +258,7 @@ def guard_set(view: RunView, out: dict[str, Any]) -> GuardSet | None:
 
 def _save_best(view: RunView, sd: dict, epoch: int) -> None:
     """Rewrite best.safetensors with ``sd``, its validation threshold measured now."""
-    view.model.load_state_dict(sd)
+    load_weights(view.model, sd)
     m = view.validate_here()
     ckpt = view.checkpoint(m, epoch)
     with writing(view.run_dir / BEST, "a checkpoint"):

@@ -55,6 +55,12 @@ class FinetuneSection(Params):
         "after training, mix the start's and the best epoch's weights (WiSE-FT); the mixing "
         "weight is chosen on the validation identities",
     )
+    centre: bool = param(
+        True,
+        "after training, offer the result centred on its training faces' mean embedding "
+        "(subtracted before the final normalisation; lifts the low-FAR end); kept only when "
+        "it raises select_metric on the validation identities, then judged by the test verdict",
+    )
 
     @field_validator("trainable", mode="after")
     @classmethod
