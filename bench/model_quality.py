@@ -140,13 +140,17 @@ def fit(
     out: Path,
     tta: str,
     objective: str = "logistic",
+    centre: bool = True,
 ) -> Path:
     """Fit fusion weights on training people and write the fusion file (as siamface fuse)."""
     from siamface.decide.threshold import Threshold
-    from siamface.embed.fusion import fit_fusion, fusion_pairs, fusion_record, write_fusion
+    from siamface.embed.fusion import apply_centre, write_fusion
+    from siamface.embed.fusion_fit import choose_centres, fit_fusion, fusion_pairs, fusion_record
     from siamface.scores.metrics import verification_metrics
 
     pi, pj, same = fusion_pairs(labels, 200_000, 0)
+    centres, centring = choose_centres(embs, labels, 0) if centre else ([None] * len(embs), [])
+    embs = [apply_centre(e, c) for e, c in zip(embs, centres, strict=True)]
     scores = np.stack([np.einsum("ij,ij->i", e[pi], e[pj]) for e in embs], axis=1)
     w = fit_fusion(scores, same, objective=objective)
     m = verification_metrics(scores @ np.asarray(w["weights"]), same, (1e-2, 1e-3, 1e-4))
@@ -160,7 +164,9 @@ def fit(
         "impostor_pairs": int((~same).sum()),
         "tta": tta,
     }
-    rec = fusion_record(list(zip(MEMBERS, bases, strict=True)), w, thr, prov)
+    if centring:
+        prov["centring"] = dict(zip(MEMBERS, centring, strict=True))
+    rec = fusion_record(list(zip(MEMBERS, bases, strict=True)), w, thr, prov, centres)
     rec["tta"] = tta
     return write_fusion(rec, out / f"{name}.json")
 
@@ -221,8 +227,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--test-fraction", type=float, default=0.2)
     ap.add_argument("--test-per-person", type=int, default=10, help="test images per person")
-    ap.add_argument("--fit-identities", type=int, default=50, help="training people to fit on")
-    ap.add_argument("--fit-per-person", type=int, default=8, help="images per fitting person")
+    ap.add_argument(
+        "--fit-identities", type=int, default=None, help="training people to fit on (all)"
+    )
+    ap.add_argument("--fit-per-person", type=int, default=12, help="images per fitting person")
     ap.add_argument("--per-fold", type=int, default=200, help="pairs file: pairs per fold")
     ap.add_argument("--speed-images", type=int, default=16, help="files for the speed rounds")
     ap.add_argument("--reps", type=int, default=30, help="people re-draws for the intervals")
@@ -245,7 +253,7 @@ def main() -> int:
     )
     test = subsample_tree(work / "main" / "test", work / "test", None, args.test_per_person, 1)
     fit_dir = subsample_tree(
-        work / "main" / "train", work / "fit", args.fit_identities, args.fit_per_person, 2
+        work / "main" / "train", work / "fit", args.fit_identities, args.fit_per_person, 3
     )
     pairs_file = work / "pairs.txt"
     res["pairs"] = make_pairs(test, pairs_file, args.per_fold)

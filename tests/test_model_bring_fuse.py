@@ -281,6 +281,12 @@ def test_fuse_cli_and_fused_model_everywhere(tmp_path, sface_file):
     parts = [m.embed_paths(files, progress=False, workers=1)[0] for m in members]
     i, j = np.triu_indices(len(files), 1)
     fused_cos = np.einsum("ij,ij->i", emb[i], emb[j])
+    # members are centred where the fit chose to (as recorded): the fused cosine is the
+    # weighted sum of the (centred) members' cosines
+    from siamface.embed.fusion import apply_centre
+
+    assert [c is not None for c in fused.centres] == ["centre" in m for m in rec["members"]]
+    parts = [apply_centre(e, c) for e, c in zip(parts, fused.centres, strict=True)]
     member_cos = sum(
         w * np.einsum("ij,ij->i", e[i], e[j]) for w, e in zip(fused.weights, parts, strict=True)
     )
@@ -368,7 +374,7 @@ def test_fit_fusion_weights_informative_members_and_the_tar_objective():
     never accepts fewer genuine pairs at the target FAR than the regression's weights."""
     from sklearn.metrics import roc_curve
 
-    from siamface.embed.fusion import fit_fusion
+    from siamface.embed.fusion_fit import fit_fusion
 
     rng = np.random.default_rng(0)
     same = np.r_[np.ones(500, bool), np.zeros(20000, bool)]
@@ -388,3 +394,43 @@ def test_fit_fusion_weights_informative_members_and_the_tar_objective():
     lo, hi = fit_fusion(x, same), fit_fusion(x, same, objective="tar")
     assert tar(hi["weights"]) >= tar(lo["weights"])
     assert hi["objective"] == "tar" and hi["scale"] > 0
+
+
+def test_a_member_is_centred_only_when_held_out_people_gain():
+    """A member whose embeddings all lean along one direction (with an image-dependent pull
+    that carries no identity) separates people better once its mean is removed; the choice is
+    made on held-out halves and recorded, and the fused embedding then uses the centred member
+    (its cosine still the weighted sum of the members' cosines)."""
+    from siamface.embed.base import Embedder
+    from siamface.embed.fusion import FusedEmbedder, apply_centre
+    from siamface.embed.fusion_fit import choose_centres
+
+    rng = np.random.default_rng(0)
+    d, people, per = 16, 40, 6
+    ids = rng.normal(size=(people, d))
+    labels = np.repeat([f"p{k}" for k in range(people)], per)
+    base = np.repeat(ids, per, axis=0) + 0.7 * rng.normal(size=(people * per, d))
+    lean = 4.0 * np.eye(d)[0] * rng.uniform(0.5, 1.5, (people * per, 1))
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    leaning, centred_already = unit(base + lean), unit(base)
+    centres, report = choose_centres([leaning, centred_already], labels, seed=0)
+    assert report[0]["kept"] and centres[0] is not None
+    assert report[0]["held_out_auc_centred"] > report[0]["held_out_auc_plain"]
+    for c, r in zip(centres, report, strict=True):
+        assert (c is not None) == r["kept"] == (r["held_out_auc_centred"] > r["held_out_auc_plain"])
+    assert np.allclose(centres[0], leaning.mean(0), atol=1e-6)
+
+    class Fixed(Embedder):
+        def __init__(self, n: int) -> None:
+            from siamface.tensors.transforms import Preprocessing
+
+            self.embedding_size, self.fingerprint, self.source, self.info = n, f"f{n}", "x", {}
+            self.preprocessing = Preprocessing(image_size=8)
+
+    fused = FusedEmbedder([Fixed(d), Fixed(d)], [0.3, 0.7], None, Path("f"), {}, centres=centres)
+    plain = FusedEmbedder([Fixed(d), Fixed(d)], [0.3, 0.7], None, Path("f"), {})
+    assert fused.fingerprint != plain.fingerprint
+    e = fused.combine([leaning, centred_already])
+    parts = [apply_centre(leaning, centres[0]), apply_centre(centred_already, centres[1])]
+    want = 0.3 * parts[0][:5] @ parts[0][5:10].T + 0.7 * parts[1][:5] @ parts[1][5:10].T
+    assert np.allclose(e[:5] @ e[5:10].T, want, atol=1e-5)

@@ -2,7 +2,9 @@
 
 Every member embeds the same validation faces (identity folders of people none of the members
 was trained on); every genuine pair and a seeded sample of impostor pairs is scored by each
-member; a logistic regression on those cosines gives the members' weights (its coefficients,
+member (each centred on its mean embedding first, where that raises its AUC on the half of the
+people the mean was not taken from); a logistic regression on those cosines gives the members'
+weights (its coefficients,
 which also put the members' differently spread scores on one scale). The fused score is the
 weighted sum of the members' cosines, itself the cosine of the fused embeddings (the members'
 unit embeddings scaled by the square roots of their weights, concatenated), so galleries and
@@ -53,6 +55,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tta", choices=("none", "flip"), default="none", help="flip averaging for every member"
     )
+    p.add_argument(
+        "--no-centre",
+        dest="centre",
+        action="store_false",
+        help="never centre a member (default: a member is centred on its mean embedding over "
+        "--data when that raises its AUC on held-out halves of those people)",
+    )
     p.add_argument("--far", type=rate, default=1e-3, help="threshold's false-accept rate (1e-3)")
     p.add_argument(
         "--objective",
@@ -79,11 +88,12 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from siamface.decide.threshold import Threshold  # lazy: --help speed
-    from siamface.embed.fusion import (  # lazy: --help speed
+    from siamface.embed.fusion import apply_centre, write_fusion  # lazy: --help speed
+    from siamface.embed.fusion_fit import (  # lazy: --help speed
+        choose_centres,
         fit_fusion,
         fusion_pairs,
         fusion_record,
-        write_fusion,
     )
     from siamface.embed.load import create_embedder, model_reference  # lazy: --help speed
     from siamface.embed.tta import FlipEmbedder  # lazy: --help speed
@@ -129,6 +139,10 @@ def run(args: argparse.Namespace) -> int:
     pi, pj, same = fusion_pairs(labels, args.max_impostors, args.seed)
     if not same.any():
         raise SiamfaceError("no genuine pairs: every person needs two or more images")
+    centres, centring = [None] * len(aligned), []
+    if args.centre:
+        centres, centring = choose_centres(aligned, labels, args.seed)
+        aligned = [apply_centre(e, c) for e, c in zip(aligned, centres, strict=True)]
     scores = np.stack([np.einsum("ij,ij->i", e[pi], e[pj]) for e in aligned], axis=1)
     fit = fit_fusion(scores, same, objective=args.objective, far=args.far, seed=args.seed)
     fused = scores @ np.asarray(fit["weights"])
@@ -151,7 +165,9 @@ def run(args: argparse.Namespace) -> int:
         "tta": args.tta,
         "fit_auc": {**per_member, "fused": round(float(m.auc), 5)},
     }
-    rec = fusion_record(list(zip(refs, members, strict=True)), fit, thr, prov)
+    if centring:
+        prov["centring"] = dict(zip(args.models, centring, strict=True))
+    rec = fusion_record(list(zip(refs, members, strict=True)), fit, thr, prov, centres)
     rec["tta"] = args.tta
     write_fusion(rec, out)
     if args.json:
@@ -159,6 +175,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     weights = ", ".join(f"{a} {w:.3f}" for a, w in zip(args.models, fit["weights"], strict=True))
     print(f"weights: {weights}")
+    for a, r in zip(args.models, centring, strict=False):
+        if r.get("held_out_auc_plain") is not None:
+            print(
+                f"{a}: {'centred' if r['kept'] else 'not centred'} (held-out AUC "
+                f"{r['held_out_auc_plain']:.4f} plain, {r['held_out_auc_centred']:.4f} centred)"
+            )
     print(
         f"threshold {thr['value']:.4f} at FAR {args.far:g} (TAR {thr['tar']:.4f}) on "
         f"{int(same.sum()):,} genuine / {int((~same).sum()):,} impostor pairs of "

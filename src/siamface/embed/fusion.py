@@ -15,14 +15,19 @@ and the dot product of two such vectors is exactly ``s``. So a fused model is an
 index, Milvus and the REST service use it unchanged. Its threshold is calibrated on the fused
 score; the regression's intercept becomes its pair head (``sigmoid(scale * (s - bias))``).
 
+A member may also be *centred*: its mean unit embedding over the fitting faces subtracted and
+the result normalised again, before the weighting (``centre`` in its record). The fused
+embedding stays a unit vector and the dot product stays the fused score. Learning (centres,
+weights, the record) lives in :mod:`siamface.embed.fusion_fit`.
+
 A fusion file is JSON (``"format": "siamface.fusion"``): the members (built-in names or
-absolute paths, each with its fingerprint, weight and test-time augmentation), the threshold
-record, and the provenance of the fit (data, pair counts, when, library versions).
+absolute paths, each with its fingerprint, weight, optional centre and test-time augmentation),
+the threshold record, and the provenance of the fit (data, pair counts, when, library
+versions).
 """
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -34,7 +39,6 @@ from PIL import Image
 from siamface.embed.base import Embedder
 from siamface.errors import SiamfaceError
 from siamface.faces.align import AlignedFace
-from siamface.version import __version__
 
 FORMAT = "siamface.fusion"
 FORMAT_VERSION = 1
@@ -78,6 +82,13 @@ def read_fusion(path: str | Path) -> dict:
             raise SiamfaceError(f"{path}: each member needs a model and a numeric weight")
         if not w >= 0:
             raise SiamfaceError(f"{path}: member weights must be >= 0, got {w}")
+        c = m.get("centre")
+        if c is not None and (
+            not isinstance(c, list)
+            or not c
+            or not all(isinstance(v, int | float) and np.isfinite(v) for v in c)
+        ):
+            raise SiamfaceError(f"{path}: member {m['model']}'s centre must be a list of numbers")
     if sum(m["weight"] for m in members) <= 0:
         raise SiamfaceError(f"{path}: all member weights are zero")
     return rec
@@ -112,6 +123,14 @@ class FusedFaceLoader:
         return pack([load(path) for load in self.loaders])
 
 
+def apply_centre(emb: np.ndarray, centre: np.ndarray | None) -> np.ndarray:
+    """Unit embeddings -> centred unit embeddings (``centre`` subtracted, normalised again)."""
+    if centre is None:
+        return emb
+    x = np.asarray(emb) - np.asarray(centre, dtype=np.asarray(emb).dtype)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def pack(faces: Sequence[np.ndarray]) -> np.ndarray:
     """Members' HWC faces -> one ``1 x L x 1`` uint8 array (CHW order inside)."""
     flat = [np.ascontiguousarray(f.transpose(2, 0, 1)).ravel() for f in faces]
@@ -129,6 +148,7 @@ class FusedEmbedder(Embedder):
         source: Path,
         info: dict,
         pair_head: dict | None = None,
+        centres: Sequence[np.ndarray | None] | None = None,
     ) -> None:
         w = np.asarray(weights, dtype=np.float64)
         if len(members) != len(w) or len(members) < 2:
@@ -136,6 +156,18 @@ class FusedEmbedder(Embedder):
         if (w < 0).any() or w.sum() <= 0:
             raise SiamfaceError(f"fusion weights must be >= 0 and not all zero, got {list(w)}")
         self.members = list(members)
+        self.centres = [
+            None if c is None else np.asarray(c, np.float32).reshape(-1)
+            for c in (centres if centres is not None else [None] * len(self.members))
+        ]
+        if len(self.centres) != len(self.members):
+            raise SiamfaceError("a fusion needs one centre (or none) per member")
+        for m, c in zip(self.members, self.centres, strict=True):
+            if c is not None and len(c) != m.embedding_size:
+                raise SiamfaceError(
+                    f"member {m.source}'s centre has {len(c)} values, its embedding "
+                    f"{m.embedding_size}"
+                )
         self.weights = w / w.sum()
         self._scale = np.sqrt(self.weights).astype(np.float32)
         self.threshold = threshold
@@ -145,13 +177,21 @@ class FusedEmbedder(Embedder):
         # The first member's record describes the input for cards and health checks; each
         # member aligns faces its own way (see face_array).
         self.preprocessing = members[0].preprocessing
-        parts = [f"{m.fingerprint}*{wi:.6f}" for m, wi in zip(members, self.weights, strict=True)]
+        parts = [
+            f"{m.fingerprint}*{wi:.6f}"
+            + ("" if c is None else "-c" + hashlib.sha256(c.tobytes()).hexdigest()[:8])
+            for m, wi, c in zip(members, self.weights, self.centres, strict=True)
+        ]
         self.fingerprint = "fused-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:11]
         self.info = {
             **info,
             "members": [
-                {"name": (m.info or {}).get("name", str(m.source)), "weight": round(float(wi), 6)}
-                for m, wi in zip(members, self.weights, strict=True)
+                {
+                    "name": (m.info or {}).get("name", str(m.source)),
+                    "weight": round(float(wi), 6),
+                    "centred": c is not None,
+                }
+                for m, wi, c in zip(members, self.weights, self.centres, strict=True)
             ],
         }
         self._shapes = [
@@ -180,8 +220,8 @@ class FusedEmbedder(Embedder):
     def combine(self, member_embeddings: Sequence[np.ndarray]) -> np.ndarray:
         """Members' unit embeddings (same rows) -> fused unit embeddings."""
         parts = [
-            np.asarray(e, np.float32) * s
-            for e, s in zip(member_embeddings, self._scale, strict=True)
+            apply_centre(np.asarray(e, np.float32), c) * s
+            for e, c, s in zip(member_embeddings, self.centres, self._scale, strict=True)
         ]
         out = np.concatenate(parts, axis=1)
         # Already unit length up to rounding; normalising keeps cosines exact in float32.
@@ -248,120 +288,6 @@ class FusedEmbedder(Embedder):
         return None
 
 
-# ------------------------------------------------------------------------ learning weights
-#: How ``siamface fuse`` chooses the weights.
-OBJECTIVES = ("logistic", "tar")
-
-
-def fit_fusion(
-    scores: np.ndarray,
-    same: np.ndarray,
-    c: float = 100.0,
-    objective: str = "logistic",
-    far: float = 1e-3,
-    seed: int = 0,
-) -> dict:
-    """Member weights from the members' cosines on labelled pairs (one column each).
-
-    ``logistic``: a logistic regression of same/different on the cosines, classes weighted to
-    balance (impostor pairs outnumber genuine ones by orders of magnitude); its coefficients,
-    normalised, are the weights. It fits the bulk of the pairs, where most pairs are easy.
-    ``tar``: the weights (on the simplex: a grid for two members, the regression's weights
-    plus seeded random ones for more) that accept the most genuine pairs at false-accept
-    rates ``far`` and ``10 * far`` (their mean TAR): the low-FAR end that identity checks
-    run at. Either way a member with a non-positive weight is dropped (a cosine cannot carry
-    a negative weight) and the regression's probability on the fused score becomes the pair
-    head. Returns ``{"coef", "intercept", "weights", "scale", "bias", "objective"}`` where
-    ``weights`` sum to 1 and ``sigmoid(scale * (fused_cosine - bias))`` is the probability.
-    """
-    from sklearn.linear_model import LogisticRegression
-
-    if objective not in OBJECTIVES:
-        raise SiamfaceError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
-    x = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(same, dtype=bool)
-    if x.ndim != 2 or x.shape[1] < 2:
-        raise SiamfaceError("fusion needs the scores of at least two models")
-    if y.all() or not y.any():
-        raise SiamfaceError("fusion needs both genuine and impostor pairs")
-    active = list(range(x.shape[1]))
-    while True:
-        lr = LogisticRegression(C=c, class_weight="balanced", max_iter=1000)
-        lr.fit(x[:, active], y)
-        coef = lr.coef_[0]
-        if (coef > 0).all() or len(active) == 1:
-            break
-        active = [a for a, b in zip(active, coef, strict=True) if b > 0] or active[:1]
-    beta = np.zeros(x.shape[1])
-    beta[active] = np.maximum(coef, 1e-9)
-    weights = beta / beta.sum()
-    if objective == "tar":
-        weights = _tar_weights(x, y, weights, far, seed)
-    # The probability on the fused score: a 1-d regression (same as above for "logistic").
-    fused = (x @ weights)[:, None]
-    head = LogisticRegression(C=c, class_weight="balanced", max_iter=1000).fit(fused, y)
-    scale = max(float(head.coef_[0][0]), 1e-9)
-    b0 = float(head.intercept_[0])
-    return {
-        "coef": [float(v * scale) for v in weights],
-        "intercept": b0,
-        "weights": [float(v) for v in weights],
-        "scale": scale,
-        "bias": -b0 / scale,
-        "objective": objective,
-    }
-
-
-def _tar_weights(x: np.ndarray, y: np.ndarray, start: np.ndarray, far: float, seed: int):
-    """The candidate weights with the best mean TAR at ``far`` and ``10 * far``."""
-    from sklearn.metrics import roc_curve
-
-    k = x.shape[1]
-    if k == 2:
-        grid = np.linspace(0.0, 1.0, 101)
-        cands = np.stack([grid, 1.0 - grid], axis=1)
-    else:
-        cands = np.random.default_rng(seed).dirichlet(np.ones(k), 400)
-    cands = np.vstack([start[None, :], cands])
-
-    def value(w: np.ndarray) -> float:
-        fpr, tpr, _ = roc_curve(y, x @ w)
-        return float(np.mean([tpr[fpr <= f].max() for f in (far, 10 * far)]))
-
-    vals = [value(w) for w in cands]
-    return cands[int(np.argmax(vals))]
-
-
-def fusion_record(
-    members: Sequence[tuple[str, Embedder]],
-    fit: dict,
-    threshold: dict,
-    provenance: dict,
-) -> dict:
-    """The JSON record of a learned fusion."""
-    import sklearn
-
-    return {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "members": [
-            {"model": ref, "fingerprint": e.fingerprint, "weight": w}
-            for (ref, e), w in zip(members, fit["weights"], strict=True)
-        ],
-        "threshold": threshold,
-        "pair_head": {"scale": fit["scale"], "bias": fit["bias"]},
-        "logistic": {"coef": fit["coef"], "intercept": fit["intercept"]},
-        "objective": fit.get("objective", "logistic"),
-        "provenance": {
-            **provenance,
-            "method": "logistic regression on member cosines (class-balanced)",
-            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "siamface_version": __version__,
-            "sklearn_version": sklearn.__version__,
-        },
-    }
-
-
 def open_fusion(
     path: Path,
     open_member: Callable[[str], Embedder],
@@ -410,6 +336,7 @@ def open_fusion(
         source=Path(label) if label else path,
         info=info,
         pair_head=rec.get("pair_head"),
+        centres=[m.get("centre") for m in rec["members"]],
     )
 
 
@@ -448,40 +375,3 @@ def equal_fusion(members: Sequence[Embedder], label: str, tta: str = "none") -> 
     return FusedEmbedder(
         members, [1.0] * len(members), threshold=thr, source=Path(label), info=info
     )
-
-
-def fusion_pairs(
-    labels: Sequence[str], max_impostors: int = 200_000, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs to fit a fusion on: every genuine pair and a seeded sample of impostor pairs
-    (all of them when there are fewer). Returns (i, j, same) index arrays, i < j."""
-    lab = np.asarray(labels)
-    n = len(lab)
-    _, codes = np.unique(lab, return_inverse=True)
-    gi, gj = [], []
-    for c in np.unique(codes):
-        idx = np.flatnonzero(codes == c)
-        a, b = np.triu_indices(len(idx), k=1)
-        gi.append(idx[a])
-        gj.append(idx[b])
-    gen_i = np.concatenate(gi) if gi else np.zeros(0, int)
-    gen_j = np.concatenate(gj) if gj else np.zeros(0, int)
-    n_imp = n * (n - 1) // 2 - len(gen_i)
-    rng = np.random.default_rng(seed)
-    if n_imp <= max_impostors:
-        a, b = np.triu_indices(n, k=1)
-        keep = codes[a] != codes[b]
-        imp_i, imp_j = a[keep], b[keep]
-    else:
-        draws = int(max_impostors * 1.3) + 100
-        a = rng.integers(0, n, draws)
-        b = rng.integers(0, n, draws)
-        keep = codes[a] != codes[b]
-        lo, hi = np.minimum(a, b)[keep], np.maximum(a, b)[keep]
-        pairs = np.unique(lo.astype(np.int64) * n + hi)
-        pairs = rng.permutation(pairs)[:max_impostors]
-        imp_i, imp_j = pairs // n, pairs % n
-    i = np.concatenate([gen_i, imp_i]).astype(np.int64)
-    j = np.concatenate([gen_j, imp_j]).astype(np.int64)
-    same = np.concatenate([np.ones(len(gen_i), bool), np.zeros(len(imp_i), bool)])
-    return i, j, same
