@@ -5,6 +5,7 @@ it only when validation people gain."""
 from __future__ import annotations
 
 import pytest
+import test_finetune_verdict as verdict_tests
 import torch
 import torch.nn.functional as F
 from conftest import TINY_BACKBONE
@@ -13,10 +14,9 @@ from siamface.errors import SiamfaceError
 from siamface.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from siamface.model.network import ModelConfig, build_model
 from siamface.tensors.transforms import Preprocessing
-from siamface.train.config import make_config
-from siamface.train.job import train
 
-FAST = ["batch_size=16", "num_workers=0", "precision=fp32"]
+_train = verdict_tests._train
+start_ckpt = verdict_tests.start_ckpt  # the same fixture: a random tiny starting model
 
 
 @pytest.fixture(autouse=True)
@@ -73,19 +73,6 @@ def test_checkpoints_and_onnx_carry_the_centre(tmp_path):
         ModelConfig(TINY_BACKBONE, 16), Preprocessing(image_size=32), _net().state_dict()
     )
     assert not load_checkpoint(save_checkpoint(plain, tmp_path / "p.safetensors")).model_cfg.centred
-
-
-def _train(data, out, *overrides) -> dict:
-    cfg = make_config(overrides=[*FAST, *overrides])
-    return train(cfg, [str(data)], out, progress=False, log=lambda _: None)
-
-
-@pytest.fixture(scope="module")
-def start_ckpt(tmp_path_factory) -> str:
-    torch.manual_seed(3)
-    cfg = ModelConfig(backbone=TINY_BACKBONE, embedding_size=16)
-    ck = Checkpoint(cfg, Preprocessing(image_size=32), build_model(cfg).state_dict())
-    return str(save_checkpoint(ck, tmp_path_factory.mktemp("start") / "start.safetensors"))
 
 
 RUN = ["val_identities=3", "test_identities=3", "epochs=2", "lr=3e-3", "select_rule=best"]
