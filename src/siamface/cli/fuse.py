@@ -4,12 +4,12 @@ Every member embeds the same validation faces (identity folders of people none o
 was trained on); every genuine pair and a seeded sample of impostor pairs is scored by each
 member (each centred on its mean embedding first, where that raises its AUC on the half of the
 people the mean was not taken from); a logistic regression on those cosines gives the members'
-weights (its coefficients,
-which also put the members' differently spread scores on one scale). The fused score is the
-weighted sum of the members' cosines, itself the cosine of the fused embeddings (the members'
-unit embeddings scaled by the square roots of their weights, concatenated), so galleries and
-the service use a fused model unchanged. Its threshold is calibrated on the fused score of the
-same pairs, at --far. The output is one JSON file, usable as --model in every command.
+weights (its coefficients, which also put the members' differently spread scores on one scale).
+The fused score is the weighted sum of the members' cosines, itself the cosine of the fused
+embeddings (the members' unit embeddings scaled by the square roots of their weights,
+concatenated), so galleries and the service use a fused model unchanged. Its threshold is
+calibrated on the fused score of the same pairs, at --far. The output is one JSON file, usable
+as --model in every command.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from siamface.scores.bootstrap import (
     format_delta,
     histograms_all_pairs,
 )
-from siamface.train.centre import choose_centre, load_weights, with_centre
+from siamface.train.centre import CENTRE_KEY, choose_centre, load_weights, with_centre
 from siamface.train.checkpoints import BEST
 from siamface.train.guard import load_guard
 from siamface.train.rundir import writing
@@ -180,7 +180,7 @@ def final_verdict(view: RunView, start: StartingModel) -> dict[str, Any] | None:
             if alpha < 1.0:
                 cand_sd = mix_weights(start_sd, tuned_sd, alpha)
                 cand = f"WiSE-FT a={alpha} of epoch {view.state.best_epoch}"
-        if cfg.finetune.centre and "centre" not in cand_sd:
+        if cfg.finetune.centre and CENTRE_KEY not in cand_sd:
             centre, out["centre"] = choose_centre(view, cand_sd)
             if centre is not None:
                 cand_sd, cand = with_centre(cand_sd, centre), f"{cand}, centred"
