@@ -402,8 +402,8 @@ def test_a_member_is_centred_only_when_held_out_people_gain():
     made on held-out halves and recorded, and the fused embedding then uses the centred member
     (its cosine still the weighted sum of the members' cosines)."""
     from siamface.embed.base import Embedder
+    from siamface.embed.centring import choose_centres
     from siamface.embed.fusion import FusedEmbedder, apply_centre
-    from siamface.embed.fusion_fit import choose_centres
 
     rng = np.random.default_rng(0)
     d, people, per = 16, 40, 6

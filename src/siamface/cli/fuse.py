@@ -88,9 +88,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from siamface.decide.threshold import Threshold  # lazy: --help speed
+    from siamface.embed.centring import choose_centres  # lazy: --help speed
     from siamface.embed.fusion import apply_centre, write_fusion  # lazy: --help speed
     from siamface.embed.fusion_fit import (  # lazy: --help speed
-        choose_centres,
         fit_fusion,
         fusion_pairs,
         fusion_record,

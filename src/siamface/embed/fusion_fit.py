@@ -4,12 +4,8 @@ The fusion itself, a :class:`~siamface.embed.fusion.FusedEmbedder`, only applies
 learnt here: each member's optional centre, then the weighted concatenation. Learning happens
 on labelled pairs of validation people (people the fused model will not be tested on):
 
-* :func:`choose_centres`: a member whose embeddings share a large common component (SFace's
-  mean unit embedding has norm ~0.29 on the sample data) separates impostors better once that
-  mean is subtracted; another member may lose by it (dlib's embeddings crowd into a narrow cone
-  whose spread is their information). So each member is centred only when centring raises its
-  own AUC on people the mean was not estimated on (two halves of the fitting people, each
-  scored with the other half's mean);
+* :func:`siamface.embed.centring.choose_centres`: which members are centred on the fitting
+  people's mean face (only where a member's own AUC rises on people the mean never saw);
 * :func:`fit_fusion`: the weights, from the (centred) members' cosines;
 * :func:`fusion_record`: the JSON record of all of it, with provenance.
 """
@@ -22,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from siamface.embed.base import Embedder
-from siamface.embed.fusion import FORMAT, FORMAT_VERSION, apply_centre
+from siamface.embed.fusion import FORMAT, FORMAT_VERSION
 from siamface.errors import SiamfaceError
 from siamface.version import __version__
 
@@ -117,7 +113,7 @@ def fusion_record(
     centres: Sequence[np.ndarray | None] | None = None,
 ) -> dict:
     """The JSON record of a learned fusion (``centres``: per member, from
-    :func:`choose_centres`)."""
+    :func:`siamface.embed.centring.choose_centres`)."""
     import sklearn
 
     centres = list(centres) if centres is not None else [None] * len(members)
@@ -185,53 +181,3 @@ def fusion_pairs(
     j = np.concatenate([gen_j, imp_j]).astype(np.int64)
     same = np.concatenate([np.ones(len(gen_i), bool), np.zeros(len(imp_i), bool)])
     return i, j, same
-
-
-def choose_centres(
-    embeddings: Sequence[np.ndarray],
-    labels: Sequence[str],
-    seed: int = 0,
-    max_impostors: int = 100_000,
-) -> tuple[list[np.ndarray | None], list[dict]]:
-    """Per member: its centre (the mean of its unit embeddings over all the fitting faces) when
-    centring raises its AUC on held-out people, else None; and what was measured.
-
-    The fitting people are split in two halves (seeded); each half is scored with the mean of
-    the other half, plain and centred, and the two AUCs are averaged. With fewer than four
-    people there is nothing to hold out, and no member is centred."""
-    from sklearn.metrics import roc_auc_score
-
-    lab = np.asarray(labels)
-    people = np.unique(lab)
-    if len(people) < 4:
-        return [None] * len(embeddings), [{"kept": False, "why": "fewer than 4 people"}] * len(
-            embeddings
-        )
-    order = np.random.default_rng(seed).permutation(people)
-    halves = [np.isin(lab, order[: len(order) // 2]), np.isin(lab, order[len(order) // 2 :])]
-    centres: list[np.ndarray | None] = []
-    report = []
-    for e in embeddings:
-        u = np.asarray(e, np.float64)
-        u = u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
-        plain, centred = [], []
-        for k, rows in enumerate(halves):
-            mean = u[halves[1 - k]].mean(axis=0)
-            x, y = u[rows], lab[rows]
-            pi, pj, same = fusion_pairs(y, max_impostors, seed)
-            if same.all() or not same.any():
-                continue
-            xc = apply_centre(x, mean)
-            plain.append(roc_auc_score(same, np.einsum("ij,ij->i", x[pi], x[pj])))
-            centred.append(roc_auc_score(same, np.einsum("ij,ij->i", xc[pi], xc[pj])))
-        kept = bool(plain) and float(np.mean(centred)) > float(np.mean(plain))
-        centres.append(u.mean(axis=0).astype(np.float32) if kept else None)
-        report.append(
-            {
-                "kept": kept,
-                "held_out_auc_plain": round(float(np.mean(plain)), 5) if plain else None,
-                "held_out_auc_centred": round(float(np.mean(centred)), 5) if centred else None,
-                "mean_norm": round(float(np.linalg.norm(u.mean(axis=0))), 4),
-            }
-        )
-    return centres, report
