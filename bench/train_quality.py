@@ -14,6 +14,9 @@ Arms (``--arms``, default all):
   g  ``--config adapt-cctv`` for --cctv-budget-min, on that copy and on the clean photos
   h  sface zero-shot under synthetic masks (``siamface evaluate --condition masked``)
   i  ``--config adapt-mask`` for --mask-budget-min, masked and clean
+  j  no training: ``siamface centre --model sface`` on the training people, scored clean
+  k  no training: ``siamface centre --model sface --condition cctv`` on the training people,
+     scored on the CCTV copy and clean
 
 Adapted arms are compared with sface zero-shot on the same people by ``siamface evaluate
 --compare sface`` (each metric's difference with a 95 % interval, bootstrap over identities),
@@ -258,6 +261,24 @@ def domain_targets(res: dict, key: str, acc_gain: float, tar_gain: float | None)
         k for k, r in c["vs_sface"].items() if r["significant"] == "worse"
     ]
     return t
+
+
+def centre_arm(scorer, work: Path, train: Path, name: str, seen: Path, clean: Path, extra):
+    """``siamface centre`` on the training people (a minute, no training), then scored like an
+    adapted arm: on ``seen`` (the CCTV copy, or the clean test people) and on clean people."""
+    out = work / f"centred_{name}.safetensors"
+    cmd = [*SIAMFACE, "centre", "--model", "sface", "--data", str(train), "--out", str(out)]
+    t0 = time.perf_counter()
+    r = run_child([*cmd, *extra, "--json", "--no-progress"], log=work / f"{name}.log")
+    if r["rc"] not in (0, 1):
+        return {"error": f"siamface centre exit {r['rc']}, see {work / name}.log"}
+    entry = {"centre": last_json(r["stdout"]), "centre_wall_s": round(time.perf_counter() - t0)}
+    if r["rc"] == 1:  # not kept: the user keeps sface, whose figures are arms a and f
+        return {**entry, "kept": False}
+    entry["under_condition"] = scorer.score(str(out), seen)
+    if seen != clean:
+        entry["clean"] = scorer.score(str(out), clean)
+    return entry
 
 
 def verdict_agrees(summary: dict, vs_sface: dict) -> dict:
@@ -554,7 +575,7 @@ def main() -> int:
             entry["log"] = str(work / "att40_train.log")
         arms_out["att40"] = entry
     scorer = None
-    if arms & {"f", "g", "h", "i"}:
+    if arms & {"f", "g", "h", "i", "j", "k"}:
         from _domain_eval import DomainScorer
 
         scorer = DomainScorer(pairs, seed=args.seed, cache=work / "embeddings")
@@ -572,6 +593,16 @@ def main() -> int:
         dom = domain_arms(scorer, "i_adapt_mask", "h_sface_mask", run_i, test, test, "masked")
         arms_out.update(dom)
         res["target_i_vs_h"] = domain_targets(dom, "i_adapt_mask", 0.03, None)
+    if "j" in arms:
+        arms_out["j_sface_centred"] = centre_arm(scorer, work, train, "j", test, test, [])
+    if "k" in arms:
+        cctv = work / "main" / "test_cctv"
+        if not cctv.is_dir():
+            res["cctv_copy_images"] = cctv_copy(test, cctv)
+        k = centre_arm(scorer, work, train, "k", cctv, test, ["--condition", "cctv"])
+        arms_out["k_sface_centred_cctv"] = k
+        if "under_condition" in k:
+            res["k_vs_f"] = domain_targets({"k": k}, "k", 0.05, 0.15)
     for n in ("g", "i"):
         if n in results and results[n]["rc"] != 0:
             arms_out[f"{n}_train_failed"] = {

@@ -33,6 +33,7 @@ COMMANDS = [
     "verify",
     "embed",
     "calibrate",
+    "centre",
     "fuse",
     "pairs",
     "gallery",

@@ -12,6 +12,7 @@ import torch
 
 from siamface.embed.base import Embedder
 from siamface.embed.tensors import embed_tensors
+from siamface.model.checkpoint import Checkpoint
 from siamface.model.zoo import resolve_checkpoint
 from siamface.system import usable_cpus
 
@@ -20,8 +21,16 @@ class TorchEmbedder(Embedder):
     """A siamface ``.safetensors`` checkpoint (or a built-in face model such as ``sface``)
     run with PyTorch."""
 
-    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None):
-        ckpt = resolve_checkpoint(path)
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "auto",
+        threads: int | None = None,
+        checkpoint: Checkpoint | None = None,
+    ):
+        """Open ``path`` (or run ``checkpoint``, already in memory, named ``path``: a command
+        that derives a model, such as ``siamface centre``, embeds with it before writing it)."""
+        ckpt = checkpoint if checkpoint is not None else resolve_checkpoint(path)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cpu":
