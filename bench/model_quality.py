@@ -144,8 +144,9 @@ def fit(
 ) -> Path:
     """Fit fusion weights on training people and write the fusion file (as siamface fuse)."""
     from siamface.decide.threshold import Threshold
+    from siamface.embed.base import apply_centre
     from siamface.embed.centring import choose_centres
-    from siamface.embed.fusion import apply_centre, write_fusion
+    from siamface.embed.fusion import write_fusion
     from siamface.embed.fusion_fit import fit_fusion, fusion_pairs, fusion_record
     from siamface.scores.metrics import verification_metrics
 

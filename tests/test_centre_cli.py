@@ -159,3 +159,45 @@ def test_held_out_scores_never_use_a_mean_that_saw_the_faces():
     iu = np.triu_indices(len(x), 1)
     assert np.allclose(got, np.sort(sims[iu]), atol=1e-9)
     assert held_out_scores(emb[:12], labels[:12]) is None  # three people: nothing to hold out
+
+
+def test_centre_a_third_party_onnx_writes_the_centre_into_its_card(people, tmp_path, capsys):
+    """OpenCV Zoo's SFace file as shipped, through its card: the centre and the new threshold
+    go into the card, every command then embeds centred, and the fingerprint changes."""
+    import shutil
+
+    from test_model_bring_fuse import SFACE_CARD
+
+    from siamface.embed.card import read_card
+    from siamface.embed.load import create_embedder
+    from siamface.model.zoo import sface_onnx_path
+
+    onnx = tmp_path / "sface.onnx"
+    shutil.copy2(sface_onnx_path(), onnx)
+    card = tmp_path / "sface.onnx.card.yaml"
+    card.write_text(SFACE_CARD)
+    before = create_embedder(str(onnx), device="cpu").fingerprint
+    plain = _embed(str(onnx), people)
+    rc, printed = centre(capsys, "--model", onnx, "--data", people, "--force", "--json")
+    assert rc == 0
+    m = json.loads(printed)
+    assert m["written"] == str(card) and m["previous_threshold"]["value"] == 0.363
+    c = read_card(card)
+    assert c.centre is not None and len(c.centre) == 128
+    assert c.threshold == pytest.approx(m["threshold"]["value"])
+    assert "siamface centre" in c.threshold_source and c.license == "Apache-2.0"
+    u = np.stack(list(plain.values()))
+    mean = u.mean(axis=0)
+    assert np.abs(np.asarray(c.centre) - mean).max() < 1e-5
+    after = create_embedder(str(onnx), device="cpu")
+    assert after.fingerprint != before and after.info["centred"]
+    centred = _embed(str(onnx), people)
+    for k, p in plain.items():
+        want = (p - mean) / np.linalg.norm(p - mean)
+        assert np.abs(centred[k] - want).max() < 1e-4
+    # a card whose centre does not fit the model is refused when the model is opened
+    card.write_text(SFACE_CARD + "centre: [0.1, 0.2, 0.3]\n")
+    from siamface.errors import SiamfaceError
+
+    with pytest.raises(SiamfaceError, match="centre has 3 values, the model's embedding 128"):
+        create_embedder(str(onnx), device="cpu")

@@ -283,7 +283,7 @@ def test_fuse_cli_and_fused_model_everywhere(tmp_path, sface_file):
     fused_cos = np.einsum("ij,ij->i", emb[i], emb[j])
     # members are centred where the fit chose to (as recorded): the fused cosine is the
     # weighted sum of the (centred) members' cosines
-    from siamface.embed.fusion import apply_centre
+    from siamface.embed.base import apply_centre
 
     assert [c is not None for c in fused.centres] == ["centre" in m for m in rec["members"]]
     parts = [apply_centre(e, c) for e, c in zip(parts, fused.centres, strict=True)]
@@ -401,9 +401,9 @@ def test_a_member_is_centred_only_when_held_out_people_gain():
     that carries no identity) separates people better once its mean is removed; the choice is
     made on held-out halves and recorded, and the fused embedding then uses the centred member
     (its cosine still the weighted sum of the members' cosines)."""
-    from siamface.embed.base import Embedder
+    from siamface.embed.base import Embedder, apply_centre
     from siamface.embed.centring import choose_centres
-    from siamface.embed.fusion import FusedEmbedder, apply_centre
+    from siamface.embed.fusion import FusedEmbedder
 
     rng = np.random.default_rng(0)
     d, people, per = 16, 40, 6

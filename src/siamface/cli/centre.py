@@ -5,8 +5,9 @@ poor faces (small, blurred, compressed, dark) lean towards it most, so impostor 
 faces score high and the threshold at a low false-accept rate must sit high. This command
 embeds your identity folders, measures on people the mean never saw (two halves of your people,
 each scored with the other half's mean) whether subtracting the mean and normalising again
-separates people better, and only then writes a centred copy of the model: a checkpoint that
-every command (verify, evaluate, gallery, serve, export) uses as is. Its threshold is measured
+separates people better, and only then writes a centred copy of the model: a checkpoint (or,
+for a third-party ONNX file, its model card) that every command (verify, evaluate, gallery,
+serve, export) uses as is. Its threshold is measured
 on the same held-out scores (the old one belongs to the uncentred model). Takes a minute where
 fine-tuning takes twenty, and is often most of what fine-tuning gains.
 """
@@ -16,11 +17,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from siamface.cli._model_args import add_embed_args, rate
 from siamface.errors import SiamfaceError
 from siamface.fileio import check_output_file
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: Exit code when centring did not help the held-out people (nothing is written).
 EXIT_NOT_KEPT = 1
@@ -46,9 +53,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--model",
         required=True,
         metavar="MODEL",
-        help="siamface checkpoint (.safetensors), training run directory, or a built-in face "
-        "model run with PyTorch (sface). A fusion centres its members itself (siamface fuse); "
-        "ONNX files and dlib cannot be rewritten",
+        help="siamface checkpoint (.safetensors), training run directory, a built-in face "
+        "model run with PyTorch (sface), or a third-party .onnx with its model card (the centre "
+        "and the threshold go into the card). A fusion centres its members itself (siamface "
+        "fuse); dlib and siamface ONNX exports cannot be rewritten",
+    )
+    p.add_argument(
+        "--card",
+        metavar="FILE",
+        help="model card of a third-party .onnx --model, when it is not beside the file",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
     p.add_argument(
@@ -77,8 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out",
         metavar="FILE",
-        help="the centred checkpoint (default: replace the given one, atomically; required "
-        "for a built-in model)",
+        help="the centred checkpoint, or card for an .onnx model (default: replace the given "
+        "one; required for a built-in model)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the halves and the condition")
     p.add_argument("--json", action="store_true", help="print what was measured as JSON")
@@ -86,43 +99,132 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def source_checkpoint(model: str, out: str | None):
-    """(checkpoint, path written to) for ``--model``; a clear error for what cannot be
-    centred here."""
+@dataclass
+class Target:
+    """What centre rewrites: the plain model to measure with, and how to write it centred."""
+
+    plain: object  # an Embedder: the model without any centre it had
+    out: Path
+    was_centred: bool
+    old_threshold: dict | None
+    #: (centre, threshold record, provenance) -> None: writes the centred model to ``out``
+    write: Callable[[np.ndarray, dict, dict], None]
+    dropped: list[str] = field(default_factory=list)  # what the centred copy loses
+
+
+def torch_target(args: argparse.Namespace) -> Target:
+    """A siamface checkpoint, run directory or built-in PyTorch face model (sface)."""
+    import torch
+
     from siamface.cli.calibrate import checkpoint_path  # lazy: --help speed
-    from siamface.embed.fusion import is_fusion_file  # lazy: --help speed
-    from siamface.model.checkpoint import load_checkpoint  # lazy: --help speed (torch)
+    from siamface.embed.torch_backend import TorchEmbedder  # lazy: --help speed (torch)
+    from siamface.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from siamface.model.zoo import get_pretrained, pretrained_checkpoint  # lazy: --help speed
 
-    p = Path(model).expanduser()
-    if ":tta=" in model or "+" in model and not p.exists() or is_fusion_file(p):
-        raise SiamfaceError(
-            f"{model}: centre rewrites one model's checkpoint; a fusion centres its members "
-            "itself (siamface fuse, on by default)"
-        )
-    if not p.exists() and get_pretrained(model):
-        if not out:
+    p = Path(args.model).expanduser()
+    if not p.exists() and get_pretrained(args.model):
+        if not args.out:
             raise SiamfaceError(
-                f"{model} is a built-in model: give --out FILE.safetensors for the centred copy"
+                f"{args.model} is a built-in model: give --out FILE.safetensors for the centred "
+                "copy"
             )
-        return pretrained_checkpoint(model), Path(out).expanduser()
+        ckpt, out = pretrained_checkpoint(args.model), Path(args.out).expanduser()
+    else:
+        src = checkpoint_path(args.model)
+        ckpt, out = load_checkpoint(src), Path(args.out).expanduser() if args.out else src
+    net = ckpt.build("cpu")
+    was = net.cfg.centred
+    net.set_centre(None)  # measure from the plain model: a centred input is re-centred
+    plain = Checkpoint(net.cfg, ckpt.preprocessing, net.state_dict(), None, None, ckpt.info)
+
+    def write(centre: np.ndarray, threshold: dict, provenance: dict) -> None:
+        net.set_centre(torch.as_tensor(centre, dtype=torch.float32))
+        info = {**ckpt.info, "centring": provenance}
+        save_checkpoint(
+            Checkpoint(net.cfg, ckpt.preprocessing, net.state_dict(), threshold, None, info), out
+        )
+
+    return Target(
+        TorchEmbedder(args.model, device=args.device, checkpoint=plain),
+        out,
+        was,
+        ckpt.threshold,
+        write,
+        ["the pair head (a probability from the plain score)"] if ckpt.pair_head else [],
+    )
+
+
+def card_target(args: argparse.Namespace, path: Path) -> Target:
+    """A third-party ONNX file run through its model card: the centre goes into the card."""
+    from siamface.embed.card import card_beside, read_card, write_card  # lazy: --help speed
+    from siamface.embed.onnx_backend import (  # lazy: --help speed (onnxruntime)
+        CardOnnxEmbedder,
+        has_siamface_metadata,
+    )
+
+    card_path = Path(args.card).expanduser() if args.card else card_beside(path)
+    if card_path is None:
+        if has_siamface_metadata(path):
+            raise SiamfaceError(
+                f"{path} is a siamface export: centre the .safetensors checkpoint it came from "
+                "and export again"
+            )
+        raise SiamfaceError(f"{path} has no model card: write FILE.card.yaml beside it or --card")
+    card = read_card(card_path)
+    out = Path(args.out).expanduser() if args.out else card_path
+
+    def write(centre: np.ndarray, threshold: dict, provenance: dict) -> None:
+        how = (
+            f"siamface centre on {provenance['data']}, {threshold['calibrated']} (TAR "
+            f"{threshold['tar']:.4f}, FAR {threshold['far']:.2e}, held-out halves)"
+        )
+        write_card(
+            replace(
+                card,
+                centre=tuple(round(float(v), 7) for v in centre),
+                threshold=float(threshold["value"]),
+                threshold_source=how,
+            ),
+            out,
+        )
+
+    plain = CardOnnxEmbedder(path, replace(card, centre=None))
+    old = (
+        {"value": card.threshold, "source": card.threshold_source}
+        if card.threshold is not None
+        else None
+    )
+    return Target(plain, out, card.centre is not None, old, write)
+
+
+def open_target(args: argparse.Namespace) -> Target:
+    """The model to centre, or a one-line error for what centre cannot rewrite."""
+    from siamface.embed.fusion import is_fusion_file  # lazy: --help speed
+
+    model = args.model
+    p = Path(model).expanduser()
+    if ":tta=" in model or ("+" in model and not p.exists()) or is_fusion_file(p):
+        raise SiamfaceError(
+            f"{model}: centre rewrites one model; a fusion centres its members itself "
+            "(siamface fuse, on by default)"
+        )
     if not p.exists() and model == "dlib":
         raise SiamfaceError(
-            "dlib runs outside PyTorch and cannot be rewritten; centring does not help it on "
-            "the sample data anyway (its embeddings sit in a narrow cone): see docs/models.md"
+            "dlib runs outside PyTorch and ONNX and cannot be rewritten; centring does not help "
+            "it on the sample data anyway (its embeddings sit in a narrow cone): docs/models.md"
         )
-    src = checkpoint_path(model)
-    return load_checkpoint(src), Path(out).expanduser() if out else src
+    if p.suffix == ".onnx" and p.is_file():
+        return card_target(args, p)
+    if args.card:
+        raise SiamfaceError("--card goes with a third-party .onnx --model")
+    return torch_target(args)
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
     from siamface.decide.threshold import Threshold  # lazy: --help speed
     from siamface.embed.centring import held_out_scores, unit  # lazy: --help speed
-    from siamface.embed.torch_backend import TorchEmbedder  # lazy: --help speed (torch)
-    from siamface.model.checkpoint import Checkpoint, save_checkpoint  # lazy: --help speed
     from siamface.scores import evaluate as ev  # lazy: --help speed
     from siamface.scores.metrics import (  # lazy: --help speed (sklearn)
         DEFAULT_FARS,
@@ -130,19 +232,15 @@ def run(args: argparse.Namespace) -> int:
         verification_metrics,
     )
 
-    ckpt, out = source_checkpoint(args.model, args.out)
-    check_output_file(out, "checkpoint")  # before the embedding work, not after
-    net = ckpt.build("cpu")
-    was = net.centre.clone() if net.cfg.centred else None
-    net.set_centre(None)  # measure from the plain model: a centred input is re-centred
-    plain = Checkpoint(net.cfg, ckpt.preprocessing, net.state_dict(), None, None, ckpt.info)
-    embedder = TorchEmbedder(args.model, device=args.device, checkpoint=plain)
-    seen = embedder
+    if args.out:
+        check_output_file(Path(args.out).expanduser(), "output")  # before the embedding work
+    target = open_target(args)
+    seen = target.plain
     if args.condition:
         from siamface.scores.compare import ConditionedEmbedder  # lazy: --help speed
         from siamface.tensors.conditions import parse_condition  # lazy: --help speed
 
-        seen = ConditionedEmbedder(embedder, parse_condition(args.condition, args.seed))
+        seen = ConditionedEmbedder(seen, parse_condition(args.condition, args.seed))
     ids = ev.read_identity_list(args.identities) if args.identities else None
     images = ev.collect_images(args.data, ids)
     emb, kept, errors = ev.embed_all(
@@ -157,8 +255,7 @@ def run(args: argparse.Namespace) -> int:
         )
     fars = tuple(sorted(set(DEFAULT_FARS) | {args.far}, reverse=True))
     metrics = {w: verification_metrics(*held.pooled(w), fars) for w in ("plain", "centred")}
-    u = unit(emb)
-    centre = u.mean(axis=0)
+    centre = unit(emb).mean(axis=0)
     source = ", ".join(str(r) for r in images.roots)
     if images.identity_filter:
         source += f" ({images.identity_filter})"
@@ -176,11 +273,11 @@ def run(args: argparse.Namespace) -> int:
             for w in ("plain", "centred")
         },
         "kept": held.kept,
-        "was_centred": was is not None,
+        "was_centred": target.was_centred,
     }
     if not held.kept and not args.force:
         measured["written"] = None
-        _report(args, measured, None, None)
+        _report(args, measured, None, target)
         return EXIT_NOT_KEPT
     scores, same = held.pooled("centred")
     thr = Threshold.at_far(metrics["centred"], args.far, f"siamface centre on {source}")
@@ -190,20 +287,15 @@ def run(args: argparse.Namespace) -> int:
         calibrated=datetime.date.today().isoformat(),
         note="measured on held-out halves of these people, each centred on the other half's mean",
     ).to_record()
-    net.set_centre(torch.as_tensor(centre, dtype=torch.float32))
-    info = {
-        **ckpt.info,
-        "centring": {k: v for k, v in measured.items() if k not in ("kept", "was_centred")},
-    }
-    save_checkpoint(Checkpoint(net.cfg, ckpt.preprocessing, net.state_dict(), rec, None, info), out)
-    measured["written"] = str(out)
+    target.write(centre, rec, {k: v for k, v in measured.items() if k != "was_centred"})
+    measured["written"] = str(target.out)
     measured["threshold"] = rec
-    measured["previous_threshold"] = ckpt.threshold
-    _report(args, measured, rec, ckpt)
+    measured["previous_threshold"] = target.old_threshold
+    _report(args, measured, rec, target)
     return 0
 
 
-def _report(args: argparse.Namespace, m: dict, rec: dict | None, ckpt) -> None:
+def _report(args: argparse.Namespace, m: dict, rec: dict | None, target: Target) -> None:
     if args.json:
         print(json.dumps(m))
         return
@@ -236,11 +328,11 @@ def _report(args: argparse.Namespace, m: dict, rec: dict | None, ckpt) -> None:
         f"threshold {rec['value']:.4f} at FAR {rec['target_far']:g} ({rec['method']}; measured "
         f"TAR {rec['tar']:.4f}, FAR {rec['far']:.2e} on the held-out scores)"
     )
-    old = (ckpt.threshold or {}).get("value")
+    old = (target.old_threshold or {}).get("value")
     if old is not None:
         print(f"previous threshold {old:.4f} belonged to the uncentred model")
-    if ckpt.pair_head:
-        print("note: the pair head (a probability from the plain score) was dropped")
+    for what in target.dropped:
+        print(f"note: dropped {what}")
     print(f"written to {m['written']}")
 
 

@@ -88,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from siamface.decide.threshold import Threshold  # lazy: --help speed
+    from siamface.embed.base import apply_centre  # lazy: --help speed
     from siamface.embed.centring import choose_centres  # lazy: --help speed
-    from siamface.embed.fusion import apply_centre, write_fusion  # lazy: --help speed
+    from siamface.embed.fusion import write_fusion  # lazy: --help speed
     from siamface.embed.fusion_fit import (  # lazy: --help speed
         fit_fusion,
         fusion_pairs,

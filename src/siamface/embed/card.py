@@ -18,6 +18,8 @@ Example (OpenCV Zoo's SFace, whose graph normalises its own input)::
     layout: nchw                # nchw | nhwc
     output: embedding           # what the graph returns; siamface L2-normalises it
     threshold: 0.363            # optional decision threshold (cosine), with its source
+    centre: [0.01, -0.03, ...]  # optional mean face subtracted before the last normalisation
+                                # (siamface centre writes it, with its threshold)
     threshold_source: OpenCV Zoo's published value (LFW)
     license: Apache-2.0
     provenance: https://github.com/opencv/opencv_zoo (face_recognition_sface, 2021dec)
@@ -59,10 +61,16 @@ KNOWN_KEYS = (
     "output_name",
     "threshold",
     "threshold_source",
+    "centre",
     "license",
     "provenance",
 )
-ALIASES = {"color_order": "colour_order", "source": "provenance", "licence": "license"}
+ALIASES = {
+    "color_order": "colour_order",
+    "source": "provenance",
+    "licence": "license",
+    "center": "centre",
+}
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,7 @@ class ModelCard:
     output_name: str | None = None
     threshold: float | None = None
     threshold_source: str = ""
+    centre: tuple[float, ...] | None = None
     license: str = ""
     provenance: str = ""
     path: str = field(default="", compare=False)
@@ -89,12 +98,15 @@ class ModelCard:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["centre"] = None if self.centre is None else list(self.centre)
         return d
 
     def contract(self) -> dict:
         """The fields that change the embeddings (part of the model's fingerprint)."""
         d = self.to_dict()
         keep = ("input_size", "colour_order", "mean", "std", "alignment", "margin", "layout")
+        if self.centre is not None:  # cards without one keep their fingerprints
+            keep += ("centre",)
         return {k: d[k] for k in keep}
 
 
@@ -153,6 +165,7 @@ def card_from_dict(raw: dict, where: str = "model card") -> ModelCard:
         margin = float(d.get("margin", 0.0))
     except (TypeError, ValueError):
         raise SiamfaceError(f"{where}: margin must be a number") from None
+    centre = _centre(d.get("centre"), where)
     return ModelCard(
         mean=_triple(d["mean"], "mean", where),
         std=std,
@@ -167,10 +180,27 @@ def card_from_dict(raw: dict, where: str = "model card") -> ModelCard:
         output_name=str(d["output_name"]) if d.get("output_name") else None,
         threshold=thr,
         threshold_source=str(d.get("threshold_source", "")),
+        centre=centre,
         license=str(d.get("license", "")),
         provenance=str(d.get("provenance", "")),
         path=where,
     )
+
+
+def _centre(value: object, where: str) -> tuple[float, ...] | None:
+    """The optional mean face: a list of finite numbers (its length is checked against the
+    model's output when the model is opened)."""
+    if value is None:
+        return None
+    import math
+
+    try:
+        vals = tuple(float(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise SiamfaceError(f"{where}: centre must be a list of numbers") from None
+    if len(vals) < 2 or not all(math.isfinite(v) for v in vals):
+        raise SiamfaceError(f"{where}: centre must be two or more finite numbers")
+    return vals
 
 
 def read_card(path: str | Path) -> ModelCard:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from siamface.embed.fusion import apply_centre
+from siamface.embed.base import apply_centre
 from siamface.embed.fusion_fit import fusion_pairs
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from siamface.embed.base import Embedder
+from siamface.embed.base import Embedder, apply_centre
 from siamface.errors import SiamfaceError
 from siamface.faces.align import AlignedFace
 
@@ -121,14 +121,6 @@ class FusedFaceLoader:
 
     def __call__(self, path: Path) -> np.ndarray:
         return pack([load(path) for load in self.loaders])
-
-
-def apply_centre(emb: np.ndarray, centre: np.ndarray | None) -> np.ndarray:
-    """Unit embeddings -> centred unit embeddings (``centre`` subtracted, normalised again)."""
-    if centre is None:
-        return emb
-    x = np.asarray(emb) - np.asarray(centre, dtype=np.asarray(emb).dtype)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def pack(faces: Sequence[np.ndarray]) -> np.ndarray:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from siamface.embed.base import Embedder
+from siamface.embed.base import Embedder, apply_centre
 from siamface.embed.card import card_beside, read_card
 from siamface.errors import SiamfaceError
 from siamface.model.onnx_weights import runnable_graph
@@ -199,6 +199,13 @@ class CardOnnxEmbedder(OnnxEmbedder):
         if not self.embedding_size:  # symbolic output width: ask the graph
             grey = np.full((1, 3, size, size), 128, np.uint8)
             self.embedding_size = int(self._run(grey).shape[1])
+        self._centre = None if card.centre is None else np.asarray(card.centre, np.float32)
+        if self._centre is not None and len(self._centre) != self.embedding_size:
+            raise SiamfaceError(
+                f"{card.path}: centre has {len(self._centre)} values, the model's embedding "
+                f"{self.embedding_size}"
+            )
+        self.info["centred"] = self._centre is not None
         self.probe()
 
     def _run(self, x: np.ndarray) -> np.ndarray:
@@ -222,8 +229,8 @@ class CardOnnxEmbedder(OnnxEmbedder):
         if len(x) == 0:
             return np.zeros((0, self.embedding_size), dtype=np.float32)
         out = self.checked(self._run(x))
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.maximum(norms, 1e-12)
+        out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out if self._centre is None else apply_centre(out, self._centre)
 
 
 def _card_input_size(path: Path, card, shape) -> int:
