@@ -331,7 +331,7 @@ def _report(args: argparse.Namespace, m: dict, rec: dict | None, target: Target)
     )
     old = (target.old_threshold or {}).get("value")
     if old is not None:
-        print(f"previous threshold {old:.4f} belonged to the uncentred model")
+        print(f"previous threshold {old:.4f}: measured for the model before this centring")
     for what in target.dropped:
         print(f"note: dropped {what}")
     print(f"written to {m['written']}")
