@@ -236,8 +236,10 @@ def write_card(card: ModelCard, path: str | Path) -> Path:
     """Write ``card`` as YAML (or JSON for a ``.json`` path), without the ``path`` field."""
     import yaml
 
+    from siamface.fileio import atomic_write  # a card rewritten in place is never half written
+
     path = Path(path)
     d = {k: v for k, v in card.to_dict().items() if k != "path" and v not in (None, "")}
     text = json.dumps(d, indent=2) if path.suffix == ".json" else yaml.safe_dump(d, sort_keys=False)
-    path.write_text(text, encoding="utf-8")
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return path
