@@ -55,10 +55,10 @@ MAX_UPLOAD_MB = 2
 # -- the model, the photos and the server -----------------------------------------------------
 @pytest.fixture(scope="module")
 def setup(pins_small, tmp_path_factory) -> dict:
-    """The built-in SFace model calibrated on sample faces (as a user would: ``siamface
-    calibrate``), its evaluation report, and photos chosen with clear margins around the
-    calibrated threshold: two of one person above it, one of another person and a stranger
-    below it."""
+    """The built-in SFace model centred and calibrated on sample faces (as a user would:
+    ``siamface centre``, ``siamface calibrate``), its evaluation report, and photos chosen with
+    clear margins around the calibrated threshold: two of one person above it, one of another
+    person and a stranger below it."""
     from siamface.cli.main import main as cli
     from siamface.embed.load import create_embedder
     from siamface.faces.detect import DEFAULT_DETECTOR, is_available
@@ -67,7 +67,10 @@ def setup(pins_small, tmp_path_factory) -> dict:
         pytest.skip(f"face detector {DEFAULT_DETECTOR} not installed (needed by SFace)")
     root = tmp_path_factory.mktemp("web")
     ckpt = root / "sface-calibrated.safetensors"
-    assert cli(["calibrate", "--model", "sface", "--data", str(pins_small), "--out", str(ckpt),
+    # centred on these people's mean face (siamface centre), then calibrated at FAR 1e-3
+    assert cli(["centre", "--model", "sface", "--data", str(pins_small), "--out", str(ckpt),
+                "--force", "--no-progress", "--workers", "1"]) == 0  # fmt: skip
+    assert cli(["calibrate", "--model", str(ckpt), "--data", str(pins_small),
                 "--no-progress", "--workers", "1"]) == 0  # fmt: skip
     subset = root / "subset"  # 8 people x 4 photos: the report and the photos to choose from
     for person in sorted(p for p in pins_small.iterdir() if p.is_dir())[:8]:
@@ -443,6 +446,8 @@ def test_model_card_shows_model_threshold_and_report(browser, server, setup):
     assert "SFace face recogniser from OpenCV Zoo" in model and "License\nApache-2.0" in model
     # what the model does not record is left out, not shown empty
     assert "Started from" not in model and "Trained on" not in model
+    # siamface centre's record, with the server's folder reduced to its last name
+    assert "Centred on\nthe mean face of 12 people (pins); held-out AUC 0.99" in model, model
     assert visible_text(browser, "#card-threshold") == f"{setup['threshold']:.4f}"
     assert "1 in 1,000" in visible_text(browser, "#card-threshold-text")
     report = visible_text(browser, "#card-report")

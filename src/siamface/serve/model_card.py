@@ -27,6 +27,7 @@ INFO_KEYS = (
     "val_identities",
     "loss",
     "epoch",
+    "centring",
     "siamface_version",
 )
 VALIDATION_KEYS = ("auc", "eer", "tar_at_far", "n_genuine", "n_impostor")

@@ -745,6 +745,19 @@
       .map(([far, v]) => [t("k_tar", { far: farText(Number(far)) }), pct(v)]);
   }
 
+  // siamface centre's record: whose mean face, and what held-out people said of it
+  function centringText(c) {
+    if (!c || typeof c !== "object") return null;
+    const h = c.held_out || {};
+    return t("k_centring_v", {
+      ids: int(c.identities),
+      data: c.data ?? "–",
+      cond: c.condition ? t("k_centring_cond", { c: c.condition }) : "",
+      a: num(h.plain?.auc, 4),
+      b: num(h.centred?.auc, 4),
+    });
+  }
+
   function renderCard() {
     const c = state.card;
     if (!c) return;
@@ -771,6 +784,7 @@
       [t("k_members"), Array.isArray(tr.members)
         ? tr.members.map((m) => `${m.name} × ${num(m.weight, 3)}`).join(" + ") : null],
       [t("k_tta"), tr.tta],
+      [t("k_centring"), centringText(tr.centring)],
       [t("k_contract"), tr.input_contract],
       [t("k_license"), tr.license],
       [t("k_provenance"), tr.provenance],
