@@ -17,6 +17,7 @@ Arms (``--arms``, default all):
   j  no training: ``siamface centre --model sface`` on the training people, scored clean
   k  no training: ``siamface centre --model sface --condition cctv`` on the training people,
      scored on the CCTV copy and clean
+  l  no training: ``siamface centre --model sface --condition masked``, scored masked and clean
 
 Adapted arms are compared with sface zero-shot on the same people by ``siamface evaluate
 --compare sface`` (each metric's difference with a 95 % interval, bootstrap over identities),
@@ -263,20 +264,25 @@ def domain_targets(res: dict, key: str, acc_gain: float, tar_gain: float | None)
     return t
 
 
-def centre_arm(scorer, work: Path, train: Path, name: str, seen: Path, clean: Path, extra):
-    """``siamface centre`` on the training people (a minute, no training), then scored like an
-    adapted arm: on ``seen`` (the CCTV copy, or the clean test people) and on clean people."""
+def centre_arm(
+    scorer, work: Path, train: Path, name: str, seen: Path, clean: Path, cond: str | None = None
+):
+    """``siamface centre`` on the training people (minutes, no training; with ``cond``, the
+    training faces seen under it), then scored like an adapted arm: on ``seen`` (the CCTV copy,
+    or the test people under ``cond``) and on clean test people."""
     out = work / f"centred_{name}.safetensors"
     cmd = [*SIAMFACE, "centre", "--model", "sface", "--data", str(train), "--out", str(out)]
     t0 = time.perf_counter()
+    extra = ["--condition", cond] if cond else []
     r = run_child([*cmd, *extra, "--json", "--no-progress"], log=work / f"{name}.log")
     if r["rc"] not in (0, 1):
         return {"error": f"siamface centre exit {r['rc']}, see {work / name}.log"}
     entry = {"centre": last_json(r["stdout"]), "centre_wall_s": round(time.perf_counter() - t0)}
     if r["rc"] == 1:  # not kept: the user keeps sface, whose figures are arms a and f
         return {**entry, "kept": False}
-    entry["under_condition"] = scorer.score(str(out), seen)
-    if seen != clean:
+    # the CCTV copy is degraded on disk; masks are drawn on the aligned faces when scored
+    entry["under_condition"] = scorer.score(str(out), seen, None if seen != clean else cond)
+    if cond:
         entry["clean"] = scorer.score(str(out), clean)
     return entry
 
@@ -575,7 +581,7 @@ def main() -> int:
             entry["log"] = str(work / "att40_train.log")
         arms_out["att40"] = entry
     scorer = None
-    if arms & {"f", "g", "h", "i", "j", "k"}:
+    if arms & {"f", "g", "h", "i", "j", "k", "l"}:
         from _domain_eval import DomainScorer
 
         scorer = DomainScorer(pairs, seed=args.seed, cache=work / "embeddings")
@@ -594,15 +600,20 @@ def main() -> int:
         arms_out.update(dom)
         res["target_i_vs_h"] = domain_targets(dom, "i_adapt_mask", 0.03, None)
     if "j" in arms:
-        arms_out["j_sface_centred"] = centre_arm(scorer, work, train, "j", test, test, [])
+        arms_out["j_sface_centred"] = centre_arm(scorer, work, train, "j", test, test)
     if "k" in arms:
         cctv = work / "main" / "test_cctv"
         if not cctv.is_dir():
             res["cctv_copy_images"] = cctv_copy(test, cctv)
-        k = centre_arm(scorer, work, train, "k", cctv, test, ["--condition", "cctv"])
+        k = centre_arm(scorer, work, train, "k", cctv, test, "cctv")
         arms_out["k_sface_centred_cctv"] = k
         if "under_condition" in k:
             res["k_vs_f"] = domain_targets({"k": k}, "k", 0.05, 0.15)
+    if "l" in arms:
+        m = centre_arm(scorer, work, train, "l", test, test, "masked")
+        arms_out["l_sface_centred_masked"] = m
+        if "under_condition" in m:
+            res["l_vs_h"] = domain_targets({"l": m}, "l", 0.03, None)
     for n in ("g", "i"):
         if n in results and results[n]["rc"] != 0:
             arms_out[f"{n}_train_failed"] = {
