@@ -104,10 +104,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 class Target:
     """What centre rewrites: the plain model to measure with, and how to write it centred."""
 
-    plain: object  # an Embedder: the model without any centre it had
+    plain: object  # an Embedder: the model without any centre it had, with its old threshold
     out: Path
     was_centred: bool
-    old_threshold: dict | None
     #: (centre, threshold record, provenance) -> None: writes the centred model to ``out``
     write: Callable[[np.ndarray, dict, dict], None]
     dropped: list[str] = field(default_factory=list)  # what the centred copy loses
@@ -136,7 +135,9 @@ def torch_target(args: argparse.Namespace) -> Target:
     net = ckpt.build("cpu")
     was = net.cfg.centred
     net.set_centre(None)  # measure from the plain model: a centred input is re-centred
-    plain = Checkpoint(net.cfg, ckpt.preprocessing, net.state_dict(), None, None, ckpt.info)
+    plain = Checkpoint(
+        net.cfg, ckpt.preprocessing, net.state_dict(), ckpt.threshold, None, ckpt.info
+    )
 
     def write(centre: np.ndarray, threshold: dict, provenance: dict) -> None:
         net.set_centre(torch.as_tensor(centre, dtype=torch.float32))
@@ -149,7 +150,6 @@ def torch_target(args: argparse.Namespace) -> Target:
         TorchEmbedder(args.model, device=args.device, checkpoint=plain),
         out,
         was,
-        ckpt.threshold,
         write,
         ["the pair head (a probability from the plain score)"] if ckpt.pair_head else [],
     )
@@ -190,12 +190,7 @@ def card_target(args: argparse.Namespace, path: Path) -> Target:
         )
 
     plain = CardOnnxEmbedder(path, replace(card, centre=None))
-    old = (
-        {"value": card.threshold, "source": card.threshold_source}
-        if card.threshold is not None
-        else None
-    )
-    return Target(plain, out, card.centre is not None, old, write)
+    return Target(plain, out, card.centre is not None, write)
 
 
 def open_target(args: argparse.Namespace) -> Target:
@@ -291,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
     target.write(centre, rec, {k: v for k, v in measured.items() if k != "was_centred"})
     measured["written"] = str(target.out)
     measured["threshold"] = rec
-    measured["previous_threshold"] = target.old_threshold
+    measured["previous_threshold"] = target.plain.threshold
     _report(args, measured, rec, target)
     return 0
 
@@ -329,7 +324,7 @@ def _report(args: argparse.Namespace, m: dict, rec: dict | None, target: Target)
         f"threshold {rec['value']:.4f} at FAR {rec['target_far']:g} ({rec['method']}; measured "
         f"TAR {rec['tar']:.4f}, FAR {rec['far']:.2e} on the held-out scores)"
     )
-    old = (target.old_threshold or {}).get("value")
+    old = (target.plain.threshold or {}).get("value")
     if old is not None:
         print(f"previous threshold {old:.4f}: measured for the model before this centring")
     for what in target.dropped:

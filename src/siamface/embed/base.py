@@ -15,14 +15,18 @@ from siamface.folders.images import load_rgb, resize_uint8
 from siamface.tensors.transforms import Preprocessing
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length (an all-zero row stays zero rather than dividing by 0)."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def apply_centre(emb: np.ndarray, centre: np.ndarray | None) -> np.ndarray:
     """Unit embeddings -> centred unit embeddings (``centre`` subtracted, normalised again):
     what a centred model (a checkpoint's ``centre`` buffer, a card's ``centre``, a fusion
     member's centre) does after its own normalisation."""
     if centre is None:
         return emb
-    x = np.asarray(emb) - np.asarray(centre, dtype=np.asarray(emb).dtype)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return unit_rows(np.asarray(emb) - np.asarray(centre, dtype=np.asarray(emb).dtype))
 
 
 class Embedder:

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from siamface.embed.base import apply_centre
+from siamface.embed.base import apply_centre, unit_rows
 from siamface.embed.fusion_fit import fusion_pairs
 
 
 def unit(emb: np.ndarray) -> np.ndarray:
-    u = np.asarray(emb, np.float64)
-    return u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
+    """Unit rows in float64: means and AUCs of many pairs without float32 rounding."""
+    return unit_rows(np.asarray(emb, np.float64))
 
 
 @dataclass(frozen=True)

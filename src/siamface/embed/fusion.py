@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from siamface.embed.base import Embedder, apply_centre
+from siamface.embed.base import Embedder, apply_centre, unit_rows
 from siamface.errors import SiamfaceError
 from siamface.faces.align import AlignedFace
 
@@ -217,7 +217,7 @@ class FusedEmbedder(Embedder):
         ]
         out = np.concatenate(parts, axis=1)
         # Already unit length up to rounding; normalising keeps cosines exact in float32.
-        return self.checked(out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12))
+        return self.checked(unit_rows(out))
 
     def embed_batch(self, pixels: np.ndarray) -> np.ndarray:
         x = np.asarray(pixels, dtype=np.uint8)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from siamface.embed.base import Embedder, apply_centre
+from siamface.embed.base import Embedder, apply_centre, unit_rows
 from siamface.embed.card import card_beside, read_card
 from siamface.errors import SiamfaceError
 from siamface.model.onnx_weights import runnable_graph
@@ -228,8 +228,7 @@ class CardOnnxEmbedder(OnnxEmbedder):
             raise ValueError(f"expected uint8 N x 3 x {size} x {size} faces, got {x.shape}")
         if len(x) == 0:
             return np.zeros((0, self.embedding_size), dtype=np.float32)
-        out = self.checked(self._run(x))
-        out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        out = unit_rows(self.checked(self._run(x)))
         return out if self._centre is None else apply_centre(out, self._centre)
 
 
