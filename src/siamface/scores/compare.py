@@ -118,17 +118,31 @@ def compare_folders(
     probe_only: bool = False,
     replicates: int = 1000,
     seed: int = 0,
+    kfold_draws: int = 0,
+    per_fold: int = 300,
+    folds: int = 10,
     **kw,
 ) -> dict:
-    """All pairs of labelled images, both models, paired bootstrap over identities."""
+    """All pairs of labelled images, both models, paired bootstrap over identities.
+
+    ``kfold_draws``: also both models' ``folds``-fold accuracy on the same generated pairs files and
+    the difference per draw (:mod:`siamface.scores.kfold_draws`)."""
     if len(set(labels)) < 2:
         raise SiamfaceError("comparison needs at least 2 identities")
     groups = clusters_of(labels, MAX_CLUSTERS, seed)
-    hists = []
-    for model in (new, ref):
+    hists, views = [], {}
+    for name, model in (("model", new), ("compare_with", ref)):
         a, b = _views(model, paths, condition, probe_only, **kw)
+        views[name] = (a, b)
         hists.append(histograms_all_pairs(a, labels, groups, probe=b))
     result = compare(hists[0], hists[1], replicates, seed)
+    extra = {}
+    if kfold_draws:
+        from siamface.scores.kfold_draws import paired_kfold_draws  # lazy: PIL via protocol
+
+        extra["kfold_draws"] = paired_kfold_draws(
+            views, [str(x) for x in labels], kfold_draws, per_fold, seed, folds
+        )
     return _report(
         result,
         new,
@@ -140,6 +154,7 @@ def compare_folders(
             "identities": len(set(labels)),
             "images": len(paths),
             "bootstrap": {"replicates": replicates, "groups": int(groups.max()) + 1},
+            **extra,
         },
     )
 
@@ -205,6 +220,14 @@ def summary_lines(rep: dict) -> list[str]:
         mark = {"better": "  better", "worse": "  WORSE"}.get(r["significant"] or "", "")
         lines.append(
             f"  {name:16s} {r['new']:.4f} vs {r['ref']:.4f}   {format_delta('delta', r)}{mark}"
+        )
+    kd = rep.get("kfold_draws")
+    if kd:
+        acc, d = kd["accuracy"], kd["delta"]
+        lines.append(
+            f"  {kd['folds']}-fold accuracy over {kd['draws']} drawn pairs files: "
+            f"{acc['model']['mean']:.4f} vs {acc['compare_with']['mean']:.4f}   delta "
+            f"{d['mean']:+.4f} (90% of draws {d['p5']:+.4f} to {d['p95']:+.4f})"
         )
     lines.append(f"verdict: {rep['verdict']}")
     return lines

@@ -218,8 +218,15 @@ def evaluate_folders(
     workers: int | None = None,
     plots: bool = True,
     progress: bool = True,
+    kfold_draws: int = 0,
+    per_fold: int = 300,
+    folds: int = 10,
 ) -> Evaluation:
-    """All-pairs evaluation of labelled images; writes report.json (+ plots) to ``out_dir``."""
+    """All-pairs evaluation of labelled images; writes report.json (+ plots) to ``out_dir``.
+
+    ``kfold_draws``: also the LFW-style ``folds``-fold accuracy averaged over that many
+    generated pairs files of ``per_fold`` pairs of each kind per fold (one generated file is
+    a noisy estimate: :mod:`siamface.scores.kfold_draws`)."""
     t0 = time.perf_counter()
     if len(set(images.labels)) < 2:
         raise SiamfaceError("evaluation needs at least 2 identities (impostor pairs)")
@@ -234,6 +241,11 @@ def evaluate_folders(
     scored = score_all_pairs(emb, labels, max_impostors, sample_size, seed=seed, progress=progress)
     if scored.genuine.n == 0:
         raise SiamfaceError("no identity has two readable images: no genuine pairs to score")
+    draws = None
+    if kfold_draws:
+        from siamface.scores.kfold_draws import kfold_draws_report  # lazy: PIL via protocol
+
+        draws = kfold_draws_report(emb, labels.tolist(), kfold_draws, per_fold, seed, folds)
     t2 = time.perf_counter()
     return _finish(
         embedder,
@@ -242,6 +254,7 @@ def evaluate_folders(
         fars,
         plots,
         protocol="all-pairs",
+        kfold_draws=draws,
         data={
             "roots": [str(r) for r in images.roots],
             "identity_filter": images.identity_filter,
@@ -394,6 +407,7 @@ def _finish(
     timing: dict,
     kfold: dict | None = None,
     extra_notes: Sequence[str] = (),
+    kfold_draws: dict | None = None,
 ) -> Evaluation:
     t0 = time.perf_counter()
     m, curve = curve_and_metrics(scored, fars)
@@ -408,6 +422,7 @@ def _finish(
         "metrics": m.to_dict(),
         "operating_points": operating_points(scored, m, embedder.threshold),
         "kfold": kfold,
+        "kfold_draws": kfold_draws,
         "roc": curve,
         "rates_by_threshold": scored.rates_table(RATE_GRID),
         "plots": {},

@@ -203,14 +203,8 @@ def resolve_pairs(pf: PairsFile, root: str | Path, source: Path) -> list[tuple[P
 
 
 def make_pairs(root: str | Path, folds: int = 10, per_fold: int = 300, seed: int = 0) -> PairsFile:
-    """Generate a pairs file for any identity-folder set, LFW style.
-
-    Identities are split into ``folds`` disjoint groups (as in LFW, a person appears in one
-    fold only, so each fold's threshold is tested on strangers). Each fold gets ``per_fold``
-    same-person pairs (a random person, then a random unused pair of their images) and
-    ``per_fold`` different-person pairs (two random people of the fold, a random image each).
-    No pair appears twice in the file. Seeded: same inputs, same file.
-    """
+    """Generate a pairs file for any identity-folder set, LFW style (see :func:`draw_pairs`).
+    Seeded: same inputs, same file."""
     if folds < 1 or per_fold < 1:
         raise SiamfaceError("--folds and --per-fold must be at least 1")
     index = ImageIndex(root)
@@ -224,9 +218,26 @@ def make_pairs(root: str | Path, folds: int = 10, per_fold: int = 300, seed: int
         nums = index.numbers(name)
         if nums:
             numbered[name] = nums
+    return draw_pairs(numbered, folds, per_fold, seed, where=str(index.root))
+
+
+def draw_pairs(
+    numbered: dict[str, list[int]], folds: int, per_fold: int, seed: int, where: str = "the data"
+) -> PairsFile:
+    """LFW-style pairs over people and their image numbers (``{name: [1, 2, ...]}``).
+
+    People are split into ``folds`` disjoint groups (as in LFW, a person appears in one fold
+    only, so each fold's threshold is tested on strangers). Each fold gets ``per_fold``
+    same-person pairs (a random person, then a random unused pair of their images) and
+    ``per_fold`` different-person pairs (two random people of the fold, a random image each).
+    No pair appears twice. Kept apart from the folder index so that an evaluation can draw
+    pairs over images it has already embedded (:mod:`siamface.scores.kfold_draws`).
+    """
+    if folds < 1 or per_fold < 1:
+        raise SiamfaceError("--folds and --per-fold must be at least 1")
     if len(numbered) < 2 * folds:
         raise SiamfaceError(
-            f"{index.root}: {len(numbered)} usable identities, need at least 2 per fold "
+            f"{where}: {len(numbered)} usable identities, need at least 2 per fold "
             f"({2 * folds} for {folds} folds); use fewer --folds"
         )
     rng = random.Random(seed)
@@ -235,8 +246,8 @@ def make_pairs(root: str | Path, folds: int = 10, per_fold: int = 300, seed: int
     groups = [sorted(people[k::folds]) for k in range(folds)]
     pf = PairsFile(folds, per_fold)
     for fold, group in enumerate(groups):
-        pf.pairs += _same_pairs(numbered, group, per_fold, fold, rng, index.root)
-        pf.pairs += _diff_pairs(numbered, group, per_fold, fold, rng, index.root)
+        pf.pairs += _same_pairs(numbered, group, per_fold, fold, rng, where)
+        pf.pairs += _diff_pairs(numbered, group, per_fold, fold, rng, where)
     return pf
 
 

@@ -136,6 +136,14 @@ def summary_lines(report: dict) -> list[str]:
         lines.append(
             f"{kf['folds']}-fold accuracy: {kf['accuracy_mean']:.4f} +- {kf['accuracy_std']:.4f}"
         )
+    kd = report.get("kfold_draws")
+    if kd:
+        a = kd["accuracy"]
+        lines.append(
+            f"{kd['folds']}-fold accuracy over {kd['draws']} drawn pairs files "
+            f"({kd['pairs_per_fold']} pairs of each kind per fold): {a['mean']:.4f} "
+            f"(90% of draws {a['p5']:.4f}-{a['p95']:.4f})"
+        )
     st = report.get("operating_points", {}).get("stored_threshold")
     if st:
         lines.append(
