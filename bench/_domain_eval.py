@@ -2,8 +2,10 @@
 
 Each (model, image folder, condition) is embedded once, in this process; the same embeddings
 give the all-pairs metrics with 95 % intervals (bootstrap over identities), the paired
-comparison with sface zero-shot on the same people, and 10-fold accuracy on the LFW-format
-pairs file. On a shared 2-core machine this halves the embedding work of calling
+comparison with sface zero-shot on the same people, 10-fold accuracy on the LFW-format
+pairs file, and (``draws``) 10-fold accuracy over that many drawn pairs files, paired with
+sface draw by draw (``siamface.scores.kfold_draws``: one drawn file is a noisy estimate). On a
+shared 2-core machine this halves the embedding work of calling
 ``siamface evaluate`` and ``siamface evaluate --compare`` separately (same library code).
 """
 
@@ -18,6 +20,7 @@ from siamface.embed.load import create_embedder
 from siamface.scores import bootstrap as bs
 from siamface.scores.compare import ConditionedEmbedder
 from siamface.scores.evaluate import collect_images
+from siamface.scores.kfold_draws import kfold_draws_report, paired_kfold_draws
 from siamface.scores.protocol import kfold_accuracy, read_pairs, resolve_pairs
 from siamface.tensors.conditions import parse_condition
 
@@ -26,9 +29,16 @@ class DomainScorer:
     """Embeddings cached per (model, folder, condition); metrics computed from them."""
 
     def __init__(
-        self, pairs: Path, replicates: int = 1000, seed: int = 0, cache: Path | None = None
+        self,
+        pairs: Path,
+        replicates: int = 1000,
+        seed: int = 0,
+        cache: Path | None = None,
+        draws: int = 0,
+        per_fold: int = 300,
     ) -> None:
         self.pairs = pairs
+        self.draws, self.per_fold = draws, per_fold
         self.cache = cache  # embeddings kept on disk, so a later bench call reuses them
         self.replicates = replicates
         self.seed = seed
@@ -102,6 +112,13 @@ class DomainScorer:
             "all_pairs": bs.interval(h, self.replicates, self.seed),
             "pairs_file": self.kfold(emb, row, folder),
         }
+        if self.draws and model == "sface":
+            out["pairs_draws"] = kfold_draws_report(
+                emb[ia], lab.tolist(), self.draws, self.per_fold
+            )
+        elif self.draws:
+            both = {"model": (emb[ia], None), "sface": (ref_emb[ib], None)}
+            out["pairs_draws"] = paired_kfold_draws(both, lab.tolist(), self.draws, self.per_fold)
         if model != "sface":
             h_ref = bs.histograms_all_pairs(ref_emb[ib], lab, groups)
             out["vs_sface"] = bs.compare(h, h_ref, self.replicates, self.seed)
