@@ -144,6 +144,8 @@ def test_cli_refusals(pins_small, tiny_checkpoint, tmp_path, capsys):
     common = ["--model", str(tiny_checkpoint), "--data", str(pins_small), *FAST]
     rc = main(["evaluate", *common, "--kfold-draws", "2", "--pairs", "x.txt"])
     assert rc == 2 and "with --pairs the file is the protocol" in capsys.readouterr().err
+    rc = main(["evaluate", *common, "--per-fold", "5", "--out", str(tmp_path / "p")])
+    assert rc == 2 and "add --kfold-draws N" in capsys.readouterr().err
     # 12 people cannot make 10 folds of 2
     rc = main(["evaluate", *common, "--kfold-draws", "2", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err

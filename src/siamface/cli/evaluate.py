@@ -132,14 +132,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--folds",
         type=positive_int,
-        default=10,
         metavar="N",
         help="with --kfold-draws: folds of each drawn file (10; needs 2 people per fold)",
     )
     p.add_argument(
         "--per-fold",
         type=positive_int,
-        default=300,
         metavar="N",
         help="with --kfold-draws: same-person pairs per fold, and as many different (300)",
     )
@@ -180,6 +178,9 @@ def run(args: argparse.Namespace) -> int:
         cond = parse_condition(args.condition, args.seed)
     elif args.condition_probe_only:
         raise SiamfaceError("--condition-probe-only needs --condition SPEC")
+    if (args.folds or args.per_fold) and not args.kfold_draws:
+        raise SiamfaceError("--folds and --per-fold shape drawn pairs files: add --kfold-draws N")
+    args.folds, args.per_fold = args.folds or 10, args.per_fold or 300
     if args.kfold_draws and args.pairs:
         raise SiamfaceError(
             "--kfold-draws draws pairs files from the folders; with --pairs the file is the "
