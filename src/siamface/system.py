@@ -9,6 +9,7 @@ slower). The usable count comes from the scheduler's affinity mask instead.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,3 +99,30 @@ def heap_kept(enabled: bool = True) -> Iterator[bool]:
         libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(_GLIBC_DEFAULT))
         libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(_GLIBC_DEFAULT))
         libc.malloc_trim(ctypes.c_size_t(0))
+
+
+@contextlib.contextmanager
+def frozen_for_fork(enabled: bool = True) -> Iterator[None]:
+    """Collect garbage, then keep every existing object away from the cyclic garbage collector
+    while worker processes are forked (DataLoader workers start when their loader is iterated),
+    and let them back afterwards.
+
+    Why: a forked worker inherits the parent's garbage. When the worker's collector frees an
+    object that owns native threads, such as an onnxruntime session left in a reference cycle
+    by a model used earlier in the process, its destructor waits on a condition variable whose
+    waiters were threads of the parent. Those threads do not exist in the child, so the worker
+    and the command waiting for it hang for ever. This was seen in the test suite: an ONNX
+    model used, then a PyTorch model embedding with workers. Collecting first frees such
+    garbage in the parent, where its threads live. Freezing, the gc module's documented fork
+    recipe, keeps the child's collector off everything it inherited, which also spares those
+    pages copy-on-write. ``enabled=False`` (no workers to fork) does nothing.
+    """
+    if not enabled:
+        yield
+        return
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

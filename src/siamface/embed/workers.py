@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from siamface.embed.pipeline import Decoded, FaceLoader
 from siamface.folders.images import ImageLoadError
+from siamface.system import frozen_for_fork
 from siamface.tensors.transforms import hwc_to_chw
 
 
@@ -34,13 +35,11 @@ def process_batches(
     """Batches decoded by ``workers`` processes (none for a set that fits one batch: starting
     workers would cost more than decoding)."""
     ds = _PathDataset(paths, loader, size)
-    dl = DataLoader(
-        ds,
-        batch_size=batch_size,
-        num_workers=workers if len(ds) > batch_size else 0,
-        worker_init_fn=_one_thread,
-    )
-    for x, idx, err in dl:
+    n = workers if len(ds) > batch_size else 0
+    dl = DataLoader(ds, batch_size=batch_size, num_workers=n, worker_init_fn=_one_thread)
+    with frozen_for_fork(n > 0):  # the workers fork here (see frozen_for_fork: a hang otherwise)
+        batches = iter(dl)
+    for x, idx, err in batches:
         errors = {int(idx[k]): e for k, e in enumerate(err) if e}
         good = [k for k in range(len(err)) if not err[k]]
         yield len(idx), (x[good].numpy() if good else None), errors

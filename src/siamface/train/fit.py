@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from siamface.errors import SiamfaceError
 from siamface.scores.metrics import VerificationMetrics
+from siamface.system import frozen_for_fork
 from siamface.tensors.batches import rank_steps
 from siamface.train.checkpoints import save_epoch_checkpoints
 from siamface.train.distributed import agree, main_decides
@@ -147,7 +148,9 @@ def _train_epoch(
     meter = run.reporter.epoch_meter(
         run.steps_per_epoch, s.step_in_epoch, f"epoch {s.epoch + 1}/{cfg.run.epochs}"
     )
-    for j, batch in enumerate(loader):
+    with frozen_for_fork(run.workers > 0):  # workers fork here (a hang otherwise: see there)
+        batches = iter(loader)
+    for j, batch in enumerate(batches):
         # (mid-epoch, the all-reduce after each step already agreed on this)
         if (j == 0 or not ctx.enabled) and agree(ctx, [run.stop.requested], run.device)[0]:
             run.stop.requested = run.stop.requested or "a signal to another process"
