@@ -48,7 +48,7 @@ from siamface.integrity import (
     row_digest,
     sqlite_files,
 )
-from siamface.system import cache_root, usable_cpus
+from siamface.system import cache_root, frozen_for_fork, usable_cpus
 
 INDEX_FILE = "scan-index.sqlite"
 #: Decoded-pixel files kept beside the index (the most recently used ones).
@@ -322,9 +322,11 @@ def scan_files(
         mp = multiprocessing.get_context("forkserver") if decoder is not None else None
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp)
     try:
-        results = (
-            pool.map(_check_one, jobs, chunksize=64) if pool else (_check_one(j) for j in jobs)
-        )
+        # map submits every job at once, so the pool forks its workers here
+        with frozen_for_fork(pool is not None and mp is None):
+            results = (
+                pool.map(_check_one, jobs, chunksize=64) if pool else (_check_one(j) for j in jobs)
+            )
         for i, (fact, arr) in zip(todo, results, strict=True):
             bar.update()
             if facts[i] is None:
