@@ -133,9 +133,10 @@ def kfold_draws_report(
     seed: int = 0,
     folds: int = 10,
 ) -> dict:
-    """The report section of one model: the draws and its accuracy over them."""
-    pd = draw_pair_sets(labels, draws, folds, per_fold, seed)
-    return {**pd.describe(), "accuracy": summarise(kfold_over_draws(emb, pd))}
+    """The report section of one model: the draws and its accuracy over them (the one-model
+    case of :func:`paired_kfold_draws`)."""
+    rep = paired_kfold_draws({"model": (emb, None)}, labels, draws, per_fold, seed, folds)
+    return {**rep, "accuracy": rep["accuracy"]["model"]}
 
 
 def paired_kfold_draws(
