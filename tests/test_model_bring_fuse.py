@@ -434,3 +434,45 @@ def test_a_member_is_centred_only_when_held_out_people_gain():
     parts = [apply_centre(leaning, centres[0]), apply_centre(centred_already, centres[1])]
     want = 0.3 * parts[0][:5] @ parts[0][5:10].T + 0.7 * parts[1][:5] @ parts[1][5:10].T
     assert np.allclose(e[:5] @ e[5:10].T, want, atol=1e-5)
+
+
+@needs_data
+def test_fuse_held_out_fits_only_on_the_people_a_run_did_not_train_on(
+    tmp_path, tiny_checkpoint, capsys
+):
+    """``fuse --held-out RUN`` fits on the run's validation and test people only (so a
+    fine-tuned member's weight is not flattered by its own training people); fitting on
+    people the run trained on names them in a warning; the two people options exclude each
+    other."""
+    from siamface.cli.main import main
+
+    people = copy_identities(SHARED_DATA / "pins90", tmp_path / "people", 8, 3)
+    ids = sorted(p.name for p in people.iterdir())
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_checkpoint, run / "best.safetensors")
+    (run / "run.json").write_text(json.dumps({"data": [str(people)]}))
+    report = {"val_identity_names": ids[:2], "test_identity_names": ids[2:5]}
+    (run / "dataset_report.json").write_text(json.dumps(report))
+    base = ["fuse", "sface", str(run / "best.safetensors"), "--data", str(people), "--json"]
+    fast = ["--workers", "0", "--no-progress"]
+
+    assert main([*base, "--held-out", str(run), "--out", str(tmp_path / "a.json"), *fast]) == 0
+    out, err = capsys.readouterr()
+    prov = json.loads(out)["provenance"]
+    assert prov["identities"] == 5 and prov["genuine_pairs"] == 5 * 3
+    assert "used to train" not in err
+
+    assert main([*base, "--out", str(tmp_path / "b.json"), *fast]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["provenance"]["identities"] == 8
+    assert "warning: 3 of the 8 people fitted on were used to train" in err
+    assert f"Fit on people it never saw with --held-out {run}" in err
+
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--held-out", str(run), "--identities", "a,b", "--out", "c.json"])
+    assert e.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert main([*base, "--held-out", str(people), "--out", str(tmp_path / "d.json")]) == 2
+    assert "is not a training run directory" in capsys.readouterr().err
+    assert not (tmp_path / "d.json").exists()

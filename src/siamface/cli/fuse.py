@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from siamface.cli._model_args import add_embed_args, positive_int, rate
@@ -26,6 +27,9 @@ EPILOG = """\
 examples:
   siamface fuse sface dlib --data val_faces/ --out sface+dlib.json
   siamface fuse sface theirs.onnx --data val_faces/ --tta flip --out fused.json
+  # a CCTV-adapted run with dlib, fitted on camera photos of the people it did not train on
+  siamface fuse runs/cctv/best.safetensors dlib --data camera_photos/ --held-out runs/cctv \\
+      --out cctv+dlib.json
   siamface verify --model fused.json a.jpg b.jpg
   siamface gallery enroll --gallery g/ --model fused.json people/
 """
@@ -48,8 +52,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="validation identity folders DIR/<person>/<image> (repeatable); use people the "
         "fused model will not be tested on",
     )
-    p.add_argument(
+    who = p.add_mutually_exclusive_group()
+    who.add_argument(
         "--identities", metavar="LIST", help="only these people: 'a,b,c', a file or a JSON list"
+    )
+    who.add_argument(
+        "--held-out",
+        metavar="RUN_DIR",
+        help="only the people a training run did not train on (its validation and test "
+        "people): fit a fusion of that run's model on people none of its members learnt",
     )
     p.add_argument("--out", required=True, metavar="FILE", help="fusion file to write (JSON)")
     p.add_argument(
@@ -110,10 +121,24 @@ def run(args: argparse.Namespace) -> int:
         raise SiamfaceError("each model may appear once in a fusion")
     out = Path(args.out).expanduser()
     check_output_file(out, "fusion file")
-    ids = ev.read_identity_list(args.identities) if args.identities else None
+    ids = None
+    if args.identities:
+        ids = ev.read_identity_list(args.identities)
+    elif args.held_out:
+        ids = ev.untrained_identities(args.held_out)
     images = ev.collect_images(args.data, ids)
     if len(set(images.labels)) < 2:
         raise SiamfaceError("fuse needs at least two people in --data")
+    for m in args.models:  # a member scored on its own training people gets too much weight
+        hit = ev.trained_on(m, images.roots, images.labels)
+        if hit:
+            run, seen = hit
+            print(
+                f"warning: {len(seen)} of the {len(set(images.labels))} people fitted on were "
+                f"used to train {m}: its weight will be too large. Fit on people it never saw "
+                f"with --held-out {run}",
+                file=sys.stderr,
+            )
     refs = [model_reference(m) for m in args.models]
     members = [create_embedder(m, device=args.device) for m in args.models]
     scored = [FlipEmbedder(m) for m in members] if args.tta == "flip" else members

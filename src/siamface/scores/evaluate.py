@@ -111,6 +111,23 @@ def held_out_identities(run_dir: str | Path) -> list[str]:
     return list(names)
 
 
+def untrained_identities(run_dir: str | Path) -> list[str]:
+    """Every identity a training run held out from training: its validation *and* test
+    people. What a later fitting step (a fusion's weights) may use, once the run's own
+    verdict on its test people is given: none of them moved the run's weights."""
+    run = Path(run_dir).expanduser()
+    rep = run / "dataset_report.json" if run.is_dir() else run
+    if not rep.is_file():
+        raise SiamfaceError(f"{run} is not a training run directory (no dataset_report.json)")
+    report = json.loads(rep.read_text(encoding="utf-8"))
+    names = list(report.get("val_identity_names") or []) + list(
+        report.get("test_identity_names") or []
+    )
+    if not names:
+        raise SiamfaceError(f"{rep} lists no validation or test identities")
+    return names
+
+
 def collect_images(data: Sequence[str | Path], identities: Sequence[str] | None = None):
     """Scan identity folders and keep the requested identities (all when None)."""
     from siamface.folders.identities import scan_identity_folders  # lazy: PIL
@@ -139,10 +156,12 @@ def collect_images(data: Sequence[str | Path], identities: Sequence[str] | None 
     )
 
 
-def training_overlap_note(
+def trained_on(
     model_path: str | Path, roots: Sequence[Path], identities: Sequence[str]
-) -> str | None:
-    """Warn when a run directory's model is evaluated on its own training identities."""
+) -> tuple[Path, list[str]] | None:
+    """(run directory, the given identities it trained on) when ``model_path`` is a training
+    run's model and ``identities`` come from the same data roots; None when they do not or
+    nothing overlaps (a model from elsewhere cannot be checked)."""
     p = Path(model_path).expanduser()
     run = p if p.is_dir() else p.parent
     rep, meta = run / "dataset_report.json", run / "run.json"
@@ -159,8 +178,17 @@ def training_overlap_note(
     if sorted(data) != sorted(Path(r).resolve() for r in roots):
         return None
     seen = sorted(set(identities) - val)
-    if not seen:
+    return (run, seen) if seen else None
+
+
+def training_overlap_note(
+    model_path: str | Path, roots: Sequence[Path], identities: Sequence[str]
+) -> str | None:
+    """Warn when a run directory's model is evaluated on its own training identities."""
+    hit = trained_on(model_path, roots, identities)
+    if hit is None:
         return None
+    run, seen = hit
     return (
         f"{len(seen)} of the {len(set(identities))} evaluated identities were used to train "
         f"this model ({run}); its numbers on them are optimistic. Evaluate on people it never "
