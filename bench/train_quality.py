@@ -150,28 +150,12 @@ def evaluate(model: str, test_dir: Path, pairs: Path, out: Path) -> dict:
 
 
 def cctv_copy(src: Path, dst: Path, factor: int = 4, quality: int = 40) -> int:
-    """A CCTV-like copy of every photo: shrunk ``factor`` x (area), JPEG ``quality`` at that
-    size, scaled back (bicubic); same folder and file names (pixels stored losslessly)."""
-    import io
+    """A CCTV-like copy of every photo (``siamface data camera-copy``): shrunk ``factor`` x
+    (area), JPEG ``quality`` at that size, scaled back (bicubic); same folder and file names
+    (pixels stored losslessly)."""
+    from siamface.folders.camera_copy import camera_copy
 
-    from PIL import Image
-
-    n = 0
-    for f in sorted(src.rglob("*")):
-        if not f.is_file():
-            continue
-        out = dst / f.relative_to(src)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        im = Image.open(f).convert("RGB")
-        small = im.resize(
-            (max(1, im.width // factor), max(1, im.height // factor)), Image.Resampling.BOX
-        )
-        buf = io.BytesIO()
-        small.save(buf, "JPEG", quality=quality)
-        back = Image.open(buf).convert("RGB").resize(im.size, Image.Resampling.BICUBIC)
-        back.save(out, "PNG")
-        n += 1
-    return n
+    return camera_copy(src, dst, factor, quality, progress=False).written
 
 
 def compare_eval(model: str, data: Path, out: Path, extra: list[str] | None = None) -> dict:

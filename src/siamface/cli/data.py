@@ -19,6 +19,18 @@ examples:
 """
 
 
+CAMERA_EPILOG = """\
+examples:
+  siamface data camera-copy people/ people_cctv/
+  siamface fuse runs/cctv/best.safetensors dlib --data people_cctv/ --held-out runs/cctv \\
+      --out cctv+dlib.json
+  siamface evaluate --model cctv+dlib.json --data test_cctv/ --compare sface
+
+Exit status 0 when at least one photo was written; 2 otherwise (nothing readable, a bad
+argument, or DST not new or empty).
+"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "data",
@@ -47,12 +59,66 @@ def register(sub: argparse._SubParsersAction) -> None:
     ck.add_argument("--json", action="store_true", help="print the report as JSON")
     ck.add_argument("--no-progress", action="store_true", help="no progress bar")
     ck.set_defaults(func=run_check)
+    cam = act.add_parser(
+        "camera-copy",
+        help="a CCTV-like copy of photo folders (shrunk, JPEG-encoded, scaled back)",
+        description="Copy every photo under SRC to DST as a distant, compressed camera sees "
+        "it: shrunk --shrink times (area average), JPEG-encoded at --jpeg quality at that "
+        "size, scaled back to its size (bicubic). The whole photo is degraded, so detection "
+        "and alignment see what a camera gives them. Same relative paths and names (identity "
+        "folders and pairs files still match); pixels stored losslessly. No randomness.",
+        epilog=CAMERA_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cam.add_argument("src", metavar="SRC", help="photo folder (e.g. identity folders)")
+    cam.add_argument("dst", metavar="DST", help="new (or empty) folder for the copy")
+    cam.add_argument(
+        "--shrink",
+        type=float,
+        default=4.0,
+        help="how many times smaller the camera sees each photo (4: a face 112 px wide in "
+        "the photo becomes 28 px)",
+    )
+    cam.add_argument("--jpeg", type=int, default=40, help="JPEG quality at the small size (40)")
+    cam.add_argument("--json", action="store_true", help="print what was written as JSON")
+    cam.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cam.set_defaults(func=run_camera_copy)
     p.set_defaults(func=_no_action)
 
 
 def _no_action(args: argparse.Namespace) -> int:
+    raise SiamfaceError("say 'siamface data check DIR...' or 'siamface data camera-copy SRC DST'")
 
-    raise SiamfaceError("say 'siamface data check DIR...'")
+
+def run_camera_copy(args: argparse.Namespace) -> int:
+    from siamface.folders.camera_copy import camera_copy, check_camera_args  # lazy: PIL
+
+    check_camera_args(args.shrink, args.jpeg)
+    rep = camera_copy(args.src, args.dst, args.shrink, args.jpeg, progress=not args.no_progress)
+    if rep.written == 0:
+        raise SiamfaceError(
+            f"no readable photo under {rep.source}"
+            + (
+                f" ({len(rep.unreadable)} unreadable, e.g. {rep.unreadable[0]['path']}: "
+                f"{rep.unreadable[0]['reason']})"
+                if rep.unreadable
+                else ""
+            )
+        )
+    if args.json:
+        print(json.dumps(rep.to_dict(), indent=1, ensure_ascii=False))
+        return 0
+    print(
+        f"{rep.written} photos written to {rep.out} (shrunk {rep.shrink:g}x, JPEG "
+        f"{rep.quality}, scaled back)"
+    )
+    for u in rep.unreadable[:10]:
+        print(f"skipped {u['path']}: {u['reason']}")
+    if len(rep.unreadable) > 10:
+        print(f"... and {len(rep.unreadable) - 10} more unreadable (--json lists them all)")
+    if rep.ignored:
+        print(f"{len(rep.ignored)} files that are not images ignored")
+    return 0
 
 
 def run_check(args: argparse.Namespace) -> int:
