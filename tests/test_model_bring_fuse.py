@@ -476,3 +476,36 @@ def test_fuse_held_out_fits_only_on_the_people_a_run_did_not_train_on(
     assert main([*base, "--held-out", str(people), "--out", str(tmp_path / "d.json")]) == 2
     assert "is not a training run directory" in capsys.readouterr().err
     assert not (tmp_path / "d.json").exists()
+
+
+@needs_data
+def test_crop_conditions_refuse_models_whose_faces_are_not_one_arcface_crop(
+    people, sface_file, tmp_path, capsys
+):
+    """A crop-level condition places masks and face sizes from the ArcFace template; on a
+    fused model's packed crops (or dlib's differently framed chips) it would degrade the wrong
+    pixels and report figures that mean nothing. Refused in one line; an ArcFace model, with
+    or without flip averaging, still runs under it."""
+    from siamface.cli.main import main
+
+    base = ["evaluate", "--data", str(people), "--no-plots", "--condition", "masked"]
+    fast = ["--workers", "0", "--no-progress"]
+    refused = [f"sface+{sface_file}", f"sface+{sface_file}:tta=flip"]
+    try:
+        import dlib  # noqa: F401
+
+        refused += ["dlib", "dlib:tta=flip"]
+    except ImportError:
+        pass
+    for spec in refused:
+        code = main([*base, "--model", spec, "--out", str(tmp_path / "r"), *fast])
+        err = capsys.readouterr().err
+        assert code == 2, spec
+        assert "under a condition" in err and "camera-copy" in err and "Traceback" not in err
+        assert not (tmp_path / "r" / "report.json").exists()
+    for spec in ("sface", "sface:tta=flip", str(sface_file)):
+        out = tmp_path / spec.replace("/", "_").replace(":", "_")
+        assert main([*base, "--model", spec, "--out", str(out), "--json", *fast]) == 0
+        assert json.loads(capsys.readouterr().out)["condition"]["spec"] == "mask:0.4-0.8"
+    code = main([*base, "--model", "sface", "--compare", f"sface+{sface_file}", *fast])
+    assert code == 2 and "under a condition" in capsys.readouterr().err

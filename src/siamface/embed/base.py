@@ -43,6 +43,10 @@ class Embedder:
     #: Decode files in a thread pool rather than DataLoader processes (torch-free backends:
     #: the ONNX-only install has no torch; see :mod:`siamface.embed.pipeline`).
     decode_in_threads: bool = False
+    #: Why this model's faces cannot be seen under a crop-level condition
+    #: (:mod:`siamface.tensors.conditions` places masks and sizes faces from the ArcFace
+    #: template of one HWC face crop); None when they can.
+    condition_refusal: str | None = None
 
     def embed_batch(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 NCHW faces of the model's input size -> (N, D) float32 unit vectors."""

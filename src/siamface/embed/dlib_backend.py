@@ -136,6 +136,11 @@ class DlibChipLoader:
 class DlibEmbedder(Embedder):
     """dlib's ``dlib_face_recognition_resnet_model_v1`` (128-d, CC0)."""
 
+    condition_refusal = (
+        "dlib's 150-px chips are framed unlike the ArcFace crop the conditions are placed "
+        "from (a mask would cover the mouth and leave the nose, a face width would be wrong)"
+    )
+
     def __init__(self) -> None:
         dlib = _dlib()
         d = _models_dir()

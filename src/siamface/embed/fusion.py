@@ -132,6 +132,10 @@ def pack(faces: Sequence[np.ndarray]) -> np.ndarray:
 class FusedEmbedder(Embedder):
     """Several face models as one: weighted concatenation of their unit embeddings."""
 
+    condition_refusal = (
+        "a fused model's face is every member's crop packed together, not one face crop"
+    )
+
     def __init__(
         self,
         members: Sequence[Embedder],

@@ -54,6 +54,7 @@ class FlipEmbedder(Embedder):
         self.info = {**(inner.info or {}), "tta": "flip"}
         self.pair_head = None
         self.decode_in_threads = inner.decode_in_threads  # torch-free models stay torch-free
+        self.condition_refusal = inner.condition_refusal
 
     def embed_batch(self, pixels: np.ndarray) -> np.ndarray:
         x = np.asarray(pixels)

@@ -50,6 +50,13 @@ class ConditionedEmbedder:
     """An embedder that sees every image under ``condition``; everything else delegates."""
 
     def __init__(self, embedder, condition: Condition) -> None:
+        why = getattr(embedder, "condition_refusal", None)
+        if why:  # degrading the wrong pixels would give figures that mean nothing, silently
+            raise SiamfaceError(
+                f"cannot show {embedder.source} faces under a condition: {why}. Degrade the "
+                "photos instead (siamface data camera-copy for CCTV) and evaluate that copy, "
+                "or use the condition with an ArcFace-aligned model"
+            )
         self._inner = embedder
         self.condition = condition
 
