@@ -652,10 +652,10 @@ def main() -> int:
             per_fold=args.per_fold,
         )
         arms_out["a_sface_clean_intervals"] = scorer.score("sface", test)
+    cctv = work / "main" / "test_cctv"  # the CCTV-like copy of the test photos (f, g, k, m, n)
+    if arms & {"f", "g", "k", "m", "n"} and not cctv.is_dir():
+        res["cctv_copy_images"] = cctv_copy(test, cctv)
     if arms & {"f", "g"}:
-        cctv = work / "main" / "test_cctv"
-        if not cctv.is_dir():
-            res["cctv_copy_images"] = cctv_copy(test, cctv)
         run_g = work / "run_g" if results.get("g", {}).get("rc") == 0 else None
         dom = domain_arms(scorer, "g_adapt_cctv", "f_sface_cctv", run_g, cctv, test, None)
         arms_out.update(dom)
@@ -668,9 +668,6 @@ def main() -> int:
     if "j" in arms:
         arms_out["j_sface_centred"] = centre_arm(scorer, work, train, "j", test, test)
     if "k" in arms:
-        cctv = work / "main" / "test_cctv"
-        if not cctv.is_dir():
-            res["cctv_copy_images"] = cctv_copy(test, cctv)
         k = centre_arm(scorer, work, train, "k", cctv, test, "cctv")
         arms_out["k_sface_centred_cctv"] = k
         if "under_condition" in k:
@@ -684,9 +681,6 @@ def main() -> int:
         if n not in arms:
             continue
         run_g = work / "run_g" if (work / "run_g" / "best.safetensors").is_file() else None
-        cctv = work / "main" / "test_cctv"
-        if not cctv.is_dir():
-            res["cctv_copy_images"] = cctv_copy(test, cctv)
         if not has_dlib:
             arms_out[key] = {"skipped": "dlib not installed (siamface[dlib])"}
         elif n == "n" and run_g is None:

@@ -91,9 +91,8 @@ def _no_action(args: argparse.Namespace) -> int:
 
 
 def run_camera_copy(args: argparse.Namespace) -> int:
-    from siamface.folders.camera_copy import camera_copy, check_camera_args  # lazy: PIL
+    from siamface.folders.camera_copy import camera_copy  # lazy: PIL
 
-    check_camera_args(args.shrink, args.jpeg)
     rep = camera_copy(args.src, args.dst, args.shrink, args.jpeg, progress=not args.no_progress)
     if rep.written == 0:
         raise SiamfaceError(

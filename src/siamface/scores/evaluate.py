@@ -97,14 +97,19 @@ def read_identity_list(spec: str) -> list[str]:
     return names
 
 
-def held_out_identities(run_dir: str | Path) -> list[str]:
-    """The never-trained-on identities of a training run directory: its test identities
-    (which chose nothing) when it has some, else its validation identities."""
+def _run_report(run_dir: str | Path) -> tuple[Path, dict]:
+    """(path, content) of a training run directory's ``dataset_report.json`` (or that file)."""
     run = Path(run_dir).expanduser()
     rep = run / "dataset_report.json" if run.is_dir() else run
     if not rep.is_file():
         raise SiamfaceError(f"{run} is not a training run directory (no dataset_report.json)")
-    report = json.loads(rep.read_text(encoding="utf-8"))
+    return rep, json.loads(rep.read_text(encoding="utf-8"))
+
+
+def held_out_identities(run_dir: str | Path) -> list[str]:
+    """The never-trained-on identities of a training run directory: its test identities
+    (which chose nothing) when it has some, else its validation identities."""
+    rep, report = _run_report(run_dir)
     names = report.get("test_identity_names") or report.get("val_identity_names") or []
     if not names:
         raise SiamfaceError(f"{rep} lists no validation identities (val_identities=0?)")
@@ -115,11 +120,7 @@ def untrained_identities(run_dir: str | Path) -> list[str]:
     """Every identity a training run held out from training: its validation *and* test
     people. What a later fitting step (a fusion's weights) may use, once the run's own
     verdict on its test people is given: none of them moved the run's weights."""
-    run = Path(run_dir).expanduser()
-    rep = run / "dataset_report.json" if run.is_dir() else run
-    if not rep.is_file():
-        raise SiamfaceError(f"{run} is not a training run directory (no dataset_report.json)")
-    report = json.loads(rep.read_text(encoding="utf-8"))
+    rep, report = _run_report(run_dir)
     names = list(report.get("val_identity_names") or []) + list(
         report.get("test_identity_names") or []
     )
